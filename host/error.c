@@ -1,0 +1,29 @@
+#include "diffusion/error.h"
+
+#include <stdarg.h>
+#include <stdio.h>
+#include <string.h>
+
+static _Thread_local char msg[1024];
+
+int dd_error(const char *fmt, ...) {
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(msg, sizeof msg, fmt, ap);
+    va_end(ap);
+    return -1;
+}
+
+int dd_error_prefix(const char *fmt, ...) {
+    char old[sizeof msg], pre[512];
+    memcpy(old, msg, sizeof msg);
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(pre, sizeof pre, fmt, ap);
+    va_end(ap);
+    snprintf(msg, sizeof msg, "%s: %s", pre, old);
+    return -1;
+}
+
+const char *dd_error_message(void) { return msg[0] ? msg : "unknown error"; }
+void dd_error_clear(void) { msg[0] = 0; }

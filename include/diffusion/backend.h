@@ -1,0 +1,179 @@
+/* The backend interface: memory and every op, forward and backward, with one signature shared by
+ * cpu/ (dd_cpu_backend) and cuda/ (dd_cuda_backend). Only the graph executor and the diffusion
+ * host code call through it; tests call the same entries on both backends and compare.
+ *
+ * Conventions (as llm.c):
+ * - Argument order: outputs, then inputs and weights, then sizes/shape struct, then workspace.
+ * - Every pointer is backend memory (host memory for cpu, device memory for cuda).
+ * - Forward writes its outputs (=). Backward ADDS into every gradient it is given (+=), so a
+ *   tensor used twice sums for free; a NULL gradient pointer means "not needed, skip".
+ * - Every entry returns 0, or -1 after dd_error(...) (only the CUDA backend can fail at run time;
+ *   shapes are validated when the graph is built, not here).
+ *
+ * Shape letters: N batch, C channels, H, W spatial, HW = H*W, P positions, K kernel size,
+ * G groups, D head dimension. Tensors are float32 NCHW, weights in PyTorch layouts.
+ */
+#ifndef DIFFUSION_BACKEND_H
+#define DIFFUSION_BACKEND_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+typedef enum {
+    DD_ACT_RELU,
+    DD_ACT_SWISH,     /* x * sigmoid(x), PyTorch's silu */
+    DD_ACT_GELU_TANH, /* 0.5x(1 + tanh(sqrt(2/pi)(x + 0.044715x^3))): Flux's gelu */
+    DD_ACT_GELU_ERF,  /* 0.5x(1 + erf(x/sqrt 2)): PyTorch's default gelu */
+    DD_ACT_COUNT
+} dd_act;
+
+/* conv2d: x (N, Cin, H, W), w (Cout, Cin, K, K), b (Cout) or NULL -> y (N, Cout, Ho, Wo),
+ * Ho = (H + 2 pad - K) / stride + 1. */
+typedef struct {
+    int N, Cin, H, W, Cout, K, stride, pad, Ho, Wo;
+} dd_conv_shape;
+
+/* group_norm: x (N, C, HW), gamma/beta (C), add (N, C) or NULL, per-sample per-group statistics
+ * mean/rstd (N, G). y = act(gamma * (x - mean) * rstd + beta + add), act = swish if swish else
+ * identity. Variance is biased (as PyTorch), eps inside the square root. */
+typedef struct {
+    int N, C, HW, G, swish;
+    float eps;
+} dd_gn_shape;
+
+/* attention: qkv (N, 3C, P) from one conv; heads split C into D = C/heads channels:
+ * q[n,h,d,p] = qkv[n, h*D + d, p], k = qkv[n, C + h*D + d, p], v = qkv[n, 2C + h*D + d, p].
+ * probs (N, heads, P, P) = softmax_j(sum_d q[.,d,i] k[.,d,j] / sqrt(D)), saved for backward.
+ * y[n, h*D + d, i] = sum_j probs[n,h,i,j] v[n,h,d,j]  -> y (N, C, P). */
+typedef struct {
+    int N, C, heads, P;
+} dd_attn_shape;
+
+typedef struct dd_backend {
+    const char *name; /* "cpu" or "cuda" */
+
+    /* memory */
+    int (*alloc)(void **p, size_t bytes); /* zero-filled; clear message on out-of-memory */
+    void (*free)(void *p);
+    int (*zero)(void *p, size_t bytes);
+    int (*to_device)(void *dst, const void *host_src, size_t bytes);
+    int (*to_host)(void *host_dst, const void *src, size_t bytes);
+    int (*copy)(void *dst, const void *src, size_t bytes); /* within the backend */
+    int (*synchronize)(void);
+
+    /* conv2d; backward: dx (may be NULL), dw, db (may be NULL) */
+    size_t (*conv2d_workspace)(const dd_conv_shape *s); /* bytes, forward and backward */
+    int (*conv2d_forward)(float *y, const float *x, const float *w, const float *b,
+                          const dd_conv_shape *s, void *ws);
+    int (*conv2d_backward)(float *dx, float *dw, float *db, const float *dy, const float *x,
+                           const float *w, const dd_conv_shape *s, void *ws);
+
+    /* dense: x (N, Cin) (any trailing dims flattened, C-order), w (Cout, Cin), b (Cout) or NULL
+     * -> y (N, Cout) */
+    int (*dense_forward)(float *y, const float *x, const float *w, const float *b, int N, int Cin,
+                         int Cout);
+    int (*dense_backward)(float *dx, float *dw, float *db, const float *dy, const float *x,
+                          const float *w, int N, int Cin, int Cout);
+
+    /* group_norm with optional per-channel add and swish fused (see dd_gn_shape) */
+    int (*group_norm_forward)(float *y, float *mean, float *rstd, const float *x,
+                              const float *gamma, const float *beta, const float *add,
+                              const dd_gn_shape *s);
+    int (*group_norm_backward)(float *dx, float *dgamma, float *dbeta, float *dadd,
+                               const float *dy, const float *x, const float *mean,
+                               const float *rstd, const float *gamma, const float *beta,
+                               const float *add, const dd_gn_shape *s);
+
+    /* elementwise activation over n values */
+    int (*act_forward)(float *y, const float *x, size_t n, dd_act act);
+    int (*act_backward)(float *dx, const float *dy, const float *x, size_t n, dd_act act);
+
+    /* y = a + b over n values; backward adds dy into da and db */
+    int (*add_forward)(float *y, const float *a, const float *b, size_t n);
+    int (*add_backward)(float *da, float *db, const float *dy, size_t n);
+
+    /* channel concat: a (N, Ca, HW), b (N, Cb, HW) -> y (N, Ca + Cb, HW) */
+    int (*concat_forward)(float *y, const float *a, const float *b, int N, int Ca, int Cb, int HW);
+    int (*concat_backward)(float *da, float *db, const float *dy, int N, int Ca, int Cb, int HW);
+
+    /* nearest 2x upsample: x (N, C, H, W) -> y (N, C, 2H, 2W) */
+    int (*upsample2x_forward)(float *y, const float *x, int N, int C, int H, int W);
+    int (*upsample2x_backward)(float *dx, const float *dy, int N, int C, int H, int W);
+
+    /* 2x2 max pool, stride 2, floor: x (N, C, H, W) -> y (N, C, H/2, W/2); backward routes dy
+     * to the first maximum (row-major within the window), recomputed from x */
+    int (*maxpool2x2_forward)(float *y, const float *x, int N, int C, int H, int W);
+    int (*maxpool2x2_backward)(float *dx, const float *dy, const float *x, int N, int C, int H,
+                               int W);
+
+    /* multi-head attention core (see dd_attn_shape) */
+    size_t (*attention_workspace)(const dd_attn_shape *s); /* bytes, backward */
+    int (*attention_forward)(float *y, float *probs, const float *qkv, const dd_attn_shape *s);
+    int (*attention_backward)(float *dqkv, const float *dy, const float *qkv, const float *probs,
+                              const dd_attn_shape *s, void *ws);
+
+    /* embedding lookup: table (rows, dim), idx (N) int32 in [0, rows) -> y (N, dim) */
+    int (*embedding_forward)(float *y, const float *table, const int32_t *idx, int N, int rows,
+                             int dim);
+    int (*embedding_backward)(float *dtable, const float *dy, const int32_t *idx, int N, int rows,
+                              int dim);
+
+    /* mean squared error: loss[0] = mean((pred - target)^2) over n values;
+     * backward: dpred += dloss[0] * 2 (pred - target) / n */
+    int (*mse_forward)(float *loss, const float *pred, const float *target, size_t n);
+    int (*mse_backward)(float *dpred, const float *dloss, const float *pred, const float *target,
+                        size_t n);
+
+    /* softmax cross-entropy: logits (N, K), labels (N) int32 -> loss[0] = mean over N of
+     * -log softmax(logits)[label]; probs (N, K) saved. backward: dlogits += dloss[0] (probs -
+     * onehot) / N */
+    int (*xent_forward)(float *loss, float *probs, const float *logits, const int32_t *labels,
+                        int N, int K);
+    int (*xent_backward)(float *dlogits, const float *dloss, const float *probs,
+                         const int32_t *labels, int N, int K);
+
+    /* Adam (PyTorch's, no weight decay), step t >= 1:
+     * m = b1 m + (1-b1) g; v = b2 v + (1-b2) g^2;
+     * p -= lr / (1 - b1^t) * m / (sqrt(v) / sqrt(1 - b2^t) + eps) */
+    int (*adam_update)(float *p, float *m, float *v, const float *g, size_t n, float lr,
+                       float b1, float b2, float eps, int64_t t);
+    /* exponential moving average: ema = decay ema + (1 - decay) p */
+    int (*ema_update)(float *ema, const float *p, size_t n, float decay);
+
+    /* ---- diffusion helpers (the host owns the maths, these are its per-element kernels) ---- */
+    /* out[i] = dd_philox_normal(seed, stream, offset + i) for i < n (include/diffusion/philox.h),
+     * so the CPU and the GPU draw the same noise for the same (seed, stream, offset). */
+    int (*normal)(float *out, size_t n, uint64_t seed, uint64_t stream, uint64_t offset);
+    /* training input: per sample s (N of them, `per` values each), with ca[s] = sqrt(abar_t),
+     * cb[s] = sqrt(1 - abar_t): xt = ca x0 + cb noise (noise drawn before, as above) */
+    int (*q_sample)(float *xt, const float *x0, const float *noise, const float *ca,
+                    const float *cb, int N, size_t per);
+    /* classifier-free guidance over n values: eps = uncond + g (cond - uncond) */
+    int (*guidance)(float *eps, const float *cond, const float *uncond, size_t n, float g);
+    /* One sampler step for the whole batch, in place on x (n values); x0_out (may be NULL)
+     * receives the (clipped) x0 estimate. x0 = clip(ra x - rb eps) with ra = sqrt(1/abar_t),
+     * rb = sqrt(1/abar_t - 1), clipped to [-1, 1] when clip;
+     * x = c0 x0 + c1 x + c2 eps + sigma z, z = dd_philox_normal(seed, stream, offset + i);
+     * no noise when sigma == 0. DDPM: c0 = coef1, c1 = coef2, c2 = 0, sigma = sqrt(post var).
+     * DDIM: c0 = sqrt(abar_next), c1 = 0, c2 = sqrt(1 - abar_next - sigma^2). */
+    int (*sampler_step)(float *x, float *x0_out, const float *eps, size_t n, float ra, float rb,
+                        int clip, float c0, float c1, float c2, float sigma, uint64_t seed,
+                        uint64_t stream, uint64_t offset);
+} dd_backend;
+
+extern const dd_backend dd_cpu_backend;
+
+/* The CUDA backend, or NULL with a message (built without CUDA, no GPU, no cuDNN). */
+const dd_backend *dd_cuda_backend(void);
+
+/* "cpu", "cuda" or "auto" (the GPU when there is one, else the CPU). */
+const dd_backend *dd_backend_by_name(const char *name);
+
+#ifdef __cplusplus
+}
+#endif
+#endif
