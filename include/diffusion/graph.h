@@ -77,8 +77,9 @@ int dd_params_zero_grad(dd_params *p);
 /* One Adam step over every trainable parameter (the step counter increments first). */
 int dd_params_adam(dd_params *p, float lr, float b1, float b2, float eps);
 int dd_params_ema(dd_params *p, float decay);
-/* Swap values and EMA (sample with the EMA weights, then swap back). */
-void dd_params_swap_ema(dd_params *p);
+/* Exchange the values and the EMA copy (sample with the EMA weights, then swap back). Copies
+ * through the gradient buffer, so gradients are clobbered; graphs stay valid. */
+int dd_params_swap_ema(dd_params *p);
 
 /* ---------------------------------------------------------------- graph */
 
@@ -107,7 +108,8 @@ typedef struct {
     int ndim;
     int64_t shape[DD_MAX_DIMS]; /* activations: (N, C, H, W); dense outputs (N, C, 1, 1) */
     size_t numel;
-    int is_index; /* int32 values (timesteps, labels) */
+    int is_index;   /* int32 values (timesteps, labels) */
+    int index_base; /* subtracted from host values by dd_graph_set_input */
     int param;    /* index into dd_params, or -1 */
     int needs_grad;
     size_t offset, grad_offset; /* floats into the arenas (activations only) */
@@ -152,9 +154,13 @@ typedef struct dd_graph {
 dd_graph *dd_graph_new(dd_params *params);
 void dd_graph_free(dd_graph *g);
 
-/* Leaves. Inputs are (N, C, H, W) floats, or (N) int32 indices. */
+/* Leaves. Inputs are (N, C, H, W) floats, or (N) int32 indices. An index input made with
+ * dd_input_index_from(..., base) takes host values in [base, base + rows) and stores value - base:
+ * timesteps t = 1..T (SPEC.md's convention) use base 1 to address table rows 0..T-1, as the
+ * PyTorch peer's table[t - 1]. dd_input_index is base 0 (class labels). */
 int dd_input(dd_graph *g, const char *name, int N, int C, int H, int W);
 int dd_input_index(dd_graph *g, const char *name, int N);
+int dd_input_index_from(dd_graph *g, const char *name, int N, int base);
 /* A parameter view: registered in g->params under `name` (or found there, shape checked). */
 int dd_param(dd_graph *g, const char *name, int ndim, const int64_t *shape, dd_init init);
 

@@ -1,0 +1,691 @@
+/* dd_graph: builders that append nodes (shapes checked here, once), the memory plan, and the
+ * executor: forward in order, backward in reverse, through the backend's op table. */
+#include "diffusion/graph.h"
+
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "diffusion/error.h"
+
+#define DD_ALIGN_FLOATS 4
+
+const char *const dd_op_names[DD_OP_COUNT] = {
+    [DD_OP_INPUT] = "input",
+    [DD_OP_PARAM] = "param",
+    [DD_OP_CONV2D] = "conv2d",
+    [DD_OP_DENSE] = "dense",
+    [DD_OP_GROUP_NORM] = "group_norm",
+    [DD_OP_ACT] = "activation",
+    [DD_OP_ADD] = "add",
+    [DD_OP_CONCAT] = "concat",
+    [DD_OP_UPSAMPLE2X] = "upsample2x",
+    [DD_OP_MAXPOOL2X2] = "maxpool2x2",
+    [DD_OP_ATTENTION] = "attention",
+    [DD_OP_EMBEDDING] = "embedding",
+    [DD_OP_MSE] = "mse",
+    [DD_OP_XENT] = "xent",
+};
+
+dd_graph *dd_graph_new(dd_params *params) {
+    dd_graph *g = calloc(1, sizeof *g);
+    if (!g) {
+        dd_error("out of host memory");
+        return NULL;
+    }
+    g->params = params;
+    g->be = params->be;
+    return g;
+}
+
+void dd_graph_free(dd_graph *g) {
+    if (!g) return;
+    if (g->planned) {
+        g->be->free(g->arena);
+        if (g->grad_arena) g->be->free(g->grad_arena);
+        if (g->ws) g->be->free(g->ws);
+    }
+    free(g->t);
+    free(g->nodes);
+    free(g);
+}
+
+/* ------------------------------------------------------------------ tensors and nodes */
+
+static int new_tensor(dd_graph *g, const char *name, int ndim, const int64_t *shape) {
+    if (g->planned) return dd_error("graph already planned: cannot add %s", name);
+    if (g->nt == g->capt) {
+        int cap = g->capt ? 2 * g->capt : 256;
+        dd_tensor *nt = realloc(g->t, (size_t)cap * sizeof *nt);
+        if (!nt) return dd_error("out of host memory");
+        g->t = nt;
+        g->capt = cap;
+    }
+    dd_tensor *t = &g->t[g->nt];
+    memset(t, 0, sizeof *t);
+    snprintf(t->name, sizeof t->name, "%s", name);
+    t->ndim = ndim;
+    t->numel = 1;
+    for (int i = 0; i < ndim; i++) {
+        t->shape[i] = shape[i];
+        t->numel *= (size_t)shape[i];
+    }
+    t->param = -1;
+    return g->nt++;
+}
+
+static int act_tensor(dd_graph *g, const char *name, int64_t N, int64_t C, int64_t H, int64_t W) {
+    int64_t s[4] = {N, C, H, W};
+    return new_tensor(g, name, 4, s);
+}
+
+static dd_node *new_node(dd_graph *g, dd_op op) {
+    if (g->nn == g->capn) {
+        int cap = g->capn ? 2 * g->capn : 256;
+        dd_node *nn = realloc(g->nodes, (size_t)cap * sizeof *nn);
+        if (!nn) {
+            dd_error("out of host memory");
+            return NULL;
+        }
+        g->nodes = nn;
+        g->capn = cap;
+    }
+    dd_node *n = &g->nodes[g->nn++];
+    memset(n, 0, sizeof *n);
+    n->op = op;
+    for (int i = 0; i < DD_MAX_INPUTS; i++) n->in[i] = -1;
+    for (int i = 0; i < DD_MAX_AUX; i++) n->aux[i] = -1;
+    return n;
+}
+
+/* Append a node computing tensor `out` from inputs; the output needs a gradient when any input
+ * does. Returns out, or -1. */
+static int finish_node(dd_graph *g, dd_node *n, int out, const int *in, int nin) {
+    n->out = out;
+    int ng = 0;
+    for (int i = 0; i < nin; i++) {
+        n->in[i] = in[i];
+        if (in[i] >= 0 && g->t[in[i]].needs_grad) ng = 1;
+    }
+    g->t[out].needs_grad = ng;
+    return out;
+}
+
+static int valid(const dd_graph *g, int id) { return id >= 0 && id < g->nt; }
+
+/* A -1 input means an earlier builder failed: its message stands, pass the failure along. */
+#define NEED(id)                                                                                  \
+    do {                                                                                          \
+        if (!valid(g, (id))) return (id) < 0 ? -1 : dd_error("bad tensor id %d", (id));           \
+    } while (0)
+#define T(id) (&g->t[(id)])
+
+static const char *shp(const dd_tensor *t, char *buf, size_t n) {
+    size_t k = (size_t)snprintf(buf, n, "(");
+    for (int i = 0; i < t->ndim && k < n; i++)
+        k += (size_t)snprintf(buf + k, n - k, "%s%lld", i ? ", " : "", (long long)t->shape[i]);
+    if (k < n) snprintf(buf + k, n - k, ")");
+    return buf;
+}
+
+static int is_act4(const dd_tensor *t) { return t->ndim == 4 && !t->is_index; }
+
+/* ------------------------------------------------------------------ leaves */
+
+int dd_input(dd_graph *g, const char *name, int N, int C, int H, int W) {
+    if (N < 1 || C < 1 || H < 1 || W < 1)
+        return dd_error("input %s: bad shape (%d, %d, %d, %d)", name, N, C, H, W);
+    return act_tensor(g, name, N, C, H, W);
+}
+
+int dd_input_index_from(dd_graph *g, const char *name, int N, int base) {
+    if (N < 1) return dd_error("index input %s: batch %d", name, N);
+    int64_t s[1] = {N};
+    int id = new_tensor(g, name, 1, s);
+    if (id < 0) return -1;
+    T(id)->is_index = 1;
+    T(id)->index_base = base;
+    return id;
+}
+
+int dd_input_index(dd_graph *g, const char *name, int N) { return dd_input_index_from(g, name, N, 0); }
+
+int dd_param(dd_graph *g, const char *name, int ndim, const int64_t *shape, dd_init init) {
+    int pi = dd_params_add(g->params, name, ndim, shape, init);
+    if (pi < 0) return -1;
+    for (int i = 0; i < g->nt; i++) /* one view per parameter per graph */
+        if (g->t[i].param == pi) return i;
+    int id = new_tensor(g, name, ndim, shape);
+    if (id < 0) return -1;
+    T(id)->param = pi;
+    T(id)->needs_grad = g->params->info[pi].trainable;
+    return id;
+}
+
+/* ------------------------------------------------------------------ ops */
+
+int dd_conv2d(dd_graph *g, int x, int w, int b, int stride, int pad) {
+    NEED(x);
+    NEED(w);
+    if (b != -1) NEED(b);
+    char s1[64], s2[64];
+    const dd_tensor *X = T(x), *Wt = T(w);
+    if (!is_act4(X) || Wt->ndim != 4 || Wt->shape[1] != X->shape[1] || Wt->shape[2] != Wt->shape[3])
+        return dd_error("conv2d %s: input %s does not fit weight %s", Wt->name, shp(X, s1, 64), shp(Wt, s2, 64));
+    if (b >= 0 && (T(b)->ndim != 1 || T(b)->shape[0] != Wt->shape[0]))
+        return dd_error("conv2d %s: bias shape %s", Wt->name, shp(T(b), s1, 64));
+    if (stride < 1 || pad < 0) return dd_error("conv2d %s: stride %d, pad %d", Wt->name, stride, pad);
+    dd_conv_shape cs = {.N = (int)X->shape[0], .Cin = (int)X->shape[1], .H = (int)X->shape[2],
+                        .W = (int)X->shape[3], .Cout = (int)Wt->shape[0], .K = (int)Wt->shape[2],
+                        .stride = stride, .pad = pad};
+    if (cs.H + 2 * pad < cs.K || cs.W + 2 * pad < cs.K)
+        return dd_error("conv2d %s: kernel %d larger than padded input %s", Wt->name, cs.K, shp(X, s1, 64));
+    cs.Ho = (cs.H + 2 * pad - cs.K) / stride + 1;
+    cs.Wo = (cs.W + 2 * pad - cs.K) / stride + 1;
+    char name[DD_NAME_MAX];
+    snprintf(name, sizeof name, "%.80s:out", Wt->name);
+    int out = act_tensor(g, name, cs.N, cs.Cout, cs.Ho, cs.Wo);
+    if (out < 0) return -1;
+    dd_node *n = new_node(g, DD_OP_CONV2D);
+    if (!n) return -1;
+    n->p.conv = cs;
+    int in[3] = {x, w, b};
+    return finish_node(g, n, out, in, 3);
+}
+
+int dd_dense(dd_graph *g, int x, int w, int b) {
+    NEED(x);
+    NEED(w);
+    if (b != -1) NEED(b);
+    char s1[64], s2[64];
+    const dd_tensor *X = T(x), *Wt = T(w);
+    if (!is_act4(X) || Wt->ndim != 2)
+        return dd_error("dense %s: input %s, weight %s", Wt->name, shp(X, s1, 64), shp(Wt, s2, 64));
+    int64_t cin = X->shape[1] * X->shape[2] * X->shape[3]; /* flattened as torch.flatten(x, 1) */
+    if (Wt->shape[1] != cin)
+        return dd_error("dense %s: input %s has %lld features, weight %s expects %lld", Wt->name,
+                        shp(X, s1, 64), (long long)cin, shp(Wt, s2, 64), (long long)Wt->shape[1]);
+    if (b >= 0 && (T(b)->ndim != 1 || T(b)->shape[0] != Wt->shape[0]))
+        return dd_error("dense %s: bias shape %s", Wt->name, shp(T(b), s1, 64));
+    char name[DD_NAME_MAX];
+    snprintf(name, sizeof name, "%.80s:out", Wt->name);
+    int out = act_tensor(g, name, X->shape[0], Wt->shape[0], 1, 1);
+    if (out < 0) return -1;
+    dd_node *n = new_node(g, DD_OP_DENSE);
+    if (!n) return -1;
+    n->p.dense.N = (int)T(x)->shape[0];
+    n->p.dense.Cin = (int)cin;
+    n->p.dense.Cout = (int)T(w)->shape[0];
+    int in[3] = {x, w, b};
+    return finish_node(g, n, out, in, 3);
+}
+
+int dd_group_norm(dd_graph *g, int x, int gamma, int beta, int groups, int add, int swish) {
+    NEED(x);
+    NEED(gamma);
+    NEED(beta);
+    if (add != -1) NEED(add);
+    char s1[64];
+    const dd_tensor *X = T(x);
+    if (!is_act4(X)) return dd_error("group_norm %s: input %s", T(gamma)->name, shp(X, s1, 64));
+    int64_t C = X->shape[1];
+    if (groups < 1 || C % groups)
+        return dd_error("group_norm %s: %d groups do not divide %lld channels", T(gamma)->name,
+                        groups, (long long)C);
+    if (T(gamma)->ndim != 1 || T(gamma)->shape[0] != C || T(beta)->ndim != 1 || T(beta)->shape[0] != C)
+        return dd_error("group_norm %s: scale/shift do not have %lld channels", T(gamma)->name, (long long)C);
+    if (add >= 0 && (!is_act4(T(add)) || T(add)->shape[0] != X->shape[0] || T(add)->shape[1] != C ||
+                     T(add)->shape[2] * T(add)->shape[3] != 1))
+        return dd_error("group_norm %s: per-channel add has shape %s, expected (%lld, %lld, 1, 1)",
+                        T(gamma)->name, shp(T(add), s1, 64), (long long)X->shape[0], (long long)C);
+    char name[DD_NAME_MAX];
+    snprintf(name, sizeof name, "%.80s:out", T(gamma)->name);
+    int out = act_tensor(g, name, X->shape[0], C, X->shape[2], X->shape[3]);
+    snprintf(name, sizeof name, "%.80s:mean", T(gamma)->name);
+    int mean = act_tensor(g, name, X->shape[0], groups, 1, 1);
+    snprintf(name, sizeof name, "%.80s:rstd", T(gamma)->name);
+    int rstd = act_tensor(g, name, X->shape[0], groups, 1, 1);
+    if (out < 0 || mean < 0 || rstd < 0) return -1;
+    dd_node *n = new_node(g, DD_OP_GROUP_NORM);
+    if (!n) return -1;
+    n->p.gn = (dd_gn_shape){.N = (int)X->shape[0], .C = (int)C,
+                            .HW = (int)(X->shape[2] * X->shape[3]), .G = groups,
+                            .swish = swish != 0, .eps = 1e-5f};
+    n->aux[0] = mean;
+    n->aux[1] = rstd;
+    int in[4] = {x, gamma, beta, add};
+    return finish_node(g, n, out, in, 4);
+}
+
+static int unary_like(dd_graph *g, dd_op op, int x, const char *what) {
+    NEED(x);
+    const dd_tensor *X = T(x);
+    char s1[64];
+    if (!is_act4(X)) return dd_error("%s: input %s is not a float (N, C, H, W) tensor", what, shp(X, s1, 64));
+    char name[DD_NAME_MAX];
+    snprintf(name, sizeof name, "%.60s:%s", X->name, what);
+    int out = act_tensor(g, name, X->shape[0], X->shape[1], X->shape[2], X->shape[3]);
+    if (out < 0) return -1;
+    dd_node *n = new_node(g, op);
+    if (!n) return -1;
+    int in[1] = {x};
+    return finish_node(g, n, out, in, 1);
+}
+
+int dd_activation(dd_graph *g, int x, dd_act act) {
+    if ((int)act < 0 || act >= DD_ACT_COUNT) return dd_error("unknown activation %d", (int)act);
+    static const char *names[DD_ACT_COUNT] = {
+        [DD_ACT_RELU] = "relu", [DD_ACT_SWISH] = "swish",
+        [DD_ACT_GELU_TANH] = "gelu_tanh", [DD_ACT_GELU_ERF] = "gelu"};
+    int out = unary_like(g, DD_OP_ACT, x, names[act]);
+    if (out < 0) return -1;
+    g->nodes[g->nn - 1].p.act.act = act;
+    return out;
+}
+
+int dd_add(dd_graph *g, int a, int b) {
+    NEED(a);
+    NEED(b);
+    char s1[64], s2[64];
+    const dd_tensor *A = T(a), *B = T(b);
+    int same = is_act4(A) && is_act4(B);
+    for (int i = 0; same && i < 4; i++) same = A->shape[i] == B->shape[i];
+    if (!same) return dd_error("add: shapes %s and %s differ", shp(A, s1, 64), shp(B, s2, 64));
+    char name[DD_NAME_MAX];
+    snprintf(name, sizeof name, "%.60s:add", A->name);
+    int out = act_tensor(g, name, A->shape[0], A->shape[1], A->shape[2], A->shape[3]);
+    if (out < 0) return -1;
+    dd_node *n = new_node(g, DD_OP_ADD);
+    if (!n) return -1;
+    int in[2] = {a, b};
+    return finish_node(g, n, out, in, 2);
+}
+
+int dd_concat(dd_graph *g, int a, int b) {
+    NEED(a);
+    NEED(b);
+    char s1[64], s2[64];
+    const dd_tensor *A = T(a), *B = T(b);
+    if (!is_act4(A) || !is_act4(B) || A->shape[0] != B->shape[0] || A->shape[2] != B->shape[2] ||
+        A->shape[3] != B->shape[3])
+        return dd_error("concat: shapes %s and %s do not match outside the channels", shp(A, s1, 64), shp(B, s2, 64));
+    char name[DD_NAME_MAX];
+    snprintf(name, sizeof name, "%.60s:cat", A->name);
+    int out = act_tensor(g, name, A->shape[0], A->shape[1] + B->shape[1], A->shape[2], A->shape[3]);
+    if (out < 0) return -1;
+    dd_node *n = new_node(g, DD_OP_CONCAT);
+    if (!n) return -1;
+    n->p.concat.N = (int)A->shape[0];
+    n->p.concat.Ca = (int)A->shape[1];
+    n->p.concat.Cb = (int)B->shape[1];
+    n->p.concat.HW = (int)(A->shape[2] * A->shape[3]);
+    int in[2] = {a, b};
+    return finish_node(g, n, out, in, 2);
+}
+
+static int pool_like(dd_graph *g, dd_op op, int x, int up) {
+    NEED(x);
+    const dd_tensor *X = T(x);
+    char s1[64];
+    const char *what = up ? "upsample2x" : "maxpool2x2";
+    if (!is_act4(X)) return dd_error("%s: input %s", what, shp(X, s1, 64));
+    if (!up && (X->shape[2] < 2 || X->shape[3] < 2))
+        return dd_error("maxpool2x2: input %s is smaller than 2x2", shp(X, s1, 64));
+    char name[DD_NAME_MAX];
+    snprintf(name, sizeof name, "%.60s:%s", X->name, up ? "up" : "pool");
+    int64_t H = up ? 2 * X->shape[2] : X->shape[2] / 2, W = up ? 2 * X->shape[3] : X->shape[3] / 2;
+    int out = act_tensor(g, name, X->shape[0], X->shape[1], H, W);
+    if (out < 0) return -1;
+    dd_node *n = new_node(g, op);
+    if (!n) return -1;
+    n->p.pool.N = (int)X->shape[0];
+    n->p.pool.C = (int)X->shape[1];
+    n->p.pool.H = (int)X->shape[2];
+    n->p.pool.W = (int)X->shape[3];
+    int in[1] = {x};
+    return finish_node(g, n, out, in, 1);
+}
+
+int dd_upsample2x(dd_graph *g, int x) { return pool_like(g, DD_OP_UPSAMPLE2X, x, 1); }
+int dd_maxpool2x2(dd_graph *g, int x) { return pool_like(g, DD_OP_MAXPOOL2X2, x, 0); }
+
+int dd_attention(dd_graph *g, int qkv, int heads) {
+    NEED(qkv);
+    const dd_tensor *Q = T(qkv);
+    char s1[64];
+    if (!is_act4(Q) || Q->shape[1] % 3)
+        return dd_error("attention: qkv %s must have 3 x C channels", shp(Q, s1, 64));
+    int64_t C = Q->shape[1] / 3;
+    if (heads < 1 || C % heads)
+        return dd_error("attention: %d heads do not divide %lld channels", heads, (long long)C);
+    int64_t P = Q->shape[2] * Q->shape[3];
+    char name[DD_NAME_MAX];
+    snprintf(name, sizeof name, "%.60s:attn", Q->name);
+    int out = act_tensor(g, name, Q->shape[0], C, Q->shape[2], Q->shape[3]);
+    snprintf(name, sizeof name, "%.60s:probs", Q->name);
+    int probs = act_tensor(g, name, Q->shape[0], heads, P, P);
+    if (out < 0 || probs < 0) return -1;
+    dd_node *n = new_node(g, DD_OP_ATTENTION);
+    if (!n) return -1;
+    n->p.attn = (dd_attn_shape){.N = (int)Q->shape[0], .C = (int)C, .heads = heads, .P = (int)P};
+    n->aux[0] = probs;
+    int in[1] = {qkv};
+    return finish_node(g, n, out, in, 1);
+}
+
+int dd_embedding(dd_graph *g, int table, int idx) {
+    NEED(table);
+    NEED(idx);
+    const dd_tensor *Tb = T(table), *I = T(idx);
+    if (Tb->ndim != 2 || !I->is_index)
+        return dd_error("embedding %s: needs a (rows, dim) table and an index input", Tb->name);
+    char name[DD_NAME_MAX];
+    snprintf(name, sizeof name, "%.80s:emb", Tb->name);
+    int out = act_tensor(g, name, I->shape[0], Tb->shape[1], 1, 1);
+    if (out < 0) return -1;
+    dd_node *n = new_node(g, DD_OP_EMBEDDING);
+    if (!n) return -1;
+    n->p.emb.N = (int)I->shape[0];
+    n->p.emb.rows = (int)Tb->shape[0];
+    n->p.emb.dim = (int)Tb->shape[1];
+    int in[2] = {table, idx};
+    return finish_node(g, n, out, in, 2);
+}
+
+int dd_mse(dd_graph *g, int pred, int target) {
+    NEED(pred);
+    NEED(target);
+    char s1[64], s2[64];
+    const dd_tensor *P = T(pred), *Q = T(target);
+    int same = is_act4(P) && is_act4(Q);
+    for (int i = 0; same && i < 4; i++) same = P->shape[i] == Q->shape[i];
+    if (!same) return dd_error("mse: prediction %s and target %s differ", shp(P, s1, 64), shp(Q, s2, 64));
+    int out = act_tensor(g, "loss", 1, 1, 1, 1);
+    if (out < 0) return -1;
+    dd_node *n = new_node(g, DD_OP_MSE);
+    if (!n) return -1;
+    int in[2] = {pred, target};
+    return finish_node(g, n, out, in, 2);
+}
+
+int dd_xent(dd_graph *g, int logits, int labels) {
+    NEED(logits);
+    NEED(labels);
+    const dd_tensor *L = T(logits), *Y = T(labels);
+    char s1[64];
+    if (!is_act4(L) || L->shape[2] * L->shape[3] != 1 || !Y->is_index || Y->shape[0] != L->shape[0])
+        return dd_error("xent: logits %s need (N, K, 1, 1) and N int labels", shp(L, s1, 64));
+    int out = act_tensor(g, "loss", 1, 1, 1, 1);
+    int probs = act_tensor(g, "xent:probs", L->shape[0], L->shape[1], 1, 1);
+    if (out < 0 || probs < 0) return -1;
+    dd_node *n = new_node(g, DD_OP_XENT);
+    if (!n) return -1;
+    n->p.xent.N = (int)L->shape[0];
+    n->p.xent.K = (int)L->shape[1];
+    n->aux[0] = probs;
+    int in[2] = {logits, labels};
+    return finish_node(g, n, out, in, 2);
+}
+
+int dd_conv2d_layer(dd_graph *g, const char *prefix, int x, int cout, int k, int stride, int pad,
+                    int bias) {
+    NEED(x);
+    char name[DD_NAME_MAX];
+    snprintf(name, sizeof name, "%s.weight", prefix);
+    int64_t ws[4] = {cout, T(x)->shape[1], k, k};
+    int w = dd_param(g, name, 4, ws, DD_INIT_GLOROT);
+    int b = -1;
+    if (bias) {
+        snprintf(name, sizeof name, "%s.bias", prefix);
+        int64_t bs[1] = {cout};
+        b = dd_param(g, name, 1, bs, DD_INIT_ZERO);
+        if (b < 0) return -1;
+    }
+    return dd_conv2d(g, x, w, b, stride, pad);
+}
+
+int dd_dense_layer(dd_graph *g, const char *prefix, int x, int cout, int bias) {
+    NEED(x);
+    char name[DD_NAME_MAX];
+    snprintf(name, sizeof name, "%s.weight", prefix);
+    int64_t ws[2] = {cout, T(x)->shape[1] * T(x)->shape[2] * T(x)->shape[3]};
+    int w = dd_param(g, name, 2, ws, DD_INIT_GLOROT);
+    int b = -1;
+    if (bias) {
+        snprintf(name, sizeof name, "%s.bias", prefix);
+        int64_t bs[1] = {cout};
+        b = dd_param(g, name, 1, bs, DD_INIT_ZERO);
+        if (b < 0) return -1;
+    }
+    return dd_dense(g, x, w, b);
+}
+
+/* ------------------------------------------------------------------ plan */
+
+static size_t align_up(size_t n) { return (n + DD_ALIGN_FLOATS - 1) / DD_ALIGN_FLOATS * DD_ALIGN_FLOATS; }
+
+int dd_graph_plan(dd_graph *g, int with_grad) {
+    if (g->planned) return dd_error("graph already planned");
+    dd_params *P = g->params;
+    if (!P->allocated) return dd_error("plan: allocate the parameters first (dd_params_alloc)");
+    /* Every non-parameter tensor gets its own slot (no reuse yet: these models are small, and
+     * distinct slots keep every activation readable for tests and backward). */
+    size_t off = 0, goff = 0;
+    for (int i = 0; i < g->nt; i++) {
+        dd_tensor *t = &g->t[i];
+        if (t->param >= 0) continue;
+        t->offset = off;
+        off += align_up(t->numel);
+        if (with_grad && t->needs_grad) {
+            t->grad_offset = goff;
+            goff += align_up(t->numel);
+        }
+    }
+    size_t ws = 0;
+    for (int i = 0; i < g->nn; i++) {
+        const dd_node *n = &g->nodes[i];
+        size_t w = 0;
+        if (n->op == DD_OP_CONV2D) w = g->be->conv2d_workspace(&n->p.conv);
+        if (n->op == DD_OP_ATTENTION && with_grad) w = g->be->attention_workspace(&n->p.attn);
+        if (w > ws) ws = w;
+    }
+    if (g->be->alloc((void **)&g->arena, (off ? off : DD_ALIGN_FLOATS) * sizeof(float)))
+        return dd_error_prefix("planning the activation arena (%zu floats)", off);
+    g->grad_arena = NULL;
+    g->ws = NULL;
+    if (with_grad && g->be->alloc((void **)&g->grad_arena, (goff ? goff : DD_ALIGN_FLOATS) * sizeof(float))) {
+        g->be->free(g->arena);
+        return dd_error_prefix("planning the gradient arena (%zu floats)", goff);
+    }
+    if (ws && g->be->alloc(&g->ws, ws)) {
+        g->be->free(g->arena);
+        if (g->grad_arena) g->be->free(g->grad_arena);
+        return dd_error_prefix("allocating the %zu-byte workspace", ws);
+    }
+    g->arena_floats = off;
+    g->grad_floats = goff;
+    g->ws_bytes = ws;
+    for (int i = 0; i < g->nt; i++) {
+        dd_tensor *t = &g->t[i];
+        if (t->param >= 0) {
+            const dd_param_info *q = &P->info[t->param];
+            t->data = P->data + q->offset;
+            t->grad = q->trainable ? P->grad + q->offset : NULL;
+        } else {
+            t->data = g->arena + t->offset;
+            t->grad = with_grad && t->needs_grad ? g->grad_arena + t->grad_offset : NULL;
+        }
+    }
+    g->planned = 1;
+    g->with_grad = with_grad;
+    return 0;
+}
+
+/* ------------------------------------------------------------------ run */
+
+#define D(id) ((id) >= 0 ? g->t[(id)].data : NULL)
+#define G(id) ((id) >= 0 ? g->t[(id)].grad : NULL)
+#define IDX(id) ((const int32_t *)g->t[(id)].data)
+
+static int forward_node(dd_graph *g, const dd_node *n) {
+    const dd_backend *be = g->be;
+    float *y = g->t[n->out].data;
+    switch (n->op) {
+    case DD_OP_INPUT:
+    case DD_OP_PARAM:
+        return 0;
+    case DD_OP_CONV2D:
+        return be->conv2d_forward(y, D(n->in[0]), D(n->in[1]), D(n->in[2]), &n->p.conv, g->ws);
+    case DD_OP_DENSE:
+        return be->dense_forward(y, D(n->in[0]), D(n->in[1]), D(n->in[2]), n->p.dense.N,
+                                 n->p.dense.Cin, n->p.dense.Cout);
+    case DD_OP_GROUP_NORM:
+        return be->group_norm_forward(y, D(n->aux[0]), D(n->aux[1]), D(n->in[0]), D(n->in[1]),
+                                      D(n->in[2]), D(n->in[3]), &n->p.gn);
+    case DD_OP_ACT:
+        return be->act_forward(y, D(n->in[0]), g->t[n->out].numel, n->p.act.act);
+    case DD_OP_ADD:
+        return be->add_forward(y, D(n->in[0]), D(n->in[1]), g->t[n->out].numel);
+    case DD_OP_CONCAT:
+        return be->concat_forward(y, D(n->in[0]), D(n->in[1]), n->p.concat.N, n->p.concat.Ca,
+                                  n->p.concat.Cb, n->p.concat.HW);
+    case DD_OP_UPSAMPLE2X:
+        return be->upsample2x_forward(y, D(n->in[0]), n->p.pool.N, n->p.pool.C, n->p.pool.H, n->p.pool.W);
+    case DD_OP_MAXPOOL2X2:
+        return be->maxpool2x2_forward(y, D(n->in[0]), n->p.pool.N, n->p.pool.C, n->p.pool.H, n->p.pool.W);
+    case DD_OP_ATTENTION:
+        return be->attention_forward(y, D(n->aux[0]), D(n->in[0]), &n->p.attn);
+    case DD_OP_EMBEDDING:
+        return be->embedding_forward(y, D(n->in[0]), IDX(n->in[1]), n->p.emb.N, n->p.emb.rows,
+                                     n->p.emb.dim);
+    case DD_OP_MSE:
+        return be->mse_forward(y, D(n->in[0]), D(n->in[1]), g->t[n->in[0]].numel);
+    case DD_OP_XENT:
+        return be->xent_forward(y, D(n->aux[0]), D(n->in[0]), IDX(n->in[1]), n->p.xent.N, n->p.xent.K);
+    case DD_OP_COUNT:
+        break;
+    }
+    return dd_error("forward: unknown op %d", (int)n->op);
+}
+
+static int backward_node(dd_graph *g, const dd_node *n) {
+    const dd_backend *be = g->be;
+    const float *dy = g->t[n->out].grad;
+    switch (n->op) {
+    case DD_OP_INPUT:
+    case DD_OP_PARAM:
+        return 0;
+    case DD_OP_CONV2D:
+        return be->conv2d_backward(G(n->in[0]), G(n->in[1]), G(n->in[2]), dy, D(n->in[0]),
+                                   D(n->in[1]), &n->p.conv, g->ws);
+    case DD_OP_DENSE:
+        return be->dense_backward(G(n->in[0]), G(n->in[1]), G(n->in[2]), dy, D(n->in[0]),
+                                  D(n->in[1]), n->p.dense.N, n->p.dense.Cin, n->p.dense.Cout);
+    case DD_OP_GROUP_NORM:
+        return be->group_norm_backward(G(n->in[0]), G(n->in[1]), G(n->in[2]), G(n->in[3]), dy,
+                                       D(n->in[0]), D(n->aux[0]), D(n->aux[1]), D(n->in[1]),
+                                       D(n->in[2]), D(n->in[3]), &n->p.gn);
+    case DD_OP_ACT:
+        return be->act_backward(G(n->in[0]), dy, D(n->in[0]), g->t[n->out].numel, n->p.act.act);
+    case DD_OP_ADD:
+        return be->add_backward(G(n->in[0]), G(n->in[1]), dy, g->t[n->out].numel);
+    case DD_OP_CONCAT:
+        return be->concat_backward(G(n->in[0]), G(n->in[1]), dy, n->p.concat.N, n->p.concat.Ca,
+                                   n->p.concat.Cb, n->p.concat.HW);
+    case DD_OP_UPSAMPLE2X:
+        return be->upsample2x_backward(G(n->in[0]), dy, n->p.pool.N, n->p.pool.C, n->p.pool.H, n->p.pool.W);
+    case DD_OP_MAXPOOL2X2:
+        return be->maxpool2x2_backward(G(n->in[0]), dy, D(n->in[0]), n->p.pool.N, n->p.pool.C,
+                                       n->p.pool.H, n->p.pool.W);
+    case DD_OP_ATTENTION:
+        return be->attention_backward(G(n->in[0]), dy, D(n->in[0]), D(n->aux[0]), &n->p.attn, g->ws);
+    case DD_OP_EMBEDDING:
+        return be->embedding_backward(G(n->in[0]), dy, IDX(n->in[1]), n->p.emb.N, n->p.emb.rows,
+                                      n->p.emb.dim);
+    case DD_OP_MSE:
+        return be->mse_backward(G(n->in[0]), dy, D(n->in[0]), D(n->in[1]), g->t[n->in[0]].numel);
+    case DD_OP_XENT:
+        return be->xent_backward(G(n->in[0]), dy, D(n->aux[0]), IDX(n->in[1]), n->p.xent.N, n->p.xent.K);
+    case DD_OP_COUNT:
+        break;
+    }
+    return dd_error("backward: unknown op %d", (int)n->op);
+}
+
+int dd_graph_forward(dd_graph *g) {
+    if (!g->planned) return dd_error("forward: graph not planned");
+    for (int i = 0; i < g->nn; i++)
+        if (forward_node(g, &g->nodes[i]))
+            return dd_error_prefix("forward %s (%s)", dd_op_names[g->nodes[i].op], g->t[g->nodes[i].out].name);
+    return 0;
+}
+
+int dd_graph_backward(dd_graph *g, int loss) {
+    if (!g->planned || !g->with_grad) return dd_error("backward: graph not planned with gradients");
+    if (!valid(g, loss) || g->t[loss].numel != 1) return dd_error("backward: tensor %d is not a scalar loss", loss);
+    if (!g->t[loss].grad) return dd_error("backward: the loss does not depend on any parameter");
+    DD_TRY(g->be->zero(g->grad_arena, (g->grad_floats ? g->grad_floats : 1) * sizeof(float)));
+    DD_TRY(dd_params_zero_grad(g->params));
+    const float one = 1.0f;
+    DD_TRY(g->be->to_device(g->t[loss].grad, &one, sizeof one));
+    for (int i = g->nn - 1; i >= 0; i--) {
+        const dd_node *n = &g->nodes[i];
+        if (!g->t[n->out].grad) continue; /* nothing upstream needs a gradient */
+        if (backward_node(g, n))
+            return dd_error_prefix("backward %s (%s)", dd_op_names[n->op], g->t[n->out].name);
+    }
+    return 0;
+}
+
+/* ------------------------------------------------------------------ transfers */
+
+int dd_graph_find(const dd_graph *g, const char *name) {
+    for (int i = 0; i < g->nt; i++)
+        if (!strcmp(g->t[i].name, name)) return i;
+    return -1;
+}
+
+int dd_graph_set_input(dd_graph *g, int id, const void *host, size_t bytes) {
+    if (!g->planned) return dd_error("set_input: graph not planned");
+    if (!valid(g, id)) return dd_error("set_input: bad tensor id %d", id);
+    dd_tensor *t = &g->t[id];
+    if (bytes != t->numel * 4)
+        return dd_error("input %s: %zu bytes given, %zu expected", t->name, bytes, t->numel * 4);
+    if (!t->is_index) return g->be->to_device(t->data, host, bytes);
+    /* indices: shift by the base and check against every table they address */
+    int rows = -1;
+    for (int i = 0; i < g->nn; i++) {
+        const dd_node *n = &g->nodes[i];
+        if (n->op == DD_OP_EMBEDDING && n->in[1] == id && (rows < 0 || n->p.emb.rows < rows)) rows = n->p.emb.rows;
+        if (n->op == DD_OP_XENT && n->in[1] == id && (rows < 0 || n->p.xent.K < rows)) rows = n->p.xent.K;
+    }
+    int32_t *buf = malloc(bytes);
+    if (!buf) return dd_error("out of host memory");
+    const int32_t *v = host;
+    for (size_t i = 0; i < t->numel; i++) {
+        int64_t k = (int64_t)v[i] - t->index_base;
+        if (k < 0 || (rows >= 0 && k >= rows)) {
+            free(buf);
+            return dd_error("input %s: value %d at position %zu is out of range [%d, %d)", t->name,
+                            v[i], i, t->index_base, t->index_base + rows);
+        }
+        buf[i] = (int32_t)k;
+    }
+    int rc = g->be->to_device(t->data, buf, bytes);
+    free(buf);
+    return rc;
+}
+
+int dd_graph_get(dd_graph *g, int id, float *host) {
+    if (!g->planned) return dd_error("get: graph not planned");
+    if (!valid(g, id)) return dd_error("get: bad tensor id %d", id);
+    return g->be->to_host(host, g->t[id].data, g->t[id].numel * sizeof(float));
+}
+
+int dd_graph_get_grad(dd_graph *g, int id, float *host) {
+    if (!g->planned) return dd_error("get_grad: graph not planned");
+    if (!valid(g, id)) return dd_error("get_grad: bad tensor id %d", id);
+    if (!g->t[id].grad) return dd_error("tensor %s has no gradient", g->t[id].name);
+    return g->be->to_host(host, g->t[id].grad, g->t[id].numel * sizeof(float));
+}
