@@ -1,0 +1,108 @@
+/* Building blocks of the models (SPEC.md "Models"), in the PyTorch peer's layer order. */
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+
+#include "blocks.h"
+#include "diffusion/error.h"
+#include "diffusion/models.h"
+
+const char *mb_name(char *buf, size_t size, const char *prefix, const char *suffix) {
+    if (prefix && prefix[0]) snprintf(buf, size, "%s.%s", prefix, suffix);
+    else snprintf(buf, size, "%s", suffix);
+    return buf;
+}
+
+int mb_channels(const dd_graph *g, int x) {
+    return x < 0 || x >= g->nt ? -1 : (int)g->t[x].shape[1];
+}
+
+void dd_sinusoid_table(float *table, int rows, int dim) {
+    for (int p = 1; p <= rows; p++)
+        for (int r = 0; r + 1 < dim; r += 2) {
+            double f = 1.0 / pow(10000.0, (double)r / (double)(dim - 2));
+            table[(size_t)(p - 1) * dim + r] = (float)sin(p * f);
+            table[(size_t)(p - 1) * dim + r + 1] = (float)cos(p * f);
+        }
+}
+
+int mb_sinusoid_lookup(dd_graph *g, const char *name, int t, int rows, int dim) {
+    if (t < 0) return -1;
+    int known = dd_params_find(g->params, name) >= 0;
+    int64_t shape[2] = {rows, dim};
+    int table = dd_param(g, name, 2, shape, DD_INIT_FIXED);
+    if (table < 0) return -1;
+    /* Values are given once, at first registration; a second graph over allocated parameters
+     * finds the table already filled. */
+    if (!known && !g->params->allocated) {
+        float *v = malloc(sizeof(float) * (size_t)rows * (size_t)dim); /* (rows, dim) */
+        if (!v) return dd_error("out of memory for the %dx%d sinusoidal table", rows, dim);
+        dd_sinusoid_table(v, rows, dim);
+        int rc = dd_params_set_fixed(g->params, dd_params_find(g->params, name), v);
+        free(v);
+        if (rc) return -1;
+    }
+    return dd_embedding(g, table, t);
+}
+
+int mb_embedding(dd_graph *g, const char *prefix, int idx, int rows, int dim) {
+    char nm[DD_NAME_MAX];
+    int64_t shape[2] = {rows, dim};
+    int table = dd_param(g, mb_name(nm, sizeof nm, prefix, "weight"), 2, shape, DD_INIT_NORMAL);
+    return dd_embedding(g, table, idx);
+}
+
+int mb_time_mlp(dd_graph *g, int emb, int dim) {
+    int h = dd_dense_layer(g, "t1", emb, dim, 1);
+    h = dd_activation(g, h, DD_ACT_GELU_TANH); /* Flux's gelu is the tanh form */
+    return dd_dense_layer(g, "t2", h, dim, 1);
+}
+
+int mb_group_norm(dd_graph *g, const char *prefix, int x, int groups, int add, int swish) {
+    char nm[DD_NAME_MAX];
+    int C = mb_channels(g, x);
+    if (C < 0) return -1;
+    int64_t shape[1] = {C};
+    int gamma = dd_param(g, mb_name(nm, sizeof nm, prefix, "weight"), 1, shape, DD_INIT_ONE);
+    int beta = dd_param(g, mb_name(nm, sizeof nm, prefix, "bias"), 1, shape, DD_INIT_ZERO);
+    return dd_group_norm(g, x, gamma, beta, groups, add, swish);
+}
+
+int mb_conv_embed(dd_graph *g, const char *prefix, int x, int cout, int emb_swish, int groups) {
+    char nm[DD_NAME_MAX];
+    int h = dd_conv2d_layer(g, mb_name(nm, sizeof nm, prefix, "conv"), x, cout, 3, 1, 1, 1);
+    int e = dd_dense_layer(g, mb_name(nm, sizeof nm, prefix, "emb"), emb_swish, cout, 1);
+    /* GroupNorm, + the per-channel embedding, swish: one fused op */
+    return mb_group_norm(g, mb_name(nm, sizeof nm, prefix, "norm"), h, groups, e, 1);
+}
+
+int mb_res_block(dd_graph *g, const char *prefix, int x, int cout, int emb_swish, int groups) {
+    char nm[DD_NAME_MAX];
+    int cin = mb_channels(g, x);
+    if (cin < 0) return -1;
+    int h = mb_conv_embed(g, mb_name(nm, sizeof nm, prefix, "inl"), x, cout, emb_swish, groups);
+    h = dd_conv2d_layer(g, mb_name(nm, sizeof nm, prefix, "conv"), h, cout, 3, 1, 1, 1);
+    h = mb_group_norm(g, mb_name(nm, sizeof nm, prefix, "norm"), h, groups, -1, 1);
+    int skip = cin == cout
+                   ? x
+                   : dd_conv2d_layer(g, mb_name(nm, sizeof nm, prefix, "skip"), x, cout, 3, 1, 1, 1);
+    return dd_add(g, h, skip); /* no activation after the sum */
+}
+
+int mb_attention(dd_graph *g, const char *prefix, int x, int heads) {
+    char nm[DD_NAME_MAX];
+    int C = mb_channels(g, x);
+    if (C < 0) return -1;
+    int qkv = dd_conv2d_layer(g, mb_name(nm, sizeof nm, prefix, "qkv"), x, 3 * C, 3, 1, 1, 0);
+    int a = dd_attention(g, qkv, heads); /* (N, C, H, W) */
+    int o = dd_conv2d_layer(g, mb_name(nm, sizeof nm, prefix, "out"), a, C, 3, 1, 1, 1);
+    return dd_add(g, x, o);
+}
+
+int mb_downsample(dd_graph *g, const char *prefix, int x, int cout) {
+    return dd_conv2d_layer(g, prefix, x, cout, 4, 2, 1, 1);
+}
+
+int mb_upsample(dd_graph *g, const char *prefix, int x, int cout) {
+    return dd_conv2d_layer(g, prefix, dd_upsample2x(g, x), cout, 3, 1, 1, 1);
+}
