@@ -40,9 +40,11 @@ static DD_HD inline void dd_philox_at(uint64_t seed, uint64_t stream, uint64_t i
     dd_philox4x32_10(ctr, key, out);
 }
 
-/* 24 random bits to a float in (0, 1): never 0 (safe for log), never 1. */
+/* 23 random bits to a float in (0, 1): the midpoints (k + 1/2) / 2^23, all exact in float, so
+ * never 0 (safe for log) and never 1. (With 24 bits, (2^24 - 1) + 0.5 needs 25 bits of mantissa
+ * and rounds up to 2^24, giving exactly 1.0 once in 2^24 draws.) */
 static DD_HD inline float dd_u32_to_unit(uint32_t u) {
-    return ((float)(u >> 8) + 0.5f) * (1.0f / 16777216.0f);
+    return ((float)(u >> 9) + 0.5f) * (1.0f / 8388608.0f);
 }
 
 /* Uniform in (0, 1): element i of the stream. */
