@@ -1,0 +1,112 @@
+/* Private to cpu/: the op functions that cpu_backend.c puts in dd_cpu_backend, and the helpers
+ * that decide how work is spread over threads.
+ *
+ * Threading: OpenMP across the batch (or batch x heads, or channels) where each item is big
+ * enough, OpenBLAS sgemm for the heavy products. OpenBLAS is the pthread build, which does not
+ * see OpenMP: inside a batch-parallel region it is set to one thread (and restored after), and
+ * when the batch is smaller than the thread count the items run one after another and sgemm
+ * uses its own threads instead. Workspace is cut into per-thread "slots"; the slot count depends
+ * only on the shape and omp_get_num_procs(), so the size asked at plan time always covers the
+ * threads used at run time (min(slots, omp_get_max_threads()), thread i uses slot i). */
+#ifndef DD_CPU_INTERNAL_H
+#define DD_CPU_INTERNAL_H
+
+#include <omp.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#include "diffusion/backend.h"
+
+/* Workspace slices are rounded up to this many bytes so every slice starts 64-byte aligned. */
+#define DD_CPU_ALIGN 64
+static inline size_t dd_cpu_round(size_t bytes) {
+    return (bytes + DD_CPU_ALIGN - 1) / DD_CPU_ALIGN * DD_CPU_ALIGN;
+}
+
+/* Slots needed for `jobs` independent items: never more than the processors. */
+static inline int dd_cpu_slots(int64_t jobs) {
+    int p = omp_get_num_procs();
+    if (p < 1) p = 1;
+    if (jobs < 1) jobs = 1;
+    return jobs < p ? (int)jobs : p;
+}
+
+/* Threads to run `jobs` items in parallel with, or 1 when they should run one after another
+ * (fewer items than threads: then each sgemm gets all the threads). */
+static inline int dd_cpu_batch_threads(int64_t jobs) {
+    int t = omp_get_max_threads();
+    int s = dd_cpu_slots(jobs);
+    if (t > s) t = s;
+    if (jobs < omp_get_max_threads()) t = 1;
+    return t < 1 ? 1 : t;
+}
+
+/* OpenBLAS thread control around a batch-parallel region (declared by OpenBLAS's cblas.h). */
+int dd_cpu_blas_single_begin(void); /* returns the previous thread count */
+void dd_cpu_blas_single_end(int prev);
+
+/* Elementwise loops switch OpenMP on only above this size: below it the fork costs more. */
+#define DD_CPU_PAR_MIN 32768
+
+/* ---- ops (signatures as in dd_backend) ---- */
+size_t dd_cpu_conv2d_workspace(const dd_conv_shape *s);
+int dd_cpu_conv2d_forward(float *y, const float *x, const float *w, const float *b,
+                          const dd_conv_shape *s, void *ws);
+int dd_cpu_conv2d_backward(float *dx, float *dw, float *db, const float *dy, const float *x,
+                           const float *w, const dd_conv_shape *s, void *ws);
+
+int dd_cpu_dense_forward(float *y, const float *x, const float *w, const float *b, int N, int Cin,
+                         int Cout);
+int dd_cpu_dense_backward(float *dx, float *dw, float *db, const float *dy, const float *x,
+                          const float *w, int N, int Cin, int Cout);
+
+int dd_cpu_group_norm_forward(float *y, float *mean, float *rstd, const float *x,
+                              const float *gamma, const float *beta, const float *add,
+                              const dd_gn_shape *s);
+int dd_cpu_group_norm_backward(float *dx, float *dgamma, float *dbeta, float *dadd,
+                               const float *dy, const float *x, const float *mean,
+                               const float *rstd, const float *gamma, const float *beta,
+                               const float *add, const dd_gn_shape *s);
+
+int dd_cpu_act_forward(float *y, const float *x, size_t n, dd_act act);
+int dd_cpu_act_backward(float *dx, const float *dy, const float *x, size_t n, dd_act act);
+int dd_cpu_add_forward(float *y, const float *a, const float *b, size_t n);
+int dd_cpu_add_backward(float *da, float *db, const float *dy, size_t n);
+int dd_cpu_concat_forward(float *y, const float *a, const float *b, int N, int Ca, int Cb, int HW);
+int dd_cpu_concat_backward(float *da, float *db, const float *dy, int N, int Ca, int Cb, int HW);
+int dd_cpu_upsample2x_forward(float *y, const float *x, int N, int C, int H, int W);
+int dd_cpu_upsample2x_backward(float *dx, const float *dy, int N, int C, int H, int W);
+int dd_cpu_maxpool2x2_forward(float *y, const float *x, int N, int C, int H, int W);
+int dd_cpu_maxpool2x2_backward(float *dx, const float *dy, const float *x, int N, int C, int H,
+                               int W);
+int dd_cpu_embedding_forward(float *y, const float *table, const int32_t *idx, int N, int rows,
+                             int dim);
+int dd_cpu_embedding_backward(float *dtable, const float *dy, const int32_t *idx, int N, int rows,
+                              int dim);
+
+size_t dd_cpu_attention_workspace(const dd_attn_shape *s);
+int dd_cpu_attention_forward(float *y, float *probs, const float *qkv, const dd_attn_shape *s);
+int dd_cpu_attention_backward(float *dqkv, const float *dy, const float *qkv, const float *probs,
+                              const dd_attn_shape *s, void *ws);
+
+int dd_cpu_mse_forward(float *loss, const float *pred, const float *target, size_t n);
+int dd_cpu_mse_backward(float *dpred, const float *dloss, const float *pred, const float *target,
+                        size_t n);
+int dd_cpu_xent_forward(float *loss, float *probs, const float *logits, const int32_t *labels,
+                        int N, int K);
+int dd_cpu_xent_backward(float *dlogits, const float *dloss, const float *probs,
+                         const int32_t *labels, int N, int K);
+
+int dd_cpu_adam_update(float *p, float *m, float *v, const float *g, size_t n, float lr, float b1,
+                       float b2, float eps, int64_t t);
+int dd_cpu_ema_update(float *ema, const float *p, size_t n, float decay);
+
+int dd_cpu_normal(float *out, size_t n, uint64_t seed, uint64_t stream, uint64_t offset);
+int dd_cpu_q_sample(float *xt, const float *x0, const float *noise, const float *ca,
+                    const float *cb, int N, size_t per);
+int dd_cpu_guidance(float *eps, const float *cond, const float *uncond, size_t n, float g);
+int dd_cpu_sampler_step(float *x, float *x0_out, const float *eps, size_t n, float ra, float rb,
+                        int clip, float c0, float c1, float c2, float sigma, uint64_t seed,
+                        uint64_t stream, uint64_t offset);
+
+#endif

@@ -1,0 +1,124 @@
+/* group_norm on the CPU, with the per-channel add and swish of the UNet's ConvEmbed fused in.
+ *
+ * x (N, C, HW), G groups of Cg = C/G channels, statistics per (n, g) over Cg*HW values:
+ *   xhat = (x - mean) rstd,  z = gamma[c] xhat + beta[c] + add[n, c],  y = swish(z) or z.
+ * Backward recomputes xhat and z from x, mean and rstd (nothing else is saved), with
+ * dz = dy swish'(z) (or dy), and over each group of M = Cg*HW values:
+ *   dgamma[c] += sum dz xhat,  dbeta[c] += sum dz,  dadd[n, c] += sum over HW of dz,
+ *   dx = rstd (g - mean(g) - xhat mean(g xhat)),  g = gamma[c] dz.
+ * Sums are accumulated in double. Parameter gradients are summed per channel (parallel over
+ * channels), dx per (n, g) (parallel over those): z is recomputed in each pass rather than
+ * stored, since the op has no workspace. */
+#include <math.h>
+
+#include "cpu_internal.h"
+#include "diffusion/kernels.h"
+
+int dd_cpu_group_norm_forward(float *y, float *mean, float *rstd, const float *x,
+                              const float *gamma, const float *beta, const float *add,
+                              const dd_gn_shape *s) {
+    const int N = s->N, C = s->C, G = s->G, HW = s->HW, Cg = C / G;
+    const size_t M = (size_t)Cg * HW; /* values per group */
+#pragma omp parallel for schedule(static) if ((size_t)N * C * HW > DD_CPU_PAR_MIN)
+    for (int ng = 0; ng < N * G; ng++) {
+        const int n = ng / G, g = ng % G;
+        const float *xg = x + ((size_t)n * C + (size_t)g * Cg) * HW;
+        float *yg = y + ((size_t)n * C + (size_t)g * Cg) * HW;
+        /* two passes (mean, then the centred sum of squares): no cancellation */
+        double sum = 0.0;
+        for (size_t i = 0; i < M; i++) sum += xg[i];
+        double mu = sum / (double)M, sq = 0.0;
+        for (size_t i = 0; i < M; i++) {
+            double d = xg[i] - mu;
+            sq += d * d;
+        }
+        float m = (float)mu;
+        float r = (float)(1.0 / sqrt(sq / (double)M + (double)s->eps));
+        mean[ng] = m;
+        rstd[ng] = r;
+        for (int cc = 0; cc < Cg; cc++) {
+            const int c = g * Cg + cc;
+            const float sh = beta[c] + (add ? add[(size_t)n * C + c] : 0.0f);
+            const float *xc = xg + (size_t)cc * HW;
+            float *yc = yg + (size_t)cc * HW;
+            if (s->swish) {
+                for (int p = 0; p < HW; p++) yc[p] = dd_swish(gamma[c] * ((xc[p] - m) * r) + sh);
+            } else {
+                for (int p = 0; p < HW; p++) yc[p] = gamma[c] * ((xc[p] - m) * r) + sh;
+            }
+        }
+    }
+    return 0;
+}
+
+/* dz for one channel row: recompute z from x and return dL/dz (dy through swish when fused) */
+static inline float gn_dz(float dy, float xhat, float gm, float sh, int swish) {
+    if (!swish) return dy;
+    return dy * dd_swish_grad(gm * xhat + sh);
+}
+
+int dd_cpu_group_norm_backward(float *dx, float *dgamma, float *dbeta, float *dadd,
+                               const float *dy, const float *x, const float *mean,
+                               const float *rstd, const float *gamma, const float *beta,
+                               const float *add, const dd_gn_shape *s) {
+    const int N = s->N, C = s->C, G = s->G, HW = s->HW, Cg = C / G;
+    const size_t M = (size_t)Cg * HW;
+    const int par = (size_t)N * C * HW > DD_CPU_PAR_MIN;
+
+    if (dgamma || dbeta || dadd) {
+#pragma omp parallel for schedule(static) if (par)
+        for (int c = 0; c < C; c++) {
+            const int g = c / Cg;
+            double sg = 0.0, sb = 0.0;
+            for (int n = 0; n < N; n++) {
+                const float m = mean[n * G + g], r = rstd[n * G + g];
+                const float sh = beta[c] + (add ? add[(size_t)n * C + c] : 0.0f);
+                const size_t o = ((size_t)n * C + c) * HW;
+                double sn = 0.0;
+                for (int p = 0; p < HW; p++) {
+                    const float xh = (x[o + p] - m) * r;
+                    const float dz = gn_dz(dy[o + p], xh, gamma[c], sh, s->swish);
+                    sn += dz;
+                    sg += (double)dz * xh;
+                }
+                sb += sn;
+                if (dadd) dadd[(size_t)n * C + c] += (float)sn;
+            }
+            if (dgamma) dgamma[c] += (float)sg;
+            if (dbeta) dbeta[c] += (float)sb;
+        }
+    }
+    if (!dx) return 0;
+
+#pragma omp parallel for schedule(static) if (par)
+    for (int ng = 0; ng < N * G; ng++) {
+        const int n = ng / G, g = ng % G;
+        const float m = mean[ng], r = rstd[ng];
+        const size_t o = ((size_t)n * C + (size_t)g * Cg) * HW;
+        /* group means of gdz = gamma dz and gdz * xhat */
+        double s1 = 0.0, s2 = 0.0;
+        for (int cc = 0; cc < Cg; cc++) {
+            const int c = g * Cg + cc;
+            const float sh = beta[c] + (add ? add[(size_t)n * C + c] : 0.0f);
+            const size_t oc = o + (size_t)cc * HW;
+            for (int p = 0; p < HW; p++) {
+                const float xh = (x[oc + p] - m) * r;
+                const float gdz = gamma[c] * gn_dz(dy[oc + p], xh, gamma[c], sh, s->swish);
+                s1 += gdz;
+                s2 += (double)gdz * xh;
+            }
+        }
+        const float a1 = (float)(s1 / (double)M), a2 = (float)(s2 / (double)M);
+        for (int cc = 0; cc < Cg; cc++) {
+            const int c = g * Cg + cc;
+            const float sh = beta[c] + (add ? add[(size_t)n * C + c] : 0.0f);
+            const size_t oc = o + (size_t)cc * HW;
+            for (int p = 0; p < HW; p++) {
+                const float xh = (x[oc + p] - m) * r;
+                const float gdz = gamma[c] * gn_dz(dy[oc + p], xh, gamma[c], sh, s->swish);
+                dx[oc + p] += r * (gdz - a1 - xh * a2);
+            }
+        }
+    }
+    return 0;
+}

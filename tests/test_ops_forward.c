@@ -1,0 +1,520 @@
+/* Forward values of the CPU backend against independent references.
+ *
+ * - conv2d (K = 1, 3, 4, 5; stride 1 and 2; pads 0, 1, 2; 1x1 input), group_norm (with and
+ *   without add and swish, G = 1, odd channels), attention (P = 1, several heads), every
+ *   activation (both gelu forms), dense, maxpool, upsample and both losses against PyTorch:
+ *   tests/reference/ops_reference.py writes the inputs it generated and torch's outputs (and,
+ *   for conv, group_norm and attention, the gradients of sum(y * r)) to tests/reference/ops/.
+ *   Outputs must agree within 1e-5 relative (norm of the difference over norm of the reference),
+ *   gradients within 1e-5 too (the reference is float64 rounded once, so this measures only our
+ *   float32 rounding).
+ * - Adam against a two-step example computed by hand (below), EMA and guidance against their
+ *   formulas, q_sample and sampler_step against the formulas of backend.h evaluated here in
+ *   double, the normal entry against dd_philox_normal element by element (bit for bit).
+ * - The batch-parallel conv and attention paths against one-sample-at-a-time calls.
+ * - Memory entries (alignment, zero fill, the out-of-memory message) and dd_backend_by_name. */
+#include <math.h>
+#include <stdint.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "diffusion/backend.h"
+#include "diffusion/error.h"
+#include "diffusion/philox.h"
+#include "testutil.h"
+
+static const dd_backend *B = &dd_cpu_backend;
+
+#define REF_TOL 1e-5
+
+/* ---------------------------------------------------------------- reference files */
+
+#define REF_MAXP 16
+#define REF_MAXT 24
+
+typedef struct {
+    char name[32];
+    size_t n;
+    float *v;
+} ref_tensor;
+
+typedef struct {
+    char file[64];
+    int np, nt;
+    char pname[REF_MAXP][32];
+    double pval[REF_MAXP];
+    ref_tensor t[REF_MAXT];
+} ref;
+
+/* Parse tests/reference/ops/NAME.txt (format in ops_reference.py). 0 or -1 (test failure). */
+static int ref_load(ref *r, const char *name) {
+    memset(r, 0, sizeof *r);
+    snprintf(r->file, sizeof r->file, "%s", name);
+    char path[1024];
+    snprintf(path, sizeof path, "%s/tests/reference/ops/%s.txt", DD_SOURCE_DIR, name);
+    FILE *f = fopen(path, "r");
+    if (!f) {
+        tu_fail(__FILE__, __LINE__, "cannot open %s (run tests/reference/ops_reference.py)", path);
+        return -1;
+    }
+    char tok[64];
+    int ok = 1;
+    while (ok && fscanf(f, "%63s", tok) == 1) {
+        if (tok[0] == '#') {
+            int ch;
+            while ((ch = fgetc(f)) != EOF && ch != '\n') {
+            }
+        } else if (strcmp(tok, "param") == 0 && r->np < REF_MAXP) {
+            ok = fscanf(f, "%31s %lf", r->pname[r->np], &r->pval[r->np]) == 2;
+            r->np++;
+        } else if (strcmp(tok, "tensor") == 0 && r->nt < REF_MAXT) {
+            ref_tensor *t = &r->t[r->nt++];
+            int nd;
+            ok = fscanf(f, "%31s %d", t->name, &nd) == 2 && nd >= 0 && nd <= 8;
+            t->n = 1;
+            for (int i = 0; ok && i < nd; i++) {
+                long d;
+                ok = fscanf(f, "%ld", &d) == 1 && d >= 0;
+                t->n *= (size_t)d;
+            }
+            t->v = malloc((t->n ? t->n : 1) * sizeof(float));
+            for (size_t i = 0; ok && i < t->n; i++) ok = fscanf(f, "%f", &t->v[i]) == 1;
+        } else {
+            ok = 0;
+        }
+    }
+    fclose(f);
+    if (!ok) tu_fail(__FILE__, __LINE__, "%s: malformed reference file", path);
+    return ok ? 0 : -1;
+}
+
+static void ref_free(ref *r) {
+    for (int i = 0; i < r->nt; i++) free(r->t[i].v);
+}
+
+static double P(const ref *r, const char *name) {
+    for (int i = 0; i < r->np; i++)
+        if (strcmp(r->pname[i], name) == 0) return r->pval[i];
+    tu_fail(__FILE__, __LINE__, "%s: no param %s", r->file, name);
+    return 0;
+}
+
+static const ref_tensor *T(const ref *r, const char *name) {
+    for (int i = 0; i < r->nt; i++)
+        if (strcmp(r->t[i].name, name) == 0) return &r->t[i];
+    return NULL;
+}
+
+static const float *V(const ref *r, const char *name) {
+    const ref_tensor *t = T(r, name);
+    if (!t) tu_fail(__FILE__, __LINE__, "%s: no tensor %s", r->file, name);
+    return t ? t->v : NULL;
+}
+
+/* got vs the reference tensor `name`: relative error within tol; prints the error either way */
+static void compare(const ref *r, const char *what, const char *name, const float *got, size_t n,
+                    double tol) {
+    const ref_tensor *t = T(r, name);
+    if (!t) {
+        tu_fail(__FILE__, __LINE__, "%s: no tensor %s", r->file, name);
+        return;
+    }
+    CHECKF(t->n == n, "%s %s: reference has %zu values, the op %zu", r->file, name, t->n, n);
+    if (t->n != n) return;
+    double e = tu_rel_err(got, t->v, n);
+    printf("  %-22s %-10s rel err %.2e\n", r->file, name, e);
+    CHECKF(e <= tol, "%s: %s %s differs from PyTorch: rel err %.3g > %.0e", r->file, what, name, e,
+           tol);
+}
+
+static float *zeros(size_t n) { return calloc(n ? n : 1, sizeof(float)); }
+
+static float *filled_nan(size_t n) {
+    float *p = malloc((n ? n : 1) * sizeof(float));
+    for (size_t i = 0; i < n; i++) p[i] = NAN;
+    return p;
+}
+
+/* ---------------------------------------------------------------- against PyTorch */
+
+static void check_conv(const char *name) {
+    ref r;
+    if (ref_load(&r, name)) return;
+    dd_conv_shape s = {(int)P(&r, "N"), (int)P(&r, "Cin"), (int)P(&r, "H"), (int)P(&r, "W"),
+                       (int)P(&r, "Cout"), (int)P(&r, "K"), (int)P(&r, "stride"),
+                       (int)P(&r, "pad"), 0, 0};
+    s.Ho = (s.H + 2 * s.pad - s.K) / s.stride + 1;
+    s.Wo = (s.W + 2 * s.pad - s.K) / s.stride + 1;
+    const int bias = (int)P(&r, "bias");
+    const size_t nx = (size_t)s.N * s.Cin * s.H * s.W, nw = (size_t)s.Cout * s.Cin * s.K * s.K;
+    const size_t ny = (size_t)s.N * s.Cout * s.Ho * s.Wo;
+    void *ws = malloc(B->conv2d_workspace(&s) + 64);
+    float *y = filled_nan(ny), *dx = zeros(nx), *dw = zeros(nw), *db = zeros(s.Cout);
+    const float *x = V(&r, "x"), *w = V(&r, "w"), *b = bias ? V(&r, "b") : NULL;
+    if (x && w && (b || !bias) && V(&r, "r")) {
+        CHECK_OK(B->conv2d_forward(y, x, w, b, &s, ws));
+        compare(&r, "conv2d forward", "y", y, ny, REF_TOL);
+        CHECK_OK(B->conv2d_backward(dx, dw, bias ? db : NULL, V(&r, "r"), x, w, &s, ws));
+        compare(&r, "conv2d backward", "dx", dx, nx, REF_TOL);
+        compare(&r, "conv2d backward", "dw", dw, nw, REF_TOL);
+        if (bias) compare(&r, "conv2d backward", "db", db, s.Cout, REF_TOL);
+    }
+    free(ws), free(y), free(dx), free(dw), free(db);
+    ref_free(&r);
+}
+
+static void check_group_norm(const char *name) {
+    ref r;
+    if (ref_load(&r, name)) return;
+    dd_gn_shape s = {(int)P(&r, "N"), (int)P(&r, "C"), (int)P(&r, "HW"), (int)P(&r, "G"),
+                     (int)P(&r, "swish"), (float)P(&r, "eps")};
+    const int add = (int)P(&r, "add");
+    const size_t n = (size_t)s.N * s.C * s.HW, ng = (size_t)s.N * s.G;
+    float *y = filled_nan(n), *mean = filled_nan(ng), *rstd = filled_nan(ng);
+    float *dx = zeros(n), *dgamma = zeros(s.C), *dbeta = zeros(s.C), *dadd = zeros((size_t)s.N * s.C);
+    const float *x = V(&r, "x"), *gamma = V(&r, "gamma"), *beta = V(&r, "beta");
+    const float *a = add ? V(&r, "add") : NULL;
+    if (x && gamma && beta && (a || !add) && V(&r, "r")) {
+        CHECK_OK(B->group_norm_forward(y, mean, rstd, x, gamma, beta, a, &s));
+        compare(&r, "group_norm forward", "y", y, n, REF_TOL);
+        compare(&r, "group_norm forward", "mean", mean, ng, REF_TOL);
+        compare(&r, "group_norm forward", "rstd", rstd, ng, REF_TOL);
+        CHECK_OK(B->group_norm_backward(dx, dgamma, dbeta, add ? dadd : NULL, V(&r, "r"), x, mean,
+                                        rstd, gamma, beta, a, &s));
+        compare(&r, "group_norm backward", "dx", dx, n, REF_TOL);
+        compare(&r, "group_norm backward", "dgamma", dgamma, s.C, REF_TOL);
+        compare(&r, "group_norm backward", "dbeta", dbeta, s.C, REF_TOL);
+        if (add) compare(&r, "group_norm backward", "dadd", dadd, (size_t)s.N * s.C, REF_TOL);
+    }
+    free(y), free(mean), free(rstd), free(dx), free(dgamma), free(dbeta), free(dadd);
+    ref_free(&r);
+}
+
+static void check_attention(const char *name) {
+    ref r;
+    if (ref_load(&r, name)) return;
+    dd_attn_shape s = {(int)P(&r, "N"), (int)P(&r, "C"), (int)P(&r, "heads"), (int)P(&r, "P")};
+    const size_t ny = (size_t)s.N * s.C * s.P, np = (size_t)s.N * s.heads * s.P * s.P;
+    float *y = filled_nan(ny), *probs = filled_nan(np), *dqkv = zeros(3 * ny);
+    void *ws = malloc(B->attention_workspace(&s) + 64);
+    const float *qkv = V(&r, "qkv");
+    if (qkv && V(&r, "r")) {
+        CHECK_OK(B->attention_forward(y, probs, qkv, &s));
+        compare(&r, "attention forward", "y", y, ny, REF_TOL);
+        compare(&r, "attention forward", "probs", probs, np, REF_TOL);
+        CHECK_OK(B->attention_backward(dqkv, V(&r, "r"), qkv, probs, &s, ws));
+        compare(&r, "attention backward", "dqkv", dqkv, 3 * ny, REF_TOL);
+    }
+    free(y), free(probs), free(dqkv), free(ws);
+    ref_free(&r);
+}
+
+static void check_activations(void) {
+    ref r;
+    if (ref_load(&r, "act")) return;
+    const size_t n = (size_t)P(&r, "n");
+    const float *x = V(&r, "x");
+    const struct {
+        dd_act act;
+        const char *name;
+    } acts[] = {{DD_ACT_RELU, "relu"},
+                {DD_ACT_SWISH, "swish"},
+                {DD_ACT_GELU_TANH, "gelu_tanh"},
+                {DD_ACT_GELU_ERF, "gelu_erf"}};
+    float *y = filled_nan(n);
+    for (size_t i = 0; x && i < sizeof acts / sizeof acts[0]; i++) {
+        CHECK_OK(B->act_forward(y, x, n, acts[i].act));
+        compare(&r, "activation", acts[i].name, y, n, REF_TOL);
+    }
+    /* the two gelu forms differ by 6.5e-5 relative over x, more than REF_TOL, so swapping them
+     * fails the comparisons above; and most at x = -2.7 (4.7e-4): make sure that shows */
+    float a = 0, b = 0;
+    CHECK_OK(B->act_forward(&a, (const float[]){-2.7f}, 1, DD_ACT_GELU_TANH));
+    CHECK_OK(B->act_forward(&b, (const float[]){-2.7f}, 1, DD_ACT_GELU_ERF));
+    CHECKF(fabsf(a - b) > 4e-4f, "gelu tanh and erf forms too close at -2.7 (%g, %g)", a, b);
+    free(y);
+    ref_free(&r);
+}
+
+static void check_misc(void) {
+    ref r;
+    if (ref_load(&r, "dense") == 0) {
+        int N = (int)P(&r, "N"), Cin = (int)P(&r, "Cin"), Cout = (int)P(&r, "Cout");
+        float *y = filled_nan((size_t)N * Cout);
+        if (V(&r, "x") && V(&r, "w") && V(&r, "b")) {
+            CHECK_OK(B->dense_forward(y, V(&r, "x"), V(&r, "w"), V(&r, "b"), N, Cin, Cout));
+            compare(&r, "dense forward", "y", y, (size_t)N * Cout, REF_TOL);
+        }
+        free(y);
+        ref_free(&r);
+    }
+    if (ref_load(&r, "pool_up") == 0) {
+        int N = (int)P(&r, "N"), C = (int)P(&r, "C"), H = (int)P(&r, "H"), W = (int)P(&r, "W");
+        const size_t np = (size_t)N * C * (H / 2) * (W / 2), nu = (size_t)N * C * 4 * H * W;
+        float *yp = filled_nan(np), *yu = filled_nan(nu);
+        if (V(&r, "x")) {
+            CHECK_OK(B->maxpool2x2_forward(yp, V(&r, "x"), N, C, H, W));
+            compare(&r, "maxpool2x2 forward", "maxpool", yp, np, REF_TOL);
+            CHECK_OK(B->upsample2x_forward(yu, V(&r, "x"), N, C, H, W));
+            compare(&r, "upsample2x forward", "upsample", yu, nu, REF_TOL);
+        }
+        free(yp), free(yu);
+        ref_free(&r);
+    }
+    if (ref_load(&r, "loss") == 0) {
+        int N = (int)P(&r, "N"), K = (int)P(&r, "K");
+        const float *lf = V(&r, "labels");
+        int32_t *labels = malloc((size_t)N * sizeof(int32_t));
+        for (int i = 0; lf && i < N; i++) labels[i] = (int32_t)lf[i];
+        float loss = NAN, *probs = filled_nan((size_t)N * K);
+        if (lf && V(&r, "logits")) {
+            CHECK_OK(B->xent_forward(&loss, probs, V(&r, "logits"), labels, N, K));
+            compare(&r, "xent forward", "xent", &loss, 1, REF_TOL);
+            compare(&r, "xent forward", "probs", probs, (size_t)N * K, REF_TOL);
+        }
+        const ref_tensor *pred = T(&r, "pred");
+        if (pred && V(&r, "target")) {
+            CHECK_OK(B->mse_forward(&loss, pred->v, V(&r, "target"), pred->n));
+            compare(&r, "mse forward", "mse", &loss, 1, REF_TOL);
+        }
+        free(labels), free(probs);
+        ref_free(&r);
+    }
+}
+
+/* ---------------------------------------------------------------- optimiser */
+
+static void check_adam(void) {
+    /* Two elements, two steps, lr 0.1, b1 0.9, b2 0.999, eps 1e-8, worked by hand:
+     * element 0: p 1, g 0.5 then -0.25
+     *   t=1: m = 0.1*0.5 = 0.05, v = 0.001*0.25 = 2.5e-4, m/(1-0.9) = 0.5, v/(1-0.999) = 0.25,
+     *        p = 1 - 0.1 * 0.5 / (0.5 + 1e-8) = 0.900000002
+     *   t=2: m = 0.9*0.05 + 0.1*(-0.25) = 0.02, v = 0.999*2.5e-4 + 0.001*0.0625 = 3.1225e-4,
+     *        p = 0.900000002 - 0.1 * (0.02/0.19) / (sqrt(3.1225e-4/0.001999) + 1e-8)
+     *          = 0.900000002 - 0.1 * 0.1052632 / 0.3952253 = 0.8733663
+     * element 1: p -2, g -1e-3 then 3e-3 (eps is no longer negligible against sqrt(v))
+     *   t=1: m = -1e-4, v = 1e-9, p = -2 - 0.1 * (-1e-3) / (1e-3 + 1e-8) = -1.900001
+     *   t=2: m = -9e-5 + 3e-4 = 2.1e-4, v = 0.999e-9 + 9e-9 = 9.999e-9,
+     *        p = -1.900001 - 0.1 * (2.1e-4/0.19) / (sqrt(9.999e-9/0.001999) + 1e-8)
+     *          = -1.900001 - 0.1 * 1.105263e-3 / 2.236504e-3 = -1.9494198
+     * Tolerances: p within 2e-7 relative (float32 rounding of a few operations); m within 1e-6;
+     * v within 3e-5, because 0.999 is not a float: the API takes b2 = 0.999f, and
+     * 1 - 0.999f = 0.99998713e-3 exactly, so every v is 1.3e-5 below the decimal arithmetic
+     * (PyTorch, given the Python float 0.999, rounds 1 - 0.999 = 1e-3 instead). */
+    float p[2] = {1.0f, -2.0f}, m[2] = {0, 0}, v[2] = {0, 0};
+    const float g1[2] = {0.5f, -1e-3f}, g2[2] = {-0.25f, 3e-3f};
+    CHECK_OK(B->adam_update(p, m, v, g1, 2, 0.1f, 0.9f, 0.999f, 1e-8f, 1));
+    const double p1[2] = {0.900000002, -1.90000099999}, m1[2] = {0.05, -1e-4},
+                 v1[2] = {2.5e-4, 1e-9};
+    for (int i = 0; i < 2; i++) {
+        CHECKF(fabs(p[i] - p1[i]) <= 2e-7 * fabs(p1[i]), "adam t=1 p[%d] = %.9g, expected %.9g", i,
+               p[i], p1[i]);
+        CHECKF(fabs(m[i] - m1[i]) <= 1e-6 * fabs(m1[i]), "adam t=1 m[%d] = %.9g, expected %.9g", i,
+               m[i], m1[i]);
+        CHECKF(fabs(v[i] - v1[i]) <= 3e-5 * fabs(v1[i]), "adam t=1 v[%d] = %.9g, expected %.9g", i,
+               v[i], v1[i]);
+    }
+    CHECK_OK(B->adam_update(p, m, v, g2, 2, 0.1f, 0.9f, 0.999f, 1e-8f, 2));
+    const double p2[2] = {0.8733662987, -1.9494197624}, m2[2] = {0.02, 2.1e-4},
+                 v2[2] = {3.1225e-4, 9.999e-9};
+    for (int i = 0; i < 2; i++) {
+        CHECKF(fabs(p[i] - p2[i]) <= 2e-7 * fabs(p2[i]), "adam t=2 p[%d] = %.9g, expected %.9g", i,
+               p[i], p2[i]);
+        CHECKF(fabs(m[i] - m2[i]) <= 1e-6 * fabs(m2[i]), "adam t=2 m[%d] = %.9g, expected %.9g", i,
+               m[i], m2[i]);
+        CHECKF(fabs(v[i] - v2[i]) <= 3e-5 * fabs(v2[i]), "adam t=2 v[%d] = %.9g, expected %.9g", i,
+               v[i], v2[i]);
+    }
+
+    /* EMA: 0.9 * 1 + 0.1 * 3 = 1.2; 0.9 * -2 + 0.1 * 0 = -1.8 */
+    float ema[2] = {1.0f, -2.0f};
+    const float pp[2] = {3.0f, 0.0f};
+    CHECK_OK(B->ema_update(ema, pp, 2, 0.9f));
+    CHECKF(fabsf(ema[0] - 1.2f) < 1e-6f && fabsf(ema[1] + 1.8f) < 1e-6f, "ema: %g %g", ema[0],
+           ema[1]);
+}
+
+/* ---------------------------------------------------------------- diffusion helpers */
+
+static void check_diffusion(void) {
+    /* normal: element i is dd_philox_normal(seed, stream, offset + i), bit for bit; a large n
+     * takes the OpenMP path */
+    const size_t n = 50000;
+    float *z = malloc(n * sizeof(float));
+    CHECK_OK(B->normal(z, n, 1234, 7, 1000));
+    size_t mismatch = 0;
+    double sum = 0, sq = 0;
+    for (size_t i = 0; i < n; i++) {
+        mismatch += memcmp(&z[i], &(float){dd_philox_normal(1234, 7, 1000 + i)}, sizeof(float)) != 0;
+        sum += z[i], sq += (double)z[i] * z[i];
+    }
+    CHECKF(mismatch == 0, "normal: %zu of %zu values differ from dd_philox_normal", mismatch, n);
+    /* and they look standard normal (mean within 5 sigma of 0, variance within 3%) */
+    CHECKF(fabs(sum / n) < 5.0 / sqrt((double)n) && fabs(sq / n - 1.0) < 0.03,
+           "normal: mean %g, variance %g", sum / n, sq / n);
+
+    /* q_sample: per sample s, xt = ca[s] x0 + cb[s] noise */
+    enum { QN = 3, PER = 5 };
+    float x0[QN * PER], noise[QN * PER], xt[QN * PER];
+    const float ca[QN] = {0.99f, 0.5f, 0.01f}, cb[QN] = {0.141f, 0.866f, 0.99995f};
+    tu_fill_uniform(x0, QN * PER, -1, 1, 11);
+    tu_fill_uniform(noise, QN * PER, -2, 2, 12);
+    CHECK_OK(B->q_sample(xt, x0, noise, ca, cb, QN, PER));
+    for (int s = 0; s < QN; s++)
+        for (int i = 0; i < PER; i++) {
+            const int k = s * PER + i;
+            double want = (double)ca[s] * x0[k] + (double)cb[s] * noise[k];
+            CHECKF(fabs(xt[k] - want) <= 1e-6 * (1 + fabs(want)), "q_sample [%d][%d]: %g vs %g", s,
+                   i, xt[k], want);
+        }
+
+    /* guidance: uncond + g (cond - uncond) */
+    float ge[4];
+    const float cond[4] = {1, -1, 0.5f, 2}, unc[4] = {0, 1, 0.5f, -2};
+    CHECK_OK(B->guidance(ge, cond, unc, 4, 3.0f));
+    const float gwant[4] = {3, -5, 0.5f, 10};
+    for (int i = 0; i < 4; i++) CHECKF(fabsf(ge[i] - gwant[i]) < 1e-6f, "guidance [%d] %g", i, ge[i]);
+
+    /* sampler_step: x0 = clip(ra x - rb eps); x = c0 x0 + c1 x + c2 eps + sigma z */
+    const size_t m = 40000; /* OpenMP path */
+    float *x = malloc(m * sizeof(float)), *e = malloc(m * sizeof(float));
+    float *xs = malloc(m * sizeof(float)), *x0o = malloc(m * sizeof(float));
+    tu_fill_uniform(x, m, -3, 3, 21);
+    tu_fill_uniform(e, m, -2, 2, 22);
+    const struct {
+        float ra, rb, c0, c1, c2, sigma;
+        int clip, want_x0;
+        const char *what;
+    } cases[] = {
+        {1.2f, 0.66f, 0.3f, 0.6f, 0.0f, 0.2f, 1, 1, "DDPM step, clip, noise"},
+        {1.2f, 0.66f, 0.3f, 0.6f, 0.0f, 0.2f, 0, 0, "DDPM step, no clip, x0_out NULL"},
+        {3.0f, 2.8f, 0.8f, 0.0f, 0.6f, 0.0f, 1, 1, "DDIM eta=0 step (no noise)"},
+        {3.0f, 2.8f, 0.8f, 0.0f, 0.5f, 0.35f, 1, 1, "DDIM eta>0 step"},
+    };
+    for (size_t c = 0; c < sizeof cases / sizeof cases[0]; c++) {
+        memcpy(xs, x, m * sizeof(float));
+        for (size_t i = 0; i < m; i++) x0o[i] = NAN;
+        const uint64_t seed = 99, stream = 3 + c, off = 500;
+        CHECK_OK(B->sampler_step(xs, cases[c].want_x0 ? x0o : NULL, e, m, cases[c].ra, cases[c].rb,
+                                 cases[c].clip, cases[c].c0, cases[c].c1, cases[c].c2,
+                                 cases[c].sigma, seed, stream, off));
+        size_t bad = 0, badx0 = 0, clipped = 0;
+        for (size_t i = 0; i < m; i++) {
+            double x0 = (double)cases[c].ra * x[i] - (double)cases[c].rb * e[i];
+            if (cases[c].clip && (x0 > 1 || x0 < -1)) x0 = x0 > 1 ? 1 : -1, clipped++;
+            double want = cases[c].c0 * x0 + cases[c].c1 * (double)x[i] + cases[c].c2 * (double)e[i];
+            if (cases[c].sigma != 0)
+                want += cases[c].sigma * (double)dd_philox_normal(seed, stream, off + i);
+            bad += !(fabs(xs[i] - want) <= 2e-6 * (1 + fabs(want)));
+            if (cases[c].want_x0) badx0 += !(fabs(x0o[i] - x0) <= 2e-6 * (1 + fabs(x0)));
+            else badx0 += !isnan(x0o[i]);
+        }
+        CHECKF(bad == 0, "sampler_step (%s): %zu of %zu values off the formula", cases[c].what, bad,
+               m);
+        CHECKF(badx0 == 0, "sampler_step (%s): %zu x0 values wrong", cases[c].what, badx0);
+        if (cases[c].clip) CHECKF(clipped > 0, "sampler_step (%s): test never clips", cases[c].what);
+    }
+    free(z), free(x), free(e), free(xs), free(x0o);
+}
+
+/* ---------------------------------------------------------------- threading paths */
+
+/* The batch-parallel paths (N >= threads) must give what one-sample calls give. */
+static void check_batch_paths(void) {
+    dd_conv_shape s = {4, 3, 9, 8, 5, 3, 1, 1, 9, 8};
+    dd_conv_shape s1 = s;
+    s1.N = 1;
+    const size_t xs = 3 * 9 * 8, ys = 5 * 9 * 8, nw = 5 * 3 * 9;
+    float *x = malloc(4 * xs * sizeof(float)), *w = malloc(nw * sizeof(float)), b[5];
+    float *dy = malloc(4 * ys * sizeof(float));
+    tu_fill_uniform(x, 4 * xs, -1, 1, 31);
+    tu_fill_uniform(w, nw, -1, 1, 32);
+    tu_fill_uniform(b, 5, -1, 1, 33);
+    tu_fill_uniform(dy, 4 * ys, -1, 1, 34);
+    void *ws = malloc(B->conv2d_workspace(&s) + 64);
+    float *y = zeros(4 * ys), *y1 = zeros(4 * ys), *dx = zeros(4 * xs), *dx1 = zeros(4 * xs);
+    float *dw = zeros(nw), *dw1 = zeros(nw);
+    CHECK_OK(B->conv2d_forward(y, x, w, b, &s, ws));
+    CHECK_OK(B->conv2d_backward(dx, dw, NULL, dy, x, w, &s, ws));
+    for (int n = 0; n < 4; n++) {
+        CHECK_OK(B->conv2d_forward(y1 + n * ys, x + n * xs, w, b, &s1, ws));
+        CHECK_OK(B->conv2d_backward(dx1 + n * xs, dw1, NULL, dy + n * ys, x + n * xs, w, &s1, ws));
+    }
+    CHECKF(tu_rel_err(y, y1, 4 * ys) < 1e-6, "conv forward: batch path differs from per-sample");
+    CHECKF(tu_rel_err(dx, dx1, 4 * xs) < 1e-6, "conv backward dx: batch path differs");
+    CHECKF(tu_rel_err(dw, dw1, nw) < 1e-5, "conv backward dw: batch path differs");
+    free(x), free(w), free(dy), free(ws), free(y), free(y1), free(dx), free(dx1), free(dw), free(dw1);
+}
+
+/* ---------------------------------------------------------------- memory, selection */
+
+static void check_memory_and_select(void) {
+    void *p = NULL;
+    CHECK_OK(B->alloc(&p, 1000));
+    CHECKF(p && ((uintptr_t)p % 64) == 0, "alloc: not 64-byte aligned");
+    size_t nonzero = 0;
+    for (int i = 0; p && i < 1000; i++) nonzero += ((unsigned char *)p)[i] != 0;
+    CHECKF(nonzero == 0, "alloc: memory not zero-filled");
+    memset(p, 7, 1000);
+    CHECK_OK(B->zero(p, 1000));
+    CHECK(((unsigned char *)p)[999] == 0);
+    char host[16] = "0123456789abcde";
+    CHECK_OK(B->to_device(p, host, 16));
+    char back[16] = {0};
+    CHECK_OK(B->to_host(back, p, 16));
+    CHECK(memcmp(back, host, 16) == 0);
+    CHECK_OK(B->synchronize());
+    B->free(p);
+
+    void *q = (void *)1;
+    dd_error_clear();
+    CHECK(B->alloc(&q, SIZE_MAX / 2) == -1);
+    CHECK(q == NULL);
+    CHECKF(strstr(dd_error_message(), "out of memory") &&
+               strstr(dd_error_message(), "9223372036854775807"),
+           "out-of-memory message does not say so with the size: \"%s\"", dd_error_message());
+
+    CHECK(dd_backend_by_name("cpu") == &dd_cpu_backend);
+    dd_error_clear();
+    const dd_backend *cuda = dd_cuda_backend();
+    dd_error_clear();
+    const dd_backend *a = dd_backend_by_name("auto");
+    CHECK(a != NULL);
+    if (!cuda) {
+        CHECK(a == &dd_cpu_backend);
+        CHECKF(strcmp(dd_error_message(), "unknown error") == 0,
+               "auto falling back to cpu left an error set: \"%s\"", dd_error_message());
+        CHECK(dd_backend_by_name("cuda") == NULL);
+        CHECKF(strstr(dd_error_message(), "CUDA") != NULL, "no CUDA message: \"%s\"",
+               dd_error_message());
+    } else {
+        CHECK(a == cuda);
+    }
+    CHECK(dd_backend_by_name("gpu") == NULL);
+    CHECKF(strstr(dd_error_message(), "'gpu'") != NULL, "unknown-name message: \"%s\"",
+           dd_error_message());
+    CHECK(dd_backend_by_name(NULL) == NULL);
+}
+
+int main(void) {
+    check_conv("conv_k3_s1_p1");
+    check_conv("conv_k4_s2_p1");
+    check_conv("conv_k5_s1_p2_nobias");
+    check_conv("conv_k1_s1_p0");
+    check_conv("conv_k3_s2_p0");
+    check_conv("conv_k3_s1_p1_1x1");
+    check_group_norm("gn_add_swish");
+    check_group_norm("gn_plain");
+    check_group_norm("gn_g1_add_swish");
+    check_group_norm("gn_swish_odd");
+    check_attention("attn_h2");
+    check_attention("attn_h4");
+    check_attention("attn_p1");
+    check_activations();
+    check_misc();
+    check_adam();
+    check_diffusion();
+    check_batch_paths();
+    check_memory_and_select();
+    return tu_finish();
+}
