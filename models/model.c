@@ -131,8 +131,10 @@ int dd_model_print_layers(FILE *f, const dd_model_config *c) {
             char s[64];
             shape_str(&p->info[j], s, sizeof s);
             size_t used = strlen(shapes);
-            snprintf(shapes + used, sizeof shapes - used, "%s%s %s", used ? "  " : "",
-                     p->info[j].name + (ml < strlen(p->info[j].name) ? ml + 1 : 0), s);
+            /* "weight (16, 1, 3, 3)"; a name without a component (the table) shows its shape */
+            const char *comp = ml < strlen(p->info[j].name) ? p->info[j].name + ml + 1 : "";
+            snprintf(shapes + used, sizeof shapes - used, "%s%s%s%s", used ? "  " : "", comp,
+                     comp[0] ? " " : "", s);
             numel += p->info[j].numel;
             fixed |= p->info[j].init == DD_INIT_FIXED;
         }
