@@ -159,6 +159,23 @@ int dd_write_points_csv(const char *path, const float *xy, const int32_t *labels
     return dd_atomic_commit(&af);
 }
 
+int dd_write_csv_columns(const char *path, const char *const *names, const float *const *cols,
+                         int ncols, int64_t n) {
+    if (ncols < 1) return dd_error("%s: a CSV needs at least one column", path);
+    dd_atomic_file af;
+    DD_TRY(dd_atomic_open(&af, path));
+    for (int j = 0; j < ncols; j++) fprintf(af.f, "%s%s", j ? "," : "", names[j]);
+    fputc('\n', af.f);
+    for (int64_t i = 0; i < n; i++) {
+        for (int j = 0; j < ncols; j++) {
+            if (j) fputc(',', af.f);
+            if (!isnan(cols[j][i])) fprintf(af.f, "%.9g", cols[j][i]);
+        }
+        fputc('\n', af.f);
+    }
+    return dd_atomic_commit(&af);
+}
+
 /* ---------------------------------------------------------------- raw sample files */
 static void put_le32(uint8_t *p, uint32_t v) {
     p[0] = (uint8_t)v, p[1] = (uint8_t)(v >> 8), p[2] = (uint8_t)(v >> 16), p[3] = (uint8_t)(v >> 24);

@@ -287,6 +287,16 @@ static void test_loss(void) {
     px = stbi_load(OUT "/loss_linear.png", &w, &h, &c, 3);
     CHECK(px && w == 800 && h == 300);
     if (px) stbi_image_free(px);
+    /* the history as CSV: step, loss, a column with gaps */
+    float steps[3] = {1, 2, 3}, loss[3] = {0.5f, 0.25f, 0.125f}, val[3] = {NAN, NAN, 0.2f};
+    const float *cols[3] = {steps, loss, val};
+    const char *names[3] = {"step", "loss", "val_loss"};
+    CHECK_OK(dd_write_csv_columns(OUT "/loss.csv", names, cols, 3, 3));
+    size_t clen;
+    char *csv = tu_read_file(OUT "/loss.csv", &clen);
+    CHECK(csv && clen == strlen("step,loss,val_loss\n1,0.5,\n2,0.25,\n3,0.125,0.200000003\n") &&
+          memcmp(csv, "step,loss,val_loss\n1,0.5,\n2,0.25,\n3,0.125,0.200000003\n", clen) == 0);
+    free(csv);
     CHECK(dd_plot_loss(OUT "/none.png", NULL, NULL, 0, NULL, NULL, 0, NULL) == -1);
     CHECK(dd_plot_loss("no_such_folder_dd/l.png", sx, sy, S, NULL, NULL, 0, NULL) == -1);
     CHECK_MSG("cannot write");

@@ -113,6 +113,11 @@ int dd_plot_loss(const char *path, const float *batch_x, const float *batch_loss
 /* CSV of points: header "x,y" or "x,y,label", one point a line. xy: (n, 2). */
 int dd_write_points_csv(const char *path, const float *xy, const int32_t *labels, int64_t n);
 
+/* CSV of float columns (e.g. a loss history): a header of `names`, then n rows of ncols values;
+ * cols[j] points to column j (n floats). A NaN is written as an empty field. */
+int dd_write_csv_columns(const char *path, const char *const *names, const float *const *cols,
+                         int ncols, int64_t n);
+
 /* ---------------------------------------------------------------- raw sample files */
 /* Magic "DDRAW1\0\0", then N, C, H, W as little-endian u32, then N*C*H*W float32 little-endian. */
 #define DD_RAW_MAGIC "DDRAW1\0\0"
