@@ -6,9 +6,10 @@
  * dz = dy swish'(z) (or dy), and over each group of M = Cg*HW values:
  *   dgamma[c] += sum dz xhat,  dbeta[c] += sum dz,  dadd[n, c] += sum over HW of dz,
  *   dx = rstd (g - mean(g) - xhat mean(g xhat)),  g = gamma[c] dz.
- * Sums are accumulated in double. Parameter gradients are summed per channel (parallel over
- * channels), dx per (n, g) (parallel over those): z is recomputed in each pass rather than
- * stored, since the op has no workspace. */
+ * Sums are accumulated in double. The op has no workspace, so nothing per element is stored:
+ * with at least as many groups as threads, a thread takes whole groups (all samples), so dgamma
+ * and dbeta need no reduction across threads and dz is computed once; otherwise parameter
+ * gradients go in parallel over channels and dx over (n, g), computing dz twice. */
 #include <math.h>
 
 #include "cpu_internal.h"
@@ -57,6 +58,18 @@ static inline float gn_dz(float dy, float xhat, float gm, float sh, int swish) {
     return dy * dd_swish_grad(gm * xhat + sh);
 }
 
+/* dx for one (n, g) once the group sums are known: the part that depends on dz was already added
+ * (dx += rstd gamma dz while the sums were taken, so dz, and swish's exp, is computed once);
+ * what remains is dx -= rstd (mean(g) + xhat mean(g xhat)). */
+static void gn_dx_finish(float *dx, const float *x, float m, float r, double s1, double s2,
+                         size_t M) {
+    const float a1 = (float)(s1 / (double)M), a2 = (float)(s2 / (double)M);
+    for (size_t i = 0; i < M; i++) {
+        const float xh = (x[i] - m) * r;
+        dx[i] -= r * (a1 + xh * a2);
+    }
+}
+
 int dd_cpu_group_norm_backward(float *dx, float *dgamma, float *dbeta, float *dadd,
                                const float *dy, const float *x, const float *mean,
                                const float *rstd, const float *gamma, const float *beta,
@@ -64,7 +77,50 @@ int dd_cpu_group_norm_backward(float *dx, float *dgamma, float *dbeta, float *da
     const int N = s->N, C = s->C, G = s->G, HW = s->HW, Cg = C / G;
     const size_t M = (size_t)Cg * HW;
     const int par = (size_t)N * C * HW > DD_CPU_PAR_MIN;
+    const int threads = par ? omp_get_max_threads() : 1;
 
+    if (G >= threads) {
+        /* Enough groups to go round: a thread owns group g for every sample, hence its channels'
+         * dgamma and dbeta too, and each element's dz is computed once. */
+#pragma omp parallel for schedule(static) if (par)
+        for (int g = 0; g < G; g++) {
+            double pg[Cg], pb[Cg]; /* this group's dgamma, dbeta sums over the batch */
+            for (int cc = 0; cc < Cg; cc++) pg[cc] = pb[cc] = 0.0;
+            for (int n = 0; n < N; n++) {
+                const float m = mean[n * G + g], r = rstd[n * G + g];
+                const size_t o = ((size_t)n * C + (size_t)g * Cg) * HW;
+                double s1 = 0.0, s2 = 0.0; /* sums of gamma dz and gamma dz xhat */
+                for (int cc = 0; cc < Cg; cc++) {
+                    const int c = g * Cg + cc;
+                    const float gm = gamma[c];
+                    const float sh = beta[c] + (add ? add[(size_t)n * C + c] : 0.0f);
+                    const size_t oc = o + (size_t)cc * HW;
+                    double sn = 0.0, sx = 0.0;
+                    for (int p = 0; p < HW; p++) {
+                        const float xh = (x[oc + p] - m) * r;
+                        const float dz = gn_dz(dy[oc + p], xh, gm, sh, s->swish);
+                        sn += dz;
+                        sx += (double)dz * xh;
+                        if (dx) dx[oc + p] += r * (gm * dz);
+                    }
+                    pg[cc] += sx;
+                    pb[cc] += sn;
+                    if (dadd) dadd[(size_t)n * C + c] += (float)sn;
+                    s1 += gm * sn;
+                    s2 += gm * sx;
+                }
+                if (dx) gn_dx_finish(dx + o, x + o, m, r, s1, s2, M);
+            }
+            for (int cc = 0; cc < Cg; cc++) {
+                if (dgamma) dgamma[g * Cg + cc] += (float)pg[cc];
+                if (dbeta) dbeta[g * Cg + cc] += (float)pb[cc];
+            }
+        }
+        return 0;
+    }
+
+    /* Fewer groups than threads: the parameter gradients in parallel over channels, then dx in
+     * parallel over (n, g); dz is computed in each of the two passes. */
     if (dgamma || dbeta || dadd) {
 #pragma omp parallel for schedule(static) if (par)
         for (int c = 0; c < C; c++) {
@@ -95,30 +151,21 @@ int dd_cpu_group_norm_backward(float *dx, float *dgamma, float *dbeta, float *da
         const int n = ng / G, g = ng % G;
         const float m = mean[ng], r = rstd[ng];
         const size_t o = ((size_t)n * C + (size_t)g * Cg) * HW;
-        /* group means of gdz = gamma dz and gdz * xhat */
         double s1 = 0.0, s2 = 0.0;
         for (int cc = 0; cc < Cg; cc++) {
             const int c = g * Cg + cc;
+            const float gm = gamma[c];
             const float sh = beta[c] + (add ? add[(size_t)n * C + c] : 0.0f);
             const size_t oc = o + (size_t)cc * HW;
             for (int p = 0; p < HW; p++) {
                 const float xh = (x[oc + p] - m) * r;
-                const float gdz = gamma[c] * gn_dz(dy[oc + p], xh, gamma[c], sh, s->swish);
+                const float gdz = gm * gn_dz(dy[oc + p], xh, gm, sh, s->swish);
                 s1 += gdz;
                 s2 += (double)gdz * xh;
+                dx[oc + p] += r * gdz;
             }
         }
-        const float a1 = (float)(s1 / (double)M), a2 = (float)(s2 / (double)M);
-        for (int cc = 0; cc < Cg; cc++) {
-            const int c = g * Cg + cc;
-            const float sh = beta[c] + (add ? add[(size_t)n * C + c] : 0.0f);
-            const size_t oc = o + (size_t)cc * HW;
-            for (int p = 0; p < HW; p++) {
-                const float xh = (x[oc + p] - m) * r;
-                const float gdz = gamma[c] * gn_dz(dy[oc + p], xh, gamma[c], sh, s->swish);
-                dx[oc + p] += r * (gdz - a1 - xh * a2);
-            }
-        }
+        gn_dx_finish(dx + o, x + o, m, r, s1, s2, M);
     }
     return 0;
 }

@@ -14,6 +14,7 @@
  * - The batch-parallel conv and attention paths against one-sample-at-a-time calls.
  * - Memory entries (alignment, zero fill, the out-of-memory message) and dd_backend_by_name. */
 #include <math.h>
+#include <omp.h>
 #include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
@@ -444,6 +445,38 @@ static void check_batch_paths(void) {
     CHECKF(tu_rel_err(dx, dx1, 4 * xs) < 1e-6, "conv backward dx: batch path differs");
     CHECKF(tu_rel_err(dw, dw1, nw) < 1e-5, "conv backward dw: batch path differs");
     free(x), free(w), free(dy), free(ws), free(y), free(y1), free(dx), free(dx1), free(dw), free(dw1);
+
+    /* group_norm backward has two schedules: whole groups per thread (G >= threads, what the
+     * small gradcheck cases run) and channels / (n, g) in parallel (fewer groups than threads,
+     * only above the OpenMP size threshold). Both must give the same gradients. */
+    dd_gn_shape g = {3, 6, 2500, 2, 1, 1e-5f};
+    const size_t n = 3 * 6 * 2500;
+    float *gx = malloc(n * sizeof(float)), *gdy = malloc(n * sizeof(float)), gm[6], gb[6], ga[18];
+    tu_fill_uniform(gx, n, -2, 2, 41);
+    tu_fill_uniform(gdy, n, -1, 1, 42);
+    tu_fill_uniform(gm, 6, 0.5f, 1.5f, 43);
+    tu_fill_uniform(gb, 6, -0.5f, 0.5f, 44);
+    tu_fill_uniform(ga, 18, -0.5f, 0.5f, 45);
+    float *gy = malloc(n * sizeof(float)), mean[6], rstd[6];
+    CHECK_OK(B->group_norm_forward(gy, mean, rstd, gx, gm, gb, ga, &g));
+    float *gdx[2], gdg[2][6], gdb[2][6], gda[2][18];
+    const int threads[2] = {1, 4};
+    const int saved = omp_get_max_threads();
+    for (int k = 0; k < 2; k++) {
+        omp_set_num_threads(threads[k]);
+        gdx[k] = zeros(n);
+        memset(gdg[k], 0, sizeof gdg[k]), memset(gdb[k], 0, sizeof gdb[k]);
+        memset(gda[k], 0, sizeof gda[k]);
+        CHECK_OK(B->group_norm_backward(gdx[k], gdg[k], gdb[k], gda[k], gdy, gx, mean, rstd, gm, gb,
+                                        ga, &g));
+    }
+    omp_set_num_threads(saved);
+    CHECKF(tu_rel_err(gdx[1], gdx[0], n) < 1e-6, "group_norm dx: schedules differ (%g)",
+           tu_rel_err(gdx[1], gdx[0], n));
+    CHECKF(tu_rel_err(gdg[1], gdg[0], 6) < 1e-6, "group_norm dgamma: schedules differ");
+    CHECKF(tu_rel_err(gdb[1], gdb[0], 6) < 1e-6, "group_norm dbeta: schedules differ");
+    CHECKF(tu_rel_err(gda[1], gda[0], 18) < 1e-6, "group_norm dadd: schedules differ");
+    free(gx), free(gdy), free(gy), free(gdx[0]), free(gdx[1]);
 }
 
 /* ---------------------------------------------------------------- memory, selection */
