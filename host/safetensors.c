@@ -154,6 +154,12 @@ static int json_prescan(const unsigned char *s, size_t len) {
                             c, i);
         if (!in_string) {
             if (c == '"') in_string = 1;
+            /* a number with a leading zero ("01", "-01"), which JSON forbids and strtod reads */
+            int starts = i == 0 || !strchr("0123456789.eE+-", s[i - 1]);
+            if (starts && c == '-' && i + 1 < len && s[i + 1] == '0') c = '0', i++;
+            if (starts && c == '0' && i + 1 < len && s[i + 1] >= '0' && s[i + 1] <= '9')
+                return dd_error("header is not valid JSON: number with a leading zero at byte %zu",
+                                i);
             continue;
         }
         if (c == '"') {

@@ -304,6 +304,9 @@ static void test_rejections(void) {
     expect_reject("not an object", "[1,2]   ", 0, "not valid JSON object");
     expect_reject("raw newline in string", "{\"a\nb\":1}", 0, "control character");
     expect_reject("NUL escape", "{\"a\\u0000b\":1}  ", 0, "NUL");
+    expect_reject("leading zero", "{" T1("a", "F32", "[01]", 0, 4) "}", 4, "leading zero");
+    expect_reject("negative leading zero", "{" T1("a", "F32", "[-01]", 0, 4) "}", 4, "leading zero");
+    expect_accept("zeros", "{" T1("a", "F32", "[0,10,0]", 0, 0) "}", 0);
     expect_reject("tensor not an object", "{\"a\":1}", 0, "expected an object");
     expect_reject("dtype not a string", "{\"a\":{\"dtype\":3,\"shape\":[],\"data_offsets\":[0,4]}}",
                   4, "dtype must be a string");
