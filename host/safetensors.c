@@ -538,6 +538,7 @@ const char *dd_st_meta(const dd_safetensors *st, const char *key) {
 }
 
 int dd_st_copy_f32(const dd_st_tensor *t, float *out, size_t n) {
+    if (!t) return dd_error("tensor not found");
     if (t->dtype != DD_ST_F32)
         return dd_error("tensor \"%s\" is %s, expected F32", t->name, dtype_names[t->dtype]);
     if (t->numel != n)
