@@ -6,19 +6,15 @@
 #include "diffusion/fld.h"
 
 #include <cblas.h>
-#include <errno.h>
 #include <float.h>
 #include <lapacke.h>
 #include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <unistd.h>
 
 #include "diffusion/error.h"
-
-static const char FLD_MAGIC[8] = {'D', 'D', 'F', 'L', 'D', 'S', 'T', '1'};
-enum { FLD_HEADER_BYTES = 24 };
+#include "diffusion/safetensors.h"
 
 static int check_dim(int d) {
     if (d < 1 || d > DD_FLD_MAX_DIM)
@@ -259,134 +255,85 @@ int dd_fld_distance(double *fd, const dd_fld_stats *a, const dd_fld_stats *b) {
 
 /* ---------------------------------------------------------------- the statistics file */
 
-static void put_u32(unsigned char *p, uint32_t v) {
-    for (int i = 0; i < 4; i++) p[i] = (unsigned char)(v >> (8 * i));
-}
-static void put_u64(unsigned char *p, uint64_t v) {
-    for (int i = 0; i < 8; i++) p[i] = (unsigned char)(v >> (8 * i));
-}
-static uint32_t get_u32(const unsigned char *p) {
-    uint32_t v = 0;
-    for (int i = 0; i < 4; i++) v |= (uint32_t)p[i] << (8 * i);
-    return v;
-}
-static uint64_t get_u64(const unsigned char *p) {
-    uint64_t v = 0;
-    for (int i = 0; i < 8; i++) v |= (uint64_t)p[i] << (8 * i);
-    return v;
-}
-static void put_f64s(unsigned char *p, const double *x, size_t n) {
-    for (size_t i = 0; i < n; i++) {
-        uint64_t u;
-        memcpy(&u, &x[i], 8);
-        put_u64(p + 8 * i, u);
-    }
-}
-static void get_f64s(double *x, const unsigned char *p, size_t n) {
-    for (size_t i = 0; i < n; i++) {
-        uint64_t u = get_u64(p + 8 * i);
-        memcpy(&x[i], &u, 8);
-    }
-}
-
-static size_t stats_file_bytes(int d) {
-    return FLD_HEADER_BYTES + 8 * ((size_t)d + (size_t)d * (size_t)d);
-}
+/* A safetensors file (FORMATS.md), so that numpy/safetensors can read it too. */
+#define FLD_FORMAT "diffusion-fld-stats"
+#define FLD_VERSION "1"
 
 int dd_fld_stats_save(const dd_fld_stats *s, const char *path) {
     if (!s || !s->mean || !s->cov || !path) return dd_error("fld: nothing to save");
     DD_TRY(check_dim(s->d));
     if (s->n < 2) return dd_error("fld: statistics of %lld vectors cannot be saved", (long long)s->n);
-    const int d = s->d;
-    const size_t bytes = stats_file_bytes(d);
-    unsigned char *buf = malloc(bytes);
-    if (!buf) return dd_error("fld: out of memory writing %s", path);
-    memcpy(buf, FLD_MAGIC, 8);
-    put_u32(buf + 8, (uint32_t)d);
-    put_u32(buf + 12, 0);
-    put_u64(buf + 16, (uint64_t)s->n);
-    put_f64s(buf + FLD_HEADER_BYTES, s->mean, (size_t)d);
-    put_f64s(buf + FLD_HEADER_BYTES + 8 * (size_t)d, s->cov, (size_t)d * d);
+    const uint64_t d = (uint64_t)s->d, mshape[1] = {d}, cshape[2] = {d, d};
+    char nbuf[32];
+    snprintf(nbuf, sizeof nbuf, "%lld", (long long)s->n);
+    /* the files are little-endian, like every machine this project builds for */
+    const dd_st_entry t[2] = {
+        {"cov", DD_ST_F64, 2, cshape, s->cov},
+        {"mean", DD_ST_F64, 1, mshape, s->mean},
+    };
+    const dd_st_pair meta[3] = {{"format", FLD_FORMAT}, {"version", FLD_VERSION}, {"n", nbuf}};
+    if (dd_st_save(path, t, 2, meta, 3) != 0) return dd_error_prefix("fld: saving statistics");
+    return 0;
+}
 
-    /* Atomic: a crash leaves either the old file or the new one, never half of one. */
-    size_t plen = strlen(path) + 32;
-    char *tmp = malloc(plen);
-    if (!tmp) {
-        free(buf);
-        return dd_error("fld: out of memory writing %s", path);
+/* Copy an F64 tensor of the given shape out of a loaded file. */
+static int copy_f64(const dd_safetensors *st, const char *name, int ndim, const uint64_t *shape,
+                    double *out) {
+    const dd_st_tensor *t = dd_st_find(st, name);
+    if (!t) return dd_error("no tensor \"%s\"", name);
+    if (t->dtype != DD_ST_F64)
+        return dd_error("tensor \"%s\" is %s, expected F64", name, dd_st_dtype_name(t->dtype));
+    int same = t->ndim == ndim;
+    for (int i = 0; same && i < ndim; i++) same = t->shape[i] == shape[i];
+    if (!same) {
+        char got[128] = "[", want[64];
+        for (int i = 0; i < t->ndim && strlen(got) < sizeof got - 24; i++)
+            snprintf(got + strlen(got), sizeof got - strlen(got), "%s%llu", i ? ", " : "",
+                     (unsigned long long)t->shape[i]);
+        strcat(got, "]");
+        snprintf(want, sizeof want, ndim == 1 ? "[%llu]" : "[%llu, %llu]", (unsigned long long)shape[0],
+                 (unsigned long long)shape[ndim - 1]);
+        return dd_error("tensor \"%s\" has shape %s, expected %s", name, got, want);
     }
-    snprintf(tmp, plen, "%s.tmp%ld", path, (long)getpid());
-    int rc = 0;
-    FILE *f = fopen(tmp, "wb");
-    if (!f) {
-        rc = dd_error("fld: cannot create %s: %s", tmp, strerror(errno));
-    } else {
-        int ok = fwrite(buf, 1, bytes, f) == bytes;
-        ok = ok && fflush(f) == 0 && fsync(fileno(f)) == 0;
-        int err = errno;
-        if (fclose(f) != 0 && ok) {
-            ok = 0;
-            err = errno;
-        }
-        if (!ok)
-            rc = dd_error("fld: writing %s failed: %s", tmp, strerror(err));
-        else if (rename(tmp, path) != 0)
-            rc = dd_error("fld: renaming %s to %s failed: %s", tmp, path, strerror(errno));
-        if (rc != 0) remove(tmp);
-    }
-    free(tmp);
-    free(buf);
-    return rc;
+    memcpy(out, t->data, t->numel * sizeof(double)); /* unaligned in the file: copy */
+    if (!all_finite(out, (size_t)t->numel)) return dd_error("tensor \"%s\" has non-finite values", name);
+    return 0;
 }
 
 int dd_fld_stats_load(dd_fld_stats *s, const char *path) {
     memset(s, 0, sizeof *s);
     if (!path) return dd_error("fld: no statistics path");
-    FILE *f = fopen(path, "rb");
-    if (!f) return dd_error("fld: cannot open %s: %s", path, strerror(errno));
-    unsigned char head[FLD_HEADER_BYTES];
+    dd_safetensors st;
+    if (dd_st_load(path, &st) != 0) return dd_error_prefix("fld: loading statistics");
     int rc = 0;
-    size_t got = fread(head, 1, sizeof head, f);
-    long size = -1;
-    if (fseek(f, 0, SEEK_END) == 0) size = ftell(f);
-    if (size < 0) {
-        rc = dd_error("fld: %s: cannot determine the file size", path);
-    } else if (got < sizeof head) {
-        rc = dd_error("fld: %s: %ld bytes, shorter than the %d-byte header", path, size, FLD_HEADER_BYTES);
-    } else if (memcmp(head, FLD_MAGIC, 8) != 0) {
-        rc = dd_error("fld: %s is not an FLD statistics file (bad magic)", path);
-    } else {
-        uint32_t d = get_u32(head + 8), reserved = get_u32(head + 12);
-        uint64_t n = get_u64(head + 16);
-        if (d < 1 || d > DD_FLD_MAX_DIM)
-            rc = dd_error("fld: %s: feature dimension %u out of range [1, %d]", path, d, DD_FLD_MAX_DIM);
-        else if (reserved != 0)
-            rc = dd_error("fld: %s: reserved header field is %u, not 0 (a newer format?)", path, reserved);
-        else if (n < 2 || n > (uint64_t)INT64_MAX)
-            rc = dd_error("fld: %s: sample count %llu is invalid", path, (unsigned long long)n);
-        else if ((size_t)size != stats_file_bytes((int)d))
-            rc = dd_error("fld: %s: %ld bytes, expected %zu for dimension %u (truncated or damaged)",
-                          path, size, stats_file_bytes((int)d), d);
-        else if (dd_fld_stats_alloc(s, (int)d) != 0)
-            rc = -1;
-        else {
-            size_t nbody = (size_t)size - FLD_HEADER_BYTES;
-            unsigned char *body = malloc(nbody);
-            if (!body) {
-                rc = dd_error("fld: out of memory reading %s", path);
-            } else if (fseek(f, FLD_HEADER_BYTES, SEEK_SET) != 0 || fread(body, 1, nbody, f) != nbody) {
-                rc = dd_error("fld: %s: read failed", path);
-            } else {
-                get_f64s(s->mean, body, d);
-                get_f64s(s->cov, body + 8 * (size_t)d, (size_t)d * d);
-                s->n = (int64_t)n;
-                if (!all_finite(s->mean, d) || !all_finite(s->cov, (size_t)d * d))
-                    rc = dd_error("fld: %s: non-finite statistics", path);
-            }
-            free(body);
-            if (rc != 0) dd_fld_stats_free(s);
-        }
+    const char *fmt = dd_st_meta(&st, "format"), *ver = dd_st_meta(&st, "version");
+    const char *ns = dd_st_meta(&st, "n");
+    const dd_st_tensor *m = dd_st_find(&st, "mean");
+    char *end = NULL;
+    long long n = ns ? strtoll(ns, &end, 10) : 0;
+    if (!fmt || strcmp(fmt, FLD_FORMAT) != 0)
+        rc = dd_error("not an FLD statistics file (metadata \"format\" is not \"" FLD_FORMAT "\")");
+    else if (!ver || strcmp(ver, FLD_VERSION) != 0)
+        rc = dd_error("statistics format version \"%s\", this program reads \"" FLD_VERSION "\"",
+                      ver ? ver : "(none)");
+    else if (!ns || !*ns || *end || n < 2)
+        rc = dd_error("metadata \"n\" (the sample count) is \"%s\", not an integer >= 2", ns ? ns : "(none)");
+    else if (st.ntensors != 2)
+        rc = dd_error("%d tensors, expected exactly \"mean\" and \"cov\"", st.ntensors);
+    else if (!m || m->ndim != 1 || m->shape[0] < 1 || m->shape[0] > DD_FLD_MAX_DIM)
+        rc = dd_error("tensor \"mean\" missing or not of shape [d], 1 <= d <= %d", DD_FLD_MAX_DIM);
+    else if (dd_fld_stats_alloc(s, (int)m->shape[0]) != 0)
+        rc = -1;
+    else {
+        const uint64_t d = m->shape[0], mshape[1] = {d}, cshape[2] = {d, d};
+        rc = copy_f64(&st, "mean", 1, mshape, s->mean);
+        if (rc == 0) rc = copy_f64(&st, "cov", 2, cshape, s->cov);
+        s->n = n;
     }
-    fclose(f);
-    return rc;
+    dd_st_free(&st);
+    if (rc != 0) {
+        dd_fld_stats_free(s);
+        return dd_error_prefix("fld: %s", path);
+    }
+    return 0;
 }

@@ -7,6 +7,7 @@
 
 #include "diffusion/error.h"
 #include "diffusion/fld.h"
+#include "diffusion/safetensors.h"
 #include "testutil.h"
 
 #define REF_DIR DD_SOURCE_DIR "/tests/reference/fld/"
@@ -281,6 +282,34 @@ static void test_distance_errors(void) {
     CHECKF(fabs(fd - 2.0) < 1e-15, "FD(0, I) = %.17g", fd);
 }
 
+/* Write a statistics-like safetensors file with the given pieces (NULL skips one). */
+static void write_st(const char *path, const char *format, const char *version, const char *n,
+                     dd_st_dtype mean_dtype, const void *mean, uint64_t dm, const double *cov,
+                     uint64_t c0, uint64_t c1, int extra) {
+    const uint64_t ms[1] = {dm}, cs[2] = {c0, c1};
+    static const double one = 1.0;
+    dd_st_entry t[3];
+    int nt = 0;
+    if (mean) t[nt++] = (dd_st_entry){"mean", mean_dtype, 1, ms, mean};
+    if (cov) t[nt++] = (dd_st_entry){"cov", DD_ST_F64, 2, cs, cov};
+    if (extra) t[nt++] = (dd_st_entry){"extra", DD_ST_F64, 0, NULL, &one};
+    dd_st_pair m[3];
+    int nm = 0;
+    if (format) m[nm++] = (dd_st_pair){"format", format};
+    if (version) m[nm++] = (dd_st_pair){"version", version};
+    if (n) m[nm++] = (dd_st_pair){"n", n};
+    CHECK_OK(dd_st_save(path, t, nt, m, nm));
+}
+
+static void expect_load_error(const char *path, const char *what, const char *msg) {
+    dd_fld_stats u;
+    int rc = dd_fld_stats_load(&u, path);
+    CHECKF(rc == -1 && strstr(dd_error_message(), msg) != NULL, "%s: rc %d, message '%s'", what, rc,
+           dd_error_message());
+    CHECK(u.mean == NULL && u.cov == NULL && u.d == 0);
+    dd_fld_stats_free(&u);
+}
+
 static void test_file(void) {
     const int d = 84;
     dd_fld_stats s;
@@ -291,7 +320,7 @@ static void test_file(void) {
         for (int j = 0; j <= i; j++)
             s.cov[(size_t)i * d + j] = s.cov[(size_t)j * d + i] = (i == j ? 2.0 : 0.0) + 1.0 / (1 + i + j);
     }
-    const char *path = DD_BINARY_DIR "/test_fld_stats.bin";
+    const char *path = DD_BINARY_DIR "/test_fld_stats.safetensors";
     CHECK_OK(dd_fld_stats_save(&s, path));
     dd_fld_stats t;
     CHECK_OK(dd_fld_stats_load(&t, path));
@@ -303,53 +332,62 @@ static void test_file(void) {
     CHECK(fabs(fd) < 1e-12);
     dd_fld_stats_free(&t);
 
+    /* the file is plain safetensors: the generic reader sees the two tensors and the metadata */
+    dd_safetensors st;
+    CHECK_OK(dd_st_load(path, &st));
+    const dd_st_tensor *c = dd_st_find(&st, "cov");
+    CHECK(c && c->dtype == DD_ST_F64 && c->ndim == 2 && c->shape[0] == 84 && c->shape[1] == 84);
+    CHECK(dd_st_meta(&st, "n") && strcmp(dd_st_meta(&st, "n"), "10000") == 0);
+    dd_st_free(&st);
+
+    /* damaged or wrong files, each refused with its own message */
+    const char *bad = DD_BINARY_DIR "/test_fld_stats_bad.safetensors";
     size_t len = 0;
     unsigned char *b = tu_read_file(path, &len);
-    CHECK(b && len == 24 + 8 * (size_t)(d + d * d));
-    CHECK(b && memcmp(b, "DDFLDST1", 8) == 0 && b[8] == 84 && b[9] == 0 && b[16] == (10000 & 0xff));
-    const char *bad = DD_BINARY_DIR "/test_fld_stats_bad.bin";
-    struct {
-        const char *what, *msg;
-        size_t cut;      /* bytes kept (len = all) */
-        int at, value;   /* byte to overwrite, -1 for none */
-        int extra;       /* one byte appended */
-    } cases[] = {
-        {"truncated", "truncated", 1000, -1, 0, 0},
-        {"header only", "truncated", 24, -1, 0, 0},
-        {"shorter than header", "header", 10, -1, 0, 0},
-        {"extra byte", "truncated", 0, -1, 0, 1},
-        {"bad magic", "magic", 0, 0, 'X', 0},
-        {"d = 0", "dimension", 0, 8, 0, 0},
-        {"d too big", "dimension", 0, 11, 1, 0},
-        {"reserved", "reserved", 0, 13, 1, 0},
-        {"n = 0", "sample count", 0, 17, 0, 0},
-        {"NaN in cov", "non-finite", 0, 24 + 8 * 90 + 7, 0x7f, 0},
-    };
-    for (size_t k = 0; b && k < sizeof cases / sizeof cases[0]; k++) {
-        unsigned char *c = malloc(len + 1);
-        memcpy(c, b, len);
-        size_t keep = cases[k].cut ? cases[k].cut : len;
-        if (cases[k].at >= 0) c[cases[k].at] = (unsigned char)cases[k].value;
-        if (cases[k].at == 17) c[16] = 0; /* n = 10000 = 0x2710: clear both bytes */
-        if (cases[k].at == 24 + 8 * 90 + 7) c[cases[k].at - 1] = 0xf8;
-        if (cases[k].extra) c[keep++] = 0;
+    CHECK(b && len > 1000);
+    if (b) {
         FILE *f = fopen(bad, "wb");
-        CHECK(f && fwrite(c, 1, keep, f) == keep);
+        CHECK(f && fwrite(b, 1, len - 1000, f) == len - 1000);
         if (f) fclose(f);
-        free(c);
-        dd_fld_stats u;
-        int rc = dd_fld_stats_load(&u, bad);
-        CHECKF(rc == -1 && strstr(dd_error_message(), cases[k].msg) != NULL,
-               "%s: rc %d, message '%s'", cases[k].what, rc, dd_error_message());
-        CHECK(u.mean == NULL && u.cov == NULL);
-        dd_fld_stats_free(&u);
+        expect_load_error(bad, "truncated", "truncated");
     }
     free(b);
+    float meanf[84] = {0};
+    double *cov2 = calloc((size_t)d * (d + 1), sizeof(double));
+    const char *F = "diffusion-fld-stats";
+    write_st(bad, "something-else", "1", "10000", DD_ST_F64, s.mean, d, s.cov, d, d, 0);
+    expect_load_error(bad, "format", "not an FLD statistics file");
+    write_st(bad, NULL, "1", "10000", DD_ST_F64, s.mean, d, s.cov, d, d, 0);
+    expect_load_error(bad, "no format", "not an FLD statistics file");
+    write_st(bad, F, "2", "10000", DD_ST_F64, s.mean, d, s.cov, d, d, 0);
+    expect_load_error(bad, "version", "version \"2\"");
+    write_st(bad, F, "1", NULL, DD_ST_F64, s.mean, d, s.cov, d, d, 0);
+    expect_load_error(bad, "no n", "sample count");
+    write_st(bad, F, "1", "12x", DD_ST_F64, s.mean, d, s.cov, d, d, 0);
+    expect_load_error(bad, "n not a number", "sample count");
+    write_st(bad, F, "1", "1", DD_ST_F64, s.mean, d, s.cov, d, d, 0);
+    expect_load_error(bad, "n = 1", "sample count");
+    write_st(bad, F, "1", "10000", DD_ST_F32, meanf, d, s.cov, d, d, 0);
+    expect_load_error(bad, "F32 mean", "expected F64");
+    write_st(bad, F, "1", "10000", DD_ST_F64, s.mean, d, cov2, d, d + 1, 0);
+    expect_load_error(bad, "cov shape", "shape [84, 85], expected [84, 84]");
+    write_st(bad, F, "1", "10000", DD_ST_F64, s.mean, d, NULL, 0, 0, 0);
+    expect_load_error(bad, "no cov", "1 tensors");
+    write_st(bad, F, "1", "10000", DD_ST_F64, s.mean, d, s.cov, d, d, 1);
+    expect_load_error(bad, "extra tensor", "3 tensors");
+    write_st(bad, F, "1", "10000", DD_ST_F64, NULL, 0, cov2, d, d + 1, 1);
+    expect_load_error(bad, "no mean", "\"mean\" missing");
+    s.cov[5 * d + 9] = NAN;
+    write_st(bad, F, "1", "10000", DD_ST_F64, s.mean, d, s.cov, d, d, 0);
+    expect_load_error(bad, "NaN", "non-finite");
+    s.cov[5 * d + 9] = 0;
+    free(cov2);
     remove(bad);
     remove(path);
-    dd_fld_stats u;
-    CHECK(dd_fld_stats_load(&u, DD_BINARY_DIR "/no_such_fld_stats.bin") == -1);
-    CHECK(dd_fld_stats_save(&s, DD_BINARY_DIR "/no_such_dir/x.bin") == -1);
+    expect_load_error(DD_BINARY_DIR "/no_such_fld_stats.safetensors", "missing file", "no_such_fld_stats");
+    CHECK(dd_fld_stats_save(&s, DD_BINARY_DIR "/no_such_dir/x.safetensors") == -1);
+    s.n = 1;
+    CHECK(dd_fld_stats_save(&s, path) == -1);
     dd_fld_stats_free(&s);
 }
 

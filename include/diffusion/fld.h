@@ -74,14 +74,13 @@ int dd_frechet_distance(double *fd, const double *mu1, const double *s1, const d
 /* The same on two dd_fld_stats of equal d. */
 int dd_fld_distance(double *fd, const dd_fld_stats *a, const dd_fld_stats *b);
 
-/* Statistics file, all little-endian:
- *   bytes [0, 8)    magic "DDFLDST1"
- *   bytes [8, 12)   u32 d (1 .. DD_FLD_MAX_DIM)
- *   bytes [12, 16)  u32 reserved, 0
- *   bytes [16, 24)  u64 n (vectors the statistics came from, >= 2)
- *   then f64 mean[d], f64 cov[d*d] (row-major)
- * The file length must be exactly 24 + 8 (d + d*d). Written atomically (temporary file beside
- * the target, fsync, rename). */
+/* Statistics file: safetensors (../shared/FORMATS.md, include/diffusion/safetensors.h), so
+ * numpy or the safetensors library read it as well:
+ *   "mean" F64 [d], "cov" F64 [d, d] (row-major),
+ *   __metadata__ {"format": "diffusion-fld-stats", "version": "1", "n": "<sample count>"}.
+ * Loading checks the format tag, the version, n >= 2, exactly these two tensors with these
+ * dtypes and shapes, 1 <= d <= DD_FLD_MAX_DIM, finite values (plus everything the safetensors
+ * reader checks: lengths, offsets, header). Written atomically (temporary file, fsync, rename). */
 int dd_fld_stats_save(const dd_fld_stats *s, const char *path);
 /* Allocates s (free it with dd_fld_stats_free); on error s is left zeroed. */
 int dd_fld_stats_load(dd_fld_stats *s, const char *path);
