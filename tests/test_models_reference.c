@@ -4,15 +4,16 @@
  * backend. The parameter names and shapes must match the PyTorch state_dict exactly, both ways.
  *
  * The other direction: for every case this test also initialises the model on the C side (its
- * own Glorot init), runs the same inputs, and writes DD_BINARY_DIR/models_c_CASE.safetensors with
- * the parameters, the inputs and its outputs (under "io/..."), and the config as metadata;
- * tests/reference/check_c_checkpoint.py loads those into the PyTorch modules (strict) and checks
- * the outputs. */
+ * own Glorot init), runs the same inputs, and writes DD_BINARY_DIR/models_c_CASE.safetensors (a
+ * checkpoint, with EMA and Adam state, the config as metadata) and models_io_CASE.safetensors
+ * (inputs and the C outputs); tests/reference/check_c_checkpoint.py loads the checkpoint into the
+ * PyTorch module (strict) and checks the outputs. */
 #include <math.h>
 #include <stdlib.h>
 #include <string.h>
 
 #include "diffusion/backend.h"
+#include "diffusion/checkpoint.h"
 #include "diffusion/error.h"
 #include "diffusion/graph.h"
 #include "diffusion/models.h"
@@ -191,8 +192,10 @@ static void load_params(dd_params *p, const dd_safetensors *st, const char *cnam
     }
 }
 
-/* Write the C side's own model (its initialisation) with inputs and outputs for
- * check_c_checkpoint.py. */
+/* The other direction: the C side's own model (its initialisation), saved by the checkpoint
+ * writer with EMA and Adam state (names with '/', which PyTorch must drop), and beside it
+ * models_io_CASE.safetensors with the inputs (copied from the reference) and the C outputs, for
+ * tests/reference/check_c_checkpoint.py. */
 static void write_c_checkpoint(const dd_model_config *c, const dd_safetensors *st, const char *cname) {
     model_run r;
     CHECK_OK(build(&r, c, (int)dd_st_find(st, "io/x")->shape[0]));
@@ -200,19 +203,18 @@ static void write_c_checkpoint(const dd_model_config *c, const dd_safetensors *s
     CHECK_OK(dd_graph_plan(r.g, 0));
     CHECK_OK(set_inputs(&r, st));
     CHECK_OK(dd_graph_forward(r.g));
-    int nio = 5;
-    dd_st_entry *e = calloc((size_t)r.p->count + nio, sizeof *e);
-    float **bufs = calloc((size_t)r.p->count + nio, sizeof *bufs);
-    uint64_t(*shapes)[4] = calloc((size_t)r.p->count + nio, sizeof *shapes);
+
+    char *cfg = dd_model_config_to_json(c);
+    dd_st_pair meta[1] = {{"config", cfg}};
+    char path[1024];
+    snprintf(path, sizeof path, "%s/models_c_%s.safetensors", DD_BINARY_DIR, cname);
+    CHECK_OK(dd_checkpoint_save(path, r.p, meta, 1, DD_CKPT_TRAIN));
+    free(cfg);
+
+    dd_st_entry e[5];
+    float *bufs[2] = {NULL, NULL};
+    uint64_t shapes[5][4];
     int n = 0;
-    for (int k = 0; k < r.p->count; k++, n++) {
-        const dd_param_info *q = &r.p->info[k];
-        bufs[n] = malloc(q->numel * sizeof(float));
-        CHECK_OK(dd_params_get(r.p, k, bufs[n], 0));
-        for (int d = 0; d < q->ndim; d++) shapes[n][d] = (uint64_t)q->shape[d];
-        e[n] = (dd_st_entry){q->name, DD_ST_F32, q->ndim, shapes[n], bufs[n]};
-    }
-    /* inputs are copied through from the reference file; outputs are ours */
     const char *io_in[] = {"io/x", "io/t", "io/labels"};
     for (int i = 0; i < 3; i++) {
         const dd_st_tensor *t = dd_st_find(st, io_in[i]);
@@ -226,22 +228,16 @@ static void write_c_checkpoint(const dd_model_config *c, const dd_safetensors *s
     for (int i = 0; i < 2; i++) {
         if (outs[i] < 0) continue;
         const dd_tensor *t = dd_graph_tensor(r.g, outs[i]);
-        bufs[n] = malloc(t->numel * sizeof(float));
-        CHECK_OK(dd_graph_get(r.g, outs[i], bufs[n]));
+        bufs[i] = malloc(t->numel * sizeof(float));
+        CHECK_OK(dd_graph_get(r.g, outs[i], bufs[i]));
         for (int d = 0; d < 4; d++) shapes[n][d] = (uint64_t)t->shape[d];
-        e[n] = (dd_st_entry){onames[i], DD_ST_F32, 4, shapes[n], bufs[n]};
+        e[n] = (dd_st_entry){onames[i], DD_ST_F32, 4, shapes[n], bufs[i]};
         n++;
     }
-    char *cfg = dd_model_config_to_json(c);
-    dd_st_pair meta[1] = {{"config", cfg}};
-    char path[1024];
-    snprintf(path, sizeof path, "%s/models_c_%s.safetensors", DD_BINARY_DIR, cname);
-    CHECK_OK(dd_st_save(path, e, n, meta, 1));
-    free(cfg);
-    for (int i = 0; i < r.p->count + nio; i++) free(bufs[i]);
-    free(bufs);
-    free(shapes);
-    free(e);
+    snprintf(path, sizeof path, "%s/models_io_%s.safetensors", DD_BINARY_DIR, cname);
+    CHECK_OK(dd_st_save(path, e, n, NULL, 0));
+    free(bufs[0]);
+    free(bufs[1]);
     run_free(&r);
 }
 

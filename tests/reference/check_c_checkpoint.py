@@ -4,11 +4,13 @@ into the PyTorch modules of models.py and check that PyTorch computes the C side
 
     /usr/bin/python3 tests/reference/check_c_checkpoint.py BUILD_DIR/models_c_*.safetensors
 
-Each file holds the model's parameters under their state_dict names, the config JSON in the
-metadata key "config", and (names with '/', which are not parameters: the checkpoint convention
-for EMA and Adam state) the inputs io/x, io/t, io/labels and the C outputs io/out (io/features
-for lenet). Loading is strict: every name and shape must match the module's state_dict. Outputs
-must agree within 1e-4 relative (norm of the difference over norm of the C output).
+Each checkpoint (written by dd_checkpoint_save) holds the model's parameters under their
+state_dict names, EMA and Adam state under names with '/' (dropped here, as any PyTorch user of
+these checkpoints does), and the config JSON in the metadata key "config". Beside it,
+models_io_CASE.safetensors holds the inputs io/x, io/t, io/labels and the C outputs io/out
+(io/features for lenet). Loading is strict: every name and shape must match the module's
+state_dict. Outputs must agree within 1e-4 relative (norm of the difference over norm of the C
+output).
 Exit 0 when every file passes, 1 otherwise, 77 when torch cannot be imported (CTest: skipped).
 With --build DIR instead of files, checks every DIR/models_c_*.safetensors.
 """
@@ -36,10 +38,13 @@ def rel(a, b):
 
 
 def check(path):
-    tensors, meta = M.load_safetensors(path)
+    ckpt, meta = M.load_safetensors(path)
+    d, b = os.path.split(path)
+    tensors, _ = M.load_safetensors(os.path.join(d, b.replace("models_c_", "models_io_", 1)))
     cfg = json.loads(meta["config"])
     m = M.from_config(cfg)
-    state = {k: v for k, v in tensors.items() if "/" not in k}
+    state = {k: v for k, v in ckpt.items() if "/" not in k}
+    dropped = len(ckpt) - len(state)
     m.load_state_dict(state, strict=True)  # raises on any missing, extra or misshapen name
     m = m.double().eval()
     x = tensors["io/x"].double()
@@ -55,8 +60,8 @@ def check(path):
             errs = {}
         errs["output"] = rel(out.reshape(tensors["io/out"].shape), tensors["io/out"])
     ok = all(e <= TOL for e in errs.values())
-    print("%-34s %-10s %7d params  %s  %s" % (
-        os.path.basename(path), cfg["kind"], M.count_parameters(m),
+    print("%-34s %-10s %7d params (%d state tensors dropped)  %s  %s" % (
+        os.path.basename(path), cfg["kind"], M.count_parameters(m), dropped,
         "  ".join("%s rel %.2e" % kv for kv in errs.items()), "ok" if ok else "FAIL"))
     return ok
 
