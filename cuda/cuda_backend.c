@@ -1,0 +1,287 @@
+/* The CUDA backend's table and context: device selection, the one stream, memory, the TF32
+ * switch, CUDA-graph capture (include/diffusion/cuda.h). The ops live in cuda_kernels.cu
+ * (handwritten kernels) and cuda_dnn.c (cuDNN and cuBLAS). */
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include <cudnn.h>
+
+#include "cuda_internal.h"
+#include "diffusion/cuda.h"
+
+cudaStream_t dd_cuda_stream;
+int dd_cuda_tf32_on = 1;
+
+/* 0: not tried yet, 1: ready, -1: failed (init_msg says why; every later call repeats it) */
+static int init_state;
+static char init_msg[512];
+
+const char *dd_cuda_base(const char *path) {
+    const char *s = strrchr(path, '/');
+    return s ? s + 1 : path;
+}
+
+int dd_cuda_fail(const char *file, int line, const char *call, cudaError_t err) {
+    return dd_error("%s:%d: %s: %s", dd_cuda_base(file), line, call, cudaGetErrorString(err));
+}
+
+int dd_cuda_capturing(void) {
+    if (init_state != 1) return 0;
+    enum cudaStreamCaptureStatus st = cudaStreamCaptureStatusNone;
+    if (cudaStreamIsCapturing(dd_cuda_stream, &st) != cudaSuccess) return 0;
+    return st == cudaStreamCaptureStatusActive;
+}
+
+static int refuse_in_capture(const char *what) {
+    if (!dd_cuda_capturing()) return 0;
+    return dd_error("cuda backend: %s is not allowed during a CUDA graph capture", what);
+}
+
+/* ---------------------------------------------------------------- memory */
+
+static int cu_alloc(void **p, size_t bytes) {
+    *p = NULL;
+    DD_TRY(refuse_in_capture("alloc"));
+    const size_t n = bytes ? bytes : 1; /* a valid, distinct pointer even for 0 bytes */
+    cudaError_t e = cudaMalloc(p, n);
+    if (e == cudaErrorMemoryAllocation) {
+        (void)cudaGetLastError(); /* out of memory is not sticky: clear it */
+        size_t free_b = 0, total_b = 0;
+        (void)cudaMemGetInfo(&free_b, &total_b);
+        *p = NULL;
+        return dd_error("cuda backend: out of GPU memory allocating %zu bytes (%.1f MiB); "
+                        "%.1f MiB free of %.1f MiB",
+                        bytes, (double)bytes / 1048576.0, (double)free_b / 1048576.0,
+                        (double)total_b / 1048576.0);
+    }
+    if (e != cudaSuccess) {
+        *p = NULL;
+        return dd_cuda_fail(__FILE__, __LINE__, "cudaMalloc", e);
+    }
+    /* on the backend's stream, so every later op on it sees the zeros */
+    e = cudaMemsetAsync(*p, 0, n, dd_cuda_stream);
+    if (e != cudaSuccess) {
+        cudaFree(*p);
+        *p = NULL;
+        return dd_cuda_fail(__FILE__, __LINE__, "cudaMemsetAsync", e);
+    }
+    return 0;
+}
+
+static void cu_free(void *p) {
+    if (p) (void)cudaFree(p);
+}
+
+static int cu_zero(void *p, size_t bytes) {
+    if (!bytes) return 0;
+    DD_CUDA_CHECK(cudaMemsetAsync(p, 0, bytes, dd_cuda_stream));
+    return 0;
+}
+
+/* Host transfers wait for the copy: the caller may reuse or free its host buffer at once. */
+static int cu_to_device(void *dst, const void *src, size_t bytes) {
+    if (!bytes) return 0;
+    DD_TRY(refuse_in_capture("to_device"));
+    DD_CUDA_CHECK(cudaMemcpyAsync(dst, src, bytes, cudaMemcpyHostToDevice, dd_cuda_stream));
+    DD_CUDA_CHECK(cudaStreamSynchronize(dd_cuda_stream));
+    return 0;
+}
+
+static int cu_to_host(void *dst, const void *src, size_t bytes) {
+    if (!bytes) return 0;
+    DD_TRY(refuse_in_capture("to_host"));
+    DD_CUDA_CHECK(cudaMemcpyAsync(dst, src, bytes, cudaMemcpyDeviceToHost, dd_cuda_stream));
+    DD_CUDA_CHECK(cudaStreamSynchronize(dd_cuda_stream));
+    return 0;
+}
+
+static int cu_copy(void *dst, const void *src, size_t bytes) {
+    if (!bytes) return 0;
+    DD_CUDA_CHECK(cudaMemcpyAsync(dst, src, bytes, cudaMemcpyDeviceToDevice, dd_cuda_stream));
+    return 0;
+}
+
+/* Also where errors of earlier asynchronous kernels surface. */
+static int cu_synchronize(void) {
+    DD_TRY(refuse_in_capture("synchronize"));
+    DD_CUDA_CHECK(cudaStreamSynchronize(dd_cuda_stream));
+    return 0;
+}
+
+/* ---------------------------------------------------------------- the table */
+
+static const dd_backend cuda_backend = {
+    .name = "cuda",
+
+    .alloc = cu_alloc,
+    .free = cu_free,
+    .zero = cu_zero,
+    .to_device = cu_to_device,
+    .to_host = cu_to_host,
+    .copy = cu_copy,
+    .synchronize = cu_synchronize,
+
+    .conv2d_workspace = dd_cuda_conv2d_workspace,
+    .conv2d_forward = dd_cuda_conv2d_forward,
+    .conv2d_backward = dd_cuda_conv2d_backward,
+
+    .dense_forward = dd_cuda_dense_forward,
+    .dense_backward = dd_cuda_dense_backward,
+
+    .group_norm_forward = dd_cuda_group_norm_forward,
+    .group_norm_backward = dd_cuda_group_norm_backward,
+
+    .act_forward = dd_cuda_act_forward,
+    .act_backward = dd_cuda_act_backward,
+    .add_forward = dd_cuda_add_forward,
+    .add_backward = dd_cuda_add_backward,
+    .concat_forward = dd_cuda_concat_forward,
+    .concat_backward = dd_cuda_concat_backward,
+    .upsample2x_forward = dd_cuda_upsample2x_forward,
+    .upsample2x_backward = dd_cuda_upsample2x_backward,
+    .maxpool2x2_forward = dd_cuda_maxpool2x2_forward,
+    .maxpool2x2_backward = dd_cuda_maxpool2x2_backward,
+
+    .attention_workspace = dd_cuda_attention_workspace,
+    .attention_forward = dd_cuda_attention_forward,
+    .attention_backward = dd_cuda_attention_backward,
+
+    .embedding_forward = dd_cuda_embedding_forward,
+    .embedding_backward = dd_cuda_embedding_backward,
+
+    .mse_forward = dd_cuda_mse_forward,
+    .mse_backward = dd_cuda_mse_backward,
+    .xent_forward = dd_cuda_xent_forward,
+    .xent_backward = dd_cuda_xent_backward,
+
+    .adam_update = dd_cuda_adam_update,
+    .ema_update = dd_cuda_ema_update,
+
+    .normal = dd_cuda_normal,
+    .q_sample = dd_cuda_q_sample,
+    .guidance = dd_cuda_guidance,
+    .sampler_step = dd_cuda_sampler_step,
+};
+
+static int cuda_init(void) {
+    int count = 0;
+    cudaError_t e = cudaGetDeviceCount(&count);
+    if (e != cudaSuccess)
+        return dd_error("no usable CUDA GPU (cudaGetDeviceCount: %s)", cudaGetErrorString(e));
+    if (count == 0) return dd_error("no CUDA GPU found (cudaGetDeviceCount returned 0)");
+    /* device 0 of those visible: CUDA_VISIBLE_DEVICES picks another */
+    DD_CUDA_CHECK(cudaSetDevice(0));
+    const char *tf32 = getenv("DIFFUSION_TF32");
+    dd_cuda_tf32_on = !(tf32 && !strcmp(tf32, "0"));
+    DD_CUDA_CHECK(cudaStreamCreateWithFlags(&dd_cuda_stream, cudaStreamNonBlocking));
+    if (dd_cuda_dnn_init()) return dd_error_prefix("initialising cuDNN and cuBLAS");
+    return 0;
+}
+
+const dd_backend *dd_cuda_backend(void) {
+    if (init_state == 0) {
+        if (cuda_init() == 0) {
+            init_state = 1;
+        } else {
+            init_state = -1;
+            snprintf(init_msg, sizeof init_msg, "cuda backend unavailable: %s",
+                     dd_error_message());
+        }
+    }
+    if (init_state < 0) {
+        dd_error("%s", init_msg);
+        return NULL;
+    }
+    return &cuda_backend;
+}
+
+/* ---------------------------------------------------------------- include/diffusion/cuda.h */
+
+int dd_cuda_device_info(dd_cuda_info *info) {
+    if (!dd_cuda_backend()) return -1;
+    memset(info, 0, sizeof *info);
+    int dev = 0;
+    struct cudaDeviceProp prop;
+    DD_CUDA_CHECK(cudaGetDevice(&dev));
+    DD_CUDA_CHECK(cudaGetDeviceProperties(&prop, dev));
+    snprintf(info->name, sizeof info->name, "%s", prop.name);
+    info->cc_major = prop.major;
+    info->cc_minor = prop.minor;
+    info->sm_count = prop.multiProcessorCount;
+    DD_CUDA_CHECK(cudaMemGetInfo(&info->free_bytes, &info->total_bytes));
+    DD_CUDA_CHECK(cudaRuntimeGetVersion(&info->runtime_version));
+    DD_CUDA_CHECK(cudaDriverGetVersion(&info->driver_version));
+    info->cudnn_version = cudnnGetVersion();
+    return 0;
+}
+
+int dd_cuda_set_tf32(int on) {
+    if (!dd_cuda_backend()) return -1;
+    DD_TRY(refuse_in_capture("switching TF32"));
+    dd_cuda_tf32_on = on ? 1 : 0;
+    return dd_cuda_dnn_apply_math();
+}
+
+int dd_cuda_tf32(void) { return dd_cuda_backend() ? dd_cuda_tf32_on : -1; }
+
+struct dd_cuda_graph {
+    cudaGraph_t graph;
+    cudaGraphExec_t exec;
+};
+
+int dd_cuda_capture_begin(void) {
+    if (!dd_cuda_backend()) return -1;
+    if (dd_cuda_capturing()) return dd_error("dd_cuda_capture_begin: a capture is already running");
+    /* Thread-local mode: a forbidden call (cudaMalloc, a synchronisation) from this thread fails
+     * and invalidates the capture instead of silently escaping it. */
+    DD_CUDA_CHECK(cudaStreamBeginCapture(dd_cuda_stream, cudaStreamCaptureModeThreadLocal));
+    return 0;
+}
+
+int dd_cuda_capture_end(dd_cuda_graph **out) {
+    if (out) *out = NULL;
+    if (!dd_cuda_backend()) return -1;
+    if (!dd_cuda_capturing()) return dd_error("dd_cuda_capture_end: no capture is running");
+    cudaGraph_t g = NULL;
+    cudaError_t e = cudaStreamEndCapture(dd_cuda_stream, &g);
+    if (e != cudaSuccess) {
+        if (g) cudaGraphDestroy(g);
+        return dd_error("CUDA graph capture failed (%s): an operation inside it failed or is not "
+                        "allowed while capturing",
+                        cudaGetErrorString(e));
+    }
+    if (!out) {
+        DD_CUDA_CHECK(cudaGraphDestroy(g));
+        return 0;
+    }
+    cudaGraphExec_t exec = NULL;
+    e = cudaGraphInstantiate(&exec, g, 0);
+    if (e != cudaSuccess) {
+        cudaGraphDestroy(g);
+        return dd_cuda_fail(__FILE__, __LINE__, "cudaGraphInstantiate", e);
+    }
+    dd_cuda_graph *r = malloc(sizeof *r);
+    if (!r) {
+        cudaGraphExecDestroy(exec);
+        cudaGraphDestroy(g);
+        return dd_error("dd_cuda_capture_end: out of host memory");
+    }
+    r->graph = g;
+    r->exec = exec;
+    *out = r;
+    return 0;
+}
+
+int dd_cuda_graph_replay(dd_cuda_graph *g) {
+    if (!g) return dd_error("dd_cuda_graph_replay: no graph");
+    DD_CUDA_CHECK(cudaGraphLaunch(g->exec, dd_cuda_stream));
+    return 0;
+}
+
+void dd_cuda_graph_destroy(dd_cuda_graph *g) {
+    if (!g) return;
+    cudaGraphExecDestroy(g->exec);
+    cudaGraphDestroy(g->graph);
+    free(g);
+}

@@ -1,0 +1,410 @@
+/* The CUDA backend's library-call ops: convolutions by cuDNN (legacy API), dense layers and the
+ * attention products by cuBLAS (strided batched GEMM), with the attention softmax from
+ * cuda_kernels.cu in between.
+ *
+ * Convolutions: one cache entry per dd_conv_shape holds the cuDNN descriptors and, for each math
+ * mode (TF32 allowed or not), the algorithm found by cudnnFind for forward, backward-data and
+ * backward-filter. Every algorithm chosen for a shape needs at most conv_cap(shape) bytes of
+ * workspace, and conv2d_workspace reports exactly that cap: the answer depends on the shape
+ * alone, so a graph planned in one mode stays safe when the switch flips and the other mode's
+ * algorithms are found later. conv2d_workspace also runs the search, so calling it for every
+ * shape (the graph's memory plan does) leaves nothing to choose or allocate during a CUDA graph
+ * capture.
+ *
+ * With TF32 off the search keeps to the GEMM-style algorithms (no FFT or Winograd), whose FP32
+ * results stay within ~1e-6 of a plain sum: that mode is the one for accuracy.
+ *
+ * cuBLAS is column-major; every row-major product below is written as the column-major product
+ * of the transposed views (a row-major (r, c) buffer is a column-major (c, r) matrix). */
+#include <math.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include <cublas_v2.h>
+#include <cudnn.h>
+
+#include "cuda_internal.h"
+
+static cudnnHandle_t dnn;
+static cublasHandle_t blas;
+static void *blas_ws; /* cuBLAS workspace, given explicitly so capture never allocates */
+#define BLAS_WS_BYTES ((size_t)32 << 20) /* NVIDIA's recommended size for Hopper */
+
+static int dnn_fail(const char *file, int line, const char *call, cudnnStatus_t st) {
+    return dd_error("%s:%d: %s: %s", dd_cuda_base(file), line, call, cudnnGetErrorString(st));
+}
+
+static int blas_fail(const char *file, int line, const char *call, cublasStatus_t st) {
+    return dd_error("%s:%d: %s: %s", dd_cuda_base(file), line, call, cublasGetStatusString(st));
+}
+
+#define DNN_CHECK(call)                                                                           \
+    do {                                                                                          \
+        cudnnStatus_t dd_st_ = (call);                                                            \
+        if (dd_st_ != CUDNN_STATUS_SUCCESS) return dnn_fail(__FILE__, __LINE__, #call, dd_st_);   \
+    } while (0)
+
+#define BLAS_CHECK(call)                                                                          \
+    do {                                                                                          \
+        cublasStatus_t dd_st_ = (call);                                                           \
+        if (dd_st_ != CUBLAS_STATUS_SUCCESS) return blas_fail(__FILE__, __LINE__, #call, dd_st_); \
+    } while (0)
+
+int dd_cuda_dnn_init(void) {
+    DNN_CHECK(cudnnCreate(&dnn));
+    DNN_CHECK(cudnnSetStream(dnn, dd_cuda_stream));
+    BLAS_CHECK(cublasCreate(&blas));
+    BLAS_CHECK(cublasSetStream(blas, dd_cuda_stream));
+    DD_CUDA_CHECK(cudaMalloc(&blas_ws, BLAS_WS_BYTES));
+    BLAS_CHECK(cublasSetWorkspace(blas, blas_ws, BLAS_WS_BYTES));
+    BLAS_CHECK(cublasSetPointerMode(blas, CUBLAS_POINTER_MODE_HOST));
+    return dd_cuda_dnn_apply_math();
+}
+
+int dd_cuda_dnn_apply_math(void) {
+    BLAS_CHECK(cublasSetMathMode(blas, dd_cuda_tf32_on ? CUBLAS_TF32_TENSOR_OP_MATH
+                                                       : CUBLAS_DEFAULT_MATH));
+    return 0;
+}
+
+/* ---------------------------------------------------------------- convolution cache */
+
+typedef struct {
+    int algo; /* cudnnConvolution{Fwd,BwdData,BwdFilter}Algo_t */
+    cudnnMathType_t math;
+    size_t bytes;
+} conv_choice;
+
+typedef struct {
+    dd_conv_shape s;
+    cudnnTensorDescriptor_t x, y, b; /* x (N, Cin, H, W), y (N, Cout, Ho, Wo), b (1, Cout, 1, 1) */
+    cudnnFilterDescriptor_t w;        /* (Cout, Cin, K, K) */
+    cudnnConvolutionDescriptor_t conv;
+    size_t cap;   /* workspace bound for every algorithm of this shape */
+    int found[2]; /* [tf32 mode] */
+    conv_choice fwd[2], bwd_data[2], bwd_filter[2];
+} conv_entry;
+
+static conv_entry *conv_cache; /* grows at plan time only */
+static int conv_count, conv_capacity;
+
+/* The shape's workspace bound: twice its im2col buffer (what the GEMM-style algorithms need, with
+ * room for the faster ones), at least 4 MiB, at most 64 MiB. One workspace serves every op of a
+ * graph, so this is also about the most a graph's workspace will be. */
+static size_t conv_cap(const dd_conv_shape *s) {
+    size_t col = (size_t)s->N * s->Cin * s->K * s->K * s->Ho * s->Wo * sizeof(float);
+    size_t cap = 2 * col;
+    const size_t lo = (size_t)4 << 20, hi = (size_t)64 << 20;
+    return cap < lo ? lo : cap > hi ? hi : cap;
+}
+
+static int same_shape(const dd_conv_shape *a, const dd_conv_shape *b) {
+    return a->N == b->N && a->Cin == b->Cin && a->H == b->H && a->W == b->W &&
+           a->Cout == b->Cout && a->K == b->K && a->stride == b->stride && a->pad == b->pad &&
+           a->Ho == b->Ho && a->Wo == b->Wo;
+}
+
+static int conv_describe(conv_entry *e) {
+    const dd_conv_shape *s = &e->s;
+    DNN_CHECK(cudnnCreateTensorDescriptor(&e->x));
+    DNN_CHECK(cudnnCreateTensorDescriptor(&e->y));
+    DNN_CHECK(cudnnCreateTensorDescriptor(&e->b));
+    DNN_CHECK(cudnnCreateFilterDescriptor(&e->w));
+    DNN_CHECK(cudnnCreateConvolutionDescriptor(&e->conv));
+    DNN_CHECK(cudnnSetTensor4dDescriptor(e->x, CUDNN_TENSOR_NCHW, CUDNN_DATA_FLOAT, s->N, s->Cin,
+                                         s->H, s->W));
+    DNN_CHECK(cudnnSetTensor4dDescriptor(e->y, CUDNN_TENSOR_NCHW, CUDNN_DATA_FLOAT, s->N, s->Cout,
+                                         s->Ho, s->Wo));
+    DNN_CHECK(cudnnSetTensor4dDescriptor(e->b, CUDNN_TENSOR_NCHW, CUDNN_DATA_FLOAT, 1, s->Cout, 1,
+                                         1));
+    DNN_CHECK(cudnnSetFilter4dDescriptor(e->w, CUDNN_DATA_FLOAT, CUDNN_TENSOR_NCHW, s->Cout, s->Cin,
+                                         s->K, s->K));
+    DNN_CHECK(cudnnSetConvolution2dDescriptor(e->conv, s->pad, s->pad, s->stride, s->stride, 1, 1,
+                                              CUDNN_CROSS_CORRELATION, CUDNN_DATA_FLOAT));
+    int n, c, h, w;
+    DNN_CHECK(cudnnGetConvolution2dForwardOutputDim(e->conv, e->x, e->w, &n, &c, &h, &w));
+    if (n != s->N || c != s->Cout || h != s->Ho || w != s->Wo)
+        return dd_error("conv2d: shape says output (%d, %d, %d, %d), cuDNN computes (%d, %d, %d, %d)",
+                        s->N, s->Cout, s->Ho, s->Wo, n, c, h, w);
+    return 0;
+}
+
+/* GEMM-style algorithms: the only ones tried with TF32 off (see the top of the file) */
+static int fwd_plain(int a) {
+    return a == CUDNN_CONVOLUTION_FWD_ALGO_IMPLICIT_GEMM ||
+           a == CUDNN_CONVOLUTION_FWD_ALGO_IMPLICIT_PRECOMP_GEMM ||
+           a == CUDNN_CONVOLUTION_FWD_ALGO_GEMM || a == CUDNN_CONVOLUTION_FWD_ALGO_DIRECT;
+}
+static int bwd_data_plain(int a) {
+    return a == CUDNN_CONVOLUTION_BWD_DATA_ALGO_0 || a == CUDNN_CONVOLUTION_BWD_DATA_ALGO_1;
+}
+static int bwd_filter_plain(int a) {
+    return a == CUDNN_CONVOLUTION_BWD_FILTER_ALGO_0 || a == CUDNN_CONVOLUTION_BWD_FILTER_ALGO_1 ||
+           a == CUDNN_CONVOLUTION_BWD_FILTER_ALGO_3;
+}
+
+/* From cudnnFind's results (fastest first): the first that ran, fits the cap and, in strict
+ * mode, is GEMM-style; failing that, the first that ran and fits. The perf structs of the three
+ * directions differ in type, so the fields are passed as arrays. */
+static int pick(conv_choice *out, int n, const int *algo, const cudnnStatus_t *st,
+                const size_t *mem, const cudnnMathType_t *math, size_t cap, int strict,
+                int (*plain)(int), const char *what, const dd_conv_shape *s) {
+    for (int pass = strict ? 0 : 1; pass < 2; pass++) {
+        for (int i = 0; i < n; i++) {
+            if (st[i] != CUDNN_STATUS_SUCCESS || mem[i] > cap) continue;
+            if (pass == 0 && !plain(algo[i])) continue;
+            out->algo = algo[i];
+            out->math = math[i];
+            out->bytes = mem[i];
+            return 0;
+        }
+    }
+    return dd_error("conv2d %s: cuDNN found no algorithm within %zu bytes of workspace for "
+                    "N=%d Cin=%d %dx%d -> Cout=%d K=%d stride=%d pad=%d",
+                    what, cap, s->N, s->Cin, s->H, s->W, s->Cout, s->K, s->stride, s->pad);
+}
+
+#define MAX_ALGOS 16
+
+static int conv_find(conv_entry *e, int mode) {
+    int n, algo[MAX_ALGOS];
+    cudnnStatus_t st[MAX_ALGOS];
+    size_t mem[MAX_ALGOS];
+    cudnnMathType_t math[MAX_ALGOS];
+    const int strict = !mode;
+    DNN_CHECK(cudnnSetConvolutionMathType(e->conv, mode ? CUDNN_TENSOR_OP_MATH : CUDNN_FMA_MATH));
+
+    cudnnConvolutionFwdAlgoPerf_t pf[MAX_ALGOS];
+    DNN_CHECK(cudnnFindConvolutionForwardAlgorithm(dnn, e->x, e->w, e->conv, e->y, MAX_ALGOS, &n,
+                                                   pf));
+    for (int i = 0; i < n; i++)
+        algo[i] = (int)pf[i].algo, st[i] = pf[i].status, mem[i] = pf[i].memory,
+        math[i] = pf[i].mathType;
+    DD_TRY(pick(&e->fwd[mode], n, algo, st, mem, math, e->cap, strict, fwd_plain, "forward", &e->s));
+
+    cudnnConvolutionBwdDataAlgoPerf_t pd[MAX_ALGOS];
+    DNN_CHECK(cudnnFindConvolutionBackwardDataAlgorithm(dnn, e->w, e->y, e->conv, e->x, MAX_ALGOS,
+                                                        &n, pd));
+    for (int i = 0; i < n; i++)
+        algo[i] = (int)pd[i].algo, st[i] = pd[i].status, mem[i] = pd[i].memory,
+        math[i] = pd[i].mathType;
+    DD_TRY(pick(&e->bwd_data[mode], n, algo, st, mem, math, e->cap, strict, bwd_data_plain,
+                "backward-data", &e->s));
+
+    cudnnConvolutionBwdFilterAlgoPerf_t pw[MAX_ALGOS];
+    DNN_CHECK(cudnnFindConvolutionBackwardFilterAlgorithm(dnn, e->x, e->y, e->conv, e->w,
+                                                          MAX_ALGOS, &n, pw));
+    for (int i = 0; i < n; i++)
+        algo[i] = (int)pw[i].algo, st[i] = pw[i].status, mem[i] = pw[i].memory,
+        math[i] = pw[i].mathType;
+    DD_TRY(pick(&e->bwd_filter[mode], n, algo, st, mem, math, e->cap, strict, bwd_filter_plain,
+                "backward-filter", &e->s));
+    e->found[mode] = 1;
+    return 0;
+}
+
+/* The entry for a shape with its algorithms for the current mode, searching when needed (never
+ * during a capture: that is an error naming the shape). */
+static int conv_ready(const dd_conv_shape *s, conv_entry **out) {
+    const int mode = dd_cuda_tf32_on ? 1 : 0;
+    conv_entry *e = NULL;
+    for (int i = 0; i < conv_count; i++)
+        if (same_shape(&conv_cache[i].s, s)) e = &conv_cache[i];
+    if (e && e->found[mode]) {
+        *out = e;
+        return 0;
+    }
+    if (dd_cuda_capturing())
+        return dd_error("conv2d N=%d Cin=%d %dx%d -> Cout=%d K=%d: not prepared before the CUDA "
+                        "graph capture (call conv2d_workspace for every shape first, with the "
+                        "same TF32 setting)",
+                        s->N, s->Cin, s->H, s->W, s->Cout, s->K);
+    if (!e) {
+        if (conv_count == conv_capacity) {
+            int cap = conv_capacity ? 2 * conv_capacity : 32;
+            conv_entry *c = realloc(conv_cache, (size_t)cap * sizeof *c);
+            if (!c) return dd_error("conv2d: out of host memory for the algorithm cache");
+            conv_cache = c;
+            conv_capacity = cap;
+        }
+        e = &conv_cache[conv_count];
+        memset(e, 0, sizeof *e);
+        e->s = *s;
+        e->cap = conv_cap(s);
+        if (conv_describe(e)) return -1; /* the slot is reused by the next try */
+        conv_count++;
+    }
+    DD_TRY(conv_find(e, mode));
+    *out = e;
+    return 0;
+}
+
+size_t dd_cuda_conv2d_workspace(const dd_conv_shape *s) {
+    conv_entry *e;
+    /* On failure the message stays set and the next forward call reports it again; the bound
+     * itself does not depend on the search. */
+    (void)conv_ready(s, &e);
+    return conv_cap(s);
+}
+
+static const float ONE = 1.0f, ZERO = 0.0f;
+
+int dd_cuda_conv2d_forward(float *y, const float *x, const float *w, const float *b,
+                           const dd_conv_shape *s, void *ws) {
+    conv_entry *e;
+    DD_TRY(conv_ready(s, &e));
+    const conv_choice *c = &e->fwd[dd_cuda_tf32_on ? 1 : 0];
+    if (c->bytes && !ws) return dd_error("conv2d forward: needs %zu bytes of workspace, got none", c->bytes);
+    DNN_CHECK(cudnnSetConvolutionMathType(e->conv, c->math));
+    DNN_CHECK(cudnnConvolutionForward(dnn, &ONE, e->x, x, e->w, w, e->conv,
+                                      (cudnnConvolutionFwdAlgo_t)c->algo, ws, c->bytes, &ZERO,
+                                      e->y, y));
+    if (b) DNN_CHECK(cudnnAddTensor(dnn, &ONE, e->b, b, &ONE, e->y, y));
+    return 0;
+}
+
+/* beta = 1 throughout: backward adds into the gradients it is given */
+int dd_cuda_conv2d_backward(float *dx, float *dw, float *db, const float *dy, const float *x,
+                            const float *w, const dd_conv_shape *s, void *ws) {
+    conv_entry *e;
+    DD_TRY(conv_ready(s, &e));
+    const int mode = dd_cuda_tf32_on ? 1 : 0;
+    if (dx) {
+        const conv_choice *c = &e->bwd_data[mode];
+        if (c->bytes && !ws) return dd_error("conv2d backward-data: needs %zu bytes of workspace, got none", c->bytes);
+        DNN_CHECK(cudnnSetConvolutionMathType(e->conv, c->math));
+        DNN_CHECK(cudnnConvolutionBackwardData(dnn, &ONE, e->w, w, e->y, dy, e->conv,
+                                               (cudnnConvolutionBwdDataAlgo_t)c->algo, ws,
+                                               c->bytes, &ONE, e->x, dx));
+    }
+    if (dw) {
+        const conv_choice *c = &e->bwd_filter[mode];
+        if (c->bytes && !ws) return dd_error("conv2d backward-filter: needs %zu bytes of workspace, got none", c->bytes);
+        DNN_CHECK(cudnnSetConvolutionMathType(e->conv, c->math));
+        DNN_CHECK(cudnnConvolutionBackwardFilter(dnn, &ONE, e->x, x, e->y, dy, e->conv,
+                                                 (cudnnConvolutionBwdFilterAlgo_t)c->algo, ws,
+                                                 c->bytes, &ONE, e->w, dw));
+    }
+    if (db) DNN_CHECK(cudnnConvolutionBackwardBias(dnn, &ONE, e->y, dy, &ONE, e->b, db));
+    return 0;
+}
+
+/* ---------------------------------------------------------------- dense */
+
+/* y (N, Cout) = x (N, Cin) w^T + b. Column-major: y^T (Cout x N) = w (Cout x Cin) x^T, where w's
+ * buffer read column-major is w^T (Cin x Cout), hence OP_T. */
+int dd_cuda_dense_forward(float *y, const float *x, const float *w, const float *b, int N, int Cin,
+                          int Cout) {
+    if (N <= 0 || Cout <= 0) return 0;
+    if (b) DD_TRY(dd_cuda_fill_rows(y, b, N, Cout));
+    BLAS_CHECK(cublasSgemm(blas, CUBLAS_OP_T, CUBLAS_OP_N, Cout, N, Cin, &ONE, w, Cin, x, Cin,
+                           b ? &ONE : &ZERO, y, Cout));
+    return 0;
+}
+
+int dd_cuda_dense_backward(float *dx, float *dw, float *db, const float *dy, const float *x,
+                           const float *w, int N, int Cin, int Cout) {
+    if (N <= 0 || Cout <= 0) return 0;
+    /* dx (N, Cin) += dy (N, Cout) w (Cout, Cin): dx^T (Cin x N) += w^T (Cin x Cout) dy^T */
+    if (dx)
+        BLAS_CHECK(cublasSgemm(blas, CUBLAS_OP_N, CUBLAS_OP_N, Cin, N, Cout, &ONE, w, Cin, dy, Cout,
+                               &ONE, dx, Cin));
+    /* dw (Cout, Cin) += dy^T x: dw^T (Cin x Cout) += x^T (Cin x N) dy (N x Cout) */
+    if (dw)
+        BLAS_CHECK(cublasSgemm(blas, CUBLAS_OP_N, CUBLAS_OP_T, Cin, Cout, N, &ONE, x, Cin, dy, Cout,
+                               &ONE, dw, Cin));
+    if (db) DD_TRY(dd_cuda_colsum_add(db, dy, N, Cout));
+    return 0;
+}
+
+/* ---------------------------------------------------------------- attention */
+
+/* Per head h, batched over the N samples (the sample stride is uniform, the head stride is
+ * not, so heads are a loop of `heads` calls). Column-major views of the row-major slices, each
+ * with leading dimension P:
+ *   Qc, Kc, Vc (P x D): Qc[i, d] = q[d, i]      (q slice at qkv + h D P, sample stride 3 C P)
+ *   probs buffer (P x P) read column-major = probs^T     (sample stride heads P P)
+ *   Yc (P x D): Yc[i, d] = y[h D + d, i]                  (sample stride C P) */
+size_t dd_cuda_attention_workspace(const dd_attn_shape *s) {
+    return (size_t)s->N * s->heads * s->P * s->P * sizeof(float); /* dL/dscores */
+}
+
+typedef struct {
+    long long qkv, y, pp; /* sample strides of qkv, y/dy and probs */
+    int P, D;
+    float scale;
+} attn_geom;
+
+static attn_geom attn_geometry(const dd_attn_shape *s) {
+    attn_geom g;
+    g.P = s->P;
+    g.D = s->C / s->heads;
+    g.qkv = 3LL * s->C * s->P;
+    g.y = (long long)s->C * s->P;
+    g.pp = (long long)s->heads * s->P * s->P;
+    g.scale = 1.0f / sqrtf((float)g.D);
+    return g;
+}
+
+int dd_cuda_attention_forward(float *y, float *probs, const float *qkv, const dd_attn_shape *s) {
+    const attn_geom g = attn_geometry(s);
+    const int P = g.P, D = g.D;
+    const long long PP = (long long)P * P;
+    if (s->N <= 0 || P <= 0) return 0;
+    for (int h = 0; h < s->heads; h++) {
+        const float *q = qkv + (size_t)h * D * P, *k = q + (size_t)s->C * P;
+        /* scores: C (P x P, column-major) = Kc Qc^T, i.e. row-major S[i, j] = q_i . k_j */
+        BLAS_CHECK(cublasSgemmStridedBatched(blas, CUBLAS_OP_N, CUBLAS_OP_T, P, P, D, &g.scale, k,
+                                             P, g.qkv, q, P, g.qkv, &ZERO, probs + h * PP, P, g.pp,
+                                             s->N));
+    }
+    DD_TRY(dd_cuda_softmax_rows(probs, (int64_t)s->N * s->heads * P, P));
+    for (int h = 0; h < s->heads; h++) {
+        const float *v = qkv + (size_t)2 * s->C * P + (size_t)h * D * P;
+        /* Yc (P x D) = probs (row-major, so OP_T of its column-major view) Vc */
+        BLAS_CHECK(cublasSgemmStridedBatched(blas, CUBLAS_OP_T, CUBLAS_OP_N, P, D, P, &ONE,
+                                             probs + h * PP, P, g.pp, v, P, g.qkv, &ZERO,
+                                             y + (size_t)h * D * P, P, g.y, s->N));
+    }
+    return 0;
+}
+
+int dd_cuda_attention_backward(float *dqkv, const float *dy, const float *qkv, const float *probs,
+                               const dd_attn_shape *s, void *ws) {
+    if (!dqkv) return 0;
+    const attn_geom g = attn_geometry(s);
+    const int P = g.P, D = g.D;
+    const long long PP = (long long)P * P;
+    float *dS = (float *)ws; /* (N, heads, P, P) row-major: dL/dprobs, then dL/dscores */
+    if (s->N <= 0 || P <= 0) return 0;
+    if (!dS) return dd_error("attention backward: needs %zu bytes of workspace, got none",
+                             dd_cuda_attention_workspace(s));
+    for (int h = 0; h < s->heads; h++) {
+        const size_t o = (size_t)h * D * P;
+        const float *v = qkv + (size_t)2 * s->C * P + o, *dyh = dy + o;
+        float *dv = dqkv + (size_t)2 * s->C * P + o;
+        /* dP[i, j] = dy_i . v_j: column-major (P x P) = Vc DYc^T */
+        BLAS_CHECK(cublasSgemmStridedBatched(blas, CUBLAS_OP_N, CUBLAS_OP_T, P, P, D, &ONE, v, P,
+                                             g.qkv, dyh, P, g.y, &ZERO, dS + h * PP, P, g.pp,
+                                             s->N));
+        /* dVc[j, d] += sum_i probs[i, j] dy[d, i]: column-major view of probs (= probs^T) DYc */
+        BLAS_CHECK(cublasSgemmStridedBatched(blas, CUBLAS_OP_N, CUBLAS_OP_N, P, D, P, &ONE,
+                                             probs + h * PP, P, g.pp, dyh, P, g.y, &ONE, dv, P,
+                                             g.qkv, s->N));
+    }
+    DD_TRY(dd_cuda_softmax_rows_backward(dS, probs, (int64_t)s->N * s->heads * P, P));
+    for (int h = 0; h < s->heads; h++) {
+        const size_t o = (size_t)h * D * P;
+        const float *q = qkv + o, *k = q + (size_t)s->C * P;
+        float *dq = dqkv + o, *dk = dq + (size_t)s->C * P;
+        /* dQc[i, d] += scale sum_j dS[i, j] k[d, j]: OP_T of dS's column-major view, times Kc */
+        BLAS_CHECK(cublasSgemmStridedBatched(blas, CUBLAS_OP_T, CUBLAS_OP_N, P, D, P, &g.scale,
+                                             dS + h * PP, P, g.pp, k, P, g.qkv, &ONE, dq, P, g.qkv,
+                                             s->N));
+        /* dKc[j, d] += scale sum_i dS[i, j] q[d, i]: dS's column-major view (= dS^T) times Qc */
+        BLAS_CHECK(cublasSgemmStridedBatched(blas, CUBLAS_OP_N, CUBLAS_OP_N, P, D, P, &g.scale,
+                                             dS + h * PP, P, g.pp, q, P, g.qkv, &ONE, dk, P, g.qkv,
+                                             s->N));
+    }
+    return 0;
+}

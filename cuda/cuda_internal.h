@@ -1,0 +1,130 @@
+/* Private to cuda/: the one CUDA context every op uses (stream, cuDNN and cuBLAS handles, the
+ * TF32 switch), the checked-call macros, and the launchers that cuda_kernels.cu exports to the C
+ * files (cuda_backend.c, cuda_dnn.c).
+ *
+ * Everything runs on one non-blocking stream, set on both library handles, so a sequence of ops
+ * is ordered without device-wide synchronisation and can be captured as one CUDA graph.
+ * Shape letters as in include/diffusion/backend.h. */
+#ifndef DD_CUDA_INTERNAL_H
+#define DD_CUDA_INTERNAL_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#include <cuda_runtime.h>
+
+#include "diffusion/backend.h"
+#include "diffusion/error.h"
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+/* The backend's stream (created by dd_cuda_backend()); every launch and library call uses it. */
+extern cudaStream_t dd_cuda_stream;
+
+/* 1 when tensor-core TF32 math is allowed for cuDNN and cuBLAS (env DIFFUSION_TF32=0 turns it
+ * off at start; dd_cuda_set_tf32 at run time). */
+extern int dd_cuda_tf32_on;
+
+/* The file name without its folders (CMake passes absolute paths, which would say nothing
+ * useful and leak the build machine's layout into messages). */
+const char *dd_cuda_base(const char *path);
+
+/* A failed CUDA runtime call: "file:line: call: message", returns -1. */
+int dd_cuda_fail(const char *file, int line, const char *call, cudaError_t err);
+
+#define DD_CUDA_CHECK(call)                                                                       \
+    do {                                                                                          \
+        cudaError_t dd_err_ = (call);                                                             \
+        if (dd_err_ != cudaSuccess) return dd_cuda_fail(__FILE__, __LINE__, #call, dd_err_);      \
+    } while (0)
+
+/* After a kernel launch: a bad configuration is reported at once (no synchronisation). */
+#define DD_CUDA_LAUNCHED(name)                                                                    \
+    do {                                                                                          \
+        cudaError_t dd_err_ = cudaGetLastError();                                                 \
+        if (dd_err_ != cudaSuccess)                                                               \
+            return dd_cuda_fail(__FILE__, __LINE__, "launching " name, dd_err_);                  \
+    } while (0)
+
+/* ---- launchers in cuda_kernels.cu (signatures as in dd_backend unless noted) ---- */
+int dd_cuda_act_forward(float *y, const float *x, size_t n, dd_act act);
+int dd_cuda_act_backward(float *dx, const float *dy, const float *x, size_t n, dd_act act);
+int dd_cuda_add_forward(float *y, const float *a, const float *b, size_t n);
+int dd_cuda_add_backward(float *da, float *db, const float *dy, size_t n);
+int dd_cuda_concat_forward(float *y, const float *a, const float *b, int N, int Ca, int Cb, int HW);
+int dd_cuda_concat_backward(float *da, float *db, const float *dy, int N, int Ca, int Cb, int HW);
+int dd_cuda_upsample2x_forward(float *y, const float *x, int N, int C, int H, int W);
+int dd_cuda_upsample2x_backward(float *dx, const float *dy, int N, int C, int H, int W);
+int dd_cuda_maxpool2x2_forward(float *y, const float *x, int N, int C, int H, int W);
+int dd_cuda_maxpool2x2_backward(float *dx, const float *dy, const float *x, int N, int C, int H,
+                                int W);
+int dd_cuda_embedding_forward(float *y, const float *table, const int32_t *idx, int N, int rows,
+                              int dim);
+int dd_cuda_embedding_backward(float *dtable, const float *dy, const int32_t *idx, int N, int rows,
+                               int dim);
+
+int dd_cuda_group_norm_forward(float *y, float *mean, float *rstd, const float *x,
+                               const float *gamma, const float *beta, const float *add,
+                               const dd_gn_shape *s);
+int dd_cuda_group_norm_backward(float *dx, float *dgamma, float *dbeta, float *dadd,
+                                const float *dy, const float *x, const float *mean,
+                                const float *rstd, const float *gamma, const float *beta,
+                                const float *add, const dd_gn_shape *s);
+
+int dd_cuda_mse_forward(float *loss, const float *pred, const float *target, size_t n);
+int dd_cuda_mse_backward(float *dpred, const float *dloss, const float *pred, const float *target,
+                         size_t n);
+int dd_cuda_xent_forward(float *loss, float *probs, const float *logits, const int32_t *labels,
+                         int N, int K);
+int dd_cuda_xent_backward(float *dlogits, const float *dloss, const float *probs,
+                          const int32_t *labels, int N, int K);
+
+int dd_cuda_adam_update(float *p, float *m, float *v, const float *g, size_t n, float lr, float b1,
+                        float b2, float eps, int64_t t);
+int dd_cuda_ema_update(float *ema, const float *p, size_t n, float decay);
+
+int dd_cuda_normal(float *out, size_t n, uint64_t seed, uint64_t stream, uint64_t offset);
+int dd_cuda_q_sample(float *xt, const float *x0, const float *noise, const float *ca,
+                     const float *cb, int N, size_t per);
+int dd_cuda_guidance(float *eps, const float *cond, const float *uncond, size_t n, float g);
+int dd_cuda_sampler_step(float *x, float *x0_out, const float *eps, size_t n, float ra, float rb,
+                         int clip, float c0, float c1, float c2, float sigma, uint64_t seed,
+                         uint64_t stream, uint64_t offset);
+
+/* Helpers for the library-call ops in cuda_dnn.c:
+ * y (R, Ccols) row-major: every row = b (Ccols)   [dense bias before the GEMM accumulates]
+ * colsum: out[c] += sum over r of m[r, c], m (R, Ccols) row-major   [dense bias gradient]
+ * softmax_rows: in place over `rows` rows of length L
+ * softmax_rows_backward: d (rows, L) holds dL/dprobs on entry and dL/dscores on return:
+ *   d = p (d - sum_j d p) */
+int dd_cuda_fill_rows(float *y, const float *b, int R, int Ccols);
+int dd_cuda_colsum_add(float *out, const float *m, int R, int Ccols);
+int dd_cuda_softmax_rows(float *p, int64_t rows, int L);
+int dd_cuda_softmax_rows_backward(float *d, const float *p, int64_t rows, int L);
+
+/* ---- cuda_dnn.c: cuDNN and cuBLAS ops ---- */
+int dd_cuda_dnn_init(void); /* creates the handles on dd_cuda_stream; 0 or -1 */
+int dd_cuda_dnn_apply_math(void); /* re-applies dd_cuda_tf32_on to the cuBLAS handle */
+size_t dd_cuda_conv2d_workspace(const dd_conv_shape *s);
+int dd_cuda_conv2d_forward(float *y, const float *x, const float *w, const float *b,
+                           const dd_conv_shape *s, void *ws);
+int dd_cuda_conv2d_backward(float *dx, float *dw, float *db, const float *dy, const float *x,
+                            const float *w, const dd_conv_shape *s, void *ws);
+int dd_cuda_dense_forward(float *y, const float *x, const float *w, const float *b, int N, int Cin,
+                          int Cout);
+int dd_cuda_dense_backward(float *dx, float *dw, float *db, const float *dy, const float *x,
+                           const float *w, int N, int Cin, int Cout);
+size_t dd_cuda_attention_workspace(const dd_attn_shape *s);
+int dd_cuda_attention_forward(float *y, float *probs, const float *qkv, const dd_attn_shape *s);
+int dd_cuda_attention_backward(float *dqkv, const float *dy, const float *qkv, const float *probs,
+                               const dd_attn_shape *s, void *ws);
+
+/* 1 while dd_cuda_stream is being captured (then nothing may search, allocate or synchronise) */
+int dd_cuda_capturing(void);
+
+#ifdef __cplusplus
+}
+#endif
+#endif
