@@ -238,3 +238,17 @@ int dd_sample_ddim(const dd_backend *be, const dd_schedule *s, const dd_denoiser
     free(times);
     return rc;
 }
+
+int dd_step_record(void *recorder, int step, int nsteps, int t, const float *x, const float *x0,
+                   int B, size_t per) {
+    dd_step_recorder *r = recorder;
+    (void)t;
+    if (step >= r->capacity || nsteps > r->capacity)
+        return dd_error("step recorder: room for %d frames, the run has %d steps", r->capacity,
+                        nsteps);
+    const size_t n = (size_t)B * per;
+    if (r->xs) DD_TRY(r->be->to_host(r->xs + (size_t)step * n, x, n * sizeof(float)));
+    if (r->x0s) DD_TRY(r->be->to_host(r->x0s + (size_t)step * n, x0, n * sizeof(float)));
+    r->frames = step + 1;
+    return 0;
+}

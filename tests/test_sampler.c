@@ -336,6 +336,20 @@ static void test_last_step(void) {
     o.rng = (dd_rng){8, 0, 0};
     CHECK_OK(dd_sample_ddpm(BE, &s, &m, &o, again));
     CHECK(memcmp(again, out, r.n * sizeof(float)) != 0);
+    /* the ready-made recorder: T frames, the last one has x = x0 estimate = the result */
+    float *xs = malloc(5 * r.n * sizeof(float)), *x0s = malloc(5 * r.n * sizeof(float));
+    dd_step_recorder rec = {.be = BE, .xs = xs, .x0s = x0s, .capacity = 5};
+    o.rng = (dd_rng){7, 0, 0};
+    o.on_step = dd_step_record;
+    o.step_ctx = &rec;
+    CHECK_OK(dd_sample_ddpm(BE, &s, &m, &o, again));
+    CHECK(rec.frames == 5 && memcmp(again, out, r.n * sizeof(float)) == 0);
+    CHECK(memcmp(xs + 4 * r.n, out, r.n * sizeof(float)) == 0);
+    CHECK(memcmp(x0s + 4 * r.n, out, r.n * sizeof(float)) == 0);
+    CHECK(memcmp(xs + 3 * r.n, r.prev_x, r.n * sizeof(float)) == 0); /* x_1 */
+    rec.capacity = 4; /* too small: refused, not overrun */
+    CHECK(dd_sample_ddpm(BE, &s, &m, &o, again) == -1);
+    free(xs), free(x0s);
     /* a callback that fails stops the run with its message */
     o.on_step = failing_step;
     dd_error_clear();

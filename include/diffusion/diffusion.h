@@ -154,6 +154,19 @@ int dd_sample_ddpm(const dd_backend *be, const dd_schedule *s, const dd_denoiser
 int dd_sample_ddim(const dd_backend *be, const dd_schedule *s, const dd_denoiser *m,
                    dd_sample_opts *o, int tau, float eta, float *out);
 
+/* A ready-made dd_step_fn (p_sample_loop_all): copies every step's x and x0 estimate to host
+ * arrays, frame k = step k, each (B, per). Set be and the arrays (either may be NULL), with room
+ * for nsteps frames (T for DDPM, tau for DDIM); frames counts the frames written. */
+typedef struct {
+    const dd_backend *be;
+    float *xs;  /* host (nsteps, B, per) or NULL */
+    float *x0s; /* host (nsteps, B, per) or NULL */
+    int capacity; /* frames the arrays hold; a run with more steps is an error */
+    int frames;
+} dd_step_recorder;
+int dd_step_record(void *recorder, int step, int nsteps, int t, const float *x, const float *x0,
+                   int B, size_t per);
+
 /* ---------------------------------------------------------------- training batches */
 
 /* Everything one training step needs besides the model, allocated once (dd_train_batch_init)
