@@ -1,0 +1,219 @@
+/* diffusion bench: time a training step, one denoising forward and a whole DDIM-20 loop, the
+ * same three jobs (and the same timing method: median of five timings after warm-up) as the
+ * PyTorch peer (bench/README.md), so the two can be printed side by side. */
+#include <getopt.h>
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include <cjson/cJSON.h>
+
+#include "cli_common.h"
+#include "commands.h"
+#include "diffusion/error.h"
+#include "diffusion/progress.h"
+#include "diffusion/safetensors.h"
+#include "diffusion/train.h"
+
+#include "diffusion/cuda.h"
+
+static const char *usage =
+    "usage: diffusion bench [OPTIONS]\n"
+    "\n"
+    "Times, for a model (default: the UNet of the PyTorch peer, 602,705 parameters, 28x28x1,\n"
+    "T = 100, cosine): a training step (noise, q_sample, forward, MSE, backward, Adam, EMA),\n"
+    "one denoising forward, and a whole DDIM-20 loop (eta 0). Median of five timings, ms.\n"
+    "\n"
+    "  --device DEV        auto | cpu | cuda (default auto)\n"
+    "  --train LIST        training batch sizes (default 32,128,512 on a GPU, 32 on the CPU)\n"
+    "  --forward LIST      denoising forward batch sizes (default 64,1024 / 64)\n"
+    "  --ddim B            DDIM-20 loop batch, 0 to skip (default 256 / 16)\n"
+    "  --min-time S        seconds per measurement, roughly (default 1)\n"
+    "  --json FILE         also write the rows as JSON\n"
+    "\n" CLI_MODEL_HELP;
+
+typedef struct {
+    dd_runner *r;
+    dd_train_batch *tb;
+    float *x0;
+    int B;
+    int64_t step;
+    const dd_schedule *s;
+    dd_sample_opts so;
+} job;
+
+static int job_train(job *j) {
+    dd_rng rng = {1, 1, (uint64_t)j->step * 1000003u};
+    DD_TRY(dd_train_batch_make(j->tb, j->x0, NULL, 0, 0.0f, &rng));
+    float loss;
+    DD_TRY(dd_runner_train_step(j->r, j->B, j->tb->xt, j->tb->target, j->tb->t, NULL, 1e-4f, 0.999f, &loss));
+    j->step++;
+    return 0;
+}
+
+static int job_forward(job *j) {
+    int32_t *t = j->tb->t;
+    for (int i = 0; i < j->B; i++) t[i] = 50;
+    return dd_runner_denoise(j->r, j->tb->target, j->tb->xt, t, NULL, j->B);
+}
+
+static int job_ddim(job *j) {
+    dd_denoiser m = {.fn = dd_runner_denoise, .ctx = j->r, .objective = DD_OBJECTIVE_EPS};
+    dd_sample_opts o = j->so;
+    return dd_sample_ddim(j->r->be, j->s, &m, &o, 20, 0.0f, NULL);
+}
+
+/* Median of five timings, each of enough calls to last about min_s / 5 (as the peer). */
+static int timed(int (*fn)(job *), job *j, const dd_backend *be, double min_s, double *ms) {
+    for (int i = 0; i < 2; i++) DD_TRY(fn(j));
+    DD_TRY(be->synchronize());
+    double t0 = dd_now();
+    int n = 0;
+    while (dd_now() - t0 < min_s / 5 || n < 1) {
+        DD_TRY(fn(j));
+        DD_TRY(be->synchronize());
+        n++;
+    }
+    double s[5];
+    for (int k = 0; k < 5; k++) {
+        double a = dd_now();
+        for (int i = 0; i < n; i++) DD_TRY(fn(j));
+        DD_TRY(be->synchronize());
+        s[k] = (dd_now() - a) / n;
+    }
+    for (int a = 0; a < 5; a++)
+        for (int b = a + 1; b < 5; b++)
+            if (s[b] < s[a]) {
+                double t = s[a];
+                s[a] = s[b];
+                s[b] = t;
+            }
+    *ms = s[2] * 1e3;
+    return 0;
+}
+
+static int parse_list(const char *opt, const char *arg, int *v, int max, int *n) {
+    *n = 0;
+    const char *p = arg;
+    while (*p) {
+        char *end;
+        long x = strtol(p, &end, 10);
+        if (end == p || x < 1 || x > 65536 || *n == max) return dd_error("--%s: '%s' is not a list like 32,128", opt, arg);
+        v[(*n)++] = (int)x;
+        p = *end == ',' ? end + 1 : end;
+        if (*end && *end != ',') return dd_error("--%s: '%s' is not a list like 32,128", opt, arg);
+    }
+    return *n ? 0 : dd_error("--%s: empty list", opt);
+}
+
+int cmd_bench(int argc, char **argv) {
+    enum { O_DEVICE = 1, O_TRAIN, O_FWD, O_DDIM, O_MIN, O_JSON, O_HELP };
+    static const struct option opts[] = {
+        {"device", required_argument, 0, O_DEVICE}, {"train", required_argument, 0, O_TRAIN},
+        {"forward", required_argument, 0, O_FWD}, {"ddim", required_argument, 0, O_DDIM},
+        {"min-time", required_argument, 0, O_MIN}, {"json", required_argument, 0, O_JSON},
+        {"help", no_argument, 0, O_HELP}, CLI_MODEL_OPTIONS, {0, 0, 0, 0}};
+    const char *device = "auto", *json = NULL;
+    int train_b[8], fwd_b[8], ntrain = -1, nfwd = -1, ddim_b = -1, rc = 0, c;
+    double min_s = 1.0;
+    cli_model_opts mo;
+    cli_model_opts_init(&mo);
+    optind = 1;
+    opterr = 0;
+    while (!rc && (c = getopt_long(argc, argv, "", opts, NULL)) != -1) {
+        switch (c) {
+        case O_DEVICE: device = optarg; break;
+        case O_TRAIN: rc = parse_list("train", optarg, train_b, 8, &ntrain); break;
+        case O_FWD: rc = parse_list("forward", optarg, fwd_b, 8, &nfwd); break;
+        case O_DDIM: rc = cli_int("ddim", optarg, 0, 65536, &ddim_b); break;
+        case O_MIN: rc = cli_double("min-time", optarg, 0.01, 600, &min_s); break;
+        case O_JSON: json = optarg; break;
+        case O_HELP: fputs(usage, stdout); return 0;
+        case '?': return cli_error("unknown or incomplete option '%s' (diffusion bench --help)", argv[optind - 1]);
+        default:
+            if (c >= CLI_OPT_BASE && c < CLI_OPT_MODEL_END) rc = cli_model_opt(&mo, c, optarg);
+        }
+    }
+    if (rc) return cli_error("%s", dd_error_message());
+    if (optind < argc) return cli_error("unexpected argument '%s'", argv[optind]);
+    dd_model_config cfg;
+    if (cli_model_config(&mo, DD_MODEL_UNET, &cfg)) return cli_error("%s", dd_error_message());
+    if (dd_model_is_conditional(&cfg) || cfg.kind == DD_MODEL_LENET)
+        return cli_error("bench times unconditional diffusion models (unet, unet-fixed, mlp2d)");
+    const dd_backend *be = cli_backend(device);
+    if (!be) return cli_error("%s", dd_error_message());
+    int gpu = !strcmp(be->name, "cuda");
+    if (ntrain < 0) {
+        ntrain = gpu ? 3 : 1;
+        train_b[0] = 32, train_b[1] = 128, train_b[2] = 512;
+    }
+    if (nfwd < 0) {
+        nfwd = gpu ? 2 : 1;
+        fwd_b[0] = 64, fwd_b[1] = 1024;
+    }
+    if (ddim_b < 0) ddim_b = gpu ? 256 : 16;
+    char devname[256];
+    snprintf(devname, sizeof devname, "cpu");
+    dd_cuda_info info;
+    if (gpu && !dd_cuda_device_info(&info)) snprintf(devname, sizeof devname, "%s", info.name);
+    dd_schedule s;
+    if (dd_schedule_init(&s, DD_SCHEDULE_COSINE, cfg.timesteps, 0, 0)) return cli_error("%s", dd_error_message());
+    size_t per = (size_t)cfg.in_channels * cfg.height * cfg.width;
+    dd_runner r;
+    if (dd_runner_init(&r, &cfg, be, 0)) {
+        dd_schedule_free(&s);
+        return cli_error("%s", dd_error_message());
+    }
+    printf("diffusion bench on %s (%s backend), %zu parameters, %dx%dx%d, T = %d\n", devname, be->name,
+           dd_model_count_trainable(r.params), cfg.in_channels, cfg.height, cfg.width, cfg.timesteps);
+    printf("%-12s %6s %10s %12s\n", "work", "batch", "ms", "per second");
+    cJSON *rows = cJSON_CreateArray();
+    struct { const char *name; int (*fn)(job *); int *b; int n; } work[3] = {
+        {"train_step", job_train, train_b, ntrain}, {"denoise_fwd", job_forward, fwd_b, nfwd},
+        {"ddim20_loop", job_ddim, &ddim_b, ddim_b > 0}};
+    for (int w = 0; !rc && w < 3; w++) {
+        for (int k = 0; !rc && k < work[w].n; k++) {
+            int B = work[w].b[k];
+            dd_train_batch tb;
+            memset(&tb, 0, sizeof tb);
+            job j = {.r = &r, .tb = &tb, .B = B, .s = &s};
+            rc = dd_train_batch_init(&tb, be, &s, DD_OBJECTIVE_EPS, B, per);
+            if (!rc) rc = be->alloc((void **)&j.x0, (size_t)B * per * sizeof(float));
+            if (!rc) rc = be->normal(j.x0, (size_t)B * per, 5, 0, 0);
+            if (!rc) rc = be->normal(tb.xt, (size_t)B * per, 6, 0, 0);
+            j.so = dd_sample_opts_default(B, per);
+            double ms = 0;
+            if (!rc) rc = timed(work[w].fn, &j, be, min_s, &ms);
+            if (!rc) {
+                printf("%-12s %6d %10.3f %12.1f\n", work[w].name, B, ms, B / ms * 1e3);
+                fflush(stdout);
+                cJSON *row = cJSON_CreateObject();
+                cJSON_AddStringToObject(row, "task", work[w].name);
+                cJSON_AddNumberToObject(row, "batch", B);
+                cJSON_AddNumberToObject(row, "ms", ms);
+                cJSON_AddNumberToObject(row, "per_s", B / ms * 1e3);
+                cJSON_AddItemToArray(rows, row);
+            }
+            if (j.x0) be->free(j.x0);
+            dd_train_batch_free(&tb);
+        }
+    }
+    if (!rc && json) {
+        cJSON *root = cJSON_CreateObject();
+        cJSON_AddStringToObject(root, "device", devname);
+        cJSON_AddStringToObject(root, "backend", be->name);
+        cJSON_AddNumberToObject(root, "parameters", (double)dd_model_count_trainable(r.params));
+        cJSON_AddItemToObject(root, "rows", rows);
+        rows = NULL;
+        char *text = cJSON_Print(root);
+        cJSON_Delete(root);
+        rc = text ? dd_write_file_atomic(json, text, strlen(text)) : dd_error("out of memory");
+        free(text);
+    }
+    cJSON_Delete(rows);
+    dd_runner_free(&r);
+    dd_schedule_free(&s);
+    if (rc) return cli_error("%s", dd_error_message());
+    return 0;
+}
