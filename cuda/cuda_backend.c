@@ -167,6 +167,10 @@ static const dd_backend cuda_backend = {
 static int cuda_init(void) {
     int count = 0;
     cudaError_t e = cudaGetDeviceCount(&count);
+    if (e == cudaErrorInsufficientDriver || e == cudaErrorNoDevice)
+        return dd_error("no usable CUDA GPU: no NVIDIA driver or GPU on this machine, or a driver "
+                        "older than this CUDA runtime (cudaGetDeviceCount: %s)",
+                        cudaGetErrorString(e));
     if (e != cudaSuccess)
         return dd_error("no usable CUDA GPU (cudaGetDeviceCount: %s)", cudaGetErrorString(e));
     if (count == 0) return dd_error("no CUDA GPU found (cudaGetDeviceCount returned 0)");

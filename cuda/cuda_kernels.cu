@@ -470,7 +470,8 @@ int dd_cuda_group_norm_backward(float *dx, float *dgamma, float *dbeta, float *d
 
 #define ROWS_PER_BLOCK (THREADS / 32) /* one warp per row */
 
-/* p (rows, L) in place: p = softmax over each row, max subtracted first */
+/* p (rows, L) in place: p = softmax over each row, max subtracted first, the sum in double and
+ * applied as one reciprocal (as cpu/cpu_attention.c) */
 static __global__ void softmax_rows_kernel(float *p, int64_t rows, int L) {
     const int64_t row = (int64_t)blockIdx.x * ROWS_PER_BLOCK + (threadIdx.x >> 5);
     const int lane = threadIdx.x & 31;
@@ -479,14 +480,14 @@ static __global__ void softmax_rows_kernel(float *p, int64_t rows, int L) {
     float mx = -INFINITY;
     for (int j = lane; j < L; j += 32) mx = fmaxf(mx, r[j]);
     mx = warp_max(mx);
-    float s = 0.0f;
+    double s = 0.0;
     for (int j = lane; j < L; j += 32) {
         const float e = expf(r[j] - mx);
         r[j] = e;
         s += e;
     }
-    s = warp_sum(s);
-    for (int j = lane; j < L; j += 32) r[j] = r[j] / s;
+    const float inv = (float)(1.0 / warp_sum(s));
+    for (int j = lane; j < L; j += 32) r[j] *= inv;
 }
 
 /* d (rows, L) in place: d = p (d - sum_j d p) */
@@ -496,10 +497,10 @@ static __global__ void softmax_rows_backward_kernel(float *d, const float *p, in
     if (row >= rows) return;
     float *dr = d + row * L;
     const float *pr = p + row * L;
-    float dot = 0.0f;
-    for (int j = lane; j < L; j += 32) dot += dr[j] * pr[j];
-    dot = warp_sum(dot);
-    for (int j = lane; j < L; j += 32) dr[j] = pr[j] * (dr[j] - dot);
+    double dot = 0.0;
+    for (int j = lane; j < L; j += 32) dot += (double)pr[j] * dr[j];
+    const float dt = (float)warp_sum(dot);
+    for (int j = lane; j < L; j += 32) dr[j] = pr[j] * (dr[j] - dt);
 }
 
 int dd_cuda_softmax_rows(float *p, int64_t rows, int L) {
@@ -574,7 +575,7 @@ static __global__ void mse_forward_kernel(float *loss, const float *pred, const 
 
 static __global__ void mse_backward_kernel(float *dpred, const float *dloss, const float *pred,
                                            const float *target, size_t n) {
-    const float k = dloss[0] * 2.0f / (float)n;
+    const float k = (float)(2.0 * (double)dloss[0] / (double)n); /* as cpu/cpu_loss.c */
     GRID_STRIDE(i, n) dpred[i] += k * (pred[i] - target[i]);
 }
 
@@ -599,8 +600,9 @@ int dd_cuda_mse_backward(float *dpred, const float *dloss, const float *pred, co
     return 0;
 }
 
-/* One block; warp w takes rows w, w + warps, ...: max, sum of exponentials, probs, and the row's
- * loss log(sum) + max - logit[label]; the warps' losses are added in warp order. */
+/* One block; warp w takes rows w, w + warps, ...: max, sum of exponentials and probs (in double,
+ * as cpu/cpu_loss.c), and the row's loss max + log(sum) - logit[label]; the warps' losses are
+ * added in warp order. */
 static __global__ void xent_forward_kernel(float *loss, float *probs, const float *logits,
                                            const int32_t *labels, int N, int K) {
     __shared__ double sh[32];
@@ -612,15 +614,11 @@ static __global__ void xent_forward_kernel(float *loss, float *probs, const floa
         float mx = -INFINITY;
         for (int k = lane; k < K; k += 32) mx = fmaxf(mx, l[k]);
         mx = warp_max(mx);
-        float s = 0.0f;
-        for (int k = lane; k < K; k += 32) {
-            const float e = expf(l[k] - mx);
-            p[k] = e;
-            s += e;
-        }
+        double s = 0.0;
+        for (int k = lane; k < K; k += 32) s += exp((double)l[k] - mx);
         s = warp_sum(s);
-        for (int k = lane; k < K; k += 32) p[k] = p[k] / s;
-        acc += (double)logf(s) + (double)mx - (double)l[labels[n]];
+        for (int k = lane; k < K; k += 32) p[k] = (float)(exp((double)l[k] - mx) / s);
+        acc += (double)mx + log(s) - (double)l[labels[n]];
     }
     if (lane == 0) sh[wid] = acc;
     __syncthreads();
@@ -633,7 +631,7 @@ static __global__ void xent_forward_kernel(float *loss, float *probs, const floa
 
 static __global__ void xent_backward_kernel(float *dlogits, const float *dloss, const float *probs,
                                             const int32_t *labels, int N, int K) {
-    const float k = dloss[0] / (float)N;
+    const float k = (float)((double)dloss[0] / (double)N);
     const size_t n_all = (size_t)N * K;
     GRID_STRIDE(i, n_all) {
         const int n = (int)(i / K), j = (int)(i % K);
