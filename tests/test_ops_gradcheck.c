@@ -68,7 +68,8 @@ struct gc_case {
     dd_act act;
     int32_t *idx;
     float *s1, *s2; /* saved by forward: mean/rstd, probs */
-    void *ws;
+    void *ws;       /* workspace of the size the backend asks for, then GUARD sentinels */
+    size_t ws_floats;
 };
 
 static uint64_t seed_counter = 1;
@@ -228,6 +229,9 @@ static void run_case(gc_case *c) {
     c->bwd(c, none, r);
     tu_checks++;
 
+    if (c->ws)
+        CHECKF(guard_ok(c->ws, c->ws_floats), "%s: the op wrote past its workspace", c->label);
+
     for (int i = 0; i < c->nt; i++) {
         free(an[i]);
         free(g[i]);
@@ -259,7 +263,8 @@ static void conv_case(int N, int Cin, int H, int W, int Cout, int K, int stride,
     add_tensor(c, "x", (size_t)N * Cin * H * W, -1, 1, 1);
     add_tensor(c, "w", (size_t)Cout * Cin * K * K, -1, 1, 1);
     if (bias) add_tensor(c, "b", (size_t)Cout, -1, 1, 1);
-    c->ws = malloc(B->conv2d_workspace(&s) + 64);
+    c->ws_floats = (B->conv2d_workspace(&s) + sizeof(float) - 1) / sizeof(float);
+    c->ws = guarded(c->ws_floats);
     c->fwd = conv_fwd;
     c->bwd = conv_bwd;
     run_case(c);
@@ -430,7 +435,8 @@ static void attention_case(int N, int C, int heads, int P) {
     c->attn = (dd_attn_shape){N, C, heads, P};
     add_tensor(c, "qkv", (size_t)N * 3 * C * P, -1.5f, 1.5f, 1);
     c->s1 = malloc((size_t)N * heads * P * P * sizeof(float));
-    c->ws = malloc(B->attention_workspace(&c->attn) + 64);
+    c->ws_floats = (B->attention_workspace(&c->attn) + sizeof(float) - 1) / sizeof(float);
+    c->ws = guarded(c->ws_floats);
     c->fwd = attn_fwd;
     c->bwd = attn_bwd;
     run_case(c);
