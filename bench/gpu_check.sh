@@ -1,0 +1,232 @@
+#!/usr/bin/env bash
+# One script for a short lease on a GPU machine (../shared/DEVICE.md): configure and build with
+# CUDA, run the GPU tests (once more under compute-sanitizer when the machine allows it), time
+# `diffusion bench` and the PyTorch peer, and print one table with the card's name.
+#
+#   bench/gpu_check.sh [options] [PEER_SCRIPT]
+#     PEER_SCRIPT        the PyTorch peer (torch_unet_peer.py); skipped when not given or absent
+#     --build-dir DIR    build folder (default: build-gpucheck in the source tree)
+#     --build-only       configure and build, then stop (works without a GPU)
+#     --no-sanitizer     skip the compute-sanitizer run
+#     --quick-bench      shorter timings (0.3 s per measurement instead of 1 s)
+#
+# Logs and JSON go to $OUT when it is set, else to BUILD_DIR/gpu_check. Each stage has its own
+# time limit so the whole run stays well inside 10 minutes; a stage that fails or times out is
+# reported in the table and the script carries on. Exit status: 0 when the build and the GPU
+# tests passed, 1 when either failed, 2 when there is no GPU (or no nvcc) to run on.
+set -u
+
+SRC="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+BUILD="$SRC/build-gpucheck"
+PEER=""
+BUILD_ONLY=0
+SANITIZER=1
+MIN_S=1
+while [ $# -gt 0 ]; do
+    case "$1" in
+    --build-dir) BUILD="$2"; shift 2 ;;
+    --build-only) BUILD_ONLY=1; shift ;;
+    --no-sanitizer) SANITIZER=0; shift ;;
+    --quick-bench) MIN_S=0.3; shift ;;
+    -h|--help) sed -n '2,17p' "$0"; exit 0 ;;
+    -*) echo "gpu_check: unknown option $1" >&2; exit 2 ;;
+    *) PEER="$1"; shift ;;
+    esac
+done
+LOGS="${OUT:-$BUILD/gpu_check}"
+mkdir -p "$LOGS" || { echo "gpu_check: cannot create $LOGS" >&2; exit 2; }
+T0=$(date +%s)
+elapsed() { echo $(( $(date +%s) - T0 )); }
+say() { echo "[gpu_check $(elapsed)s] $*"; }
+
+# results for the final table: "stage|status|note"
+RESULTS=()
+record() { RESULTS+=("$1|$2|$3"); }
+
+# ---------------------------------------------------------------- is there anything to run on?
+NVCC="$(command -v nvcc || true)"
+[ -z "$NVCC" ] && [ -x /usr/local/cuda/bin/nvcc ] && NVCC=/usr/local/cuda/bin/nvcc
+if [ -z "$NVCC" ]; then
+    echo "gpu_check: no nvcc (looked in PATH and /usr/local/cuda/bin): cannot build the CUDA backend" >&2
+    exit 2
+fi
+CARD=""
+if command -v nvidia-smi > /dev/null 2>&1; then
+    CARD="$(nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader 2> /dev/null | head -n 1)"
+fi
+if [ -z "$CARD" ] && [ "$BUILD_ONLY" = 0 ]; then
+    echo "gpu_check: no NVIDIA GPU visible (nvidia-smi missing or lists none); nothing to run." >&2
+    echo "gpu_check: use --build-only to check that the CUDA build configures and compiles." >&2
+    exit 2
+fi
+say "card: ${CARD:-none (build only)}; nvcc: $("$NVCC" --version | tail -n 1)"
+{
+    echo "card: ${CARD:-none}"
+    nvidia-smi 2> /dev/null || true
+    "$NVCC" --version
+} > "$LOGS/machine.txt" 2>&1
+
+# ---------------------------------------------------------------- configure and build
+GEN=()
+command -v ninja > /dev/null 2>&1 && GEN=(-G Ninja)
+# A build folder configured with another generator cannot be reused: start it afresh.
+if [ -f "$BUILD/CMakeCache.txt" ] && ! grep -q "CMAKE_GENERATOR:INTERNAL=${GEN[1]:-Unix Makefiles}\$" "$BUILD/CMakeCache.txt"; then
+    rm -rf "$BUILD/CMakeCache.txt" "$BUILD/CMakeFiles"
+fi
+say "configuring ($BUILD)"
+if ! timeout 120 cmake -S "$SRC" -B "$BUILD" "${GEN[@]}" -DDIFFUSION_CUDA=ON \
+        -DCMAKE_CUDA_COMPILER="$NVCC" -DCMAKE_BUILD_TYPE=Release > "$LOGS/configure.log" 2>&1; then
+    tail -n 30 "$LOGS/configure.log"
+    echo "gpu_check: configure failed (cuDNN is looked for in /usr/local/cuda/{include,lib64} and" \
+         "/usr/{include,lib}/x86_64-linux-gnu; log: $LOGS/configure.log)" >&2
+    exit 1
+fi
+grep "diffusion: CUDA backend" "$LOGS/configure.log" | sed 's/^-- //'
+say "building with $(nproc) jobs"
+if ! timeout 300 cmake --build "$BUILD" -j "$(nproc)" > "$LOGS/build.log" 2>&1; then
+    grep -E "error|Error" "$LOGS/build.log" | head -n 30
+    echo "gpu_check: build failed (log: $LOGS/build.log)" >&2
+    exit 1
+fi
+WARN=$(grep -c -i "warning" "$LOGS/build.log" || true)
+record "build" "ok" "$WARN warning lines in build.log, $(elapsed)s so far"
+say "built ($WARN warning lines)"
+if [ "$BUILD_ONLY" = 1 ]; then
+    say "build only: done"
+    exit 0
+fi
+
+# ---------------------------------------------------------------- GPU tests
+STATUS=0
+say "GPU tests (ctest -L gpu)"
+timeout 300 ctest --test-dir "$BUILD" -L gpu --output-on-failure --timeout 280 > "$LOGS/ctest_gpu.log" 2>&1
+RC=$?
+SUMMARY=$(grep -E "tests passed|tests failed" "$LOGS/ctest_gpu.log" | tail -n 1)
+if grep -q -E "\(Skipped\)|\*\*\*Skipped" "$LOGS/ctest_gpu.log"; then
+    # on a GPU machine a skip means the backend did not come up: that is a failure here
+    record "gpu tests" "FAILED" "skipped on a GPU machine: $(grep -h -m1 SKIPPED "$LOGS/ctest_gpu.log")"
+    STATUS=1
+elif [ $RC -eq 0 ]; then
+    record "gpu tests" "ok" "$SUMMARY"
+else
+    record "gpu tests" "FAILED" "rc $RC: $SUMMARY (see ctest_gpu.log)"
+    STATUS=1
+fi
+grep -E "^ +[0-9]+/[0-9]+ Test" "$LOGS/ctest_gpu.log"
+# the per-op errors closest to their tolerance, for a quick look ("... rel err E (tol T)")
+grep -h "rel err" "$LOGS/ctest_gpu.log" |
+    awk '{ for (i = 1; i < NF; i++) if ($i == "err") e = $(i + 1);
+           t = $NF; gsub(/[()]/, "", t);
+           if (t + 0 > 0) printf "%.3f %s\n", e / t, $0 }' |
+    sort -g -r | head -n 8 | sed 's/^\([0-9.]*\) */\1 of tol: /' > "$LOGS/worst_errors.txt" || true
+
+# ---------------------------------------------------------------- compute-sanitizer (optional)
+SAN="$(command -v compute-sanitizer || true)"
+[ -z "$SAN" ] && [ -x /usr/local/cuda/bin/compute-sanitizer ] && SAN=/usr/local/cuda/bin/compute-sanitizer
+if [ "$SANITIZER" = 0 ]; then
+    record "compute-sanitizer" "skipped" "--no-sanitizer"
+elif [ -z "$SAN" ]; then
+    record "compute-sanitizer" "skipped" "not installed"
+elif [ ! -x "$BUILD/test_gpu_ops" ]; then
+    record "compute-sanitizer" "skipped" "no test_gpu_ops binary"
+else
+    say "test_gpu_ops --quick under compute-sanitizer memcheck (limit 150 s)"
+    (cd "$BUILD" && timeout 150 "$SAN" --tool memcheck --error-exitcode 86 ./test_gpu_ops --quick) \
+        > "$LOGS/sanitizer.log" 2>&1
+    RC=$?
+    ERRS=$(grep -m1 "ERROR SUMMARY" "$LOGS/sanitizer.log" || true)
+    if [ $RC -eq 0 ]; then
+        record "compute-sanitizer" "ok" "${ERRS:-clean}"
+    elif [ $RC -eq 86 ]; then
+        record "compute-sanitizer" "FAILED" "${ERRS:-memcheck errors} (sanitizer.log)"
+        STATUS=1
+    elif [ $RC -eq 124 ]; then
+        record "compute-sanitizer" "timeout" "over 150 s; not counted"
+    else
+        # refused by the machine (no permission, unsupported driver...) or the test failed under it
+        record "compute-sanitizer" "not run" "rc $RC: $(grep -m1 -i -E "error|fail" "$LOGS/sanitizer.log" | cut -c1-100)"
+    fi
+fi
+
+# ---------------------------------------------------------------- diffusion bench
+BENCH_JSON=""
+if [ -x "$BUILD/diffusion" ] && "$BUILD/diffusion" --help 2> /dev/null | grep -E "^ +bench " | grep -q -v "not in this build"; then
+    say "diffusion bench --device cuda (limit 240 s)"
+    if timeout 240 "$BUILD/diffusion" bench --device cuda --min-time "$MIN_S" --json "$LOGS/bench.json" \
+            > "$LOGS/bench.log" 2>&1; then
+        BENCH_JSON="$LOGS/bench.json"
+        record "diffusion bench" "ok" "bench.json"
+    else
+        record "diffusion bench" "FAILED" "rc $?: $(tail -n 1 "$LOGS/bench.log" | cut -c1-100)"
+    fi
+    cat "$LOGS/bench.log"
+else
+    record "diffusion bench" "skipped" "no bench command in this build"
+fi
+
+# ---------------------------------------------------------------- PyTorch peer
+PEER_JSON=""
+PY="${PYTHON:-python3}"
+if [ -z "$PEER" ]; then
+    record "pytorch peer" "skipped" "no peer script given"
+elif [ ! -f "$PEER" ]; then
+    record "pytorch peer" "skipped" "$PEER not found"
+elif ! "$PY" -c "import torch" > /dev/null 2>&1; then
+    record "pytorch peer" "skipped" "$PY has no torch"
+else
+    say "PyTorch peer $PEER (limit 240 s)"
+    if timeout 240 "$PY" "$PEER" --json "$LOGS/peer.json" --min-s "$MIN_S" > "$LOGS/peer.log" 2>&1; then
+        PEER_JSON="$LOGS/peer.json"
+        record "pytorch peer" "ok" "peer.json"
+    else
+        record "pytorch peer" "FAILED" "rc $?: $(tail -n 1 "$LOGS/peer.log" | cut -c1-100)"
+    fi
+    cat "$LOGS/peer.log"
+fi
+
+# ---------------------------------------------------------------- the table
+{
+    echo
+    echo "==== gpu_check on ${CARD} ($(elapsed)s) ===="
+    for r in "${RESULTS[@]}"; do
+        IFS='|' read -r stage st note <<< "$r"
+        printf "%-18s %-8s %s\n" "$stage" "$st" "$note"
+    done
+    if [ -s "$LOGS/worst_errors.txt" ]; then
+        echo "largest relative errors against the CPU backend:"
+        sed 's/^/  /' "$LOGS/worst_errors.txt"
+    fi
+    if [ -n "$BENCH_JSON$PEER_JSON" ] && "$PY" -c "import json" > /dev/null 2>&1; then
+        "$PY" - "$BENCH_JSON" "$PEER_JSON" << 'EOF'
+import json, sys
+def load(p):
+    try:
+        return json.load(open(p)) if p else None
+    except Exception as e:
+        print("  (cannot read %s: %s)" % (p, e)); return None
+ours, peer = load(sys.argv[1]), load(sys.argv[2])
+rows = {}
+for r in (ours or {}).get("rows", []):
+    rows.setdefault((r["task"], r["batch"]), {})["diffusion"] = r["ms"]
+for r in (peer or {}).get("rows", []):
+    rows.setdefault((r["task"], r["batch"]), {})["torch " + r["mode"]] = r["ms"]
+cols = ["diffusion", "torch eager", "torch graphs", "torch compile"]
+cols = [c for c in cols if any(c in v for v in rows.values())]
+print("times in ms (median of five; lower is better), card: %s" %
+      ((ours or {}).get("device") or (peer or {}).get("device") or "?"))
+print("%-12s %6s " % ("work", "batch") + " ".join("%13s" % c for c in cols) +
+      ("   best torch / diffusion" if "diffusion" in cols and len(cols) > 1 else ""))
+order = {"train_step": 0, "denoise_fwd": 1, "ddim20_loop": 2}
+for (task, b) in sorted(rows, key=lambda k: (order.get(k[0], 9), k[1])):
+    v = rows[(task, b)]
+    line = "%-12s %6d " % (task, b) + " ".join(
+        "%13.3f" % v[c] if c in v else "%13s" % "-" for c in cols)
+    tb = [v[c] for c in cols if c.startswith("torch") and c in v]
+    if "diffusion" in v and tb:
+        line += "   %6.2fx" % (min(tb) / v["diffusion"])
+    print(line)
+EOF
+    fi
+    echo "logs: $LOGS"
+} | tee "$LOGS/summary.txt"
+exit $STATUS
