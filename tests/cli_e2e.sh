@@ -1,0 +1,115 @@
+#!/usr/bin/env bash
+# The diffusion program end to end on a tiny configuration (a few hundred Fashion-MNIST images,
+# one epoch, 8 model channels): train, resume, sample with each sampler and with guidance, and
+# every bad input of the CLI issue: a clear one-line error, a non-zero exit, nothing half-written.
+# Usage: cli_e2e.sh DIFFUSION_BINARY SOURCE_DIR   (run by CTest)
+set -u
+D=$(realpath "${1:?diffusion binary}")
+FMNIST=/usr/share/datasets/fashion-mnist
+[ -f "$FMNIST/train-images-idx3-ubyte.gz" ] || { echo "SKIPPED: $FMNIST not installed"; exit 77; }
+W=$(mktemp -d "${TMPDIR:-/tmp}/cli_e2e.XXXXXX")
+trap 'rm -rf "$W"' EXIT
+cd "$W"
+pass=0 fail=0
+ok() { pass=$((pass + 1)); }
+bad() { fail=$((fail + 1)); echo "FAIL: $*" >&2; }
+# run a command that must succeed
+must() { if "$@" >out.log 2>err.log; then ok; else bad "$* -> exit $? ($(tail -1 err.log))"; fi; }
+# a file that must exist with at least N bytes
+size_at_least() { local s; s=$(stat -c %s "$1" 2>/dev/null || echo 0); [ "$s" -ge "$2" ] && ok || bad "$1: $s bytes, expected >= $2"; }
+# a PNG of the given pixel size (read from the IHDR chunk)
+png_size() {
+  local got; got=$(od -An -tu1 -j16 -N8 "$1" 2>/dev/null | awk '{printf "%dx%d", $1*16777216+$2*65536+$3*256+$4, $5*16777216+$6*65536+$7*256+$8}')
+  [ "$got" = "$2" ] && ok || bad "$1: PNG size $got, expected $2"
+}
+# a command that must fail with one "diffusion: error: ... PATTERN" line and a non-zero exit
+must_fail() {
+  local pat=$1; shift
+  "$@" >out.log 2>err.log; local rc=$?
+  if [ $rc -eq 0 ] || [ $rc -gt 2 ]; then bad "$* -> exit $rc, expected 1 or 2"; return; fi
+  if [ "$(grep -c . err.log)" -ne 1 ] || ! grep -q "^diffusion: error: .*$pat" err.log; then
+    bad "$* -> stderr: $(cat err.log) (expected one error line matching '$pat')"; return
+  fi
+  ok
+}
+no_temp_files() { if ls -a "$1" 2>/dev/null | grep -q '\.tmp'; then bad "temporary files left in $1: $(ls -a "$1")"; else ok; fi; }
+
+TINY=(--data fashion-mnist --limit 320 --channels 8 --batch 32 --samples 4 --quiet)
+
+# ---- train, files and their sizes
+must "$D" train "${TINY[@]}" --epochs 1 --out run
+for f in config.json epoch-001.safetensors model.safetensors history.csv loss.png samples.png; do
+  size_at_least run/$f 100
+done
+size_at_least run/model.safetensors 600000   # 151,401 weights + EMA + Adam m, v: 4 x 605 KB
+grep -q '"model"' run/config.json && ok || bad "config.json has no model"
+[ "$(grep -c '^batch,' run/history.csv)" -eq 9 ] && ok || bad "history.csv: $(grep -c '^batch,' run/history.csv) batch rows, expected 9 (288 of 320 images / 32)"
+[ "$(grep -c '^val,' run/history.csv)" -eq 1 ] && ok || bad "history.csv: expected one validation row"
+png_size run/loss.png 640x480
+"$D" info run/model.safetensors >info.txt 2>&1 && grep -q "parameters: 151401" info.txt && ok || bad "info of the checkpoint: $(tail -1 info.txt)"
+
+# ---- resume: one more epoch continues the step count
+must "$D" train "${TINY[@]}" --epochs 2 --out resumed --resume run/epoch-001.safetensors
+size_at_least resumed/epoch-002.safetensors 600000
+[ ! -e resumed/epoch-001.safetensors ] && ok || bad "resume re-ran epoch 1"
+grep -q '^batch,2,18,' resumed/history.csv && ok || bad "resumed history does not continue at step 18: $(tail -2 resumed/history.csv)"
+
+# ---- sampling: DDPM, DDIM, a grid of the asked size, animation, raw
+must "$D" sample --checkpoint run/model.safetensors --n 6 --out ddpm.png --quiet --seed 3
+png_size ddpm.png 176x118   # 3 x 2 cells of 56 px, 2 px borders
+must "$D" sample --checkpoint run/model.safetensors --n 6 --out ddim.png --sampler ddim --steps 10 --eta 0 --quiet --seed 3
+png_size ddim.png 176x118
+cmp -s ddpm.png ddim.png && bad "DDPM and DDIM gave the same picture" || ok
+must "$D" sample --checkpoint run/model.safetensors --n 6 --out ddim2.png --sampler ddim --steps 10 --eta 0 --quiet --seed 3
+cmp -s ddim.png ddim2.png && ok || bad "DDIM eta 0 with the same seed is not reproducible"
+must "$D" sample --checkpoint run/model.safetensors --n 4 --out anim.png --sampler ddim --steps 5 --animation anim.gif --raw s.raw --no-clip --quiet
+[ "$(head -c 6 anim.gif)" = "GIF89a" ] && ok || bad "anim.gif is not a GIF"
+size_at_least s.raw $((24 + 4 * 784 * 4))
+[ "$(head -c 6 s.raw)" = "DDRAW1" ] && ok || bad "s.raw has no DDRAW1 header"
+
+# ---- conditional model with guidance, one row per class
+must "$D" train "${TINY[@]}" --conditional --epochs 1 --out cond
+"$D" info cond/model.safetensors >info.txt 2>&1 && grep -q "unet-cond" info.txt && ok || bad "cond checkpoint is not unet-cond"
+must "$D" sample --checkpoint cond/model.safetensors --labels all --n 2 --guidance 2 --out rows.png --quiet
+png_size rows.png 118x582   # 10 rows (classes) x 2 columns
+must "$D" sample --checkpoint cond/model.safetensors --label 7 --n 2 --guidance 3 --sampler ddim --steps 10 --eta 1 --out one.png --quiet
+
+# ---- 2-D data: scatter plot and CSV
+must "$D" train --data spiral --limit 640 --epochs 2 --out spiral --quiet
+must "$D" sample --checkpoint spiral/model.safetensors --n 500 --out pts.png --quiet
+png_size pts.png 640x480
+[ "$(grep -c . pts.csv)" -eq 501 ] && ok || bad "pts.csv: expected a header and 500 points"
+
+# ---- bad input: one clear line, exit 1, nothing half-written
+must_fail "not found" "$D" train --data mnist:"$W/no-such-folder" --out bad1
+[ ! -e bad1 ] && ok || bad "a failed train left bad1/"
+mkdir idx && cp "$FMNIST"/t10k-* "$FMNIST"/train-labels* idx/
+head -c 5000 <(gzip -dc "$FMNIST/train-images-idx3-ubyte.gz") > idx/train-images-idx3-ubyte
+must_fail "truncated\|length\|short" "$D" train --data idx:idx --out bad2
+printf 'garbage-garbage-garbage' > idx/train-images-idx3-ubyte
+must_fail "magic" "$D" train --data idx:idx --out bad3
+mkdir empty
+must_fail "no images" "$D" train --data images:empty --out bad4
+mkdir broken && echo "not a picture" > broken/a.png
+must_fail "decode" "$D" train --data images:broken --out bad5
+must_fail "cannot open\|No such file" "$D" sample --checkpoint missing.safetensors
+head -c 2000 run/model.safetensors > damaged.safetensors
+must_fail "damaged.safetensors" "$D" sample --checkpoint damaged.safetensors
+printf 'this is not a checkpoint at all' > junk.safetensors
+must_fail "junk.safetensors" "$D" sample --checkpoint junk.safetensors
+must_fail "out of range" "$D" sample --checkpoint cond/model.safetensors --label 10
+must_fail "conditional" "$D" sample --checkpoint run/model.safetensors --guidance 2
+must_fail "conditional" "$D" sample --checkpoint run/model.safetensors --label 1
+must_fail "T = 100" "$D" sample --checkpoint run/model.safetensors --sampler ddim --steps 101
+must_fail "CUDA\|GPU\|cuda" "$D" sample --checkpoint run/model.safetensors --device cuda
+must_fail "CUDA\|GPU\|cuda" "$D" train "${TINY[@]}" --epochs 1 --out bad6 --device cuda
+mkdir ro && touch ro/file
+must_fail "cannot" "$D" sample --checkpoint run/model.safetensors --n 2 --out ro/file/x.png
+must_fail "cannot" "$D" train "${TINY[@]}" --epochs 1 --out ro/file/run
+must_fail "already trained" "$D" train "${TINY[@]}" --epochs 1 --out again --resume run/model.safetensors
+must_fail "unknown" "$D" train --data fashion-mnist --bogus
+must_fail "unknown command" "$D" frobnicate
+for d in run resumed cond spiral .; do no_temp_files "$d"; done
+
+echo "$pass passed, $fail failed"
+[ "$fail" -eq 0 ]
