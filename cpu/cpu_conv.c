@@ -52,9 +52,49 @@ static void valid_range(int kj, int stride, int pad, int W, int Wo, int *lo, int
     *lo = l, *hi = h;
 }
 
+/* im2col for stride 1 with Wo == W ("same" width, 2 pad = K - 1, the UNet's 3x3 pad 1): each
+ * (c, ki, kj) block of col is then the image shifted by the constant flat offset
+ * (ki - pad) W + (kj - pad), so the valid rows are one memcpy, after which the few columns that
+ * wrapped around a row end (ow < lo or ow >= hi) are zeroed. Rows of short images as separate
+ * copies cost one library call per 28 floats; this is one per block. */
+static void im2col_same_width(float *col, const float *x, const dd_conv_shape *s) {
+    const int K = s->K, pad = s->pad, H = s->H, W = s->W, Ho = s->Ho;
+    const ptrdiff_t HW = (ptrdiff_t)H * W;
+    for (int c = 0; c < s->Cin; c++) {
+        const float *xc = x + (size_t)c * HW;
+        for (int ki = 0; ki < K; ki++) {
+            /* output rows whose input row oh - pad + ki lies in [0, H) */
+            int oh_lo = pad - ki > 0 ? pad - ki : 0;
+            int oh_hi = H + pad - ki < Ho ? H + pad - ki : Ho;
+            if (oh_hi < oh_lo) oh_hi = oh_lo;
+            for (int kj = 0; kj < K; kj++) {
+                float *row = col + ((size_t)(c * K + ki) * K + kj) * Ho * W;
+                const ptrdiff_t delta = (ptrdiff_t)(ki - pad) * W + (kj - pad);
+                int lo, hi;
+                valid_range(kj, 1, pad, W, W, &lo, &hi);
+                if (oh_lo > 0) memset(row, 0, sizeof(float) * (size_t)oh_lo * W);
+                if (oh_hi < Ho) memset(row + (size_t)oh_hi * W, 0, sizeof(float) * (size_t)(Ho - oh_hi) * W);
+                ptrdiff_t d0 = (ptrdiff_t)oh_lo * W, d1 = (ptrdiff_t)oh_hi * W;
+                if (d0 < -delta) d0 = -delta;     /* source before the image: first row's */
+                if (d1 > HW - delta) d1 = HW - delta; /* left or last row's right padding */
+                if (d1 > d0) memcpy(row + d0, xc + d0 + delta, sizeof(float) * (size_t)(d1 - d0));
+                for (int oh = oh_lo; oh < oh_hi; oh++) {
+                    float *r = row + (size_t)oh * W;
+                    for (int ow = 0; ow < lo; ow++) r[ow] = 0.0f;
+                    for (int ow = hi; ow < W; ow++) r[ow] = 0.0f;
+                }
+            }
+        }
+    }
+}
+
 /* x: (Cin, H, W) -> col: (Cin*K*K, Ho*Wo); zero where the window hangs over the padding */
 static void im2col(float *col, const float *x, const dd_conv_shape *s) {
     const int K = s->K, st = s->stride, pad = s->pad, H = s->H, W = s->W, Ho = s->Ho, Wo = s->Wo;
+    if (st == 1 && Wo == W) {
+        im2col_same_width(col, x, s);
+        return;
+    }
     for (int c = 0; c < s->Cin; c++) {
         const float *xc = x + (size_t)c * H * W;
         for (int ki = 0; ki < K; ki++) {

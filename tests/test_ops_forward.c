@@ -479,6 +479,34 @@ static void check_batch_paths(void) {
     free(gx), free(gdy), free(gy), free(gdx[0]), free(gdx[1]);
 }
 
+/* group_norm's statistics against a two-pass double computation, on data far from zero (a
+ * large offset with a small spread, where a naive sum of squares would cancel) and on data with
+ * one outlier. */
+static void check_group_norm_moments(void) {
+    enum { C = 4, HW = 300 };
+    dd_gn_shape s = {1, C, HW, 2, 0, 1e-5f};
+    float *x = malloc(C * HW * sizeof(float)), *y = malloc(C * HW * sizeof(float));
+    const float gamma[C] = {1, 1, 1, 1}, beta[C] = {0, 0, 0, 0};
+    tu_fill_uniform(x, C * HW, -0.05f, 0.05f, 51);
+    for (int i = 0; i < 2 * HW; i++) x[i] += 1000.0f; /* group 0: 1000 +- 0.05 */
+    x[2 * HW + 7] = 300.0f;                            /* group 1: one outlier */
+    float mean[2], rstd[2];
+    CHECK_OK(B->group_norm_forward(y, mean, rstd, x, gamma, beta, NULL, &s));
+    for (int g = 0; g < 2; g++) {
+        const float *xg = x + g * 2 * HW;
+        double mu = 0, var = 0;
+        for (int i = 0; i < 2 * HW; i++) mu += xg[i];
+        mu /= 2 * HW;
+        for (int i = 0; i < 2 * HW; i++) var += (xg[i] - mu) * (xg[i] - mu);
+        var /= 2 * HW;
+        const double r = 1.0 / sqrt(var + 1e-5);
+        CHECKF(fabs(mean[g] - mu) <= 1e-7 * fabs(mu) + 1e-9, "group_norm mean[%d] %.9g vs %.9g", g,
+               mean[g], mu);
+        CHECKF(fabs(rstd[g] - r) <= 1e-6 * r, "group_norm rstd[%d] %.9g vs %.9g", g, rstd[g], r);
+    }
+    free(x), free(y);
+}
+
 /* ---------------------------------------------------------------- memory, selection */
 
 static void check_memory_and_select(void) {
@@ -548,6 +576,7 @@ int main(void) {
     check_adam();
     check_diffusion();
     check_batch_paths();
+    check_group_norm_moments();
     check_memory_and_select();
     return tu_finish();
 }

@@ -517,6 +517,11 @@ int main(int argc, char **argv) {
         conv_case(1, 3, 5, 4, 2, 1, 2, 0, 1); /* K=1 stride 2 */
         conv_case(1, 3, 1, 1, 2, 3, 1, 2, 1); /* 1x1 input, K=3 pad 2: a 3x3 output of borders */
         conv_case(3, 1, 4, 4, 1, 4, 1, 2, 1); /* K=4 pad 2, one channel in and out, batch 3 */
+        /* "same" width at stride 1 takes the one-copy im2col: narrow images where the shift
+         * wraps across rows, and a pad as wide as the image */
+        conv_case(2, 2, 4, 1, 3, 3, 1, 1, 1); /* W=1 */
+        conv_case(1, 2, 3, 2, 2, 3, 1, 1, 1); /* W=2 */
+        conv_case(1, 2, 2, 3, 2, 5, 1, 2, 1); /* K=5 pad 2 on 2x3 */
     }
     if (WANT("dense")) {
         dense_case(3, 5, 4, 1);
