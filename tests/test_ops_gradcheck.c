@@ -12,7 +12,7 @@
  * error of about 6e-8 * sum|y r| / (2 e), i.e. 1e-5..1e-4 of scale for these small shapes at
  * e = 1e-2 (1e-3 for the curved ops, whose O(e^2) truncation error is then ~1e-6). The test
  * prints the worst error / scale it saw per tensor: most sit at 1e-6..1e-4, the largest at
- * 3.7e-4 (group_norm with 3 values per group, the most curved case), all well below 2e-3, while
+ * ~3.5e-4 (group_norm with 3 values per group, the most curved case), all well below 2e-3, while
  * a wrong index, a missing term or a missed border gives errors of order scale (removing the
  * xhat * mean(g xhat) term of group_norm's dx, or dropping the last column in conv's col2im,
  * makes every affected case fail with errors of 5..100% of scale).
