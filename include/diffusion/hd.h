@@ -3,7 +3,7 @@
 #ifndef DIFFUSION_HD_H
 #define DIFFUSION_HD_H
 #ifdef __CUDACC__
-#define DD_HD __host__ __device__ __forceinline__
+#define DD_HD __host__ __device__
 #else
 #define DD_HD
 #endif
