@@ -172,7 +172,9 @@ static int conv_find(conv_entry *e, int mode) {
     size_t mem[MAX_ALGOS];
     cudnnMathType_t math[MAX_ALGOS];
     const int strict = !mode;
-    DNN_CHECK(cudnnSetConvolutionMathType(e->conv, mode ? CUDNN_TENSOR_OP_MATH : CUDNN_FMA_MATH));
+    /* FP32 data: DEFAULT math permits TF32 tensor cores on sm_80+, FMA forbids them (the
+     * settings PyTorch uses for allow_tf32 on and off) */
+    DNN_CHECK(cudnnSetConvolutionMathType(e->conv, mode ? CUDNN_DEFAULT_MATH : CUDNN_FMA_MATH));
 
     cudnnConvolutionFwdAlgoPerf_t pf[MAX_ALGOS];
     DNN_CHECK(cudnnFindConvolutionForwardAlgorithm(dnn, e->x, e->w, e->conv, e->y, MAX_ALGOS, &n,

@@ -1,0 +1,194 @@
+/* Whole-model agreement between the CUDA and CPU backends: a small conditional UNet (two levels,
+ * middle attention, GroupNorm, class embedding) built from the same seed on both, then
+ *   - the initial parameters (initialised on the host: must be identical),
+ *   - a training batch (t, label drops and noise from Philox: the same on both),
+ *   - three training steps: loss, every gradient, the updated parameters and their EMA,
+ *   - a guided DDIM run (eta 1, so the sampler's noise is exercised) and a DDPM run,
+ * compared in both math modes (TF32 on and off, with tolerances for a whole network: small
+ * differences in the products compound through 20 layers and Adam's normalisation).
+ * Without a GPU (or without the CUDA build) the test exits 77: CTest reports it as skipped. */
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "diffusion/backend.h"
+#include "diffusion/cuda.h"
+#include "diffusion/diffusion.h"
+#include "diffusion/error.h"
+#include "diffusion/models.h"
+#include "diffusion/runner.h"
+#include "testutil.h"
+
+/* Whole-network tolerances, relative (norm of the difference over the CPU's norm). With TF32
+ * off every op agrees to ~1e-6 (test_gpu_ops), and a few layers deep that stays below 1e-4;
+ * TF32 rounds every product's inputs to 10 bits. */
+#define NET_TOL_FP32 1e-4
+#define NET_TOL_TF32 1e-2
+/* Samples go through 20 steps of a random model: errors grow step by step. */
+#define SAMPLE_TOL_FP32 1e-3
+#define SAMPLE_TOL_TF32 5e-2
+
+static const dd_backend *gpu;
+static const dd_backend *cpu = &dd_cpu_backend;
+
+static void fatal(const char *what) {
+    fprintf(stderr, "FATAL: %s: %s\n", what, dd_error_message());
+    exit(1);
+}
+
+static void compare(const char *what, const float *gpu_host, const float *cpu_host, size_t n,
+                    double tol) {
+    double e = tu_rel_err(gpu_host, cpu_host, n);
+    printf("  %-44s rel err %.2e (tol %.0e)\n", what, e, tol);
+    CHECKF(e <= tol, "%s: relative error %.3e above %.1e", what, e, tol);
+}
+
+/* a whole backend buffer of n floats, on the host */
+static float *fetch(const dd_backend *be, const float *p, size_t n) {
+    float *h = malloc(n * sizeof(float));
+    if (!h) fatal("host memory");
+    if (be->to_host(h, p, n * sizeof(float))) fatal("to_host");
+    return h;
+}
+
+static void compare_buffers(const char *what, const float *g, const float *c, size_t n,
+                            double tol) {
+    float *hg = fetch(gpu, g, n), *hc = fetch(cpu, c, n);
+    compare(what, hg, hc, n, tol);
+    free(hg);
+    free(hc);
+}
+
+static dd_model_config small_unet(void) {
+    dd_model_config c;
+    dd_model_config_default(&c, DD_MODEL_UNET_COND);
+    c.in_channels = 1;
+    c.height = c.width = 12;
+    c.model_channels = 8;
+    c.n_mult = 2;
+    c.mult[0] = 1;
+    c.mult[1] = 2;
+    c.attention = 1;
+    c.groups = 4;
+    c.heads = 2;
+    c.classes = 3;
+    c.timesteps = 20;
+    return c;
+}
+
+static void run_mode(int tf32) {
+    if (dd_cuda_set_tf32(tf32)) fatal("dd_cuda_set_tf32");
+    const double net_tol = tf32 ? NET_TOL_TF32 : NET_TOL_FP32;
+    const double sample_tol = tf32 ? SAMPLE_TOL_TF32 : SAMPLE_TOL_FP32;
+    printf("== TF32 %s\n", tf32 ? "on" : "off");
+
+    dd_model_config cfg = small_unet();
+    if (dd_model_config_validate(&cfg)) fatal("model config");
+    dd_schedule s;
+    if (dd_schedule_init(&s, DD_SCHEDULE_COSINE, cfg.timesteps, 0, 0)) fatal("schedule");
+    const int B = 6;
+    const size_t per = (size_t)cfg.in_channels * cfg.height * cfg.width;
+
+    dd_runner rg, rc;
+    memset(&rg, 0, sizeof rg);
+    memset(&rc, 0, sizeof rc);
+    if (dd_runner_init(&rc, &cfg, cpu, 11)) fatal("cpu runner");
+    if (dd_runner_init(&rg, &cfg, gpu, 11)) fatal("gpu runner");
+    const size_t total = rc.params->total;
+    CHECK(rg.params->total == total);
+    {
+        float *hg = fetch(gpu, rg.params->data, total), *hc = fetch(cpu, rc.params->data, total);
+        CHECKF(memcmp(hg, hc, total * sizeof(float)) == 0,
+               "initial parameters differ between the backends");
+        free(hg);
+        free(hc);
+    }
+
+    /* the same data on both, the same Philox addresses for t, label drops and noise */
+    float *x0 = malloc(B * per * sizeof(float));
+    if (!x0) fatal("host memory");
+    tu_fill_uniform(x0, B * per, -1, 1, 5);
+    int32_t labels[6] = {0, 1, 2, 2, 1, 0};
+    float *gx0, *cx0;
+    if (gpu->alloc((void **)&gx0, B * per * sizeof(float)) ||
+        gpu->to_device(gx0, x0, B * per * sizeof(float)))
+        fatal("gpu x0");
+    if (cpu->alloc((void **)&cx0, B * per * sizeof(float))) fatal("cpu x0");
+    memcpy(cx0, x0, B * per * sizeof(float));
+    dd_train_batch tg, tc;
+    memset(&tg, 0, sizeof tg);
+    memset(&tc, 0, sizeof tc);
+    if (dd_train_batch_init(&tg, gpu, &s, DD_OBJECTIVE_EPS, B, per) ||
+        dd_train_batch_init(&tc, cpu, &s, DD_OBJECTIVE_EPS, B, per))
+        fatal("train batch");
+
+    for (int step = 0; step < 3; step++) {
+        dd_rng ra = {3, 0, (uint64_t)step * 100000}, rb = ra;
+        CHECK_OK(dd_train_batch_make(&tg, gx0, labels, cfg.classes, 0.3f, &ra));
+        CHECK_OK(dd_train_batch_make(&tc, cx0, labels, cfg.classes, 0.3f, &rb));
+        CHECK(memcmp(tg.t, tc.t, B * sizeof(int32_t)) == 0);
+        CHECK(memcmp(tg.labels, tc.labels, B * sizeof(int32_t)) == 0);
+        char what[96];
+        snprintf(what, sizeof what, "step %d: x_t (q_sample of Philox noise)", step + 1);
+        compare_buffers(what, tg.xt, tc.xt, B * per, 1e-5);
+        float lg = NAN, lc = NAN;
+        CHECK_OK(dd_runner_train_step(&rg, B, tg.xt, tg.target, tg.t, tg.labels, 1e-3f, 0.99f, &lg));
+        CHECK_OK(dd_runner_train_step(&rc, B, tc.xt, tc.target, tc.t, tc.labels, 1e-3f, 0.99f, &lc));
+        snprintf(what, sizeof what, "step %d: loss (%.6f on the CPU)", step + 1, lc);
+        compare(what, &lg, &lc, 1, net_tol);
+        snprintf(what, sizeof what, "step %d: every gradient", step + 1);
+        compare_buffers(what, rg.params->grad, rc.params->grad, total, net_tol);
+        snprintf(what, sizeof what, "step %d: parameters after Adam", step + 1);
+        compare_buffers(what, rg.params->data, rc.params->data, total, net_tol);
+        snprintf(what, sizeof what, "step %d: EMA", step + 1);
+        compare_buffers(what, rg.params->ema, rc.params->ema, total, net_tol);
+    }
+
+    /* sampling with the trained weights: guided DDIM with noise, then DDPM */
+    const int S = 4;
+    float *og = malloc(S * per * sizeof(float)), *oc = malloc(S * per * sizeof(float));
+    if (!og || !oc) fatal("host memory");
+    dd_denoiser mg = {.fn = dd_runner_denoise, .ctx = &rg, .objective = DD_OBJECTIVE_EPS,
+                      .num_classes = cfg.classes, .generic_label = cfg.classes};
+    dd_denoiser mc = mg;
+    mc.ctx = &rc;
+    for (int k = 0; k < 2; k++) {
+        dd_sample_opts og_o = dd_sample_opts_default(S, per), oc_o;
+        og_o.label = 1;
+        og_o.guidance = 2.0f;
+        og_o.rng.seed = 77;
+        oc_o = og_o;
+        int rcg, rcc;
+        if (k == 0) {
+            rcg = dd_sample_ddim(gpu, &s, &mg, &og_o, 5, 1.0f, og);
+            rcc = dd_sample_ddim(cpu, &s, &mc, &oc_o, 5, 1.0f, oc);
+        } else {
+            rcg = dd_sample_ddpm(gpu, &s, &mg, &og_o, og);
+            rcc = dd_sample_ddpm(cpu, &s, &mc, &oc_o, oc);
+        }
+        CHECK_OK(rcg);
+        CHECK_OK(rcc);
+        compare(k == 0 ? "DDIM tau 5 eta 1, guidance 2: samples" : "DDPM T 20, guidance 2: samples",
+                og, oc, S * per, sample_tol);
+    }
+
+    free(og);
+    free(oc);
+    free(x0);
+    gpu->free(gx0);
+    cpu->free(cx0);
+    dd_train_batch_free(&tg);
+    dd_train_batch_free(&tc);
+    dd_runner_free(&rg);
+    dd_runner_free(&rc);
+    dd_schedule_free(&s);
+}
+
+int main(void) {
+    gpu = dd_cuda_backend();
+    if (!gpu) tu_skip(dd_error_message());
+    run_mode(0);
+    run_mode(1);
+    return tu_finish();
+}
