@@ -124,7 +124,8 @@ static int conv_describe(conv_entry *e) {
     int n, c, h, w;
     DNN_CHECK(cudnnGetConvolution2dForwardOutputDim(e->conv, e->x, e->w, &n, &c, &h, &w));
     if (n != s->N || c != s->Cout || h != s->Ho || w != s->Wo)
-        return dd_error("conv2d: shape says output (%d, %d, %d, %d), cuDNN computes (%d, %d, %d, %d)",
+        return dd_error("conv2d: shape says output (%d, %d, %d, %d), cuDNN computes "
+                        "(%d, %d, %d, %d)",
                         s->N, s->Cout, s->Ho, s->Wo, n, c, h, w);
     return 0;
 }
@@ -143,21 +144,41 @@ static int bwd_filter_plain(int a) {
            a == CUDNN_CONVOLUTION_BWD_FILTER_ALGO_3;
 }
 
+/* One of cudnnFind's results, whichever direction it came from. */
+typedef struct {
+    int algo;
+    cudnnStatus_t status;
+    size_t bytes;
+    cudnnMathType_t math;
+    float ms;
+    int deterministic;
+} conv_candidate;
+
 /* From cudnnFind's results (fastest first): the first that ran, fits the cap and, in strict
- * mode, is GEMM-style; failing that, the first that ran and fits. The perf structs of the three
- * directions differ in type, so the fields are passed as arrays. */
-static int pick(conv_choice *out, int n, const int *algo, const cudnnStatus_t *st,
-                const size_t *mem, const cudnnMathType_t *math, size_t cap, int strict,
+ * mode, is GEMM-style (failing that, the first that ran and fits); then, if that one is not
+ * deterministic, a deterministic one within 10% (+2 us) of its time instead: reproducible
+ * gradients (and bit-identical graph replays) nearly for free. */
+static int pick(conv_choice *out, const conv_candidate *c, int n, size_t cap, int strict,
                 int (*plain)(int), const char *what, const dd_conv_shape *s) {
     for (int pass = strict ? 0 : 1; pass < 2; pass++) {
-        for (int i = 0; i < n; i++) {
-            if (st[i] != CUDNN_STATUS_SUCCESS || mem[i] > cap) continue;
-            if (pass == 0 && !plain(algo[i])) continue;
-            out->algo = algo[i];
-            out->math = math[i];
-            out->bytes = mem[i];
-            return 0;
+#define USABLE(i)                                                                                 \
+    (c[i].status == CUDNN_STATUS_SUCCESS && c[i].bytes <= cap && (pass || plain(c[i].algo)))
+        int best = -1;
+        for (int i = 0; i < n && best < 0; i++)
+            if (USABLE(i)) best = i;
+        if (best < 0) continue;
+        int chosen = best;
+        for (int j = best + 1; j < n && !c[best].deterministic; j++) {
+            if (USABLE(j) && c[j].deterministic && c[j].ms <= c[best].ms * 1.1f + 0.002f) {
+                chosen = j;
+                break;
+            }
         }
+#undef USABLE
+        out->algo = c[chosen].algo;
+        out->math = c[chosen].math;
+        out->bytes = c[chosen].bytes;
+        return 0;
     }
     return dd_error("conv2d %s: cuDNN found no algorithm within %zu bytes of workspace for "
                     "N=%d Cin=%d %dx%d -> Cout=%d K=%d stride=%d pad=%d",
@@ -166,11 +187,16 @@ static int pick(conv_choice *out, int n, const int *algo, const cudnnStatus_t *s
 
 #define MAX_ALGOS 16
 
+/* The perf structs of the three directions differ only in type. */
+#define TO_CANDIDATES(perf, n, c)                                                                 \
+    for (int i_ = 0; i_ < (n); i_++)                                                              \
+        (c)[i_] = (conv_candidate){(int)(perf)[i_].algo, (perf)[i_].status, (perf)[i_].memory,    \
+                                   (perf)[i_].mathType, (perf)[i_].time,                          \
+                                   (perf)[i_].determinism == CUDNN_DETERMINISTIC}
+
 static int conv_find(conv_entry *e, int mode) {
-    int n, algo[MAX_ALGOS];
-    cudnnStatus_t st[MAX_ALGOS];
-    size_t mem[MAX_ALGOS];
-    cudnnMathType_t math[MAX_ALGOS];
+    int n;
+    conv_candidate c[MAX_ALGOS];
     const int strict = !mode;
     /* FP32 data: DEFAULT math permits TF32 tensor cores on sm_80+, FMA forbids them (the
      * settings PyTorch uses for allow_tf32 on and off) */
@@ -179,28 +205,21 @@ static int conv_find(conv_entry *e, int mode) {
     cudnnConvolutionFwdAlgoPerf_t pf[MAX_ALGOS];
     DNN_CHECK(cudnnFindConvolutionForwardAlgorithm(dnn, e->x, e->w, e->conv, e->y, MAX_ALGOS, &n,
                                                    pf));
-    for (int i = 0; i < n; i++)
-        algo[i] = (int)pf[i].algo, st[i] = pf[i].status, mem[i] = pf[i].memory,
-        math[i] = pf[i].mathType;
-    DD_TRY(pick(&e->fwd[mode], n, algo, st, mem, math, e->cap, strict, fwd_plain, "forward", &e->s));
+    TO_CANDIDATES(pf, n, c);
+    DD_TRY(pick(&e->fwd[mode], c, n, e->cap, strict, fwd_plain, "forward", &e->s));
 
     cudnnConvolutionBwdDataAlgoPerf_t pd[MAX_ALGOS];
     DNN_CHECK(cudnnFindConvolutionBackwardDataAlgorithm(dnn, e->w, e->y, e->conv, e->x, MAX_ALGOS,
                                                         &n, pd));
-    for (int i = 0; i < n; i++)
-        algo[i] = (int)pd[i].algo, st[i] = pd[i].status, mem[i] = pd[i].memory,
-        math[i] = pd[i].mathType;
-    DD_TRY(pick(&e->bwd_data[mode], n, algo, st, mem, math, e->cap, strict, bwd_data_plain,
-                "backward-data", &e->s));
+    TO_CANDIDATES(pd, n, c);
+    DD_TRY(pick(&e->bwd_data[mode], c, n, e->cap, strict, bwd_data_plain, "backward-data", &e->s));
 
     cudnnConvolutionBwdFilterAlgoPerf_t pw[MAX_ALGOS];
     DNN_CHECK(cudnnFindConvolutionBackwardFilterAlgorithm(dnn, e->x, e->y, e->conv, e->w,
                                                           MAX_ALGOS, &n, pw));
-    for (int i = 0; i < n; i++)
-        algo[i] = (int)pw[i].algo, st[i] = pw[i].status, mem[i] = pw[i].memory,
-        math[i] = pw[i].mathType;
-    DD_TRY(pick(&e->bwd_filter[mode], n, algo, st, mem, math, e->cap, strict, bwd_filter_plain,
-                "backward-filter", &e->s));
+    TO_CANDIDATES(pw, n, c);
+    DD_TRY(pick(&e->bwd_filter[mode], c, n, e->cap, strict, bwd_filter_plain, "backward-filter",
+                &e->s));
     e->found[mode] = 1;
     return 0;
 }
@@ -251,12 +270,18 @@ size_t dd_cuda_conv2d_workspace(const dd_conv_shape *s) {
 
 static const float ONE = 1.0f, ZERO = 0.0f;
 
+static int no_workspace(const char *what, size_t bytes) {
+    return dd_error("conv2d %s: the algorithm needs %zu bytes of workspace, got none (allocate "
+                    "conv2d_workspace(shape) bytes)",
+                    what, bytes);
+}
+
 int dd_cuda_conv2d_forward(float *y, const float *x, const float *w, const float *b,
                            const dd_conv_shape *s, void *ws) {
     conv_entry *e;
     DD_TRY(conv_ready(s, &e));
     const conv_choice *c = &e->fwd[dd_cuda_tf32_on ? 1 : 0];
-    if (c->bytes && !ws) return dd_error("conv2d forward: needs %zu bytes of workspace, got none", c->bytes);
+    if (c->bytes && !ws) return no_workspace("forward", c->bytes);
     DNN_CHECK(cudnnSetConvolutionMathType(e->conv, c->math));
     DNN_CHECK(cudnnConvolutionForward(dnn, &ONE, e->x, x, e->w, w, e->conv,
                                       (cudnnConvolutionFwdAlgo_t)c->algo, ws, c->bytes, &ZERO,
@@ -273,7 +298,7 @@ int dd_cuda_conv2d_backward(float *dx, float *dw, float *db, const float *dy, co
     const int mode = dd_cuda_tf32_on ? 1 : 0;
     if (dx) {
         const conv_choice *c = &e->bwd_data[mode];
-        if (c->bytes && !ws) return dd_error("conv2d backward-data: needs %zu bytes of workspace, got none", c->bytes);
+        if (c->bytes && !ws) return no_workspace("backward-data", c->bytes);
         DNN_CHECK(cudnnSetConvolutionMathType(e->conv, c->math));
         DNN_CHECK(cudnnConvolutionBackwardData(dnn, &ONE, e->w, w, e->y, dy, e->conv,
                                                (cudnnConvolutionBwdDataAlgo_t)c->algo, ws,
@@ -281,7 +306,7 @@ int dd_cuda_conv2d_backward(float *dx, float *dw, float *db, const float *dy, co
     }
     if (dw) {
         const conv_choice *c = &e->bwd_filter[mode];
-        if (c->bytes && !ws) return dd_error("conv2d backward-filter: needs %zu bytes of workspace, got none", c->bytes);
+        if (c->bytes && !ws) return no_workspace("backward-filter", c->bytes);
         DNN_CHECK(cudnnSetConvolutionMathType(e->conv, c->math));
         DNN_CHECK(cudnnConvolutionBackwardFilter(dnn, &ONE, e->x, x, e->y, dy, e->conv,
                                                  (cudnnConvolutionBwdFilterAlgo_t)c->algo, ws,

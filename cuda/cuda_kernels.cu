@@ -172,7 +172,8 @@ static __global__ void concat_backward_kernel(float *da, float *db, const float 
     }
 }
 
-int dd_cuda_concat_forward(float *y, const float *a, const float *b, int N, int Ca, int Cb, int HW) {
+int dd_cuda_concat_forward(float *y, const float *a, const float *b, int N, int Ca, int Cb,
+                           int HW) {
     const size_t na = (size_t)Ca * HW, nb = (size_t)Cb * HW, n = (size_t)N * (na + nb);
     if (!n) return 0;
     concat_kernel<<<blocks_for(n), THREADS, 0, dd_cuda_stream>>>(y, a, b, N, na, nb);

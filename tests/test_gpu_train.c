@@ -133,8 +133,10 @@ static void run_mode(int tf32) {
         snprintf(what, sizeof what, "step %d: x_t (q_sample of Philox noise)", step + 1);
         compare_buffers(what, tg.xt, tc.xt, B * per, 1e-5);
         float lg = NAN, lc = NAN;
-        CHECK_OK(dd_runner_train_step(&rg, B, tg.xt, tg.target, tg.t, tg.labels, 1e-3f, 0.99f, &lg));
-        CHECK_OK(dd_runner_train_step(&rc, B, tc.xt, tc.target, tc.t, tc.labels, 1e-3f, 0.99f, &lc));
+        CHECK_OK(dd_runner_train_step(&rg, B, tg.xt, tg.target, tg.t, tg.labels, 1e-3f, 0.99f,
+                                      &lg));
+        CHECK_OK(dd_runner_train_step(&rc, B, tc.xt, tc.target, tc.t, tc.labels, 1e-3f, 0.99f,
+                                      &lc));
         snprintf(what, sizeof what, "step %d: loss (%.6f on the CPU)", step + 1, lc);
         compare(what, &lg, &lc, 1, net_tol);
         snprintf(what, sizeof what, "step %d: every gradient", step + 1);
