@@ -48,6 +48,7 @@ void dd_graph_free(dd_graph *g) {
     }
     free(g->t);
     free(g->nodes);
+    free(g->index_scratch);
     free(g);
 }
 
@@ -482,7 +483,12 @@ int dd_graph_plan(dd_graph *g, int with_grad) {
             goff += align_up(t->numel);
         }
     }
-    size_t ws = 0;
+    size_t ws = 0, index_max = 1;
+    for (int i = 0; i < g->nt; i++)
+        if (g->t[i].is_index && g->t[i].numel > index_max) index_max = g->t[i].numel;
+    free(g->index_scratch);
+    g->index_scratch = malloc(index_max * sizeof(int32_t));
+    if (!g->index_scratch) return dd_error("out of host memory");
     for (int i = 0; i < g->nn; i++) {
         const dd_node *n = &g->nodes[i];
         size_t w = 0;
@@ -660,21 +666,17 @@ int dd_graph_set_input(dd_graph *g, int id, const void *host, size_t bytes) {
         if (n->op == DD_OP_EMBEDDING && n->in[1] == id && (rows < 0 || n->p.emb.rows < rows)) rows = n->p.emb.rows;
         if (n->op == DD_OP_XENT && n->in[1] == id && (rows < 0 || n->p.xent.K < rows)) rows = n->p.xent.K;
     }
-    int32_t *buf = malloc(bytes);
-    if (!buf) return dd_error("out of host memory");
+    int32_t *buf = g->index_scratch; /* planned: no allocation per step */
     const int32_t *v = host;
     for (size_t i = 0; i < t->numel; i++) {
         int64_t k = (int64_t)v[i] - t->index_base;
         if (k < 0 || (rows >= 0 && k >= rows)) {
-            free(buf);
             return dd_error("input %s: value %d at position %zu is out of range [%d, %d)", t->name,
                             v[i], i, t->index_base, t->index_base + rows);
         }
         buf[i] = (int32_t)k;
     }
-    int rc = g->be->to_device(t->data, buf, bytes);
-    free(buf);
-    return rc;
+    return g->be->to_device(t->data, buf, bytes);
 }
 
 int dd_graph_get(dd_graph *g, int id, float *host) {

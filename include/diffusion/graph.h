@@ -149,6 +149,7 @@ typedef struct dd_graph {
     size_t arena_floats, grad_floats;
     void *ws;
     size_t ws_bytes;
+    int32_t *index_scratch; /* host: shifted index inputs on their way to the backend */
 } dd_graph;
 
 dd_graph *dd_graph_new(dd_params *params);
