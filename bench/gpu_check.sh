@@ -9,11 +9,13 @@
 #     --build-only       configure and build, then stop (works without a GPU)
 #     --no-sanitizer     skip the compute-sanitizer run
 #     --quick-bench      shorter timings (0.3 s per measurement instead of 1 s)
+#     --budget S         seconds for the whole run (default 480): each stage gets its own limit,
+#                        cut to what is left; a stage with under 20 s left is skipped
 #
-# Logs and JSON go to $OUT when it is set, else to BUILD_DIR/gpu_check. Each stage has its own
-# time limit so the whole run stays well inside 10 minutes; a stage that fails or times out is
-# reported in the table and the script carries on. Exit status: 0 when the build and the GPU
-# tests passed, 1 when either failed, 2 when there is no GPU (or no nvcc) to run on.
+# Logs and JSON go to $OUT when it is set, else to BUILD_DIR/gpu_check. Order: build, GPU tests,
+# diffusion bench, PyTorch peer, then compute-sanitizer (optional and slow, so last). A stage that
+# fails or times out is reported in the table and the script carries on. Exit status: 0 when the
+# build and the GPU tests passed, 1 when either failed, 2 when there is no GPU (or no nvcc).
 set -u
 
 SRC="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -22,13 +24,15 @@ PEER=""
 BUILD_ONLY=0
 SANITIZER=1
 MIN_S=1
+BUDGET=480
 while [ $# -gt 0 ]; do
     case "$1" in
     --build-dir) BUILD="$2"; shift 2 ;;
     --build-only) BUILD_ONLY=1; shift ;;
     --no-sanitizer) SANITIZER=0; shift ;;
     --quick-bench) MIN_S=0.3; shift ;;
-    -h|--help) sed -n '2,17p' "$0"; exit 0 ;;
+    --budget) BUDGET="$2"; shift 2 ;;
+    -h|--help) sed -n '2,21p' "$0"; exit 0 ;;
     -*) echo "gpu_check: unknown option $1" >&2; exit 2 ;;
     *) PEER="$1"; shift ;;
     esac
@@ -42,6 +46,14 @@ say() { echo "[gpu_check $(elapsed)s] $*"; }
 # results for the final table: "stage|status|note"
 RESULTS=()
 record() { RESULTS+=("$1|$2|$3"); }
+# limit STAGE_SECONDS: the stage's own limit, cut to the budget left (minus 10 s for the table);
+# prints 0 when under 20 s would be left (callers skip the stage: `timeout 0` means no limit)
+limit() {
+    local left=$(( BUDGET - $(elapsed) - 10 ))
+    if [ "$left" -lt 20 ]; then echo 0; elif [ "$1" -lt "$left" ]; then echo "$1"; else echo "$left"; fi
+}
+# the stages that cannot be skipped: out of budget, they time out at once instead
+at_least_1() { if [ "$1" = 0 ]; then echo 1; else echo "$1"; fi; }
 
 # ---------------------------------------------------------------- is there anything to run on?
 NVCC="$(command -v nvcc || true)"
@@ -54,6 +66,8 @@ CARD=""
 if command -v nvidia-smi > /dev/null 2>&1; then
     CARD="$(nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader 2> /dev/null | head -n 1)"
 fi
+# For checking this script on a machine without a GPU: the stages then fail or skip as they would.
+[ -z "$CARD" ] && CARD="${GPU_CHECK_ASSUME_CARD:-}"
 if [ -z "$CARD" ] && [ "$BUILD_ONLY" = 0 ]; then
     echo "gpu_check: no NVIDIA GPU visible (nvidia-smi missing or lists none); nothing to run." >&2
     echo "gpu_check: use --build-only to check that the CUDA build configures and compiles." >&2
@@ -74,7 +88,7 @@ if [ -f "$BUILD/CMakeCache.txt" ] && ! grep -q "CMAKE_GENERATOR:INTERNAL=${GEN[1
     rm -rf "$BUILD/CMakeCache.txt" "$BUILD/CMakeFiles"
 fi
 say "configuring ($BUILD)"
-if ! timeout 120 cmake -S "$SRC" -B "$BUILD" "${GEN[@]}" -DDIFFUSION_CUDA=ON \
+if ! timeout "$(at_least_1 "$(limit 120)")" cmake -S "$SRC" -B "$BUILD" "${GEN[@]}" -DDIFFUSION_CUDA=ON \
         -DCMAKE_CUDA_COMPILER="$NVCC" -DCMAKE_BUILD_TYPE=Release > "$LOGS/configure.log" 2>&1; then
     tail -n 30 "$LOGS/configure.log"
     echo "gpu_check: configure failed (cuDNN is looked for in /usr/local/cuda/{include,lib64} and" \
@@ -83,7 +97,7 @@ if ! timeout 120 cmake -S "$SRC" -B "$BUILD" "${GEN[@]}" -DDIFFUSION_CUDA=ON \
 fi
 grep "diffusion: CUDA backend" "$LOGS/configure.log" | sed 's/^-- //'
 say "building with $(nproc) jobs"
-if ! timeout 300 cmake --build "$BUILD" -j "$(nproc)" > "$LOGS/build.log" 2>&1; then
+if ! timeout "$(at_least_1 "$(limit 300)")" cmake --build "$BUILD" -j "$(nproc)" > "$LOGS/build.log" 2>&1; then
     grep -E "error|Error" "$LOGS/build.log" | head -n 30
     echo "gpu_check: build failed (log: $LOGS/build.log)" >&2
     exit 1
@@ -98,13 +112,15 @@ fi
 
 # ---------------------------------------------------------------- GPU tests
 STATUS=0
-say "GPU tests (ctest -L gpu)"
-timeout 300 ctest --test-dir "$BUILD" -L gpu --output-on-failure --timeout 280 > "$LOGS/ctest_gpu.log" 2>&1
+L=$(at_least_1 "$(limit 300)")
+say "GPU tests (ctest -L gpu, limit ${L}s)"
+timeout "$L" ctest --test-dir "$BUILD" -L gpu --output-on-failure --timeout "$L" > "$LOGS/ctest_gpu.log" 2>&1
 RC=$?
 SUMMARY=$(grep -E "tests passed|tests failed" "$LOGS/ctest_gpu.log" | tail -n 1)
 if grep -q -E "\(Skipped\)|\*\*\*Skipped" "$LOGS/ctest_gpu.log"; then
     # on a GPU machine a skip means the backend did not come up: that is a failure here
-    record "gpu tests" "FAILED" "skipped on a GPU machine: $(grep -h -m1 SKIPPED "$LOGS/ctest_gpu.log")"
+    WHY=$(cd "$BUILD" && timeout 60 ./test_gpu_ops 2>&1 | grep -m1 SKIPPED | cut -c1-160)
+    record "gpu tests" "FAILED" "skipped on a GPU machine: ${WHY:-see ctest_gpu.log}"
     STATUS=1
 elif [ $RC -eq 0 ]; then
     record "gpu tests" "ok" "$SUMMARY"
@@ -112,13 +128,60 @@ else
     record "gpu tests" "FAILED" "rc $RC: $SUMMARY (see ctest_gpu.log)"
     STATUS=1
 fi
-grep -E "^ +[0-9]+/[0-9]+ Test" "$LOGS/ctest_gpu.log"
+grep -E "^ *[0-9]+/[0-9]+ Test" "$LOGS/ctest_gpu.log"
 # the per-op errors closest to their tolerance, for a quick look ("... rel err E (tol T)")
 grep -h "rel err" "$LOGS/ctest_gpu.log" |
     awk '{ for (i = 1; i < NF; i++) if ($i == "err") e = $(i + 1);
            t = $NF; gsub(/[()]/, "", t);
            if (t + 0 > 0) printf "%.3f %s\n", e / t, $0 }' |
     sort -g -r | head -n 8 | sed 's/^\([0-9.]*\) */\1 of tol: /' > "$LOGS/worst_errors.txt" || true
+
+# ---------------------------------------------------------------- diffusion bench
+BENCH_JSON=""
+if ! { [ -x "$BUILD/diffusion" ] && "$BUILD/diffusion" --help 2> /dev/null | grep -E "^ +bench " | grep -q -v "not in this build"; }; then
+    record "diffusion bench" "skipped" "no bench command in this build"
+elif [ "$(limit 240)" = 0 ]; then
+    record "diffusion bench" "skipped" "no time left in the budget"
+else
+    L=$(limit 240)
+    say "diffusion bench --device cuda (limit ${L}s)"
+    if timeout "$L" "$BUILD/diffusion" bench --device cuda --min-time "$MIN_S" --json "$LOGS/bench.json" \
+            > "$LOGS/bench.log" 2>&1; then
+        BENCH_JSON="$LOGS/bench.json"
+        record "diffusion bench" "ok" "bench.json"
+    else
+        record "diffusion bench" "FAILED" "rc $?: $(tail -n 1 "$LOGS/bench.log" | cut -c1-100)"
+    fi
+    cat "$LOGS/bench.log"
+fi
+
+# ---------------------------------------------------------------- PyTorch peer
+PEER_JSON=""
+# the machine's python3 with torch (Debian's /usr/bin/python3 when PATH's python3 lacks it)
+PY="${PYTHON:-python3}"
+if ! "$PY" -c "import torch" > /dev/null 2>&1 && [ -x /usr/bin/python3 ] &&
+        /usr/bin/python3 -c "import torch" > /dev/null 2>&1; then
+    PY=/usr/bin/python3
+fi
+if [ -z "$PEER" ]; then
+    record "pytorch peer" "skipped" "no peer script given"
+elif [ ! -f "$PEER" ]; then
+    record "pytorch peer" "skipped" "$PEER not found"
+elif ! "$PY" -c "import torch" > /dev/null 2>&1; then
+    record "pytorch peer" "skipped" "$PY has no torch"
+elif [ "$(limit 240)" = 0 ]; then
+    record "pytorch peer" "skipped" "no time left in the budget"
+else
+    L=$(limit 240)
+    say "PyTorch peer $PEER (limit ${L}s)"
+    if timeout "$L" "$PY" "$PEER" --json "$LOGS/peer.json" --min-s "$MIN_S" > "$LOGS/peer.log" 2>&1; then
+        PEER_JSON="$LOGS/peer.json"
+        record "pytorch peer" "ok" "peer.json"
+    else
+        record "pytorch peer" "FAILED" "rc $?: $(tail -n 1 "$LOGS/peer.log" | cut -c1-100)"
+    fi
+    cat "$LOGS/peer.log"
+fi
 
 # ---------------------------------------------------------------- compute-sanitizer (optional)
 SAN="$(command -v compute-sanitizer || true)"
@@ -129,9 +192,12 @@ elif [ -z "$SAN" ]; then
     record "compute-sanitizer" "skipped" "not installed"
 elif [ ! -x "$BUILD/test_gpu_ops" ]; then
     record "compute-sanitizer" "skipped" "no test_gpu_ops binary"
+elif [ "$(limit 150)" = 0 ]; then
+    record "compute-sanitizer" "skipped" "no time left in the budget"
 else
-    say "test_gpu_ops --quick under compute-sanitizer memcheck (limit 150 s)"
-    (cd "$BUILD" && timeout 150 "$SAN" --tool memcheck --error-exitcode 86 ./test_gpu_ops --quick) \
+    L=$(limit 150)
+    say "test_gpu_ops --quick under compute-sanitizer memcheck (limit ${L}s)"
+    (cd "$BUILD" && timeout "$L" "$SAN" --tool memcheck --error-exitcode 86 ./test_gpu_ops --quick) \
         > "$LOGS/sanitizer.log" 2>&1
     RC=$?
     ERRS=$(grep -m1 "ERROR SUMMARY" "$LOGS/sanitizer.log" || true)
@@ -141,47 +207,11 @@ else
         record "compute-sanitizer" "FAILED" "${ERRS:-memcheck errors} (sanitizer.log)"
         STATUS=1
     elif [ $RC -eq 124 ]; then
-        record "compute-sanitizer" "timeout" "over 150 s; not counted"
+        record "compute-sanitizer" "timeout" "over ${L}s; not counted"
     else
         # refused by the machine (no permission, unsupported driver...) or the test failed under it
         record "compute-sanitizer" "not run" "rc $RC: $(grep -m1 -i -E "error|fail" "$LOGS/sanitizer.log" | cut -c1-100)"
     fi
-fi
-
-# ---------------------------------------------------------------- diffusion bench
-BENCH_JSON=""
-if [ -x "$BUILD/diffusion" ] && "$BUILD/diffusion" --help 2> /dev/null | grep -E "^ +bench " | grep -q -v "not in this build"; then
-    say "diffusion bench --device cuda (limit 240 s)"
-    if timeout 240 "$BUILD/diffusion" bench --device cuda --min-time "$MIN_S" --json "$LOGS/bench.json" \
-            > "$LOGS/bench.log" 2>&1; then
-        BENCH_JSON="$LOGS/bench.json"
-        record "diffusion bench" "ok" "bench.json"
-    else
-        record "diffusion bench" "FAILED" "rc $?: $(tail -n 1 "$LOGS/bench.log" | cut -c1-100)"
-    fi
-    cat "$LOGS/bench.log"
-else
-    record "diffusion bench" "skipped" "no bench command in this build"
-fi
-
-# ---------------------------------------------------------------- PyTorch peer
-PEER_JSON=""
-PY="${PYTHON:-python3}"
-if [ -z "$PEER" ]; then
-    record "pytorch peer" "skipped" "no peer script given"
-elif [ ! -f "$PEER" ]; then
-    record "pytorch peer" "skipped" "$PEER not found"
-elif ! "$PY" -c "import torch" > /dev/null 2>&1; then
-    record "pytorch peer" "skipped" "$PY has no torch"
-else
-    say "PyTorch peer $PEER (limit 240 s)"
-    if timeout 240 "$PY" "$PEER" --json "$LOGS/peer.json" --min-s "$MIN_S" > "$LOGS/peer.log" 2>&1; then
-        PEER_JSON="$LOGS/peer.json"
-        record "pytorch peer" "ok" "peer.json"
-    else
-        record "pytorch peer" "FAILED" "rc $?: $(tail -n 1 "$LOGS/peer.log" | cut -c1-100)"
-    fi
-    cat "$LOGS/peer.log"
 fi
 
 # ---------------------------------------------------------------- the table
