@@ -45,6 +45,7 @@ void dd_graph_free(dd_graph *g) {
         g->be->free(g->arena);
         if (g->grad_arena) g->be->free(g->grad_arena);
         if (g->ws) g->be->free(g->ws);
+        g->be->free(g->one);
     }
     free(g->t);
     free(g->nodes);
@@ -509,6 +510,15 @@ int dd_graph_plan(dd_graph *g, int with_grad) {
         if (g->grad_arena) g->be->free(g->grad_arena);
         return dd_error_prefix("allocating the %zu-byte workspace", ws);
     }
+    const float one = 1.0f;
+    g->one = NULL;
+    if (g->be->alloc((void **)&g->one, sizeof(float)) || g->be->to_device(g->one, &one, sizeof one)) {
+        if (g->one) g->be->free(g->one);
+        g->be->free(g->arena);
+        if (g->grad_arena) g->be->free(g->grad_arena);
+        if (g->ws) g->be->free(g->ws);
+        return dd_error_prefix("planning the graph");
+    }
     g->arena_floats = off;
     g->grad_floats = goff;
     g->ws_bytes = ws;
@@ -633,8 +643,9 @@ int dd_graph_backward(dd_graph *g, int loss) {
     if (!g->t[loss].grad) return dd_error("backward: the loss does not depend on any parameter");
     DD_TRY(g->be->zero(g->grad_arena, (g->grad_floats ? g->grad_floats : 1) * sizeof(float)));
     DD_TRY(dd_params_zero_grad(g->params));
-    const float one = 1.0f;
-    DD_TRY(g->be->to_device(g->t[loss].grad, &one, sizeof one));
+    /* the seed d(loss) = 1 comes from a planned device constant: a device-to-device copy, so
+     * backward has no host transfer and can be captured as a CUDA graph */
+    DD_TRY(g->be->copy(g->t[loss].grad, g->one, sizeof(float)));
     for (int i = g->nn - 1; i >= 0; i--) {
         const dd_node *n = &g->nodes[i];
         if (!g->t[n->out].grad) continue; /* nothing upstream needs a gradient */

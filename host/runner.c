@@ -5,6 +5,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "diffusion/cuda.h"
 #include "diffusion/error.h"
 
 int dd_runner_init(dd_runner *r, const dd_model_config *cfg, const dd_backend *be, uint64_t seed) {
@@ -23,8 +24,40 @@ int dd_runner_init(dd_runner *r, const dd_model_config *cfg, const dd_backend *b
 }
 
 static void graph_release(dd_runner_graph *rg) {
+    if (rg->cg) dd_cuda_graph_destroy(rg->cg);
     dd_graph_free(rg->g);
     memset(rg, 0, sizeof *rg);
+}
+
+static int capture_wanted(const dd_runner *r) {
+    const char *env = getenv("DIFFUSION_CUDA_GRAPHS");
+    return !strcmp(r->be->name, "cuda") && !(env && !strcmp(env, "0"));
+}
+
+/* The model's work for one call: forward, and backward from the loss when `backward`. Plain
+ * launches, or on CUDA a captured graph (see runner.h). */
+static int run_model(dd_runner *r, dd_runner_graph *rg, int backward) {
+    if (rg->cg && rg->cg_backward == backward) return dd_cuda_graph_replay(rg->cg);
+    /* capture on the second call of a kind: the first one loaded every library kernel */
+    if (!rg->cg && !rg->capture_off && rg->calls[backward] >= 1 && capture_wanted(r)) {
+        int rc = dd_cuda_capture_begin();
+        if (!rc) {
+            rc = dd_graph_forward(rg->g);
+            if (!rc && backward) rc = dd_graph_backward(rg->g, rg->loss);
+            dd_cuda_graph *cg = NULL;
+            if (dd_cuda_capture_end(rc ? NULL : &cg) == 0 && !rc && cg) {
+                rg->cg = cg;
+                rg->cg_backward = backward;
+                return dd_cuda_graph_replay(cg); /* capturing recorded the work, did not run it */
+            }
+        }
+        rg->capture_off = 1; /* plain launches from now on */
+        dd_error_clear();
+    }
+    rg->calls[backward]++;
+    DD_TRY(dd_graph_forward(rg->g));
+    if (backward) DD_TRY(dd_graph_backward(rg->g, rg->loss));
+    return 0;
 }
 
 void dd_runner_free(dd_runner *r) {
@@ -104,10 +137,11 @@ int dd_runner_train_step(dd_runner *r, int B, const float *x, const float *targe
     dd_runner_graph *rg;
     DD_TRY(dd_runner_train_graph(r, B, &rg));
     DD_TRY(feed(r, rg, x, target, t, labels));
-    DD_TRY(dd_graph_forward(rg->g));
+    /* forward and backward together (one graph on CUDA); a non-finite loss is caught before
+     * Adam applies anything */
+    DD_TRY(run_model(r, rg, 1));
     DD_TRY(r->be->to_host(loss, rg->g->t[rg->loss].data, sizeof(float)));
     if (!isfinite(*loss)) return dd_error("the training loss is %g", (double)*loss);
-    DD_TRY(dd_graph_backward(rg->g, rg->loss));
     DD_TRY(dd_params_adam(r->params, lr, 0.9f, 0.999f, 1e-8f));
     if (ema_decay > 0) DD_TRY(dd_params_ema(r->params, ema_decay));
     return 0;
@@ -118,7 +152,7 @@ int dd_runner_eval_loss(dd_runner *r, int B, const float *x, const float *target
     dd_runner_graph *rg;
     DD_TRY(dd_runner_train_graph(r, B, &rg));
     DD_TRY(feed(r, rg, x, target, t, labels));
-    DD_TRY(dd_graph_forward(rg->g));
+    DD_TRY(run_model(r, rg, 0));
     return r->be->to_host(loss, rg->g->t[rg->loss].data, sizeof(float));
 }
 
@@ -128,6 +162,6 @@ int dd_runner_denoise(void *ctx, float *out, const float *x, const int32_t *t,
     dd_runner_graph *rg;
     DD_TRY(dd_runner_eval_graph(r, B, &rg));
     DD_TRY(feed(r, rg, x, NULL, t, labels));
-    DD_TRY(dd_graph_forward(rg->g));
+    DD_TRY(run_model(r, rg, 0));
     return r->be->copy(out, rg->g->t[rg->out].data, (size_t)B * per_example(r) * sizeof(float));
 }

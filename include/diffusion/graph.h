@@ -150,6 +150,7 @@ typedef struct dd_graph {
     void *ws;
     size_t ws_bytes;
     int32_t *index_scratch; /* host: shifted index inputs on their way to the backend */
+    float *one;             /* backend: the constant 1, the seed of backward */
 } dd_graph;
 
 dd_graph *dd_graph_new(dd_params *params);

@@ -15,10 +15,21 @@
 extern "C" {
 #endif
 
+struct dd_cuda_graph;
+
+/* On the CUDA backend the model's work of a call (forward, or forward + backward) is captured
+ * as one CUDA graph on the second call at a batch size and replayed from then on: the inputs are
+ * written into the same buffers before each replay, and Adam, EMA and the loss read-back stay
+ * outside (their scalars change every step). DIFFUSION_CUDA_GRAPHS=0 in the environment turns
+ * this off; a capture that fails falls back to plain launches. */
 typedef struct {
     int B;
     dd_graph *g;
     int x, t, labels, out, target, loss, features; /* tensor ids (-1 where absent) */
+    int calls[2];              /* plain runs so far: [0] forward, [1] with backward */
+    int capture_off;           /* capture failed or not wanted: plain launches */
+    struct dd_cuda_graph *cg;  /* the captured work, or NULL */
+    int cg_backward;           /* whether cg includes backward */
 } dd_runner_graph;
 
 typedef struct dd_runner {
