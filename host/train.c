@@ -239,6 +239,8 @@ static int final_samples(dd_runner *r, const dd_run_info *ri, const dd_dataset *
             dd_plot_opts po = dd_plot_opts_default();
             po.title = "samples (DDPM, EMA weights)";
             po.num_classes = K;
+            const char *names[3] = {dd_2d_class_name(0), dd_2d_class_name(1), dd_2d_class_name(2)};
+            if (K == 3 && !strcmp(ri->data, "conditional-2d")) po.class_names = names;
             snprintf(path, sizeof path, "%s/samples.png", dir);
             rc = dd_plot_scatter(path, x, labels, n, &po);
         }

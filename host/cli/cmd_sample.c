@@ -8,6 +8,7 @@
 
 #include "cli_common.h"
 #include "commands.h"
+#include "diffusion/data.h"
 #include "diffusion/error.h"
 #include "diffusion/image.h"
 #include "diffusion/progress.h"
@@ -180,6 +181,9 @@ int cmd_sample(int argc, char **argv) {
         dd_plot_opts po = dd_plot_opts_default();
         po.title = sc.ddim ? "DDIM samples" : "DDPM samples";
         po.num_classes = cond ? m->classes : 0;
+        /* the conditional 2-D set's classes have names */
+        const char *names[3] = {dd_2d_class_name(0), dd_2d_class_name(1), dd_2d_class_name(2)};
+        if (cond && m->classes == 3 && !strcmp(ri.data, "conditional-2d")) po.class_names = names;
         if (!rc) rc = dd_plot_scatter(out, x, labels, n, &po);
     } else if (!rc) {
         rc = dd_write_png_grid(out, x, n, m->in_channels, m->height, m->width, rows, cols, 2);
