@@ -82,7 +82,11 @@ static int act_tensor(dd_graph *g, const char *name, int64_t N, int64_t C, int64
     return new_tensor(g, name, 4, s);
 }
 
-static dd_node *new_node(dd_graph *g, dd_op op) {
+/* Append a node computing tensor `out` (-1: an earlier failure, passed on) from nin inputs (-1
+ * where absent); the output needs a gradient when any input does. Returns the node, for the
+ * caller to fill in its parameters, or NULL after dd_error. */
+static dd_node *emit(dd_graph *g, dd_op op, int out, const int *in, int nin) {
+    if (out < 0) return NULL;
     if (g->nn == g->capn) {
         int cap = g->capn ? 2 * g->capn : 256;
         dd_node *nn = realloc(g->nodes, (size_t)cap * sizeof *nn);
@@ -96,22 +100,14 @@ static dd_node *new_node(dd_graph *g, dd_op op) {
     dd_node *n = &g->nodes[g->nn++];
     memset(n, 0, sizeof *n);
     n->op = op;
-    for (int i = 0; i < DD_MAX_INPUTS; i++) n->in[i] = -1;
-    for (int i = 0; i < DD_MAX_AUX; i++) n->aux[i] = -1;
-    return n;
-}
-
-/* Append a node computing tensor `out` from inputs; the output needs a gradient when any input
- * does. Returns out, or -1. */
-static int finish_node(dd_graph *g, dd_node *n, int out, const int *in, int nin) {
     n->out = out;
+    for (int i = 0; i < DD_MAX_INPUTS; i++) n->in[i] = i < nin ? in[i] : -1;
+    for (int i = 0; i < DD_MAX_AUX; i++) n->aux[i] = -1;
     int ng = 0;
-    for (int i = 0; i < nin; i++) {
-        n->in[i] = in[i];
+    for (int i = 0; i < nin; i++)
         if (in[i] >= 0 && g->t[in[i]].needs_grad) ng = 1;
-    }
     g->t[out].needs_grad = ng;
-    return out;
+    return n;
 }
 
 static int valid(const dd_graph *g, int id) { return id >= 0 && id < g->nt; }
@@ -132,6 +128,12 @@ static const char *shp(const dd_tensor *t, char *buf, size_t n) {
 }
 
 static int is_act4(const dd_tensor *t) { return t->ndim == 4 && !t->is_index; }
+
+static int same_act4(const dd_tensor *a, const dd_tensor *b) {
+    int same = is_act4(a) && is_act4(b);
+    for (int i = 0; same && i < 4; i++) same = a->shape[i] == b->shape[i];
+    return same;
+}
 
 /* ------------------------------------------------------------------ leaves */
 
@@ -188,12 +190,10 @@ int dd_conv2d(dd_graph *g, int x, int w, int b, int stride, int pad) {
     char name[DD_NAME_MAX];
     snprintf(name, sizeof name, "%.80s:out", Wt->name);
     int out = act_tensor(g, name, cs.N, cs.Cout, cs.Ho, cs.Wo);
-    if (out < 0) return -1;
-    dd_node *n = new_node(g, DD_OP_CONV2D);
+    dd_node *n = emit(g, DD_OP_CONV2D, out, (const int[]){x, w, b}, 3);
     if (!n) return -1;
     n->p.conv = cs;
-    int in[3] = {x, w, b};
-    return finish_node(g, n, out, in, 3);
+    return out;
 }
 
 int dd_dense(dd_graph *g, int x, int w, int b) {
@@ -213,14 +213,12 @@ int dd_dense(dd_graph *g, int x, int w, int b) {
     char name[DD_NAME_MAX];
     snprintf(name, sizeof name, "%.80s:out", Wt->name);
     int out = act_tensor(g, name, X->shape[0], Wt->shape[0], 1, 1);
-    if (out < 0) return -1;
-    dd_node *n = new_node(g, DD_OP_DENSE);
+    dd_node *n = emit(g, DD_OP_DENSE, out, (const int[]){x, w, b}, 3);
     if (!n) return -1;
     n->p.dense.N = (int)T(x)->shape[0];
     n->p.dense.Cin = (int)cin;
     n->p.dense.Cout = (int)T(w)->shape[0];
-    int in[3] = {x, w, b};
-    return finish_node(g, n, out, in, 3);
+    return out;
 }
 
 int dd_group_norm(dd_graph *g, int x, int gamma, int beta, int groups, int add, int swish) {
@@ -249,15 +247,14 @@ int dd_group_norm(dd_graph *g, int x, int gamma, int beta, int groups, int add, 
     snprintf(name, sizeof name, "%.80s:rstd", T(gamma)->name);
     int rstd = act_tensor(g, name, X->shape[0], groups, 1, 1);
     if (out < 0 || mean < 0 || rstd < 0) return -1;
-    dd_node *n = new_node(g, DD_OP_GROUP_NORM);
+    dd_node *n = emit(g, DD_OP_GROUP_NORM, out, (const int[]){x, gamma, beta, add}, 4);
     if (!n) return -1;
     n->p.gn = (dd_gn_shape){.N = (int)X->shape[0], .C = (int)C,
                             .HW = (int)(X->shape[2] * X->shape[3]), .G = groups,
                             .swish = swish != 0, .eps = 1e-5f};
     n->aux[0] = mean;
     n->aux[1] = rstd;
-    int in[4] = {x, gamma, beta, add};
-    return finish_node(g, n, out, in, 4);
+    return out;
 }
 
 static int unary_like(dd_graph *g, dd_op op, int x, const char *what) {
@@ -268,11 +265,9 @@ static int unary_like(dd_graph *g, dd_op op, int x, const char *what) {
     char name[DD_NAME_MAX];
     snprintf(name, sizeof name, "%.60s:%s", X->name, what);
     int out = act_tensor(g, name, X->shape[0], X->shape[1], X->shape[2], X->shape[3]);
-    if (out < 0) return -1;
-    dd_node *n = new_node(g, op);
+    dd_node *n = emit(g, op, out, (const int[]){x}, 1);
     if (!n) return -1;
-    int in[1] = {x};
-    return finish_node(g, n, out, in, 1);
+    return out;
 }
 
 int dd_activation(dd_graph *g, int x, dd_act act) {
@@ -291,17 +286,13 @@ int dd_add(dd_graph *g, int a, int b) {
     NEED(b);
     char s1[64], s2[64];
     const dd_tensor *A = T(a), *B = T(b);
-    int same = is_act4(A) && is_act4(B);
-    for (int i = 0; same && i < 4; i++) same = A->shape[i] == B->shape[i];
-    if (!same) return dd_error("add: shapes %s and %s differ", shp(A, s1, 64), shp(B, s2, 64));
+    if (!same_act4(A, B)) return dd_error("add: shapes %s and %s differ", shp(A, s1, 64), shp(B, s2, 64));
     char name[DD_NAME_MAX];
     snprintf(name, sizeof name, "%.60s:add", A->name);
     int out = act_tensor(g, name, A->shape[0], A->shape[1], A->shape[2], A->shape[3]);
-    if (out < 0) return -1;
-    dd_node *n = new_node(g, DD_OP_ADD);
+    dd_node *n = emit(g, DD_OP_ADD, out, (const int[]){a, b}, 2);
     if (!n) return -1;
-    int in[2] = {a, b};
-    return finish_node(g, n, out, in, 2);
+    return out;
 }
 
 int dd_concat(dd_graph *g, int a, int b) {
@@ -315,15 +306,13 @@ int dd_concat(dd_graph *g, int a, int b) {
     char name[DD_NAME_MAX];
     snprintf(name, sizeof name, "%.60s:cat", A->name);
     int out = act_tensor(g, name, A->shape[0], A->shape[1] + B->shape[1], A->shape[2], A->shape[3]);
-    if (out < 0) return -1;
-    dd_node *n = new_node(g, DD_OP_CONCAT);
+    dd_node *n = emit(g, DD_OP_CONCAT, out, (const int[]){a, b}, 2);
     if (!n) return -1;
     n->p.concat.N = (int)A->shape[0];
     n->p.concat.Ca = (int)A->shape[1];
     n->p.concat.Cb = (int)B->shape[1];
     n->p.concat.HW = (int)(A->shape[2] * A->shape[3]);
-    int in[2] = {a, b};
-    return finish_node(g, n, out, in, 2);
+    return out;
 }
 
 static int pool_like(dd_graph *g, dd_op op, int x, int up) {
@@ -338,15 +327,13 @@ static int pool_like(dd_graph *g, dd_op op, int x, int up) {
     snprintf(name, sizeof name, "%.60s:%s", X->name, up ? "up" : "pool");
     int64_t H = up ? 2 * X->shape[2] : X->shape[2] / 2, W = up ? 2 * X->shape[3] : X->shape[3] / 2;
     int out = act_tensor(g, name, X->shape[0], X->shape[1], H, W);
-    if (out < 0) return -1;
-    dd_node *n = new_node(g, op);
+    dd_node *n = emit(g, op, out, (const int[]){x}, 1);
     if (!n) return -1;
     n->p.pool.N = (int)X->shape[0];
     n->p.pool.C = (int)X->shape[1];
     n->p.pool.H = (int)X->shape[2];
     n->p.pool.W = (int)X->shape[3];
-    int in[1] = {x};
-    return finish_node(g, n, out, in, 1);
+    return out;
 }
 
 int dd_upsample2x(dd_graph *g, int x) { return pool_like(g, DD_OP_UPSAMPLE2X, x, 1); }
@@ -368,12 +355,11 @@ int dd_attention(dd_graph *g, int qkv, int heads) {
     snprintf(name, sizeof name, "%.60s:probs", Q->name);
     int probs = act_tensor(g, name, Q->shape[0], heads, P, P);
     if (out < 0 || probs < 0) return -1;
-    dd_node *n = new_node(g, DD_OP_ATTENTION);
+    dd_node *n = emit(g, DD_OP_ATTENTION, out, (const int[]){qkv}, 1);
     if (!n) return -1;
     n->p.attn = (dd_attn_shape){.N = (int)Q->shape[0], .C = (int)C, .heads = heads, .P = (int)P};
     n->aux[0] = probs;
-    int in[1] = {qkv};
-    return finish_node(g, n, out, in, 1);
+    return out;
 }
 
 int dd_embedding(dd_graph *g, int table, int idx) {
@@ -385,14 +371,12 @@ int dd_embedding(dd_graph *g, int table, int idx) {
     char name[DD_NAME_MAX];
     snprintf(name, sizeof name, "%.80s:emb", Tb->name);
     int out = act_tensor(g, name, I->shape[0], Tb->shape[1], 1, 1);
-    if (out < 0) return -1;
-    dd_node *n = new_node(g, DD_OP_EMBEDDING);
+    dd_node *n = emit(g, DD_OP_EMBEDDING, out, (const int[]){table, idx}, 2);
     if (!n) return -1;
     n->p.emb.N = (int)I->shape[0];
     n->p.emb.rows = (int)Tb->shape[0];
     n->p.emb.dim = (int)Tb->shape[1];
-    int in[2] = {table, idx};
-    return finish_node(g, n, out, in, 2);
+    return out;
 }
 
 int dd_mse(dd_graph *g, int pred, int target) {
@@ -400,15 +384,11 @@ int dd_mse(dd_graph *g, int pred, int target) {
     NEED(target);
     char s1[64], s2[64];
     const dd_tensor *P = T(pred), *Q = T(target);
-    int same = is_act4(P) && is_act4(Q);
-    for (int i = 0; same && i < 4; i++) same = P->shape[i] == Q->shape[i];
-    if (!same) return dd_error("mse: prediction %s and target %s differ", shp(P, s1, 64), shp(Q, s2, 64));
+    if (!same_act4(P, Q)) return dd_error("mse: prediction %s and target %s differ", shp(P, s1, 64), shp(Q, s2, 64));
     int out = act_tensor(g, "loss", 1, 1, 1, 1);
-    if (out < 0) return -1;
-    dd_node *n = new_node(g, DD_OP_MSE);
+    dd_node *n = emit(g, DD_OP_MSE, out, (const int[]){pred, target}, 2);
     if (!n) return -1;
-    int in[2] = {pred, target};
-    return finish_node(g, n, out, in, 2);
+    return out;
 }
 
 int dd_xent(dd_graph *g, int logits, int labels) {
@@ -421,13 +401,12 @@ int dd_xent(dd_graph *g, int logits, int labels) {
     int out = act_tensor(g, "loss", 1, 1, 1, 1);
     int probs = act_tensor(g, "xent:probs", L->shape[0], L->shape[1], 1, 1);
     if (out < 0 || probs < 0) return -1;
-    dd_node *n = new_node(g, DD_OP_XENT);
+    dd_node *n = emit(g, DD_OP_XENT, out, (const int[]){logits, labels}, 2);
     if (!n) return -1;
     n->p.xent.N = (int)L->shape[0];
     n->p.xent.K = (int)L->shape[1];
     n->aux[0] = probs;
-    int in[2] = {logits, labels};
-    return finish_node(g, n, out, in, 2);
+    return out;
 }
 
 int dd_conv2d_layer(dd_graph *g, const char *prefix, int x, int cout, int k, int stride, int pad,
