@@ -407,6 +407,7 @@ int dd_train(const dd_train_opts *o, const dd_dataset *data, const dd_backend *b
             ri.step++;
             loss_sum += loss;
             fprintf(hist, "batch,%d,%lld,%.6g\n", epoch + 1, (long long)ri.step, (double)loss);
+            if (ri.step % 100 == 0) fflush(hist); /* someone may be watching the file */
             char note[64];
             snprintf(note, sizeof note, "loss %.4f", (double)loss);
             dd_progress_update(&pb, k + 1, (double)(k + 1) * B, note);
