@@ -21,7 +21,8 @@ int dd_error_prefix(const char *fmt, ...) {
     va_start(ap, fmt);
     vsnprintf(pre, sizeof pre, fmt, ap);
     va_end(ap);
-    snprintf(msg, sizeof msg, "%s: %s", pre, old);
+    int k = snprintf(msg, sizeof msg, "%s: ", pre);
+    if (k >= 0 && (size_t)k < sizeof msg) snprintf(msg + k, sizeof msg - (size_t)k, "%s", old);
     return -1;
 }
 
