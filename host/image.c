@@ -18,52 +18,6 @@
 #include <stb_image_write.h>
 #pragma GCC diagnostic pop
 
-/* ---------------------------------------------------------------- atomic files */
-int dd_atomic_open(dd_atomic_file *af, const char *path) {
-    memset(af, 0, sizeof *af);
-    size_t len = strlen(path) + 32;
-    af->path = strdup(path);
-    af->tmp = malloc(len);
-    if (!af->path || !af->tmp) {
-        dd_atomic_abort(af);
-        return dd_error("out of memory");
-    }
-    snprintf(af->tmp, len, "%s.tmp.%ld", path, (long)getpid());
-    af->f = fopen(af->tmp, "wb");
-    if (!af->f) {
-        int e = errno;
-        free(af->path), free(af->tmp);
-        memset(af, 0, sizeof *af);
-        return dd_error("cannot write %s: %s", path, strerror(e));
-    }
-    return 0;
-}
-
-void dd_atomic_abort(dd_atomic_file *af) {
-    if (af->f) {
-        fclose(af->f);
-        if (af->tmp) remove(af->tmp);
-    }
-    free(af->path);
-    free(af->tmp);
-    memset(af, 0, sizeof *af);
-}
-
-int dd_atomic_commit(dd_atomic_file *af) {
-    int rc = 0;
-    if (fflush(af->f) != 0 || ferror(af->f) || fsync(fileno(af->f)) != 0)
-        rc = dd_error("writing %s failed: %s", af->path, strerror(errno));
-    if (fclose(af->f) != 0 && rc == 0) rc = dd_error("writing %s failed: %s", af->path, strerror(errno));
-    af->f = NULL;
-    if (rc == 0 && rename(af->tmp, af->path) != 0)
-        rc = dd_error("cannot rename %s to %s: %s", af->tmp, af->path, strerror(errno));
-    if (rc != 0) remove(af->tmp);
-    free(af->path);
-    free(af->tmp);
-    memset(af, 0, sizeof *af);
-    return rc;
-}
-
 /* ---------------------------------------------------------------- grids */
 int dd_grid_layout(int n, int *rows, int *cols) {
     if (n < 1) return dd_error("image grid of %d images", n);

@@ -7,10 +7,7 @@
 
 #include <cjson/cJSON.h>
 #include <errno.h>
-#include <fcntl.h>
 #include <inttypes.h>
-#include <libgen.h>
-#include <stdatomic.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -684,67 +681,6 @@ done:
     cJSON_Delete(root);
     free(se);
     return rc;
-}
-
-int dd_write_file_atomic(const char *path, const void *bytes, size_t len) {
-    static atomic_uint counter;
-    size_t plen = strlen(path);
-    char *tmp = malloc(plen + 64);
-    if (!tmp) return dd_error("out of memory");
-    int fd = -1;
-    for (int attempt = 0; attempt < 100 && fd < 0; attempt++) {
-        /* beside the target, so that rename() stays within one file system */
-        snprintf(tmp, plen + 64, "%s.tmp-%ld-%u", path, (long)getpid(),
-                 atomic_fetch_add(&counter, 1));
-        fd = open(tmp, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0666);
-        if (fd < 0 && errno != EEXIST) break;
-    }
-    if (fd < 0) {
-        int err = errno;
-        free(tmp);
-        return dd_error("cannot write %s: cannot create a file in its folder: %s", path,
-                        strerror(err));
-    }
-    FILE *f = fdopen(fd, "wb");
-    if (!f) {
-        int err = errno;
-        close(fd);
-        unlink(tmp);
-        free(tmp);
-        return dd_error("cannot write %s: %s", path, strerror(err));
-    }
-    const char *step = NULL;
-    int err = 0;
-    if (len && fwrite(bytes, 1, len, f) != len) step = "write";
-    else if (fflush(f) != 0) step = "flush";
-    else if (fsync(fileno(f)) != 0) step = "fsync";
-    if (step) err = errno;
-    if (fclose(f) != 0 && !step) {
-        step = "close";
-        err = errno;
-    }
-    if (!step && rename(tmp, path) != 0) {
-        step = "rename";
-        err = errno;
-    }
-    if (step) {
-        unlink(tmp);
-        free(tmp);
-        return dd_error("cannot write %s (%s failed): %s", path, step, strerror(err));
-    }
-    free(tmp);
-    /* make the rename itself durable; a failure here leaves a complete file, so it is not an
-     * error */
-    char *dir = strdup(path);
-    if (dir) {
-        int dfd = open(dirname(dir), O_RDONLY | O_DIRECTORY | O_CLOEXEC);
-        if (dfd >= 0) {
-            (void)fsync(dfd);
-            close(dfd);
-        }
-        free(dir);
-    }
-    return 0;
 }
 
 int dd_st_save(const char *path, const dd_st_entry *tensors, int ntensors, const dd_st_pair *meta,

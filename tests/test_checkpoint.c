@@ -92,17 +92,7 @@ static void expect_load_fails(const char *what, const char *path, dd_params *p, 
     free(before);
 }
 
-static int count_tmp_files(void) {
-    char cmd[400];
-    snprintf(cmd, sizeof cmd, "ls -a %s | grep -c '\\.tmp-'", dir);
-    FILE *f = popen(cmd, "r");
-    int n = -1;
-    if (f) {
-        if (fscanf(f, "%d", &n) != 1) n = -1;
-        pclose(f);
-    }
-    return n;
-}
+static int count_tmp_files(void) { return tu_count_temporaries(dir); }
 
 static void test_round_trip(void) {
     dd_params *a = make_params(1, 0, 0);

@@ -31,15 +31,7 @@ static int exists(const char *p) {
 }
 
 /* No temporary files left beside the outputs. */
-static int no_temporaries(void) {
-    FILE *f = popen("ls " OUT " | grep -c '\\.tmp\\.'", "r");
-    int n = -1;
-    if (f) {
-        if (fscanf(f, "%d", &n) != 1) n = -1;
-        pclose(f);
-    }
-    return n == 0;
-}
+static int no_temporaries(void) { return tu_count_temporaries(OUT) == 0; }
 
 /* Pixels that are not (near) white in an RGB(A) picture: something was drawn. */
 static long drawn_pixels(const uint8_t *px, int w, int h, int c) {

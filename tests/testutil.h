@@ -36,6 +36,9 @@ void tu_skip(const char *why) __attribute__((noreturn));
 double tu_rel_err(const float *a, const float *b, size_t n);
 /* Fill with uniform values in [lo, hi) from a fixed simple generator. */
 void tu_fill_uniform(float *x, size_t n, float lo, float hi, uint64_t seed);
+/* Temporary files of dd_atomic_open ("*.tmp-*") in a folder, hidden ones included; -1 when the
+ * folder cannot be read. */
+int tu_count_temporaries(const char *dir);
 /* Read a whole file; NULL when missing. *len receives the size. Caller frees. */
 void *tu_read_file(const char *path, size_t *len);
 

@@ -14,22 +14,11 @@
 #include <stdint.h>
 #include <stdio.h>
 
+#include "diffusion/atomic_file.h"
+
 #ifdef __cplusplus
 extern "C" {
 #endif
-
-/* ---------------------------------------------------------------- atomic files */
-typedef struct dd_atomic_file {
-    FILE *f;    /* write here */
-    char *path; /* the target */
-    char *tmp;  /* path.tmp.<pid>, renamed onto path by dd_atomic_commit */
-} dd_atomic_file;
-/* Opens a temporary file beside `path`; an unwritable folder fails here, naming `path`. */
-int dd_atomic_open(dd_atomic_file *af, const char *path);
-/* Flush, fsync, close and rename onto the target; on any failure the temporary is removed. */
-int dd_atomic_commit(dd_atomic_file *af);
-/* Close and remove the temporary (after an error while writing). */
-void dd_atomic_abort(dd_atomic_file *af);
 
 /* ---------------------------------------------------------------- image grids */
 /* Grid geometry: cells of (h * scale) x (w * scale) pixels, `DD_GRID_BORDER` grey pixels around

@@ -17,6 +17,8 @@
 #include <stddef.h>
 #include <stdint.h>
 
+#include "diffusion/atomic_file.h"
+
 #ifdef __cplusplus
 extern "C" {
 #endif
@@ -122,8 +124,6 @@ int dd_st_serialize(const dd_st_entry *tensors, int ntensors, const dd_st_pair *
  * and an existing `path` is left untouched. */
 int dd_st_save(const char *path, const dd_st_entry *tensors, int ntensors, const dd_st_pair *meta,
                int nmeta);
-/* The atomic write on its own, for any bytes. */
-int dd_write_file_atomic(const char *path, const void *bytes, size_t len);
 
 #ifdef __cplusplus
 }
