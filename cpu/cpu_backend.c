@@ -97,9 +97,11 @@ const dd_backend dd_cpu_backend = {
 
     .adam_update = dd_cpu_adam_update,
     .ema_update = dd_cpu_ema_update,
+    .counter_add = dd_cpu_counter_add,
+    .index_fill = dd_cpu_index_fill,
 
     .normal = dd_cpu_normal,
+    .train_draw = dd_cpu_train_draw,
     .q_sample = dd_cpu_q_sample,
-    .guidance = dd_cpu_guidance,
     .sampler_step = dd_cpu_sampler_step,
 };

@@ -1,25 +1,40 @@
-/* Optimiser updates on the CPU: Adam and the EMA of the weights, element formulas from
- * include/diffusion/kernels.h. */
+/* Optimiser updates and the step counter on the CPU: Adam and the EMA of the weights, element
+ * formulas from include/diffusion/kernels.h. The step and the guard are read from memory like on
+ * the GPU (backend.h), which on the CPU is plain host memory. */
 #include <math.h>
 
 #include "cpu_internal.h"
 #include "diffusion/kernels.h"
 
-/* Bias corrections in double, once per step (as PyTorch computes them in Python floats). */
-int dd_cpu_adam_update(float *p, float *m, float *v, const float *g, size_t n, float lr, float b1,
-                       float b2, float eps, int64_t t) {
-    const double bc1 = 1.0 - pow((double)b1, (double)t);
-    const double bc2 = 1.0 - pow((double)b2, (double)t);
-    const float step_size = (float)((double)lr / bc1);
-    const float bc2_sqrt = (float)sqrt(bc2);
+int dd_cpu_adam_update(float *p, float *m, float *v, const float *g, size_t n, float lr,
+                       double b1, double b2, double eps, const int64_t *step,
+                       const float *guard) {
+    if (!dd_guard_ok(guard)) return 0;
+    float step_size, bc2_sqrt;
+    dd_adam_scalars(lr, b1, b2, (long long)*step + 1, &step_size, &bc2_sqrt);
+    const float b1f = (float)b1, omb1 = (float)(1.0 - b1), b2f = (float)b2,
+                omb2 = (float)(1.0 - b2), epsf = (float)eps;
 #pragma omp parallel for schedule(static) if (n > DD_CPU_PAR_MIN)
     for (size_t i = 0; i < n; i++)
-        dd_adam_elem(&p[i], &m[i], &v[i], g[i], b1, b2, eps, step_size, bc2_sqrt);
+        dd_adam_elem(&p[i], &m[i], &v[i], g[i], b1f, omb1, b2f, omb2, epsf, step_size, bc2_sqrt);
     return 0;
 }
 
-int dd_cpu_ema_update(float *ema, const float *p, size_t n, float decay) {
+int dd_cpu_ema_update(float *ema, const float *p, size_t n, float decay, const int64_t *step,
+                      const float *guard) {
+    if (!dd_guard_ok(guard)) return 0;
+    const float d = step ? dd_ema_warmup(decay, (long long)*step) : decay;
 #pragma omp parallel for schedule(static) if (n > DD_CPU_PAR_MIN)
-    for (size_t i = 0; i < n; i++) ema[i] = dd_ema_elem(ema[i], p[i], decay);
+    for (size_t i = 0; i < n; i++) ema[i] = dd_ema_elem(ema[i], p[i], d);
+    return 0;
+}
+
+int dd_cpu_counter_add(int64_t *c, int64_t d, const float *guard) {
+    if (dd_guard_ok(guard)) *c += d;
+    return 0;
+}
+
+int dd_cpu_index_fill(int32_t *dst, const int32_t *src, int n, const int64_t *k, int32_t add) {
+    for (int i = 0; i < n; i++) dst[i] = src[k ? *k : i] + add;
     return 0;
 }

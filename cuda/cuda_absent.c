@@ -30,6 +30,8 @@ int dd_cuda_tf32(void) {
 
 int dd_cuda_capture_begin(void) { return dd_error(NO_CUDA); }
 
+int dd_cuda_capturing(void) { return 0; }
+
 int dd_cuda_capture_end(dd_cuda_graph **graph) {
     if (graph) *graph = NULL;
     return dd_error(NO_CUDA);

@@ -90,8 +90,13 @@ int dd_checkpoint_save(const char *path, const dd_params *p, const dd_st_pair *m
                                  host + (size_t)j * total + q->offset};
         }
     }
+    int64_t adam_step = 0; /* the device's count is the true one (dd_params_read_step) */
+    if (p->be->to_host(&adam_step, p->step_dev, sizeof adam_step)) {
+        dd_error_prefix("saving %s", path);
+        goto done;
+    }
     char step[32];
-    snprintf(step, sizeof step, "%" PRId64, p->adam_step);
+    snprintf(step, sizeof step, "%" PRId64, adam_step);
     pairs[0] = (dd_st_pair){"format", DD_CKPT_FORMAT};
     pairs[1] = (dd_st_pair){"adam_step", step};
     for (int i = 0; i < nmeta; i++) pairs[2 + i] = meta[i];
@@ -226,7 +231,7 @@ int dd_checkpoint_load(const char *path, dd_params *p, int flags) {
             memcpy(host + p->info[i].offset, found[k][i]->data, p->info[i].numel * sizeof(float));
         if (p->be->to_device(dev, host, bytes)) goto fail;
     }
-    p->adam_step = flags & DD_CKPT_ADAM ? step : 0;
+    if (dd_params_set_step(p, flags & DD_CKPT_ADAM ? step : 0)) goto fail;
     rc = 0;
 fail:
     if (rc) dd_error_prefix("loading %s", path);

@@ -63,9 +63,11 @@ int dd_classifier_train(dd_runner *r, const dd_dataset *train, const dd_classifi
     int32_t *y_host = malloc((size_t)B * sizeof(int32_t));      /* (B) */
     int64_t *order = malloc((size_t)train->n * sizeof(int64_t)); /* (n) */
     float *x_dev = NULL;                                        /* backend (B, 1, 28, 28) */
+    int32_t *y_dev = NULL;                                      /* backend (B) */
     int rc = 0;
     if (!x_host || !y_host || !order) rc = dd_error("out of host memory");
     if (!rc) rc = be->alloc((void **)&x_dev, (size_t)B * PIXELS * sizeof(float));
+    if (!rc) rc = be->alloc((void **)&y_dev, (size_t)B * sizeof(int32_t));
     for (int epoch = 0; !rc && epoch < o->epochs; epoch++) {
         dd_epoch_order(order, train->n, o->seed, (uint64_t)epoch);
         dd_progress pb;
@@ -78,14 +80,14 @@ int dd_classifier_train(dd_runner *r, const dd_dataset *train, const dd_classifi
             if (rc) break;
             to_unit(x_host, x_host, (size_t)B * PIXELS, DD_PIXELS_PM1);
             rc = be->to_device(x_dev, x_host, (size_t)B * PIXELS * sizeof(float));
+            if (!rc) rc = be->to_device(y_dev, y_host, (size_t)B * sizeof(int32_t));
             float loss = 0;
-            if (!rc) rc = dd_runner_train_step(r, B, x_dev, NULL, NULL, y_host, o->lr, 0.0f, &loss);
-            if (rc) {
-                if (!isfinite(loss))
-                    dd_error("classifier training: the loss became %g at epoch %d, batch %lld", (double)loss,
-                             epoch + 1, (long long)k + 1);
-                break;
-            }
+            if (!rc) rc = dd_runner_train_step(r, B, x_dev, NULL, NULL, y_dev, o->lr, 0.0f);
+            if (!rc) rc = be->to_host(&loss, dd_runner_loss(r), sizeof loss);
+            if (!rc && !isfinite(loss)) /* the step's guard kept every update out */
+                rc = dd_error("classifier training: the loss became %g at epoch %d, batch %lld", (double)loss,
+                              epoch + 1, (long long)k + 1);
+            if (rc) break;
             sum += loss;
             char note[48];
             snprintf(note, sizeof note, "loss %.4f", (double)loss);
@@ -100,6 +102,7 @@ int dd_classifier_train(dd_runner *r, const dd_dataset *train, const dd_classifi
         if (o->on_epoch) rc = o->on_epoch(o->ctx, epoch + 1, o->epochs, mean, dd_now() - t0);
     }
     if (x_dev) be->free(x_dev);
+    if (y_dev) be->free(y_dev);
     free(x_host);
     free(y_host);
     free(order);

@@ -29,6 +29,7 @@ void dd_params_free(dd_params *p) {
         p->be->free(p->adam_m);
         p->be->free(p->adam_v);
         p->be->free(p->ema);
+        p->be->free(p->step_dev);
     }
     free(p->info);
     free(p->fixed_host);
@@ -158,6 +159,10 @@ int dd_params_alloc(dd_params *p, uint64_t seed) {
             return dd_error_prefix("allocating parameters");
         }
     }
+    if (p->be->alloc((void **)&p->step_dev, sizeof(int64_t))) { /* zeroed: step 0 */
+        for (size_t j = 0; j < sizeof bufs / sizeof bufs[0]; j++) p->be->free(*bufs[j]);
+        return dd_error_prefix("allocating parameters");
+    }
     p->allocated = 1;
     p->adam_step = 0;
     float *host = calloc(p->total ? p->total : 1, sizeof(float));
@@ -196,16 +201,33 @@ int dd_params_zero_grad(dd_params *p) {
 
 /* One call over the whole buffer: fixed tables and padding have zero gradients forever, so their
  * m and v stay 0 and Adam moves them by exactly 0. */
-int dd_params_adam(dd_params *p, float lr, float b1, float b2, float eps) {
+int dd_params_adam(dd_params *p, float lr, double b1, double b2, double eps, const float *guard) {
     if (!p->allocated) return dd_error("parameters are not allocated yet");
-    p->adam_step++;
     return p->be->adam_update(p->data, p->adam_m, p->adam_v, p->grad, p->total, lr, b1, b2, eps,
-                              p->adam_step);
+                              p->step_dev, guard);
 }
 
-int dd_params_ema(dd_params *p, float decay) {
+int dd_params_ema(dd_params *p, float decay, int warmup, const float *guard) {
     if (!p->allocated) return dd_error("parameters are not allocated yet");
-    return p->be->ema_update(p->ema, p->data, p->total, decay);
+    return p->be->ema_update(p->ema, p->data, p->total, decay, warmup ? p->step_dev : NULL,
+                             guard);
+}
+
+int dd_params_step_done(dd_params *p, const float *guard) {
+    if (!p->allocated) return dd_error("parameters are not allocated yet");
+    return p->be->counter_add(p->step_dev, 1, guard);
+}
+
+int dd_params_read_step(dd_params *p) {
+    if (!p->allocated) return dd_error("parameters are not allocated yet");
+    return p->be->to_host(&p->adam_step, p->step_dev, sizeof p->adam_step);
+}
+
+int dd_params_set_step(dd_params *p, int64_t step) {
+    if (!p->allocated) return dd_error("parameters are not allocated yet");
+    DD_TRY(p->be->to_device(p->step_dev, &step, sizeof step));
+    p->adam_step = step;
+    return 0;
 }
 
 /* By copying, not by swapping pointers: planned graphs (and captured CUDA graphs) hold the

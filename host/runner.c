@@ -5,7 +5,6 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "diffusion/cuda.h"
 #include "diffusion/error.h"
 
 int dd_runner_init(dd_runner *r, const dd_model_config *cfg, const dd_backend *be, uint64_t seed) {
@@ -24,40 +23,10 @@ int dd_runner_init(dd_runner *r, const dd_model_config *cfg, const dd_backend *b
 }
 
 static void graph_release(dd_runner_graph *rg) {
-    if (rg->cg) dd_cuda_graph_destroy(rg->cg);
+    dd_replay_reset(&rg->rp[0]);
+    dd_replay_reset(&rg->rp[1]);
     dd_graph_free(rg->g);
     memset(rg, 0, sizeof *rg);
-}
-
-static int capture_wanted(const dd_runner *r) {
-    const char *env = getenv("DIFFUSION_CUDA_GRAPHS");
-    return !strcmp(r->be->name, "cuda") && !(env && !strcmp(env, "0"));
-}
-
-/* The model's work for one call: forward, and backward from the loss when `backward`. Plain
- * launches, or on CUDA a captured graph (see runner.h). */
-static int run_model(dd_runner *r, dd_runner_graph *rg, int backward) {
-    if (rg->cg && rg->cg_backward == backward) return dd_cuda_graph_replay(rg->cg);
-    /* capture on the second call of a kind: the first one loaded every library kernel */
-    if (!rg->cg && !rg->capture_off && rg->calls[backward] >= 1 && capture_wanted(r)) {
-        int rc = dd_cuda_capture_begin();
-        if (!rc) {
-            rc = dd_graph_forward(rg->g);
-            if (!rc && backward) rc = dd_graph_backward(rg->g, rg->loss);
-            dd_cuda_graph *cg = NULL;
-            if (dd_cuda_capture_end(rc ? NULL : &cg) == 0 && !rc && cg) {
-                rg->cg = cg;
-                rg->cg_backward = backward;
-                return dd_cuda_graph_replay(cg); /* capturing recorded the work, did not run it */
-            }
-        }
-        rg->capture_off = 1; /* plain launches from now on */
-        dd_error_clear();
-    }
-    rg->calls[backward]++;
-    DD_TRY(dd_graph_forward(rg->g));
-    if (backward) DD_TRY(dd_graph_backward(rg->g, rg->loss));
-    return 0;
 }
 
 void dd_runner_free(dd_runner *r) {
@@ -113,46 +82,94 @@ static size_t per_example(const dd_runner *r) {
     return (size_t)r->cfg.in_channels * r->cfg.height * r->cfg.width;
 }
 
-/* Copy a batch into graph rg's inputs: x and target from backend memory, t and labels from host. */
-static int feed(dd_runner *r, dd_runner_graph *rg, const float *x, const float *target,
-                const int32_t *t, const int32_t *labels) {
+/* One call's arguments: what its body needs, and (as the dd_replay key) the buffers it reads. */
+typedef struct {
+    dd_runner *r;
+    dd_runner_graph *rg;
+    const float *x, *target;
+    const int32_t *t, *labels;
+    float *out;          /* denoise: where the output goes */
+    float lr, ema_decay; /* training step */
+} call;
+
+static const void *float_key(float v) {
+    uint32_t u;
+    memcpy(&u, &v, sizeof u);
+    return (const void *)(uintptr_t)u;
+}
+
+static void call_key(const call *c, const void *key[DD_REPLAY_KEYS]) {
+    const void *k[DD_REPLAY_KEYS] = {c->rg->g, c->x,   c->target,         c->t,
+                                     c->labels, c->out, float_key(c->lr), float_key(c->ema_decay)};
+    memcpy(key, k, sizeof k);
+}
+
+/* Copy the batch into the graph's inputs, all within backend memory (no host round trip). */
+static int feed(const call *c) {
+    const dd_backend *be = c->r->be;
+    const dd_runner_graph *rg = c->rg;
     dd_graph *g = rg->g;
-    size_t n = (size_t)rg->B * per_example(r);
-    DD_TRY(r->be->copy(g->t[rg->x].data, x, n * sizeof(float)));
-    if (rg->target >= 0 && target) DD_TRY(r->be->copy(g->t[rg->target].data, target, n * sizeof(float)));
+    size_t n = (size_t)rg->B * per_example(c->r);
+    DD_TRY(be->copy(g->t[rg->x].data, c->x, n * sizeof(float)));
+    if (rg->target >= 0 && c->target)
+        DD_TRY(be->copy(g->t[rg->target].data, c->target, n * sizeof(float)));
     if (rg->t >= 0) {
-        if (!t) return dd_error("model needs timesteps");
-        DD_TRY(dd_graph_set_input(g, rg->t, t, (size_t)rg->B * sizeof(int32_t)));
+        if (!c->t) return dd_error("model needs timesteps");
+        /* SPEC's t = 1..T -> the table row t - 1 */
+        DD_TRY(be->index_fill((int32_t *)g->t[rg->t].data, c->t, rg->B, NULL, -g->t[rg->t].index_base));
     }
     if (rg->labels >= 0) {
-        if (!labels) return dd_error("conditional model needs labels");
-        DD_TRY(dd_graph_set_input(g, rg->labels, labels, (size_t)rg->B * sizeof(int32_t)));
+        if (!c->labels) return dd_error("conditional model needs labels");
+        DD_TRY(be->copy(g->t[rg->labels].data, c->labels, (size_t)rg->B * sizeof(int32_t)));
     }
     return 0;
 }
 
+static int forward_body(void *ctx) {
+    const call *c = ctx;
+    DD_TRY(feed(c));
+    DD_TRY(dd_graph_forward(c->rg->g));
+    if (!c->out) return 0;
+    return c->r->be->copy(c->out, c->rg->g->t[c->rg->out].data,
+                          (size_t)c->rg->B * per_example(c->r) * sizeof(float));
+}
+
+static int train_body(void *ctx) {
+    const call *c = ctx;
+    dd_params *p = c->r->params;
+    const float *loss = c->rg->g->t[c->rg->loss].data;
+    DD_TRY(feed(c));
+    DD_TRY(dd_graph_forward(c->rg->g));
+    DD_TRY(dd_graph_backward(c->rg->g, c->rg->loss));
+    DD_TRY(dd_params_adam(p, c->lr, 0.9, 0.999, 1e-8, loss));
+    if (c->ema_decay > 0) DD_TRY(dd_params_ema(p, c->ema_decay, 1, loss));
+    return dd_params_step_done(p, loss);
+}
+
+static int run(dd_runner_graph *rg, int slot, dd_replay_body body, call *c) {
+    const void *key[DD_REPLAY_KEYS];
+    call_key(c, key);
+    return dd_replay_run(&rg->rp[slot], c->r->be, body, c, key);
+}
+
 int dd_runner_train_step(dd_runner *r, int B, const float *x, const float *target,
-                         const int32_t *t, const int32_t *labels, float lr, float ema_decay,
-                         float *loss) {
+                         const int32_t *t, const int32_t *labels, float lr, float ema_decay) {
     dd_runner_graph *rg;
     DD_TRY(dd_runner_train_graph(r, B, &rg));
-    DD_TRY(feed(r, rg, x, target, t, labels));
-    /* forward and backward together (one graph on CUDA); a non-finite loss is caught before
-     * Adam applies anything */
-    DD_TRY(run_model(r, rg, 1));
-    DD_TRY(r->be->to_host(loss, rg->g->t[rg->loss].data, sizeof(float)));
-    if (!isfinite(*loss)) return dd_error("the training loss is %g", (double)*loss);
-    DD_TRY(dd_params_adam(r->params, lr, 0.9f, 0.999f, 1e-8f));
-    if (ema_decay > 0) DD_TRY(dd_params_ema(r->params, ema_decay));
-    return 0;
+    call c = {r, rg, x, target, t, labels, NULL, lr, ema_decay};
+    return run(rg, 1, train_body, &c);
+}
+
+const float *dd_runner_loss(const dd_runner *r) {
+    return r->train.g && r->train.loss >= 0 ? r->train.g->t[r->train.loss].data : NULL;
 }
 
 int dd_runner_eval_loss(dd_runner *r, int B, const float *x, const float *target, const int32_t *t,
                         const int32_t *labels, float *loss) {
     dd_runner_graph *rg;
     DD_TRY(dd_runner_train_graph(r, B, &rg));
-    DD_TRY(feed(r, rg, x, target, t, labels));
-    DD_TRY(run_model(r, rg, 0));
+    call c = {r, rg, x, target, t, labels, NULL, 0, 0};
+    DD_TRY(run(rg, 0, forward_body, &c));
     return r->be->to_host(loss, rg->g->t[rg->loss].data, sizeof(float));
 }
 
@@ -161,7 +178,6 @@ int dd_runner_denoise(void *ctx, float *out, const float *x, const int32_t *t,
     dd_runner *r = ctx;
     dd_runner_graph *rg;
     DD_TRY(dd_runner_eval_graph(r, B, &rg));
-    DD_TRY(feed(r, rg, x, NULL, t, labels));
-    DD_TRY(run_model(r, rg, 0));
-    return r->be->copy(out, rg->g->t[rg->out].data, (size_t)B * per_example(r) * sizeof(float));
+    call c = {r, rg, x, NULL, t, labels, out, 0, 0};
+    return run(rg, 0, forward_body, &c);
 }

@@ -1,14 +1,18 @@
 /* DDPM (p_sample_loop, p_sample_loop_all) and DDIM samplers with classifier-free guidance
- * (../shared/SPEC.md). The host walks the time steps and computes each step's scalars in double;
- * the backend does the per-element work: be->normal for x_T, be->guidance for the mix,
- * be->sampler_step for predict-x0 / clip / update / noise. Buffers are allocated once per run,
- * nothing per step. */
+ * (../shared/SPEC.md). The host computes every step's scalars once, in double, into a table in
+ * backend memory (one row per step, DD_SAMPLER_COLS floats, plus the step's t); a step is then
+ * the same backend calls every time, reading its row through a step counter in backend memory:
+ * broadcast t, the model (one call of B, or 2B with guidance), one fused sampler_step (guidance,
+ * the objective's conversion, x0 estimate, clamp, update, noise), counter += 1. So nothing goes
+ * back to the host inside the loop, and on CUDA the whole step is recorded once as a CUDA graph
+ * and replayed (dd_replay). Buffers are allocated once per run, nothing per step. */
 #include <math.h>
 #include <stdlib.h>
 #include <string.h>
 
 #include "diffusion/diffusion.h"
 #include "diffusion/error.h"
+#include "diffusion/replay.h"
 
 dd_sample_opts dd_sample_opts_default(int B, size_t per) {
     dd_sample_opts o;
@@ -25,39 +29,44 @@ dd_sample_opts dd_sample_opts_default(int B, size_t per) {
  * the labels, the second on the generic label. */
 typedef struct {
     const dd_backend *be;
-    int B, guided;
-    size_t per, n; /* n = B * per */
-    float *x;      /* backend (B, per): the chain */
-    float *x0;     /* backend (B, per): x0 estimate of the last step */
-    float *xin;    /* backend (2B, per), guided only: x twice */
-    float *out;    /* backend (B or 2B, per): model output */
-    float *mix;    /* backend (B, per), guided only: uncond + g (cond - uncond) */
-    float *eps;    /* backend (B, per), objectives other than eps: the eps estimate */
-    float *coef;   /* backend (2B): per-sample conversion coefficients */
-    int32_t *t;    /* host (2B) */
-    int32_t *lab;  /* host (2B), conditional models only */
-    float *coef_host; /* host (2B) */
+    const dd_denoiser *m;
+    int B, nb, guided, clip, steps;
+    float g;
+    size_t per, n;  /* n = B * per */
+    float *x;       /* backend (B, per): the chain */
+    float *x0;      /* backend (B, per): x0 estimate of the last step */
+    float *xin;     /* backend (2B, per), guided only: x twice */
+    float *out;     /* backend (nb, per): model output */
+    int32_t *t;     /* backend (nb): this step's t for every sample */
+    int32_t *lab;   /* backend (nb), conditional models only */
+    float *tab;     /* backend (steps, DD_SAMPLER_COLS): every step's scalars */
+    int32_t *ttab;  /* backend (steps): every step's t */
+    int64_t *k;     /* backend (1): the step counter */
+    int *t_host;    /* host (steps): every step's t, for the step callback */
+    dd_rng_at noise; /* step k's noise: offset + k n */
+    dd_replay rp;
 } run;
 
 static void run_free(run *r) {
-    float *dev[] = {r->x, r->x0, r->xin, r->out, r->mix, r->eps, r->coef};
+    void *dev[] = {r->x, r->x0, r->xin, r->out, r->t, r->lab, r->tab, r->ttab, r->k};
     for (size_t i = 0; i < sizeof dev / sizeof dev[0]; i++)
         if (dev[i]) r->be->free(dev[i]);
-    free(r->t);
-    free(r->lab);
-    free(r->coef_host);
+    free(r->t_host);
+    dd_replay_reset(&r->rp);
 }
 
 static int label_ok(const dd_denoiser *m, int32_t l) {
     return (l >= 0 && l < m->num_classes) || l == m->generic_label;
 }
 
-/* Validate the request and set up the run. */
+/* Validate the request and set up the run for `steps` steps. */
 static int run_init(run *r, const dd_backend *be, const dd_schedule *s, const dd_denoiser *m,
-                    const dd_sample_opts *o) {
+                    const dd_sample_opts *o, int steps) {
     memset(r, 0, sizeof *r);
     r->be = be;
-    if (!be || !be->alloc || !be->normal || !be->sampler_step || !be->guidance || !be->q_sample)
+    r->m = m;
+    if (!be || !be->alloc || !be->normal || !be->sampler_step || !be->index_fill ||
+        !be->counter_add)
         return dd_error("sampler: backend '%s' lacks the diffusion ops",
                         be && be->name ? be->name : "(null)");
     if (!s || !s->beta) return dd_error("sampler: no schedule");
@@ -93,21 +102,21 @@ static int run_init(run *r, const dd_backend *be, const dd_schedule *s, const dd
     r->B = o->B;
     r->per = o->per;
     r->n = (size_t)o->B * o->per;
-    const int nb = r->guided ? 2 * o->B : o->B; /* the model's batch */
+    r->nb = r->guided ? 2 * o->B : o->B; /* the model's batch */
+    r->g = o->guidance;
+    r->clip = o->clip;
+    r->steps = steps;
     const size_t bytes = r->n * sizeof(float);
-    r->t = malloc((size_t)nb * sizeof(int32_t));
-    r->coef_host = malloc(2 * (size_t)o->B * sizeof(float));
-    if (m->num_classes > 0) r->lab = malloc((size_t)nb * sizeof(int32_t));
-    if (!r->t || !r->coef_host || (m->num_classes > 0 && !r->lab)) {
-        run_free(r);
-        return dd_error("sampler: out of host memory");
-    }
+    r->t_host = malloc((size_t)steps * sizeof(int));
+    if (!r->t_host) return dd_error("sampler: out of host memory");
     int rc = be->alloc((void **)&r->x, bytes) || be->alloc((void **)&r->x0, bytes) ||
-             be->alloc((void **)&r->out, (size_t)nb * r->per * sizeof(float)) ||
-             be->alloc((void **)&r->coef, 2 * (size_t)o->B * sizeof(float));
-    if (!rc && r->guided)
-        rc = be->alloc((void **)&r->xin, 2 * bytes) || be->alloc((void **)&r->mix, bytes);
-    if (!rc && m->objective != DD_OBJECTIVE_EPS) rc = be->alloc((void **)&r->eps, bytes);
+             be->alloc((void **)&r->out, (size_t)r->nb * r->per * sizeof(float)) ||
+             be->alloc((void **)&r->t, (size_t)r->nb * sizeof(int32_t)) ||
+             be->alloc((void **)&r->tab, (size_t)steps * DD_SAMPLER_COLS * sizeof(float)) ||
+             be->alloc((void **)&r->ttab, (size_t)steps * sizeof(int32_t)) ||
+             be->alloc((void **)&r->k, sizeof(int64_t));
+    if (!rc && r->guided) rc = be->alloc((void **)&r->xin, 2 * bytes);
+    if (!rc && m->num_classes > 0) rc = be->alloc((void **)&r->lab, (size_t)r->nb * sizeof(int32_t));
     if (rc) {
         run_free(r);
         return dd_error_prefix("sampler");
@@ -115,107 +124,113 @@ static int run_init(run *r, const dd_backend *be, const dd_schedule *s, const dd
     if (m->num_classes > 0) {
         /* Conditioned half: the labels (none given: the generic label, unconditioned
          * sampling); the second half of a guided batch: the generic label. */
+        int32_t *lab = malloc((size_t)r->nb * sizeof(int32_t));
+        if (!lab) {
+            run_free(r);
+            return dd_error("sampler: out of host memory");
+        }
         for (int i = 0; i < o->B; i++)
-            r->lab[i] = o->labels ? o->labels[i] : o->label >= 0 ? o->label : m->generic_label;
-        for (int i = o->B; i < nb; i++) r->lab[i] = m->generic_label;
+            lab[i] = o->labels ? o->labels[i] : o->label >= 0 ? o->label : m->generic_label;
+        for (int i = o->B; i < r->nb; i++) lab[i] = m->generic_label;
+        rc = be->to_device(r->lab, lab, (size_t)r->nb * sizeof(int32_t));
+        free(lab);
+        if (rc) {
+            run_free(r);
+            return -1;
+        }
     }
     return 0;
 }
 
-/* The model's eps estimate at time t for the current x: one model call of batch B, or of 2B with
- * guidance. Returns a backend pointer (B, per) in *eps_out. */
-static int predict_eps(run *r, const dd_schedule *s, const dd_denoiser *m, float g, int t,
-                       const float **eps_out) {
+/* Step k's row: the objective's conversion to eps at t, the x0 estimate at t, then the update. */
+static void fill_row(float *row, const dd_schedule *s, dd_objective obj, int t, float c0, float c1,
+                     float c2, float sigma) {
+    dd_output_to_eps_coefs(s, obj, t, &row[DD_SAMPLER_EA], &row[DD_SAMPLER_EB]);
+    row[DD_SAMPLER_RA] = s->sqrt_recip_abar[t];
+    row[DD_SAMPLER_RB] = s->sqrt_recipm1_abar[t];
+    row[DD_SAMPLER_C0] = c0;
+    row[DD_SAMPLER_C1] = c1;
+    row[DD_SAMPLER_C2] = c2;
+    row[DD_SAMPLER_SIGMA] = sigma;
+}
+
+/* Upload the tables made in tab / t_host, zero the counter, draw x_T. */
+static int run_start(run *r, const float *tab, dd_rng *rng) {
     const dd_backend *be = r->be;
-    const int nb = r->guided ? 2 * r->B : r->B;
-    for (int i = 0; i < nb; i++) r->t[i] = t;
-    const float *pred;
+    int32_t *tt = malloc((size_t)r->steps * sizeof(int32_t));
+    if (!tt) return dd_error("sampler: out of host memory");
+    for (int k = 0; k < r->steps; k++) tt[k] = r->t_host[k];
+    int rc = be->to_device(r->ttab, tt, (size_t)r->steps * sizeof(int32_t));
+    free(tt);
+    DD_TRY(rc);
+    DD_TRY(be->to_device(r->tab, tab, (size_t)r->steps * DD_SAMPLER_COLS * sizeof(float)));
+    DD_TRY(be->zero(r->k, sizeof(int64_t)));
+    DD_TRY(be->normal(r->x, r->n, (dd_rng_at){rng->seed, rng->stream, rng->offset, NULL, 0}));
+    rng->offset += r->n;
+    /* every step owns n addresses, used or not */
+    r->noise = (dd_rng_at){rng->seed, rng->stream, rng->offset, r->k, r->n};
+    return 0;
+}
+
+/* One step, the same calls every time (see the top of the file). */
+static int step_body(void *ctx) {
+    run *r = ctx;
+    const dd_backend *be = r->be;
+    DD_TRY(be->index_fill(r->t, r->ttab, r->nb, r->k, 0));
+    const float *in = r->x;
     if (r->guided) {
         DD_TRY(be->copy(r->xin, r->x, r->n * sizeof(float)));
         DD_TRY(be->copy(r->xin + r->n, r->x, r->n * sizeof(float)));
-        if (m->fn(m->ctx, r->out, r->xin, r->t, r->lab, nb))
-            return dd_error_prefix("model at t = %d", t);
-        /* the combination is linear in the output, so it is the same in every objective's
-         * space and is applied before converting to eps */
-        DD_TRY(be->guidance(r->mix, r->out, r->out + r->n, r->n, g));
-        pred = r->mix;
-    } else {
-        if (m->fn(m->ctx, r->out, r->x, r->t, r->lab, nb))
-            return dd_error_prefix("model at t = %d", t);
-        pred = r->out;
+        in = r->xin;
     }
-    if (m->objective == DD_OBJECTIVE_EPS) {
-        *eps_out = pred;
-        return 0;
-    }
-    DD_TRY(dd_output_to_eps(be, s, m->objective, r->eps, pred, r->x, r->t, r->B, r->per, r->coef,
-                            r->coef_host));
-    *eps_out = r->eps;
-    return 0;
+    DD_TRY(r->m->fn(r->m->ctx, r->out, in, r->t, r->lab, r->nb));
+    DD_TRY(be->sampler_step(r->x, r->x0, r->out, r->guided ? r->out + r->n : NULL, r->n, r->g,
+                            r->clip, r->tab, r->noise));
+    return be->counter_add(r->k, 1, NULL);
 }
 
-static int draw_x_T(run *r, dd_rng *rng) {
-    DD_TRY(r->be->normal(r->x, r->n, rng->seed, rng->stream, rng->offset));
-    rng->offset += r->n;
-    return 0;
-}
-
-static int finish(run *r, float *out) {
+static int loop(run *r, dd_sample_opts *o, float *out) {
+    const void *key[DD_REPLAY_KEYS] = {r->x, r->out, r->tab, r->k, r->m->ctx};
+    for (int k = 0; k < r->steps; k++) {
+        if (dd_replay_run(&r->rp, r->be, step_body, r, key))
+            return dd_error_prefix("sampler step at t = %d", r->t_host[k]);
+        if (o->on_step &&
+            o->on_step(o->step_ctx, k, r->steps, r->t_host[k], r->x, r->x0, r->B, r->per))
+            return dd_error_prefix("sampler step callback at t = %d", r->t_host[k]);
+    }
+    o->rng.offset += (uint64_t)r->steps * r->n;
     if (out) DD_TRY(r->be->to_host(out, r->x, r->n * sizeof(float)));
     return 0;
 }
 
-static int ddpm_loop(run *r, const dd_schedule *s, const dd_denoiser *m, dd_sample_opts *o,
-                     float *out) {
-    DD_TRY(draw_x_T(r, &o->rng));
-    for (int t = s->T, step = 0; t >= 1; t--, step++) {
-        const float *eps = NULL;
-        DD_TRY(predict_eps(r, s, m, o->guidance, t, &eps));
-        /* mean = coef1 x0 + coef2 x_t; noise sqrt(posterior variance), none at t = 1, so the
-         * last step returns the (clipped) x0 estimate */
-        const float sigma = t > 1 ? sqrtf(s->post_var[t]) : 0.0f;
-        DD_TRY(r->be->sampler_step(r->x, r->x0, eps, r->n, s->sqrt_recip_abar[t],
-                                   s->sqrt_recipm1_abar[t], o->clip, s->coef1[t], s->coef2[t],
-                                   0.0f, sigma, o->rng.seed, o->rng.stream, o->rng.offset));
-        o->rng.offset += r->n; /* every step owns n addresses, used or not */
-        if (o->on_step && o->on_step(o->step_ctx, step, s->T, t, r->x, r->x0, r->B, r->per))
-            return dd_error_prefix("sampler step callback at t = %d", t);
-    }
-    return finish(r, out);
+static int sample(run *r, dd_sample_opts *o, float *tab, float *out) {
+    int rc = run_start(r, tab, &o->rng);
+    if (!rc) rc = loop(r, o, out);
+    return rc;
 }
 
 int dd_sample_ddpm(const dd_backend *be, const dd_schedule *s, const dd_denoiser *m,
                    dd_sample_opts *o, float *out) {
+    if (!s || !s->beta) return dd_error("sampler: no schedule");
     run r;
-    DD_TRY(run_init(&r, be, s, m, o));
-    int rc = ddpm_loop(&r, s, m, o, out);
+    DD_TRY(run_init(&r, be, s, m, o, s->T));
+    float *tab = malloc((size_t)s->T * DD_SAMPLER_COLS * sizeof(float));
+    if (!tab) {
+        run_free(&r);
+        return dd_error("sampler: out of host memory");
+    }
+    for (int k = 0; k < s->T; k++) {
+        const int t = s->T - k;
+        r.t_host[k] = t;
+        /* mean = coef1 x0 + coef2 x_t; noise sqrt(posterior variance), none at t = 1, so the
+         * last step returns the (clipped) x0 estimate */
+        fill_row(tab + (size_t)k * DD_SAMPLER_COLS, s, m->objective, t, s->coef1[t], s->coef2[t],
+                 0.0f, t > 1 ? sqrtf(s->post_var[t]) : 0.0f);
+    }
+    int rc = sample(&r, o, tab, out);
+    free(tab);
     run_free(&r);
     return rc;
-}
-
-static int ddim_loop(run *r, const dd_schedule *s, const dd_denoiser *m, dd_sample_opts *o,
-                     const int *times, int tau, double eta, float *out) {
-    DD_TRY(draw_x_T(r, &o->rng));
-    for (int k = 0; k < tau; k++) {
-        const int t = times[k], tn = times[k + 1];
-        const float *eps = NULL;
-        DD_TRY(predict_eps(r, s, m, o->guidance, t, &eps));
-        /* SPEC: sigma = eta sqrt((1 - abar_t/abar_next)(1 - abar_next)/(1 - abar_t));
-         * x = sqrt(abar_next) x0 + sqrt(1 - abar_next - sigma^2) eps (+ sigma z unless
-         * t_next = 1). The max(0, .) guard only absorbs rounding (t == t_next gives 0). */
-        const double ab = s->abar64[t], abn = s->abar64[tn];
-        const double r1 = fmax(0.0, 1.0 - ab / abn);
-        const double sigma = eta * sqrt(r1 * (1.0 - abn) / (1.0 - ab));
-        const double c = sqrt(fmax(0.0, 1.0 - abn - sigma * sigma));
-        DD_TRY(r->be->sampler_step(r->x, r->x0, eps, r->n, s->sqrt_recip_abar[t],
-                                   s->sqrt_recipm1_abar[t], o->clip, (float)sqrt(abn), 0.0f,
-                                   (float)c, tn != 1 ? (float)sigma : 0.0f, o->rng.seed,
-                                   o->rng.stream, o->rng.offset));
-        o->rng.offset += r->n;
-        if (o->on_step && o->on_step(o->step_ctx, k, tau, t, r->x, r->x0, r->B, r->per))
-            return dd_error_prefix("sampler step callback at t = %d", t);
-    }
-    return finish(r, out);
 }
 
 int dd_sample_ddim(const dd_backend *be, const dd_schedule *s, const dd_denoiser *m,
@@ -229,11 +244,27 @@ int dd_sample_ddim(const dd_backend *be, const dd_schedule *s, const dd_denoiser
         return -1;
     }
     run r;
-    if (run_init(&r, be, s, m, o)) {
+    if (run_init(&r, be, s, m, o, tau)) {
         free(times);
         return -1;
     }
-    int rc = ddim_loop(&r, s, m, o, times, tau, eta, out);
+    float *tab = malloc((size_t)tau * DD_SAMPLER_COLS * sizeof(float));
+    int rc = tab ? 0 : dd_error("DDIM: out of host memory");
+    for (int k = 0; !rc && k < tau; k++) {
+        const int t = times[k], tn = times[k + 1];
+        r.t_host[k] = t;
+        /* SPEC: sigma = eta sqrt((1 - abar_t/abar_next)(1 - abar_next)/(1 - abar_t));
+         * x = sqrt(abar_next) x0 + sqrt(1 - abar_next - sigma^2) eps (+ sigma z unless
+         * t_next = 1). The max(0, .) guard only absorbs rounding (t == t_next gives 0). */
+        const double ab = s->abar64[t], abn = s->abar64[tn];
+        const double r1 = fmax(0.0, 1.0 - ab / abn);
+        const double sigma = eta * sqrt(r1 * (1.0 - abn) / (1.0 - ab));
+        const double c = sqrt(fmax(0.0, 1.0 - abn - sigma * sigma));
+        fill_row(tab + (size_t)k * DD_SAMPLER_COLS, s, m->objective, t, (float)sqrt(abn), 0.0f,
+                 (float)c, tn != 1 ? (float)sigma : 0.0f);
+    }
+    if (!rc) rc = sample(&r, o, tab, out);
+    free(tab);
     run_free(&r);
     free(times);
     return rc;

@@ -5,6 +5,7 @@
 #include <errno.h>
 #include <math.h>
 #include <stdio.h>
+#include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
@@ -105,22 +106,9 @@ static int write_config_json(const char *path, const dd_train_opts *o, const dd_
     return rc;
 }
 
-/* EMA with a warm-up (as in common diffusion trainers): early on the average follows the weights
- * closely, so short runs do not sample from nearly initial weights. */
-static float ema_decay_at(float decay, int64_t step) {
-    float warm = (float)(1.0 + (double)step) / (float)(10.0 + (double)step);
-    return decay < warm ? decay : warm;
-}
-
-/* The noise and timesteps of step `step` come from (seed, stream 1, offset step * draws): a
- * function of the step alone, so a resumed run draws exactly what the unbroken run drew. */
-static dd_rng step_rng(uint64_t seed, int64_t step, int B, size_t per) {
-    dd_rng r = {seed, 1, (uint64_t)step * ((uint64_t)2 * B + (uint64_t)B * per)};
-    return r;
-}
-
 typedef struct {
     float *x0;        /* backend (B, per) */
+    int32_t *y;       /* backend (B) */
     float *x_host;    /* host (B, per) */
     int32_t *y_host;  /* host (B) */
     float *out_host, *target_host; /* host (B, per), validation */
@@ -129,12 +117,51 @@ typedef struct {
 
 static void bufs_free(train_bufs *b, const dd_backend *be) {
     if (b->x0) be->free(b->x0);
+    if (b->y) be->free(b->y);
     free(b->x_host);
     free(b->y_host);
     free(b->out_host);
     free(b->target_host);
     free(b->order);
     memset(b, 0, sizeof *b);
+}
+
+/* Gather examples idx[0..B) into the host buffers and copy them to the backend. */
+static int upload(const dd_backend *be, train_bufs *b, const dd_dataset *d, const int64_t *idx, int B,
+                  size_t per, int cond) {
+    DD_TRY(dd_gather(b->x_host, cond ? b->y_host : NULL, d, idx, B));
+    DD_TRY(be->to_device(b->x0, b->x_host, (size_t)B * per * sizeof(float)));
+    return cond ? be->to_device(b->y, b->y_host, (size_t)B * sizeof(int32_t)) : 0;
+}
+
+typedef struct {
+    dd_runner *r;
+    dd_train_batch *tb;
+    const float *x0;
+    const int32_t *labels;
+    const dd_run_info *ri;
+} step_args;
+
+static int train_step_body(void *ctx) {
+    const step_args *a = ctx;
+    const dd_run_info *ri = a->ri;
+    dd_rng_at at = {ri->seed, 1, 0, a->r->params->step_dev, dd_train_batch_stride(a->tb)};
+    DD_TRY(dd_train_batch_make(a->tb, a->x0, a->labels, (int32_t)ri->model.classes, ri->prob_uncond, at));
+    return dd_runner_train_step(a->r, a->tb->B, a->tb->xt, a->tb->target, a->tb->t,
+                                a->labels ? a->tb->labels : NULL, ri->lr, ri->ema_decay);
+}
+
+int dd_train_step(dd_replay *rp, dd_runner *r, dd_train_batch *tb, const float *x0,
+                  const int32_t *labels, const dd_run_info *ri) {
+    step_args a = {r, tb, x0, labels, ri};
+    /* everything a replay reuses: buffers and the scalars passed down as arguments */
+    const void *key[DD_REPLAY_KEYS] = {r->train.g, tb->xt, x0, labels,
+                                       (const void *)(uintptr_t)ri->seed};
+    float sc[3] = {ri->lr, ri->ema_decay, ri->prob_uncond};
+    uint32_t bits[3];
+    memcpy(bits, sc, sizeof bits);
+    for (int i = 0; i < 3; i++) key[5 + i] = (const void *)(uintptr_t)bits[i];
+    return dd_replay_run(rp, r->be, train_step_body, &a, key);
 }
 
 /* Mean validation loss over batches of B (cycling through the set when it is smaller than B),
@@ -149,11 +176,10 @@ static int validate(dd_runner *r, const dd_run_info *ri, dd_train_batch *tb, tra
     if (!idx) return dd_error("out of host memory");
     for (int64_t k = 0; k < batches; k++) {
         for (int i = 0; i < B; i++) idx[i] = val_idx[(k * B + i) % n_val];
-        int rc = dd_gather(b->x_host, cond ? b->y_host : NULL, d, idx, B);
-        if (!rc) rc = r->be->to_device(b->x0, b->x_host, (size_t)B * tb->per * sizeof(float));
-        dd_rng rng = {ri->seed, 2, (uint64_t)k * ((uint64_t)2 * B + (uint64_t)B * tb->per)};
+        int rc = upload(r->be, b, d, idx, B, tb->per, cond);
+        dd_rng_at at = {ri->seed, 2, (uint64_t)k * dd_train_batch_stride(tb), NULL, 0};
         /* validation keeps the true labels: prob_uncond 0 */
-        if (!rc) rc = dd_train_batch_make(tb, b->x0, cond ? b->y_host : NULL, (int32_t)ri->model.classes, 0.0f, &rng);
+        if (!rc) rc = dd_train_batch_make(tb, b->x0, cond ? b->y : NULL, (int32_t)ri->model.classes, 0.0f, at);
         float loss = 0;
         if (!rc) rc = dd_runner_eval_loss(r, B, tb->xt, tb->target, tb->t, cond ? tb->labels : NULL, &loss);
         if (rc) {
@@ -363,6 +389,9 @@ int dd_train(const dd_train_opts *o, const dd_dataset *data, const dd_backend *b
                       (long long)n_train, B);
     if (!rc) rc = dd_train_batch_init(&tb, be, &s, ri.objective, B, per);
     if (!rc) rc = be->alloc((void **)&b.x0, (size_t)B * per * sizeof(float));
+    if (!rc) rc = be->alloc((void **)&b.y, (size_t)B * sizeof(int32_t));
+    /* the step counter the whole step reads: the trainer's step (also Adam's, by construction) */
+    if (!rc) rc = dd_params_set_step(r.params, ri.step);
     if (!rc) {
         b.x_host = malloc((size_t)B * per * sizeof(float));
         b.y_host = calloc((size_t)B, sizeof(int32_t));
@@ -379,6 +408,8 @@ int dd_train(const dd_train_opts *o, const dd_dataset *data, const dd_backend *b
     }
     const int64_t batches = n_train / B; /* the last partial batch is dropped, as Flux's DataLoader(partial=false) */
     char last_ckpt[1100] = "";
+    dd_replay step_rp;
+    memset(&step_rp, 0, sizeof step_rp);
     if (o->resume) snprintf(last_ckpt, sizeof last_ckpt, "%s", o->resume);
     for (int epoch = ri.epoch; !rc && epoch < o->epochs; epoch++) {
         /* this epoch's order: a Philox shuffle of the training indices from (seed, epoch) */
@@ -390,20 +421,15 @@ int dd_train(const dd_train_opts *o, const dd_dataset *data, const dd_backend *b
         dd_progress_start(&pb, label, batches, "img/s", o->progress);
         double loss_sum = 0;
         for (int64_t k = 0; !rc && k < batches; k++) {
-            rc = dd_gather(b.x_host, cond ? b.y_host : NULL, data, b.order + k * B, B);
-            if (!rc) rc = be->to_device(b.x0, b.x_host, (size_t)B * per * sizeof(float));
-            dd_rng rng = step_rng(ri.seed, ri.step, B, per);
-            if (!rc) rc = dd_train_batch_make(&tb, b.x0, cond ? b.y_host : NULL, (int32_t)ri.model.classes, ri.prob_uncond, &rng);
+            rc = upload(be, &b, data, b.order + k * B, B, per, cond);
             float loss = 0;
-            if (!rc) rc = dd_runner_train_step(&r, B, tb.xt, tb.target, tb.t, cond ? tb.labels : NULL, ri.lr,
-                                               ema_decay_at(ri.ema_decay, ri.step), &loss);
-            if (rc) {
-                if (!isfinite(loss) && loss != 0)
-                    dd_error("the loss became %g at epoch %d, step %lld: training stopped; %s%s", (double)loss,
-                             epoch + 1, (long long)ri.step + 1, last_ckpt[0] ? "the last good checkpoint is " : "no checkpoint was written",
-                             last_ckpt);
-                break;
-            }
+            if (!rc) rc = dd_train_step(&step_rp, &r, &tb, b.x0, cond ? b.y : NULL, &ri);
+            if (!rc) rc = be->to_host(&loss, dd_runner_loss(&r), sizeof loss);
+            if (!rc && !isfinite(loss)) /* the step's guard kept every update out */
+                rc = dd_error("the loss became %g at epoch %d, step %lld: training stopped; %s%s", (double)loss,
+                              epoch + 1, (long long)ri.step + 1,
+                              last_ckpt[0] ? "the last good checkpoint is " : "no checkpoint was written", last_ckpt);
+            if (rc) break;
             ri.step++;
             loss_sum += loss;
             fprintf(hist, "batch,%d,%lld,%.6g\n", epoch + 1, (long long)ri.step, (double)loss);
@@ -428,6 +454,7 @@ int dd_train(const dd_train_opts *o, const dd_dataset *data, const dd_backend *b
             if (!rc) snprintf(last_ckpt, sizeof last_ckpt, "%s", path);
         }
     }
+    dd_replay_reset(&step_rp);
     if (hist) fclose(hist);
     if (!rc) {
         snprintf(path, sizeof path, "%s/model.safetensors", o->out_dir);

@@ -1,9 +1,13 @@
 /* Whole-model agreement between the CUDA and CPU backends: a small conditional UNet (two levels,
  * middle attention, GroupNorm, class embedding) built from the same seed on both, then
  *   - the initial parameters (initialised on the host: must be identical),
- *   - a training batch (t, label drops and noise from Philox: the same on both),
- *   - three training steps: loss, every gradient, the updated parameters and their EMA,
- *   - a guided DDIM run (eta 1, so the sampler's noise is exercised) and a DDPM run,
+ *   - four whole training steps (dd_train_step: draws, x_t, forward, backward, Adam, EMA, step
+ *     count), which on the GPU run plainly, then recorded as one CUDA graph, then replayed
+ *     twice: t, labels, x_t, loss, every gradient, the updated parameters, EMA, step counter,
+ *   - a fifth step whose data is NaN: the guard must leave parameters and counter alone, on the
+ *     replayed graph as on the CPU,
+ *   - a guided DDIM run (eta 1, so the sampler's noise is exercised) and a DDPM run, each step
+ *     recorded once and replayed on the GPU,
  * compared in both math modes (TF32 on and off, with tolerances for a whole network: small
  * differences in the products compound through 20 layers and Adam's normalisation).
  * Without a GPU (or without the CUDA build) the test exits 77: CTest reports it as skipped. */
@@ -18,6 +22,7 @@
 #include "diffusion/error.h"
 #include "diffusion/models.h"
 #include "diffusion/runner.h"
+#include "diffusion/train.h"
 #include "testutil.h"
 
 /* Whole-network tolerances, relative (norm of the difference over the CPU's norm). With TF32
@@ -109,43 +114,89 @@ static void run_mode(int tf32) {
     float *x0 = malloc(B * per * sizeof(float));
     if (!x0) fatal("host memory");
     tu_fill_uniform(x0, B * per, -1, 1, 5);
-    int32_t labels[6] = {0, 1, 2, 2, 1, 0};
+    const int32_t labels[6] = {0, 1, 2, 2, 1, 0};
     float *gx0, *cx0;
+    int32_t *glab, *clab;
     if (gpu->alloc((void **)&gx0, B * per * sizeof(float)) ||
-        gpu->to_device(gx0, x0, B * per * sizeof(float)))
+        gpu->to_device(gx0, x0, B * per * sizeof(float)) ||
+        gpu->alloc((void **)&glab, sizeof labels) || gpu->to_device(glab, labels, sizeof labels))
         fatal("gpu x0");
-    if (cpu->alloc((void **)&cx0, B * per * sizeof(float))) fatal("cpu x0");
+    if (cpu->alloc((void **)&cx0, B * per * sizeof(float)) ||
+        cpu->alloc((void **)&clab, sizeof labels))
+        fatal("cpu x0");
     memcpy(cx0, x0, B * per * sizeof(float));
+    memcpy(clab, labels, sizeof labels);
     dd_train_batch tg, tc;
     memset(&tg, 0, sizeof tg);
     memset(&tc, 0, sizeof tc);
     if (dd_train_batch_init(&tg, gpu, &s, DD_OBJECTIVE_EPS, B, per) ||
         dd_train_batch_init(&tc, cpu, &s, DD_OBJECTIVE_EPS, B, per))
         fatal("train batch");
+    dd_run_info ri;
+    dd_run_info_default(&ri, DD_MODEL_UNET_COND);
+    ri.model = cfg;
+    ri.seed = 3;
+    ri.lr = 1e-3f;
+    ri.ema_decay = 0.99f;
+    ri.prob_uncond = 0.3f;
+    dd_replay rpg, rpc;
+    memset(&rpg, 0, sizeof rpg);
+    memset(&rpc, 0, sizeof rpc);
 
-    for (int step = 0; step < 3; step++) {
-        dd_rng ra = {3, 0, (uint64_t)step * 100000}, rb = ra;
-        CHECK_OK(dd_train_batch_make(&tg, gx0, labels, cfg.classes, 0.3f, &ra));
-        CHECK_OK(dd_train_batch_make(&tc, cx0, labels, cfg.classes, 0.3f, &rb));
-        CHECK(memcmp(tg.t, tc.t, B * sizeof(int32_t)) == 0);
-        CHECK(memcmp(tg.labels, tc.labels, B * sizeof(int32_t)) == 0);
+    for (int step = 0; step < 4; step++) {
+        CHECK_OK(dd_train_step(&rpg, &rg, &tg, gx0, glab, &ri));
+        CHECK_OK(dd_train_step(&rpc, &rc, &tc, cx0, clab, &ri));
+        int32_t tt[6], tl[6];
+        if (gpu->to_host(tt, tg.t, sizeof tt) || gpu->to_host(tl, tg.labels, sizeof tl))
+            fatal("to_host");
         char what[96];
-        snprintf(what, sizeof what, "step %d: x_t (q_sample of Philox noise)", step + 1);
-        compare_buffers(what, tg.xt, tc.xt, B * per, 1e-5);
+        snprintf(what, sizeof what, "step %d (%s)", step + 1,
+                 step == 0 ? "plain" : step == 1 ? "recorded" : "replayed");
+        CHECKF(!memcmp(tt, tc.t, sizeof tt) && !memcmp(tl, tc.labels, sizeof tl),
+               "%s: t or labels differ", what);
+        printf(" %s\n", what);
+        compare_buffers("  x_t (q_sample of Philox noise)", tg.xt, tc.xt, B * per, 1e-5);
         float lg = NAN, lc = NAN;
-        CHECK_OK(dd_runner_train_step(&rg, B, tg.xt, tg.target, tg.t, tg.labels, 1e-3f, 0.99f,
-                                      &lg));
-        CHECK_OK(dd_runner_train_step(&rc, B, tc.xt, tc.target, tc.t, tc.labels, 1e-3f, 0.99f,
-                                      &lc));
-        snprintf(what, sizeof what, "step %d: loss (%.6f on the CPU)", step + 1, lc);
+        if (gpu->to_host(&lg, dd_runner_loss(&rg), sizeof lg)) fatal("to_host");
+        lc = *dd_runner_loss(&rc);
+        snprintf(what, sizeof what, "  loss (%.6f on the CPU)", lc);
         compare(what, &lg, &lc, 1, net_tol);
-        snprintf(what, sizeof what, "step %d: every gradient", step + 1);
-        compare_buffers(what, rg.params->grad, rc.params->grad, total, net_tol);
-        snprintf(what, sizeof what, "step %d: parameters after Adam", step + 1);
-        compare_buffers(what, rg.params->data, rc.params->data, total, net_tol);
-        snprintf(what, sizeof what, "step %d: EMA", step + 1);
-        compare_buffers(what, rg.params->ema, rc.params->ema, total, net_tol);
+        compare_buffers("  every gradient", rg.params->grad, rc.params->grad, total, net_tol);
+        compare_buffers("  parameters after Adam", rg.params->data, rc.params->data, total, net_tol);
+        compare_buffers("  EMA", rg.params->ema, rc.params->ema, total, net_tol);
+        CHECK_OK(dd_params_read_step(rg.params));
+        CHECKF(rg.params->adam_step == step + 1 && *rc.params->step_dev == step + 1,
+               "step counters %lld (GPU) and %lld (CPU) after %d steps",
+               (long long)rg.params->adam_step, (long long)*rc.params->step_dev, step + 1);
     }
+    const char *graphs = getenv("DIFFUSION_CUDA_GRAPHS");
+    if (!(graphs && !strcmp(graphs, "0")))
+        CHECKF(rpg.cg != NULL, "the training step was not recorded as a CUDA graph");
+
+    /* a NaN batch: the loss is NaN and the guard keeps every update out, replayed or not */
+    {
+        float *before = fetch(gpu, rg.params->data, total);
+        float nan = NAN;
+        if (gpu->to_device(gx0, &nan, sizeof nan)) fatal("to_device");
+        cx0[0] = NAN;
+        CHECK_OK(dd_train_step(&rpg, &rg, &tg, gx0, glab, &ri));
+        CHECK_OK(dd_train_step(&rpc, &rc, &tc, cx0, clab, &ri));
+        float lg = 0;
+        if (gpu->to_host(&lg, dd_runner_loss(&rg), sizeof lg)) fatal("to_host");
+        float *after = fetch(gpu, rg.params->data, total);
+        CHECK_OK(dd_params_read_step(rg.params));
+        CHECKF(isnan(lg) && isnan(*dd_runner_loss(&rc)), "NaN data: losses %g, %g", lg,
+               *dd_runner_loss(&rc));
+        CHECKF(!memcmp(before, after, total * sizeof(float)) && rg.params->adam_step == 4 &&
+                   *rc.params->step_dev == 4,
+               "NaN step: the GPU's parameters or either step counter moved");
+        free(before);
+        free(after);
+        if (gpu->to_device(gx0, x0, sizeof(float))) fatal("to_device");
+        cx0[0] = x0[0];
+    }
+    dd_replay_reset(&rpg);
+    dd_replay_reset(&rpc);
 
     /* sampling with the trained weights: guided DDIM with noise, then DDPM */
     const int S = 4;
@@ -180,6 +231,8 @@ static void run_mode(int tf32) {
     free(x0);
     gpu->free(gx0);
     cpu->free(cx0);
+    gpu->free(glab);
+    cpu->free(clab);
     dd_train_batch_free(&tg);
     dd_train_batch_free(&tc);
     dd_runner_free(&rg);

@@ -298,13 +298,14 @@ static void check_adam(void) {
      *   t=2: m = -9e-5 + 3e-4 = 2.1e-4, v = 0.999e-9 + 9e-9 = 9.999e-9,
      *        p = -1.900001 - 0.1 * (2.1e-4/0.19) / (sqrt(9.999e-9/0.001999) + 1e-8)
      *          = -1.900001 - 0.1 * 1.105263e-3 / 2.236504e-3 = -1.9494198
-     * Tolerances: p within 2e-7 relative (float32 rounding of a few operations); m within 1e-6;
-     * v within 3e-5, because 0.999 is not a float: the API takes b2 = 0.999f, and
-     * 1 - 0.999f = 0.99998713e-3 exactly, so every v is 1.3e-5 below the decimal arithmetic
-     * (PyTorch, given the Python float 0.999, rounds 1 - 0.999 = 1e-3 instead). */
+     * Tolerances: p within 2e-7 relative (float32 rounding of a few operations); m and v within
+     * 1e-6: the API takes b1 and b2 in double and rounds 1 - b2 = 1e-3 to float as PyTorch does
+     * (1 - 0.999f would be 0.99998713e-3 and put every v 1.3e-5 low).
+     * The step comes from memory: t = *step + 1. */
     float p[2] = {1.0f, -2.0f}, m[2] = {0, 0}, v[2] = {0, 0};
     const float g1[2] = {0.5f, -1e-3f}, g2[2] = {-0.25f, 3e-3f};
-    CHECK_OK(B->adam_update(p, m, v, g1, 2, 0.1f, 0.9f, 0.999f, 1e-8f, 1));
+    int64_t step = 0;
+    CHECK_OK(B->adam_update(p, m, v, g1, 2, 0.1f, 0.9, 0.999, 1e-8, &step, NULL));
     const double p1[2] = {0.900000002, -1.90000099999}, m1[2] = {0.05, -1e-4},
                  v1[2] = {2.5e-4, 1e-9};
     for (int i = 0; i < 2; i++) {
@@ -312,10 +313,20 @@ static void check_adam(void) {
                p[i], p1[i]);
         CHECKF(fabs(m[i] - m1[i]) <= 1e-6 * fabs(m1[i]), "adam t=1 m[%d] = %.9g, expected %.9g", i,
                m[i], m1[i]);
-        CHECKF(fabs(v[i] - v1[i]) <= 3e-5 * fabs(v1[i]), "adam t=1 v[%d] = %.9g, expected %.9g", i,
+        CHECKF(fabs(v[i] - v1[i]) <= 1e-6 * fabs(v1[i]), "adam t=1 v[%d] = %.9g, expected %.9g", i,
                v[i], v1[i]);
     }
-    CHECK_OK(B->adam_update(p, m, v, g2, 2, 0.1f, 0.9f, 0.999f, 1e-8f, 2));
+    CHECK_OK(B->counter_add(&step, 1, NULL));
+    CHECKF(step == 1, "counter_add: step %lld", (long long)step);
+    /* a non-finite guard leaves everything as it was: parameters, moments and the counter */
+    const float bad_loss = NAN, inf_loss = INFINITY, good_loss = 0.5f;
+    float ps[2] = {p[0], p[1]}, ms[2] = {m[0], m[1]}, vs[2] = {v[0], v[1]};
+    CHECK_OK(B->adam_update(p, m, v, g2, 2, 0.1f, 0.9, 0.999, 1e-8, &step, &bad_loss));
+    CHECK_OK(B->counter_add(&step, 1, &inf_loss));
+    CHECKF(!memcmp(p, ps, sizeof p) && !memcmp(m, ms, sizeof m) && !memcmp(v, vs, sizeof v) &&
+               step == 1,
+           "adam / counter with a NaN guard changed something");
+    CHECK_OK(B->adam_update(p, m, v, g2, 2, 0.1f, 0.9, 0.999, 1e-8, &step, &good_loss));
     const double p2[2] = {0.8733662987, -1.9494197624}, m2[2] = {0.02, 2.1e-4},
                  v2[2] = {3.1225e-4, 9.999e-9};
     for (int i = 0; i < 2; i++) {
@@ -323,16 +334,32 @@ static void check_adam(void) {
                p[i], p2[i]);
         CHECKF(fabs(m[i] - m2[i]) <= 1e-6 * fabs(m2[i]), "adam t=2 m[%d] = %.9g, expected %.9g", i,
                m[i], m2[i]);
-        CHECKF(fabs(v[i] - v2[i]) <= 3e-5 * fabs(v2[i]), "adam t=2 v[%d] = %.9g, expected %.9g", i,
+        CHECKF(fabs(v[i] - v2[i]) <= 1e-6 * fabs(v2[i]), "adam t=2 v[%d] = %.9g, expected %.9g", i,
                v[i], v2[i]);
     }
 
     /* EMA: 0.9 * 1 + 0.1 * 3 = 1.2; 0.9 * -2 + 0.1 * 0 = -1.8 */
     float ema[2] = {1.0f, -2.0f};
     const float pp[2] = {3.0f, 0.0f};
-    CHECK_OK(B->ema_update(ema, pp, 2, 0.9f));
+    CHECK_OK(B->ema_update(ema, pp, 2, 0.9f, NULL, NULL));
     CHECKF(fabsf(ema[0] - 1.2f) < 1e-6f && fabsf(ema[1] + 1.8f) < 1e-6f, "ema: %g %g", ema[0],
            ema[1]);
+    /* with the warm-up at step 2: decay min(0.9, 3/12) = 0.25: 0.25 * 1.2 + 0.75 * 3 = 2.55 */
+    int64_t two = 2;
+    CHECK_OK(B->ema_update(ema, pp, 2, 0.9f, &two, &good_loss));
+    CHECKF(fabsf(ema[0] - 2.55f) < 1e-6f, "ema with warm-up at step 2: %g, expected 2.55", ema[0]);
+    CHECK_OK(B->ema_update(ema, pp, 2, 0.9f, &two, &bad_loss));
+    CHECKF(fabsf(ema[0] - 2.55f) < 1e-6f, "ema with a NaN guard changed: %g", ema[0]);
+
+    /* index_fill: a shifted copy, and one table entry broadcast */
+    const int32_t src[4] = {5, 7, 9, 11};
+    int32_t dst[4];
+    CHECK_OK(B->index_fill(dst, src, 4, NULL, -1));
+    CHECKF(dst[0] == 4 && dst[1] == 6 && dst[2] == 8 && dst[3] == 10, "index_fill copy: %d %d %d %d",
+           dst[0], dst[1], dst[2], dst[3]);
+    CHECK_OK(B->index_fill(dst, src, 3, &two, 0));
+    CHECKF(dst[0] == 9 && dst[1] == 9 && dst[2] == 9 && dst[3] == 10, "index_fill broadcast: %d %d %d",
+           dst[0], dst[1], dst[2]);
 }
 
 /* ---------------------------------------------------------------- diffusion helpers */
@@ -342,7 +369,9 @@ static void check_diffusion(void) {
      * takes the OpenMP path */
     const size_t n = 50000;
     float *z = malloc(n * sizeof(float));
-    CHECK_OK(B->normal(z, n, 1234, 7, 1000));
+    /* the address from a counter in memory: 10 + 3 * 330 = 1000 */
+    const int64_t three = 3;
+    CHECK_OK(B->normal(z, n, (dd_rng_at){1234, 7, 10, &three, 330}));
     size_t mismatch = 0;
     double sum = 0, sq = 0;
     for (size_t i = 0; i < n; i++) {
@@ -354,60 +383,96 @@ static void check_diffusion(void) {
     CHECKF(fabs(sum / n) < 5.0 / sqrt((double)n) && fabs(sq / n - 1.0) < 0.03,
            "normal: mean %g, variance %g", sum / n, sq / n);
 
-    /* q_sample: per sample s, xt = ca[s] x0 + cb[s] noise */
+    /* train_draw: t = 1 + below(o + i, T), label drop at o + N + i, o = 4 + 2 * 100 */
+    {
+        enum { TN = 300, TT = 7 };
+        int32_t t[TN], lab[TN], lin[TN];
+        for (int i = 0; i < TN; i++) lin[i] = i % 5;
+        const int64_t two = 2;
+        CHECK_OK(B->train_draw(t, lab, lin, TN, TT, 0.3f, 9, (dd_rng_at){77, 1, 4, &two, 100}));
+        int badt = 0, badl = 0, dropped = 0;
+        for (int i = 0; i < TN; i++) {
+            badt += t[i] != 1 + (int)dd_philox_below(77, 1, 204 + (uint64_t)i, TT);
+            const int want = dd_philox_uniform(77, 1, 204 + TN + (uint64_t)i) < 0.3f ? 9 : lin[i];
+            badl += lab[i] != want;
+            dropped += lab[i] == 9;
+        }
+        CHECKF(badt == 0 && badl == 0, "train_draw: %d t and %d labels off the formula", badt, badl);
+        CHECKF(dropped > 45 && dropped < 135, "train_draw: %d of %d labels dropped at p = 0.3",
+               dropped, TN);
+        CHECK_OK(B->train_draw(t, NULL, NULL, TN, TT, 0.3f, 9, (dd_rng_at){77, 1, 204, NULL, 0}));
+        for (int i = 0; i < TN; i++) badt += t[i] != 1 + (int)dd_philox_below(77, 1, 204 + (uint64_t)i, TT);
+        CHECKF(badt == 0, "train_draw without labels: %d t differ", badt);
+    }
+
+    /* q_sample: per sample s, xt = ca[j] x0 + cb[j] noise, j = s, or idx[s] into a table */
     enum { QN = 3, PER = 5 };
     float x0[QN * PER], noise[QN * PER], xt[QN * PER];
     const float ca[QN] = {0.99f, 0.5f, 0.01f}, cb[QN] = {0.141f, 0.866f, 0.99995f};
+    const int32_t qidx[QN] = {2, 0, 2};
     tu_fill_uniform(x0, QN * PER, -1, 1, 11);
     tu_fill_uniform(noise, QN * PER, -2, 2, 12);
-    CHECK_OK(B->q_sample(xt, x0, noise, ca, cb, QN, PER));
-    for (int s = 0; s < QN; s++)
-        for (int i = 0; i < PER; i++) {
-            const int k = s * PER + i;
-            double want = (double)ca[s] * x0[k] + (double)cb[s] * noise[k];
-            CHECKF(fabs(xt[k] - want) <= 1e-6 * (1 + fabs(want)), "q_sample [%d][%d]: %g vs %g", s,
-                   i, xt[k], want);
-        }
+    for (int with_idx = 0; with_idx < 2; with_idx++) {
+        CHECK_OK(B->q_sample(xt, x0, noise, ca, cb, with_idx ? qidx : NULL, QN, PER));
+        for (int s = 0; s < QN; s++)
+            for (int i = 0; i < PER; i++) {
+                const int k = s * PER + i, j = with_idx ? qidx[s] : s;
+                double want = (double)ca[j] * x0[k] + (double)cb[j] * noise[k];
+                CHECKF(fabs(xt[k] - want) <= 1e-6 * (1 + fabs(want)), "q_sample%s [%d][%d]: %g vs %g",
+                       with_idx ? " (indexed)" : "", s, i, xt[k], want);
+            }
+    }
 
-    /* guidance: uncond + g (cond - uncond) */
-    float ge[4];
-    const float cond[4] = {1, -1, 0.5f, 2}, unc[4] = {0, 1, 0.5f, -2};
-    CHECK_OK(B->guidance(ge, cond, unc, 4, 3.0f));
-    const float gwant[4] = {3, -5, 0.5f, 10};
-    for (int i = 0; i < 4; i++) CHECKF(fabsf(ge[i] - gwant[i]) < 1e-6f, "guidance [%d] %g", i, ge[i]);
-
-    /* sampler_step: x0 = clip(ra x - rb eps); x = c0 x0 + c1 x + c2 eps + sigma z */
+    /* sampler_step, row k = *at.k of the table:
+     * pred = out (or uncond + g (out - uncond)); eps = ea x + eb pred; x0 = clip(ra x - rb eps);
+     * x = c0 x0 + c1 x + c2 eps + sigma z, z at offset + k stride + i */
     const size_t m = 40000; /* OpenMP path */
     float *x = malloc(m * sizeof(float)), *e = malloc(m * sizeof(float));
+    float *un = malloc(m * sizeof(float));
     float *xs = malloc(m * sizeof(float)), *x0o = malloc(m * sizeof(float));
     tu_fill_uniform(x, m, -3, 3, 21);
     tu_fill_uniform(e, m, -2, 2, 22);
+    tu_fill_uniform(un, m, -2, 2, 23);
     const struct {
-        float ra, rb, c0, c1, c2, sigma;
-        int clip, want_x0;
+        float ea, eb, ra, rb, c0, c1, c2, sigma, g;
+        int clip, want_x0, guided;
         const char *what;
     } cases[] = {
-        {1.2f, 0.66f, 0.3f, 0.6f, 0.0f, 0.2f, 1, 1, "DDPM step, clip, noise"},
-        {1.2f, 0.66f, 0.3f, 0.6f, 0.0f, 0.2f, 0, 0, "DDPM step, no clip, x0_out NULL"},
-        {3.0f, 2.8f, 0.8f, 0.0f, 0.6f, 0.0f, 1, 1, "DDIM eta=0 step (no noise)"},
-        {3.0f, 2.8f, 0.8f, 0.0f, 0.5f, 0.35f, 1, 1, "DDIM eta>0 step"},
+        {0, 1, 1.2f, 0.66f, 0.3f, 0.6f, 0.0f, 0.2f, 1, 1, 1, 0, "DDPM step, clip, noise"},
+        {0, 1, 1.2f, 0.66f, 0.3f, 0.6f, 0.0f, 0.2f, 1, 0, 0, 0, "DDPM step, no clip, x0_out NULL"},
+        {0, 1, 3.0f, 2.8f, 0.8f, 0.0f, 0.6f, 0.0f, 1, 1, 1, 0, "DDIM eta=0 step (no noise)"},
+        {0, 1, 3.0f, 2.8f, 0.8f, 0.0f, 0.5f, 0.35f, 1, 1, 1, 0, "DDIM eta>0 step"},
+        {0, 1, 3.0f, 2.8f, 0.8f, 0.0f, 0.5f, 0.35f, 2.5f, 1, 1, 1, "guided DDIM step"},
+        {0.7f, -0.4f, 1.2f, 0.66f, 0.3f, 0.6f, 0.0f, 0.2f, 1, 0, 1, 0, "x0/v-style conversion"},
+        {0.7f, -0.4f, 1.2f, 0.66f, 0.3f, 0.6f, 0.0f, 0.2f, 3, 1, 1, 1, "guided, converted"},
     };
     for (size_t c = 0; c < sizeof cases / sizeof cases[0]; c++) {
         memcpy(xs, x, m * sizeof(float));
         for (size_t i = 0; i < m; i++) x0o[i] = NAN;
-        const uint64_t seed = 99, stream = 3 + c, off = 500;
-        CHECK_OK(B->sampler_step(xs, cases[c].want_x0 ? x0o : NULL, e, m, cases[c].ra, cases[c].rb,
-                                 cases[c].clip, cases[c].c0, cases[c].c1, cases[c].c2,
-                                 cases[c].sigma, seed, stream, off));
+        /* row 2 of a table whose other rows are garbage */
+        float tab[3 * DD_SAMPLER_COLS];
+        for (int i = 0; i < 3 * DD_SAMPLER_COLS; i++) tab[i] = 1e6f;
+        float *row = tab + 2 * DD_SAMPLER_COLS;
+        row[DD_SAMPLER_EA] = cases[c].ea, row[DD_SAMPLER_EB] = cases[c].eb;
+        row[DD_SAMPLER_RA] = cases[c].ra, row[DD_SAMPLER_RB] = cases[c].rb;
+        row[DD_SAMPLER_C0] = cases[c].c0, row[DD_SAMPLER_C1] = cases[c].c1;
+        row[DD_SAMPLER_C2] = cases[c].c2, row[DD_SAMPLER_SIGMA] = cases[c].sigma;
+        const uint64_t seed = 99, stream = 3 + c, off = 500, stride = 7000;
+        const int64_t k = 2;
+        CHECK_OK(B->sampler_step(xs, cases[c].want_x0 ? x0o : NULL, e, cases[c].guided ? un : NULL,
+                                 m, cases[c].g, cases[c].clip, tab,
+                                 (dd_rng_at){seed, stream, off, &k, stride}));
         size_t bad = 0, badx0 = 0, clipped = 0;
         for (size_t i = 0; i < m; i++) {
-            double x0 = (double)cases[c].ra * x[i] - (double)cases[c].rb * e[i];
+            const double pred = cases[c].guided ? un[i] + (double)cases[c].g * (e[i] - un[i]) : e[i];
+            const double eps = cases[c].ea * (double)x[i] + cases[c].eb * pred;
+            double x0 = (double)cases[c].ra * x[i] - (double)cases[c].rb * eps;
             if (cases[c].clip && (x0 > 1 || x0 < -1)) x0 = x0 > 1 ? 1 : -1, clipped++;
-            double want = cases[c].c0 * x0 + cases[c].c1 * (double)x[i] + cases[c].c2 * (double)e[i];
+            double want = cases[c].c0 * x0 + cases[c].c1 * (double)x[i] + cases[c].c2 * eps;
             if (cases[c].sigma != 0)
-                want += cases[c].sigma * (double)dd_philox_normal(seed, stream, off + i);
-            bad += !(fabs(xs[i] - want) <= 2e-6 * (1 + fabs(want)));
-            if (cases[c].want_x0) badx0 += !(fabs(x0o[i] - x0) <= 2e-6 * (1 + fabs(x0)));
+                want += cases[c].sigma * (double)dd_philox_normal(seed, stream, off + 2 * stride + i);
+            bad += !(fabs(xs[i] - want) <= 1e-5 * (1 + fabs(want)));
+            if (cases[c].want_x0) badx0 += !(fabs(x0o[i] - x0) <= 1e-5 * (1 + fabs(x0)));
             else badx0 += !isnan(x0o[i]);
         }
         CHECKF(bad == 0, "sampler_step (%s): %zu of %zu values off the formula", cases[c].what, bad,
@@ -415,6 +480,7 @@ static void check_diffusion(void) {
         CHECKF(badx0 == 0, "sampler_step (%s): %zu x0 values wrong", cases[c].what, badx0);
         if (cases[c].clip) CHECKF(clipped > 0, "sampler_step (%s): test never clips", cases[c].what);
     }
+    free(un);
     free(z), free(x), free(e), free(xs), free(x0o);
 }
 

@@ -39,32 +39,52 @@ static void mb_free(void *p) { free(p); }
 static int mb_zero(void *p, size_t bytes) { return memset(p, 0, bytes), 0; }
 static int mb_memcpy(void *d, const void *s, size_t bytes) { return memmove(d, s, bytes), 0; }
 static int mb_sync(void) { return 0; }
-static int mb_normal(float *out, size_t n, uint64_t seed, uint64_t stream, uint64_t offset) {
-    for (size_t i = 0; i < n; i++) out[i] = dd_philox_normal(seed, stream, offset + i);
+static uint64_t mb_offset(dd_rng_at at) { return at.offset + (at.k ? (uint64_t)*at.k * at.stride : 0); }
+static int mb_normal(float *out, size_t n, dd_rng_at at) {
+    for (size_t i = 0; i < n; i++) out[i] = dd_philox_normal(at.seed, at.stream, mb_offset(at) + i);
+    return 0;
+}
+static int mb_train_draw(int32_t *t, int32_t *lab_out, const int32_t *lab_in, int N, int T,
+                         float p_uncond, int32_t generic, dd_rng_at at) {
+    const uint64_t o = mb_offset(at);
+    for (int i = 0; i < N; i++) {
+        t[i] = 1 + (int32_t)dd_philox_below(at.seed, at.stream, o + i, (uint32_t)T);
+        if (lab_in)
+            lab_out[i] = dd_philox_uniform(at.seed, at.stream, o + N + i) < p_uncond ? generic : lab_in[i];
+    }
     return 0;
 }
 static int mb_q_sample(float *xt, const float *x0, const float *noise, const float *ca,
-                       const float *cb, int N, size_t per) {
-    for (int s = 0; s < N; s++)
+                       const float *cb, const int32_t *idx, int N, size_t per) {
+    for (int s = 0; s < N; s++) {
+        const int j = idx ? idx[s] : s;
         for (size_t i = 0; i < per; i++)
-            xt[s * per + i] = ca[s] * x0[s * per + i] + cb[s] * noise[s * per + i];
+            xt[s * per + i] = ca[j] * x0[s * per + i] + cb[j] * noise[s * per + i];
+    }
     return 0;
 }
-static int mb_guidance(float *eps, const float *cond, const float *uncond, size_t n, float g) {
-    for (size_t i = 0; i < n; i++) eps[i] = uncond[i] + g * (cond[i] - uncond[i]);
-    return 0;
-}
-static int mb_sampler_step(float *x, float *x0_out, const float *eps, size_t n, float ra, float rb,
-                           int clip, float c0, float c1, float c2, float sigma, uint64_t seed,
-                           uint64_t stream, uint64_t offset) {
+static int mb_sampler_step(float *x, float *x0_out, const float *out, const float *uncond, size_t n,
+                           float g, int clip, const float *tab, dd_rng_at at) {
+    const float *r = tab + (at.k ? *at.k : 0) * DD_SAMPLER_COLS;
     for (size_t i = 0; i < n; i++) {
-        float x0 = ra * x[i] - rb * eps[i];
+        const float pred = uncond ? uncond[i] + g * (out[i] - uncond[i]) : out[i];
+        const float eps = r[DD_SAMPLER_EA] * x[i] + r[DD_SAMPLER_EB] * pred;
+        float x0 = r[DD_SAMPLER_RA] * x[i] - r[DD_SAMPLER_RB] * eps;
         if (clip) x0 = x0 < -1.0f ? -1.0f : x0 > 1.0f ? 1.0f : x0;
         if (x0_out) x0_out[i] = x0;
-        float v = c0 * x0 + c1 * x[i] + c2 * eps[i];
-        if (sigma != 0.0f) v += sigma * dd_philox_normal(seed, stream, offset + i);
+        float v = r[DD_SAMPLER_C0] * x0 + r[DD_SAMPLER_C1] * x[i] + r[DD_SAMPLER_C2] * eps;
+        if (r[DD_SAMPLER_SIGMA] != 0.0f)
+            v += r[DD_SAMPLER_SIGMA] * dd_philox_normal(at.seed, at.stream, mb_offset(at) + i);
         x[i] = v;
     }
+    return 0;
+}
+static int mb_index_fill(int32_t *dst, const int32_t *src, int n, const int64_t *k, int32_t add) {
+    for (int i = 0; i < n; i++) dst[i] = src[k ? *k : i] + add;
+    return 0;
+}
+static int mb_counter_add(int64_t *c, int64_t d, const float *guard) {
+    if (!guard || isfinite(*guard)) *c += d;
     return 0;
 }
 static const dd_backend mini_backend = {
@@ -76,9 +96,11 @@ static const dd_backend mini_backend = {
     .to_host = mb_memcpy,
     .copy = mb_memcpy,
     .synchronize = mb_sync,
+    .counter_add = mb_counter_add,
+    .index_fill = mb_index_fill,
     .normal = mb_normal,
+    .train_draw = mb_train_draw,
     .q_sample = mb_q_sample,
-    .guidance = mb_guidance,
     .sampler_step = mb_sampler_step,
 };
 
@@ -543,27 +565,38 @@ static void test_train_batch(void) {
     float *x0;
     CHECK_OK(BE->alloc((void **)&x0, n * sizeof(float)));
     CHECK_OK(BE->to_device(x0, x0h, n * sizeof(float)));
-    int32_t *labels = malloc(B * sizeof(int32_t));
-    for (int i = 0; i < B; i++) labels[i] = i % 3;
+    int32_t *labels_h = malloc(B * sizeof(int32_t)), *labels;
+    for (int i = 0; i < B; i++) labels_h[i] = i % 3;
+    CHECK_OK(BE->alloc((void **)&labels, B * sizeof(int32_t)));
+    CHECK_OK(BE->to_device(labels, labels_h, B * sizeof(int32_t)));
     float *xt = malloc(n * sizeof(float)), *tg = malloc(n * sizeof(float));
     float *z = malloc(n * sizeof(float));
+    int32_t *tt = malloc(B * sizeof(int32_t)), *tl = malloc(B * sizeof(int32_t));
+    /* the batch's step from a counter in backend memory: step 2 */
+    int64_t *kstep, two = 2;
+    CHECK_OK(BE->alloc((void **)&kstep, sizeof *kstep));
+    CHECK_OK(BE->to_device(kstep, &two, sizeof two));
 
     for (int obj = 0; obj < DD_OBJECTIVE_COUNT; obj++) {
         dd_train_batch tb;
         CHECK_OK(dd_train_batch_init(&tb, BE, &s, (dd_objective)obj, B, per));
-        dd_rng rng = {1234, 1, 0};
-        CHECK_OK(dd_train_batch_make(&tb, x0, labels, 3, 0.2f, &rng));
-        CHECK(rng.offset == 2 * (uint64_t)B + n);
+        const uint64_t stride = dd_train_batch_stride(&tb), o = 5 + 2 * stride;
+        CHECK(stride == 2 * (uint64_t)B + n);
+        dd_rng_at at = {1234, 1, 5, kstep, stride};
+        CHECK_OK(dd_train_batch_make(&tb, x0, labels, 3, 0.2f, at));
         CHECK_OK(BE->to_host(xt, tb.xt, n * sizeof(float)));
         CHECK_OK(BE->to_host(tg, tb.target, n * sizeof(float)));
         CHECK_OK(BE->to_host(z, tb.noise, n * sizeof(float)));
+        CHECK_OK(BE->to_host(tt, tb.t, B * sizeof(int32_t)));
+        CHECK_OK(BE->to_host(tl, tb.labels, B * sizeof(int32_t)));
         /* t uniform in 1..T; labels dropped with probability 0.2, otherwise kept */
         int count[5] = {0}, dropped = 0, wrong = 0;
         for (int i = 0; i < B; i++) {
-            if (tb.t[i] >= 1 && tb.t[i] <= 4) count[tb.t[i]]++;
+            if (tt[i] >= 1 && tt[i] <= 4) count[tt[i]]++;
             else wrong++;
-            if (tb.labels[i] == 3) dropped++;
-            else if (tb.labels[i] != labels[i]) wrong++;
+            if (tt[i] != 1 + (int)dd_philox_below(1234, 1, o + i, 4)) wrong++; /* its address */
+            if (tl[i] == 3) dropped++;
+            else if (tl[i] != labels_h[i]) wrong++;
         }
         CHECK(wrong == 0);
         for (int t = 1; t <= 4; t++) /* binomial(4096, 1/4): sd 27.7 */
@@ -572,11 +605,11 @@ static void test_train_batch(void) {
         /* noise is the Philox stream after t and the drops; q_sample's and the target's maths */
         double werr = 0;
         for (int i = 0; i < B; i++) {
-            const int t = tb.t[i];
+            const int t = tt[i];
             const double sa = sqrt(s.abar64[t]), sb = sqrt(1 - s.abar64[t]);
             for (size_t k = 0; k < per; k++) {
                 const size_t j = (size_t)i * per + k;
-                if (z[j] != dd_philox_normal(1234, 1, 2 * (uint64_t)B + j)) werr = 1;
+                if (z[j] != dd_philox_normal(1234, 1, o + 2 * (uint64_t)B + j)) werr = 1;
                 werr = fmax(werr, fabs(xt[j] - (sa * x0h[j] + sb * z[j])));
                 const double want = obj == DD_OBJECTIVE_EPS ? z[j]
                                     : obj == DD_OBJECTIVE_X0 ? x0h[j]
@@ -590,11 +623,11 @@ static void test_train_batch(void) {
             for (int t = 1; t <= 4; t++) {
                 double m = 0, v = 0, cnt = 0;
                 for (int i = 0; i < B; i++)
-                    if (tb.t[i] == t)
+                    if (tt[i] == t)
                         for (size_t k = 0; k < per; k++) m += xt[(size_t)i * per + k], cnt++;
                 m /= cnt;
                 for (int i = 0; i < B; i++)
-                    if (tb.t[i] == t)
+                    if (tt[i] == t)
                         for (size_t k = 0; k < per; k++) {
                             double d = xt[(size_t)i * per + k] - m;
                             v += d * d;
@@ -612,13 +645,13 @@ static void test_train_batch(void) {
             float *e_dev, *coef, coef_h[2 * 4096];
             CHECK_OK(BE->alloc((void **)&e_dev, n * sizeof(float)));
             CHECK_OK(BE->alloc((void **)&coef, 2 * (size_t)B * sizeof(float)));
-            CHECK_OK(dd_output_to_eps(BE, &s, (dd_objective)obj, e_dev, tb.target, tb.xt, tb.t, B,
+            CHECK_OK(dd_output_to_eps(BE, &s, (dd_objective)obj, e_dev, tb.target, tb.xt, tt, B,
                                       per, coef, coef_h));
             float *e = malloc(n * sizeof(float));
             CHECK_OK(BE->to_host(e, e_dev, n * sizeof(float)));
             double ee = 0;
             for (size_t j = 0; j < n; j++) ee = fmax(ee, fabs(e[j] - z[j]));
-            CHECK_OK(dd_output_to_x0(BE, &s, (dd_objective)obj, e_dev, tb.target, tb.xt, tb.t, B,
+            CHECK_OK(dd_output_to_x0(BE, &s, (dd_objective)obj, e_dev, tb.target, tb.xt, tt, B,
                                      per, coef, coef_h));
             CHECK_OK(BE->to_host(e, e_dev, n * sizeof(float)));
             double xe = 0;
@@ -630,19 +663,22 @@ static void test_train_batch(void) {
             BE->free(e_dev);
             BE->free(coef);
         }
-        /* unconditional: no label draws; prob_uncond 1 drops all */
-        rng = (dd_rng){1234, 1, 0};
-        CHECK_OK(dd_train_batch_make(&tb, x0, NULL, 3, 0.2f, &rng));
-        CHECK(rng.offset == (uint64_t)B + n);
-        CHECK_OK(dd_train_batch_make(&tb, x0, labels, 3, 1.0f, &rng));
+        /* unconditional: the same t and noise addresses, no labels; prob_uncond 1 drops all */
+        CHECK_OK(dd_train_batch_make(&tb, x0, NULL, 3, 0.2f, at));
+        CHECK_OK(BE->to_host(xt, tb.noise, n * sizeof(float)));
+        CHECK(!memcmp(xt, z, n * sizeof(float)));
+        CHECK_OK(dd_train_batch_make(&tb, x0, labels, 3, 1.0f, at));
+        CHECK_OK(BE->to_host(tl, tb.labels, B * sizeof(int32_t)));
         int all = 1;
-        for (int i = 0; i < B; i++) all &= tb.labels[i] == 3;
+        for (int i = 0; i < B; i++) all &= tl[i] == 3;
         CHECK(all);
-        CHECK(dd_train_batch_make(&tb, x0, labels, 3, 1.5f, &rng) == -1);
+        CHECK(dd_train_batch_make(&tb, x0, labels, 3, 1.5f, at) == -1);
         dd_train_batch_free(&tb);
     }
     BE->free(x0);
-    free(x0h), free(labels), free(xt), free(tg), free(z);
+    BE->free(labels);
+    BE->free(kstep);
+    free(x0h), free(labels_h), free(xt), free(tg), free(z), free(tt), free(tl);
     dd_schedule_free(&s);
 }
 

@@ -38,24 +38,17 @@ typedef struct {
     dd_train_batch *tb;
     float *x0;
     int B;
-    int64_t step;
     const dd_schedule *s;
+    dd_run_info ri;  /* the training step's settings */
+    dd_replay rp;    /* the recorded training step */
     dd_sample_opts so;
 } job;
 
-static int job_train(job *j) {
-    dd_rng rng = {1, 1, (uint64_t)j->step * 1000003u};
-    DD_TRY(dd_train_batch_make(j->tb, j->x0, NULL, 0, 0.0f, &rng));
-    float loss;
-    DD_TRY(dd_runner_train_step(j->r, j->B, j->tb->xt, j->tb->target, j->tb->t, NULL, 1e-4f, 0.999f, &loss));
-    j->step++;
-    return 0;
-}
+/* what dd_train runs per batch, after the batch upload */
+static int job_train(job *j) { return dd_train_step(&j->rp, j->r, j->tb, j->x0, NULL, &j->ri); }
 
 static int job_forward(job *j) {
-    int32_t *t = j->tb->t;
-    for (int i = 0; i < j->B; i++) t[i] = 50;
-    return dd_runner_denoise(j->r, j->tb->target, j->tb->xt, t, NULL, j->B);
+    return dd_runner_denoise(j->r, j->tb->target, j->tb->xt, j->tb->t, NULL, j->B);
 }
 
 static int job_ddim(job *j) {
@@ -178,10 +171,20 @@ int cmd_bench(int argc, char **argv) {
             dd_train_batch tb;
             memset(&tb, 0, sizeof tb);
             job j = {.r = &r, .tb = &tb, .B = B, .s = &s};
+            dd_run_info_default(&j.ri, DD_MODEL_UNET);
+            j.ri.lr = 1e-4f;
+            j.ri.ema_decay = 0.999f;
             rc = dd_train_batch_init(&tb, be, &s, DD_OBJECTIVE_EPS, B, per);
             if (!rc) rc = be->alloc((void **)&j.x0, (size_t)B * per * sizeof(float));
-            if (!rc) rc = be->normal(j.x0, (size_t)B * per, 5, 0, 0);
-            if (!rc) rc = be->normal(tb.xt, (size_t)B * per, 6, 0, 0);
+            if (!rc) rc = be->normal(j.x0, (size_t)B * per, (dd_rng_at){5, 0, 0, NULL, 0});
+            if (!rc) rc = be->normal(tb.xt, (size_t)B * per, (dd_rng_at){6, 0, 0, NULL, 0});
+            if (!rc) { /* every sample at t = 50 for the denoising forward */
+                int32_t *t50 = malloc((size_t)B * sizeof *t50);
+                if (!t50) rc = dd_error("out of host memory");
+                for (int i = 0; !rc && i < B; i++) t50[i] = 50;
+                if (!rc) rc = be->to_device(tb.t, t50, (size_t)B * sizeof *t50);
+                free(t50);
+            }
             j.so = dd_sample_opts_default(B, per);
             double ms = 0;
             if (!rc) rc = timed(work[w].fn, &j, be, min_s, &ms);
@@ -195,6 +198,7 @@ int cmd_bench(int argc, char **argv) {
                 cJSON_AddNumberToObject(row, "per_s", B / ms * 1e3);
                 cJSON_AddItemToArray(rows, row);
             }
+            dd_replay_reset(&j.rp);
             if (j.x0) be->free(j.x0);
             dd_train_batch_free(&tb);
         }

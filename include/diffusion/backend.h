@@ -53,6 +53,18 @@ typedef struct {
     int N, C, heads, P;
 } dd_attn_shape;
 
+/* A Philox address (include/diffusion/philox.h) that may depend on a counter in backend memory:
+ * offset + (*k) * stride when k is not NULL, else offset (dd_rng_at_offset). */
+typedef struct {
+    uint64_t seed, stream, offset;
+    const int64_t *k; /* backend memory or NULL */
+    uint64_t stride;
+} dd_rng_at;
+
+/* The sampler's per-step row (sampler_step): ea, eb, ra, rb, c0, c1, c2, sigma. */
+enum { DD_SAMPLER_EA, DD_SAMPLER_EB, DD_SAMPLER_RA, DD_SAMPLER_RB, DD_SAMPLER_C0, DD_SAMPLER_C1,
+       DD_SAMPLER_C2, DD_SAMPLER_SIGMA, DD_SAMPLER_COLS };
+
 typedef struct dd_backend {
     const char *name; /* "cpu" or "cuda" */
 
@@ -136,33 +148,57 @@ typedef struct dd_backend {
     int (*xent_backward)(float *dlogits, const float *dloss, const float *probs,
                          const int32_t *labels, int N, int K);
 
-    /* Adam (PyTorch's, no weight decay), step t >= 1:
+    /* ---- state that lives in backend memory ----
+     * The optimiser, the training draws and the sampler read their step from a counter in
+     * backend memory (int64, see counter_add) instead of a host argument, so a whole training or
+     * sampling step is the same sequence of calls every time and can be recorded once and
+     * replayed (CUDA graphs) with no host round trip. `guard` (backend memory, may be NULL) is
+     * the step's loss: when it is not finite, adam_update, ema_update and counter_add do nothing,
+     * so a NaN step leaves parameters, averages and step counter as they were. */
+
+    /* Adam (PyTorch's, no weight decay), step t = *step + 1:
      * m = b1 m + (1-b1) g; v = b2 v + (1-b2) g^2;
-     * p -= lr / (1 - b1^t) * m / (sqrt(v) / sqrt(1 - b2^t) + eps) */
+     * p -= lr / (1 - b1^t) * m / (sqrt(v) / sqrt(1 - b2^t) + eps).
+     * b1, b2 in double: 1 - b1 and 1 - b2 are rounded to float from double, as PyTorch does. */
     int (*adam_update)(float *p, float *m, float *v, const float *g, size_t n, float lr,
-                       float b1, float b2, float eps, int64_t t);
-    /* exponential moving average: ema = decay ema + (1 - decay) p */
-    int (*ema_update)(float *ema, const float *p, size_t n, float decay);
+                       double b1, double b2, double eps, const int64_t *step, const float *guard);
+    /* exponential moving average: ema = d ema + (1 - d) p, d = decay, or with step (backend
+     * memory, may be NULL) the warm-up d = min(decay, (1 + s) / (10 + s)), s = *step
+     * (dd_ema_warmup in kernels.h) */
+    int (*ema_update)(float *ema, const float *p, size_t n, float decay, const int64_t *step,
+                      const float *guard);
+    /* *c += d (a single int64 in backend memory) */
+    int (*counter_add)(int64_t *c, int64_t d, const float *guard);
+    /* dst[i] = src[k ? *k : i] + add for i < n: with k, one table entry broadcast (the sampler's
+     * time step); without, a shifted copy (1-based times -> 0-based table rows) */
+    int (*index_fill)(int32_t *dst, const int32_t *src, int n, const int64_t *k, int32_t add);
 
     /* ---- diffusion helpers (the host owns the maths, these are its per-element kernels) ---- */
-    /* out[i] = dd_philox_normal(seed, stream, offset + i) for i < n (include/diffusion/philox.h),
-     * so the CPU and the GPU draw the same noise for the same (seed, stream, offset). */
-    int (*normal)(float *out, size_t n, uint64_t seed, uint64_t stream, uint64_t offset);
-    /* training input: per sample s (N of them, `per` values each), with ca[s] = sqrt(abar_t),
-     * cb[s] = sqrt(1 - abar_t): xt = ca x0 + cb noise (noise drawn before, as above) */
+    /* out[i] = dd_philox_normal(seed, stream, dd_rng_at_offset(at) + i) for i < n
+     * (include/diffusion/philox.h), so the CPU and the GPU draw the same noise for the same
+     * address. */
+    int (*normal)(float *out, size_t n, dd_rng_at at);
+    /* A training batch's draws, N samples, o = dd_rng_at_offset(at):
+     * t[i] = 1 + dd_philox_below(seed, stream, o + i, T) (uniform in 1..T); with lab_in (may be
+     * NULL) lab_out[i] = generic if dd_philox_uniform(seed, stream, o + N + i) < p_uncond, else
+     * lab_in[i]. */
+    int (*train_draw)(int32_t *t, int32_t *lab_out, const int32_t *lab_in, int N, int T,
+                      float p_uncond, int32_t generic, dd_rng_at at);
+    /* per sample s (N of them, `per` values each): xt = ca[j] x0 + cb[j] noise, j = idx[s] when
+     * idx (backend memory) is given (a table indexed by time step), else j = s */
     int (*q_sample)(float *xt, const float *x0, const float *noise, const float *ca,
-                    const float *cb, int N, size_t per);
-    /* classifier-free guidance over n values: eps = uncond + g (cond - uncond) */
-    int (*guidance)(float *eps, const float *cond, const float *uncond, size_t n, float g);
-    /* One sampler step for the whole batch, in place on x (n values); x0_out (may be NULL)
-     * receives the (clipped) x0 estimate. x0 = clip(ra x - rb eps) with ra = sqrt(1/abar_t),
-     * rb = sqrt(1/abar_t - 1), clipped to [-1, 1] when clip;
-     * x = c0 x0 + c1 x + c2 eps + sigma z, z = dd_philox_normal(seed, stream, offset + i);
-     * no noise when sigma == 0. DDPM: c0 = coef1, c1 = coef2, c2 = 0, sigma = sqrt(post var).
+                    const float *cb, const int32_t *idx, int N, size_t per);
+    /* One sampler step for the whole batch, in place on x (n values), its scalars read from row
+     * k = *at.k of tab (DD_SAMPLER_COLS floats a row, see dd_sampler_row):
+     *   pred = out, or with guidance (uncond not NULL) uncond + g (out - uncond);
+     *   eps  = ea x + eb pred                (the objective's conversion; eps: ea 0, eb 1);
+     *   x0   = ra x - rb eps, clamped to [-1, 1] when clip; x0_out (may be NULL) receives it;
+     *   x    = c0 x0 + c1 x + c2 eps + sigma z, z = dd_philox_normal at dd_rng_at_offset(at)
+     *          + i; no noise when sigma == 0.
+     * DDPM: c0 = coef1, c1 = coef2, c2 = 0, sigma = sqrt(post var) (0 at t = 1).
      * DDIM: c0 = sqrt(abar_next), c1 = 0, c2 = sqrt(1 - abar_next - sigma^2). */
-    int (*sampler_step)(float *x, float *x0_out, const float *eps, size_t n, float ra, float rb,
-                        int clip, float c0, float c1, float c2, float sigma, uint64_t seed,
-                        uint64_t stream, uint64_t offset);
+    int (*sampler_step)(float *x, float *x0_out, const float *out, const float *uncond, size_t n,
+                        float g, int clip, const float *tab, dd_rng_at at);
 } dd_backend;
 
 extern const dd_backend dd_cpu_backend;

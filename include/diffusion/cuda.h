@@ -53,6 +53,8 @@ int dd_cuda_tf32(void); /* 1 on, 0 off, -1 no CUDA backend */
 typedef struct dd_cuda_graph dd_cuda_graph;
 
 int dd_cuda_capture_begin(void);
+/* 1 while a capture is running on the backend's stream, else 0 (also without CUDA). */
+int dd_cuda_capturing(void);
 /* Ends the capture. graph NULL: discard what was captured. On success *graph is ready to
  * replay; on failure (a call failed while capturing, or instantiation failed) -1, *graph NULL. */
 int dd_cuda_capture_end(dd_cuda_graph **graph);

@@ -82,12 +82,8 @@ void dd_output_to_x0_coefs(const dd_schedule *s, dd_objective obj, int t, float 
 
 /* Backend versions over a batch of B samples of `per` values (all pointers backend memory except
  * the host array t). coef: backend scratch of 2B floats; coef_host: host scratch of 2B floats.
- * dd_objective_target: target (B, per) = what the model must predict given x0 and the noise.
  * dd_output_to_eps / dd_output_to_x0: convert a model output (B, per) at x_t into the eps or x0
  * estimate (dst may be `out` itself only for the eps objective, where it is a copy). */
-int dd_objective_target(const dd_backend *be, const dd_schedule *s, dd_objective obj,
-                        float *target, const float *x0, const float *noise, const int32_t *t,
-                        int B, size_t per, float *coef, float *coef_host);
 int dd_output_to_eps(const dd_backend *be, const dd_schedule *s, dd_objective obj, float *eps,
                      const float *out, const float *xt, const int32_t *t, int B, size_t per,
                      float *coef, float *coef_host);
@@ -97,9 +93,12 @@ int dd_output_to_x0(const dd_backend *be, const dd_schedule *s, dd_objective obj
 
 /* ---------------------------------------------------------------- the model */
 
-/* The model: out (B, per) = model(x (B, per), t, labels). out and x are backend memory; t (B) and
- * labels (B, or NULL for an unconditional model) are host arrays that the callback copies in.
- * t is SPEC's 1-based time. Returns 0, or -1 after dd_error(). */
+/* The model: out (B, per) = model(x (B, per), t, labels). Everything is backend memory: out, x,
+ * t (B) and labels (B, or NULL for an unconditional model), so that a sampling step involves no
+ * host round trip; the sampler keeps t in 1..T (SPEC's 1-based time) and the labels valid. A
+ * callback is called with the same buffers at every step of a run, and on CUDA its calls may be
+ * recorded and replayed (include/diffusion/replay.h): it must not read the host or synchronise.
+ * Returns 0, or -1 after dd_error(). */
 typedef int (*dd_denoise_fn)(void *ctx, float *out, const float *x, const int32_t *t,
                              const int32_t *labels, int B);
 
@@ -170,32 +169,34 @@ int dd_step_record(void *recorder, int step, int nsteps, int t, const float *x, 
 /* ---------------------------------------------------------------- training batches */
 
 /* Everything one training step needs besides the model, allocated once (dd_train_batch_init)
- * for a batch of B samples of `per` values. */
+ * for a batch of B samples of `per` values. All of it is backend memory and the per-step work
+ * reads its step from backend memory, so making a batch involves no host round trip. */
 typedef struct {
     const dd_backend *be;
     const dd_schedule *s;
     dd_objective objective;
     int B;
     size_t per;
-    float *noise;  /* backend (B, per): z ~ N(0, I) */
-    float *xt;     /* backend (B, per): q_sample(x0, t, z), the model's input */
-    float *target; /* backend (B, per): what the model must predict (z, x0 or v) */
-    int32_t *t;    /* host (B): 1..T, uniform */
-    int32_t *labels; /* host (B): the labels after dropping to the generic one */
-    float *coef;      /* backend (4B) scratch: per-sample coefficients */
-    float *coef_host; /* host (4B) scratch */
+    float *noise;    /* (B, per): z ~ N(0, I) */
+    float *xt;       /* (B, per): q_sample(x0, t, z), the model's input */
+    float *target;   /* (B, per): what the model must predict (z, x0 or v) */
+    int32_t *t;      /* (B): 1..T, uniform */
+    int32_t *labels; /* (B): the labels after dropping to the generic one */
+    float *tab;      /* (4, T + 1): sqrt(abar), sqrt(1 - abar), the target's a and b, by t */
 } dd_train_batch;
 
 int dd_train_batch_init(dd_train_batch *tb, const dd_backend *be, const dd_schedule *s,
                         dd_objective obj, int B, size_t per);
 void dd_train_batch_free(dd_train_batch *tb);
-/* Draw t (uniform in 1..T per sample, dd_philox_below), z (be->normal) and, for a conditional
- * model (labels != NULL), replace each label by generic_label with probability prob_uncond;
- * then fill xt and target. x0: backend (B, per); labels: host (B) or NULL (tb->labels is then
- * unused). Draws, in this order, B addresses for t, B for the label drops (conditional only) and
- * B*per for z from rng, advancing it. */
+/* Philox addresses one batch uses: B for t, B for the label drops, B * per for z. */
+uint64_t dd_train_batch_stride(const dd_train_batch *tb);
+/* Draw t (uniform in 1..T per sample), z and, for a conditional model (labels != NULL), replace
+ * each label by generic_label with probability prob_uncond (be->train_draw, be->normal); then
+ * fill xt and target. x0 (B, per) and labels (B) or NULL: backend memory. At o =
+ * dd_rng_at_offset(at): t at o + i, the drops at o + B + i, z at o + 2B + i, so consecutive
+ * batches use at.stride = dd_train_batch_stride(tb). */
 int dd_train_batch_make(dd_train_batch *tb, const float *x0, const int32_t *labels,
-                        int32_t generic_label, float prob_uncond, dd_rng *rng);
+                        int32_t generic_label, float prob_uncond, dd_rng_at at);
 
 #ifdef __cplusplus
 }

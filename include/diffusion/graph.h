@@ -53,7 +53,8 @@ typedef struct dd_params {
     size_t total; /* floats, including alignment padding */
     /* backend memory, allocated by dd_params_alloc, each `total` floats */
     float *data, *grad, *adam_m, *adam_v, *ema;
-    int64_t adam_step;
+    int64_t adam_step; /* optimiser steps taken: host copy as of dd_params_set/read_step */
+    int64_t *step_dev; /* backend memory: the same count, for the ops that read it there */
     int allocated;
     float *fixed_host; /* values of DD_INIT_FIXED parameters, set before allocation */
 } dd_params;
@@ -74,9 +75,19 @@ int dd_params_set(dd_params *p, int idx, const float *host, int ema);
 /* For DD_INIT_FIXED parameters: provide host values before dd_params_alloc (copied). */
 int dd_params_set_fixed(dd_params *p, int idx, const float *host);
 int dd_params_zero_grad(dd_params *p);
-/* One Adam step over every trainable parameter (the step counter increments first). */
-int dd_params_adam(dd_params *p, float lr, float b1, float b2, float eps);
-int dd_params_ema(dd_params *p, float decay);
+/* One optimiser step is dd_params_adam, dd_params_ema, then dd_params_step_done; all three read
+ * the step from step_dev, so the sequence can be recorded once and replayed. guard (backend
+ * memory, may be NULL): the step's loss; when it is not finite none of them changes anything.
+ * Adam at t = adam_step + 1 over every trainable parameter. */
+int dd_params_adam(dd_params *p, float lr, double b1, double b2, double eps, const float *guard);
+/* EMA with decay, or with warmup the decay min(decay, (1 + s) / (10 + s)), s = adam_step. */
+int dd_params_ema(dd_params *p, float decay, int warmup, const float *guard);
+/* The device's step count += 1 (unless the guard says otherwise). */
+int dd_params_step_done(dd_params *p, const float *guard);
+/* adam_step = the device's count. */
+int dd_params_read_step(dd_params *p);
+/* Set the step count (host and device), e.g. after loading a checkpoint. */
+int dd_params_set_step(dd_params *p, int64_t step);
 /* Exchange the values and the EMA copy (sample with the EMA weights, then swap back). Copies
  * through the gradient buffer, so gradients are clobbered; graphs stay valid. */
 int dd_params_swap_ema(dd_params *p);

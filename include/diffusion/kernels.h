@@ -3,8 +3,9 @@
  * Each function is the whole arithmetic of one element of one op, written once: cpu/ loops over
  * elements calling them, a CUDA kernel calls them from each thread, so the CPU tests exercise
  * the GPU's arithmetic too. Rules that keep this header valid under both compilers: plain C,
- * math.h single-precision functions only (expf, tanhf, erff, sqrtf), float literals (an
- * unsuffixed double literal would promote the computation to double on the GPU), no globals.
+ * math.h single-precision functions (expf, tanhf, erff, sqrtf) and float literals (an unsuffixed
+ * double literal would promote the computation to double on the GPU) except where double is
+ * meant (dd_adam_scalars, once per step), no globals.
  */
 #ifndef DIFFUSION_KERNELS_H
 #define DIFFUSION_KERNELS_H
@@ -13,6 +14,7 @@
 
 #include "diffusion/backend.h"
 #include "diffusion/hd.h"
+#include "diffusion/philox.h"
 
 /* ---------------------------------------------------------------- activations */
 
@@ -82,16 +84,42 @@ static DD_HD inline float dd_act_grad(float x, dd_act act) {
 /* ---------------------------------------------------------------- optimiser */
 
 /* One Adam element (PyTorch's torch.optim.Adam without weight decay, single-tensor path):
- * m = b1 m + (1 - b1) g; v = b2 v + (1 - b2) g^2; p -= step_size m / (sqrt(v) / bc2_sqrt + eps)
- * with step_size = lr / (1 - b1^t) and bc2_sqrt = sqrt(1 - b2^t), which the caller computes once
- * per step in double. */
-static DD_HD inline void dd_adam_elem(float *p, float *m, float *v, float g, float b1, float b2,
-                                      float eps, float step_size, float bc2_sqrt) {
-    float mi = b1 * *m + (1.0f - b1) * g;
-    float vi = b2 * *v + (1.0f - b2) * g * g;
+ * m = b1 m + omb1 g; v = b2 v + omb2 g^2; p -= step_size m / (sqrt(v) / bc2_sqrt + eps)
+ * with omb1 = 1 - b1 and omb2 = 1 - b2 rounded to float from double (as PyTorch turns its Python
+ * scalars into float), step_size = lr / (1 - b1^t) and bc2_sqrt = sqrt(1 - b2^t) from
+ * dd_adam_scalars. */
+static DD_HD inline void dd_adam_elem(float *p, float *m, float *v, float g, float b1, float omb1,
+                                      float b2, float omb2, float eps, float step_size,
+                                      float bc2_sqrt) {
+    float mi = b1 * *m + omb1 * g;
+    float vi = b2 * *v + omb2 * g * g;
     *m = mi;
     *v = vi;
     *p -= step_size * mi / (sqrtf(vi) / bc2_sqrt + eps);
+}
+
+/* Adam's per-step scalars at step t >= 1, in double: step_size = lr / (1 - b1^t),
+ * bc2_sqrt = sqrt(1 - b2^t). */
+static DD_HD inline void dd_adam_scalars(double lr, double b1, double b2, long long t,
+                                         float *step_size, float *bc2_sqrt) {
+    *step_size = (float)(lr / (1.0 - pow(b1, (double)t)));
+    *bc2_sqrt = (float)sqrt(1.0 - pow(b2, (double)t));
+}
+
+/* The EMA decay with a warm-up (as in common diffusion trainers): early on the average follows
+ * the weights closely, so short runs do not sample from nearly initial weights. step counts
+ * the optimiser steps already taken. */
+static DD_HD inline float dd_ema_warmup(float decay, long long step) {
+    float warm = (float)(1.0 + (double)step) / (float)(10.0 + (double)step);
+    return decay < warm ? decay : warm;
+}
+
+/* A guard (see backend.h): 1 when the step may apply its update. */
+static DD_HD inline int dd_guard_ok(const float *guard) { return !guard || isfinite(*guard); }
+
+/* The offset a dd_rng_at addresses (its counter read from backend memory). */
+static DD_HD inline unsigned long long dd_rng_at_offset(dd_rng_at at) {
+    return at.offset + (at.k ? (unsigned long long)*at.k * at.stride : 0ull);
 }
 
 /* ema = decay ema + (1 - decay) p */
@@ -127,6 +155,32 @@ static DD_HD inline float dd_sampler_elem(float x, float x0, float eps, float c0
     float r = c0 * x0 + c1 * x + c2 * eps;
     if (sigma != 0.0f) r += sigma * z;
     return r;
+}
+
+/* A training batch's draws at Philox offset o (backend.h, train_draw): sample i's time step
+ * (1..T, uniform) at o + i, and its label after the drop to `generic` at o + N + i. */
+static DD_HD inline int dd_train_t_elem(uint64_t seed, uint64_t stream, uint64_t o, int i, int T) {
+    return 1 + (int)dd_philox_below(seed, stream, o + (uint64_t)i, (uint32_t)T);
+}
+static DD_HD inline int dd_train_label_elem(uint64_t seed, uint64_t stream, uint64_t o, int N,
+                                            int i, int label, float p_uncond, int generic) {
+    return dd_philox_uniform(seed, stream, o + (uint64_t)N + (uint64_t)i) < p_uncond ? generic
+                                                                                     : label;
+}
+
+/* The whole sampler step for one element (backend.h, sampler_step): row = the step's
+ * DD_SAMPLER_COLS scalars; uncond_i is ignored unless guided; z is only used when sigma != 0.
+ * Writes the x0 estimate to *x0 and returns the new x. The operations and their order are those
+ * of the separate ops this replaced (guidance, the objective's conversion, predict-x0, update),
+ * so results do not depend on the fusion. */
+static DD_HD inline float dd_sampler_full_elem(float x, float out_i, float uncond_i, int guided,
+                                               float g, int clip, const float *row, float z,
+                                               float *x0) {
+    const float pred = guided ? dd_guidance_elem(out_i, uncond_i, g) : out_i;
+    const float eps = row[DD_SAMPLER_EA] * x + row[DD_SAMPLER_EB] * pred;
+    *x0 = dd_predict_x0_elem(x, eps, row[DD_SAMPLER_RA], row[DD_SAMPLER_RB], clip);
+    return dd_sampler_elem(x, *x0, eps, row[DD_SAMPLER_C0], row[DD_SAMPLER_C1],
+                           row[DD_SAMPLER_C2], row[DD_SAMPLER_SIGMA], z);
 }
 
 #endif

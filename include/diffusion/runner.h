@@ -10,26 +10,20 @@
 
 #include "diffusion/graph.h"
 #include "diffusion/models.h"
+#include "diffusion/replay.h"
 
 #ifdef __cplusplus
 extern "C" {
 #endif
 
-struct dd_cuda_graph;
-
-/* On the CUDA backend the model's work of a call (forward, or forward + backward) is captured
- * as one CUDA graph on the second call at a batch size and replayed from then on: the inputs are
- * written into the same buffers before each replay, and Adam, EMA and the loss read-back stay
- * outside (their scalars change every step). DIFFUSION_CUDA_GRAPHS=0 in the environment turns
- * this off; a capture that fails falls back to plain launches. */
+/* On the CUDA backend each kind of call (dd_replay, include/diffusion/replay.h) is recorded as one
+ * CUDA graph on its second call with the same buffers and replayed from then on; a call made
+ * inside a caller's recording (a whole training or sampling step) is taken into that one. */
 typedef struct {
     int B;
     dd_graph *g;
     int x, t, labels, out, target, loss, features; /* tensor ids (-1 where absent) */
-    int calls[2];              /* plain runs so far: [0] forward, [1] with backward */
-    int capture_off;           /* capture failed or not wanted: plain launches */
-    struct dd_cuda_graph *cg;  /* the captured work, or NULL */
-    int cg_backward;           /* whether cg includes backward */
+    dd_replay rp[2]; /* [0] forward (eval loss, denoise), [1] the training step */
 } dd_runner_graph;
 
 typedef struct dd_runner {
@@ -48,13 +42,20 @@ int dd_runner_train_graph(dd_runner *r, int B, dd_runner_graph **out);
 /* The forward-only graph at batch B. */
 int dd_runner_eval_graph(dd_runner *r, int B, dd_runner_graph **out);
 
-/* One training step: x (B, per) model input and target (B, per), both backend memory; t (B)
- * 1-based host timesteps; labels (B) host or NULL. Forward, loss, backward, Adam, EMA.
- * *loss receives the batch loss (before the update). */
+/* Per-step values are backend memory throughout, so that a step is the same calls every time:
+ * x (B, per) the model input, target (B, per), t (B) SPEC's 1-based time steps, labels (B) or
+ * NULL for an unconditional model. Time steps and labels are not checked here (a device cannot
+ * report them): their makers keep them in range (train_draw, the sampler's validated labels). */
+
+/* One training step: forward, MSE loss, backward, Adam (lr, betas 0.9 and 0.999, eps 1e-8), the
+ * EMA (ema_decay with its warm-up; 0: none) and the step count, all guarded by the loss (a
+ * non-finite loss changes nothing: include/diffusion/backend.h). The loss stays in backend
+ * memory: dd_runner_loss. */
 int dd_runner_train_step(dd_runner *r, int B, const float *x, const float *target,
-                         const int32_t *t, const int32_t *labels, float lr, float ema_decay,
-                         float *loss);
-/* Loss without any update (validation). */
+                         const int32_t *t, const int32_t *labels, float lr, float ema_decay);
+/* The loss of the last training step or eval loss (backend memory, one float). */
+const float *dd_runner_loss(const dd_runner *r);
+/* Loss without any update (validation), read back into *loss. */
 int dd_runner_eval_loss(dd_runner *r, int B, const float *x, const float *target, const int32_t *t,
                         const int32_t *labels, float *loss);
 

@@ -61,6 +61,15 @@ typedef struct {
 
 void dd_train_opts_default(dd_train_opts *o, dd_model_kind kind);
 
+/* One whole training step on a batch in backend memory, x0 (B, per) and labels (B, or NULL for
+ * an unconditional model): the draws (t, label drops, noise) at (ri->seed, stream 1, step *
+ * dd_train_batch_stride) with the step read from the parameters' counter in backend memory, x_t
+ * and the target, then dd_runner_train_step with ri's lr and EMA decay. Recorded once and
+ * replayed through rp (zeroed before the first call; dd_replay_reset after the last). The loss
+ * is left in dd_runner_loss(r). */
+int dd_train_step(dd_replay *rp, dd_runner *r, dd_train_batch *tb, const float *x0,
+                  const int32_t *labels, const dd_run_info *ri);
+
 /* Train on `data` (already loaded, in [-1, 1]) with backend be. On a NaN or infinite loss the
  * run stops with an error naming the epoch and step; the last epoch's checkpoint stays. */
 int dd_train(const dd_train_opts *o, const dd_dataset *data, const dd_backend *be);
