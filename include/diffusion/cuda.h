@@ -14,12 +14,11 @@
  *   and run the sequence once uncaptured (this loads kernels lazily loaded by CUDA, cuDNN and
  *   cuBLAS). Inside a capture, alloc, to_device, to_host and synchronize fail, and a convolution
  *   shape not prepared is an error naming it.
- * - A replay reuses every scalar argument as captured: Adam's step, the noise seed and offset,
- *   the sampler's coefficients. Leave the calls whose scalars change per step outside the graph
- *   (one adam_update over the whole parameter buffer, one normal, one sampler_step: a few plain
- *   launches beside the replay), and pass per-step values that kernels read from memory (the
- *   per-sample q_sample coefficients, labels, time indices) by writing their buffers with
- *   to_device before each replay.
+ * - A replay reuses every scalar argument as captured. So everything that changes from step to
+ *   step lives in backend memory: the step counter that Adam, the EMA warm-up, the training
+ *   draws and the sampler read (backend.h), the time steps, labels and inputs. The host writes
+ *   the inputs before a replay (to_device, outside the capture) and reads results after it.
+ *   dd_replay (include/diffusion/replay.h) does the record-once, replay-many bookkeeping.
  * - If a call fails during capture, still call dd_cuda_capture_end (it ends the capture, returns
  *   -1 and leaves *graph NULL). */
 #ifndef DIFFUSION_CUDA_H
