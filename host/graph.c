@@ -446,21 +446,100 @@ int dd_dense_layer(dd_graph *g, const char *prefix, int x, int cout, int bias) {
 
 static size_t align_up(size_t n) { return (n + DD_ALIGN_FLOATS - 1) / DD_ALIGN_FLOATS * DD_ALIGN_FLOATS; }
 
+int dd_graph_reuse_memory(dd_graph *g) {
+    if (g->planned) return dd_error("reuse_memory: the graph is already planned");
+    g->reuse = 1;
+    return 0;
+}
+
+int dd_graph_keep(dd_graph *g, int id) {
+    if (g->planned) return dd_error("keep: the graph is already planned");
+    if (!valid(g, id)) return dd_error("keep: bad tensor id %d", id);
+    g->t[id].keep = 1;
+    return 0;
+}
+
+/* Interval packing for a forward-only graph (dd_graph_reuse_memory). Tensor i lives from the
+ * node that writes it (first[i]; -1 for inputs) to the last node that reads it (last[i]; nn for
+ * inputs and kept tensors: to the end). A node's inputs are still live when it writes its
+ * outputs, so an output never shares memory with what its node reads. Tensors are placed in
+ * the order they are written, each at the lowest offset where it overlaps no tensor live at the
+ * same time; returns the arena size in floats. */
+static int pack_offsets(dd_graph *g, size_t *arena_floats) {
+    int *first = malloc((size_t)g->nt * sizeof(int)), *last = malloc((size_t)g->nt * sizeof(int));
+    int *order = malloc((size_t)g->nt * sizeof(int));
+    if (!first || !last || !order) {
+        free(first), free(last), free(order);
+        return dd_error("out of host memory");
+    }
+    for (int i = 0; i < g->nt; i++) first[i] = -1, last[i] = g->t[i].keep ? g->nn : -1;
+    for (int k = 0; k < g->nn; k++) {
+        const dd_node *n = &g->nodes[k];
+        first[n->out] = k;
+        if (last[n->out] < k) last[n->out] = k;
+        for (int a = 0; a < DD_MAX_AUX; a++)
+            if (n->aux[a] >= 0) first[n->aux[a]] = k, last[n->aux[a]] = last[n->aux[a]] < k ? k : last[n->aux[a]];
+        for (int j = 0; j < DD_MAX_INPUTS; j++)
+            if (n->in[j] >= 0 && last[n->in[j]] < k) last[n->in[j]] = k;
+    }
+    int m = 0;
+    for (int i = 0; i < g->nt; i++) {
+        if (g->t[i].param >= 0) continue;
+        if (first[i] < 0) last[i] = g->nn; /* an input: written before forward, kept */
+        order[m++] = i;
+    }
+    /* stable sort by first use (insertion sort: a few hundred tensors) */
+    for (int a = 1; a < m; a++) {
+        int v = order[a], b = a - 1;
+        while (b >= 0 && first[order[b]] > first[v]) order[b + 1] = order[b], b--;
+        order[b + 1] = v;
+    }
+    size_t top = 0;
+    for (int a = 0; a < m; a++) {
+        dd_tensor *t = &g->t[order[a]];
+        const size_t size = align_up(t->numel);
+        size_t off = 0;
+        for (int moved = 1; moved;) { /* first fit: move past every clash, until none */
+            moved = 0;
+            for (int b = 0; b < a; b++) {
+                const int o = order[b];
+                if (last[o] < first[order[a]]) continue; /* dead before this one is written */
+                const dd_tensor *u = &g->t[o];
+                const size_t us = align_up(u->numel);
+                if (off < u->offset + us && u->offset < off + size) {
+                    off = u->offset + us;
+                    moved = 1;
+                }
+            }
+        }
+        t->offset = off;
+        if (off + size > top) top = off + size;
+    }
+    free(first), free(last), free(order);
+    *arena_floats = top;
+    return 0;
+}
+
 int dd_graph_plan(dd_graph *g, int with_grad) {
     if (g->planned) return dd_error("graph already planned");
     dd_params *P = g->params;
     if (!P->allocated) return dd_error("plan: allocate the parameters first (dd_params_alloc)");
-    /* Every non-parameter tensor gets its own slot (no reuse yet: these models are small, and
-     * distinct slots keep every activation readable for tests and backward). */
+    /* Every non-parameter tensor gets its own slot, unless a forward-only graph asked to reuse
+     * memory (backward needs the activations anyway, and distinct slots keep every activation
+     * readable for tests). */
     size_t off = 0, goff = 0;
-    for (int i = 0; i < g->nt; i++) {
-        dd_tensor *t = &g->t[i];
-        if (t->param >= 0) continue;
-        t->offset = off;
-        off += align_up(t->numel);
-        if (with_grad && t->needs_grad) {
-            t->grad_offset = goff;
-            goff += align_up(t->numel);
+    if (g->reuse && !with_grad) {
+        DD_TRY(pack_offsets(g, &off));
+    } else {
+        for (int i = 0; i < g->nt; i++) {
+            dd_tensor *t = &g->t[i];
+            if (t->param >= 0) continue;
+            t->offset = off;
+            off += align_up(t->numel);
+            if (with_grad && t->needs_grad) {
+                t->grad_offset = goff;
+                goff += align_up(t->numel);
+            }
         }
     }
     size_t ws = 0, index_max = 1;

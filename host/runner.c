@@ -59,7 +59,12 @@ static int build(dd_runner *r, dd_runner_graph *rg, int B, int with_loss) {
             rg->loss = dd_mse(g, rg->out, rg->target);
         }
     }
-    if (rg->out < 0 || (with_loss && rg->loss < 0) || dd_graph_plan(g, with_loss)) {
+    /* a forward-only graph shares memory between activations; what the caller reads stays */
+    int rc = rg->out < 0 || (with_loss && rg->loss < 0);
+    if (!rc && !with_loss)
+        rc = dd_graph_reuse_memory(g) || dd_graph_keep(g, rg->out) ||
+             (rg->features >= 0 && dd_graph_keep(g, rg->features));
+    if (rc || dd_graph_plan(g, with_loss)) {
         graph_release(rg);
         return -1;
     }
