@@ -14,8 +14,10 @@
 #
 # Logs and JSON go to $OUT when it is set, else to BUILD_DIR/gpu_check. Order: build, GPU tests,
 # diffusion bench, PyTorch peer, then compute-sanitizer (optional and slow, so last). A stage that
-# fails or times out is reported in the table and the script carries on. Exit status: 0 when the
-# build and the GPU tests passed, 1 when either failed, 2 when there is no GPU (or no nvcc).
+# fails or times out is reported in the table and the script carries on (a failed build skips
+# the stages that need it, not the peer); the table is printed on every way out, with the GPU
+# tests' failed checks (each names its op and shape). Exit status: 0 when the build and the GPU
+# tests passed, 1 when either failed, 2 when there is no GPU (or no nvcc).
 set -u
 
 SRC="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -27,18 +29,23 @@ MIN_S=1
 BUDGET=480
 while [ $# -gt 0 ]; do
     case "$1" in
-    --build-dir) BUILD="$2"; shift 2 ;;
+    --build-dir) BUILD="${2:?--build-dir needs a folder}"; shift 2 ;;
     --build-only) BUILD_ONLY=1; shift ;;
     --no-sanitizer) SANITIZER=0; shift ;;
     --quick-bench) MIN_S=0.3; shift ;;
-    --budget) BUDGET="$2"; shift 2 ;;
+    --budget) BUDGET="${2:?--budget needs seconds}"; shift 2 ;;
     -h|--help) sed -n '2,21p' "$0"; exit 0 ;;
     -*) echo "gpu_check: unknown option $1" >&2; exit 2 ;;
     *) PEER="$1"; shift ;;
     esac
 done
+case "$BUDGET" in
+'' | *[!0-9]*) echo "gpu_check: --budget wants whole seconds, got '$BUDGET'" >&2; exit 2 ;;
+esac
 LOGS="${OUT:-$BUILD/gpu_check}"
 mkdir -p "$LOGS" || { echo "gpu_check: cannot create $LOGS" >&2; exit 2; }
+# a rerun in the same folder must not show the last run's failures or errors
+rm -f "$LOGS/gpu_failures.txt" "$LOGS/worst_errors.txt" "$LOGS/bench.json" "$LOGS/peer.json"
 T0=$(date +%s)
 elapsed() { echo $(( $(date +%s) - T0 )); }
 say() { echo "[gpu_check $(elapsed)s] $*"; }
@@ -55,107 +62,10 @@ limit() {
 # the stages that cannot be skipped: out of budget, they time out at once instead
 at_least_1() { if [ "$1" = 0 ]; then echo 1; else echo "$1"; fi; }
 
-# ---------------------------------------------------------------- is there anything to run on?
-NVCC="$(command -v nvcc || true)"
-[ -z "$NVCC" ] && [ -x /usr/local/cuda/bin/nvcc ] && NVCC=/usr/local/cuda/bin/nvcc
-if [ -z "$NVCC" ]; then
-    echo "gpu_check: no nvcc (looked in PATH and /usr/local/cuda/bin): cannot build the CUDA backend" >&2
-    exit 2
-fi
 CARD=""
-if command -v nvidia-smi > /dev/null 2>&1; then
-    CARD="$(nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader 2> /dev/null | head -n 1)"
-fi
-# For checking this script on a machine without a GPU: the stages then fail or skip as they would.
-[ -z "$CARD" ] && CARD="${GPU_CHECK_ASSUME_CARD:-}"
-if [ -z "$CARD" ] && [ "$BUILD_ONLY" = 0 ]; then
-    echo "gpu_check: no NVIDIA GPU visible (nvidia-smi missing or lists none); nothing to run." >&2
-    echo "gpu_check: use --build-only to check that the CUDA build configures and compiles." >&2
-    exit 2
-fi
-say "card: ${CARD:-none (build only)}; nvcc: $("$NVCC" --version | tail -n 1)"
-{
-    echo "card: ${CARD:-none}"
-    nvidia-smi 2> /dev/null || true
-    "$NVCC" --version
-} > "$LOGS/machine.txt" 2>&1
-
-# ---------------------------------------------------------------- configure and build
-GEN=()
-command -v ninja > /dev/null 2>&1 && GEN=(-G Ninja)
-# A build folder configured with another generator cannot be reused: start it afresh.
-if [ -f "$BUILD/CMakeCache.txt" ] && ! grep -q "CMAKE_GENERATOR:INTERNAL=${GEN[1]:-Unix Makefiles}\$" "$BUILD/CMakeCache.txt"; then
-    rm -rf "$BUILD/CMakeCache.txt" "$BUILD/CMakeFiles"
-fi
-say "configuring ($BUILD)"
-if ! timeout "$(at_least_1 "$(limit 120)")" cmake -S "$SRC" -B "$BUILD" "${GEN[@]}" -DDIFFUSION_CUDA=ON \
-        -DCMAKE_CUDA_COMPILER="$NVCC" -DCMAKE_BUILD_TYPE=Release > "$LOGS/configure.log" 2>&1; then
-    tail -n 30 "$LOGS/configure.log"
-    echo "gpu_check: configure failed (cuDNN is looked for in /usr/local/cuda/{include,lib64} and" \
-         "/usr/{include,lib}/x86_64-linux-gnu; log: $LOGS/configure.log)" >&2
-    exit 1
-fi
-grep "diffusion: CUDA backend" "$LOGS/configure.log" | sed 's/^-- //'
-say "building with $(nproc) jobs"
-if ! timeout "$(at_least_1 "$(limit 300)")" cmake --build "$BUILD" -j "$(nproc)" > "$LOGS/build.log" 2>&1; then
-    grep -E "error|Error" "$LOGS/build.log" | head -n 30
-    echo "gpu_check: build failed (log: $LOGS/build.log)" >&2
-    exit 1
-fi
-WARN=$(grep -c -i "warning" "$LOGS/build.log" || true)
-record "build" "ok" "$WARN warning lines in build.log, $(elapsed)s so far"
-say "built ($WARN warning lines)"
-if [ "$BUILD_ONLY" = 1 ]; then
-    say "build only: done"
-    exit 0
-fi
-
-# ---------------------------------------------------------------- GPU tests
 STATUS=0
-L=$(at_least_1 "$(limit 300)")
-say "GPU tests (ctest -L gpu, limit ${L}s)"
-timeout "$L" ctest --test-dir "$BUILD" -L gpu --output-on-failure --timeout "$L" > "$LOGS/ctest_gpu.log" 2>&1
-RC=$?
-SUMMARY=$(grep -E "tests passed|tests failed" "$LOGS/ctest_gpu.log" | tail -n 1)
-if grep -q -E "\(Skipped\)|\*\*\*Skipped" "$LOGS/ctest_gpu.log"; then
-    # on a GPU machine a skip means the backend did not come up: that is a failure here
-    WHY=$(cd "$BUILD" && timeout 60 ./test_gpu_ops 2>&1 | grep -m1 SKIPPED | cut -c1-160)
-    record "gpu tests" "FAILED" "skipped on a GPU machine: ${WHY:-see ctest_gpu.log}"
-    STATUS=1
-elif [ $RC -eq 0 ]; then
-    record "gpu tests" "ok" "$SUMMARY"
-else
-    record "gpu tests" "FAILED" "rc $RC: $SUMMARY (see ctest_gpu.log)"
-    STATUS=1
-fi
-grep -E "^ *[0-9]+/[0-9]+ Test" "$LOGS/ctest_gpu.log"
-# the per-op errors closest to their tolerance, for a quick look ("... rel err E (tol T)")
-grep -h "rel err" "$LOGS/ctest_gpu.log" |
-    awk '{ for (i = 1; i < NF; i++) if ($i == "err") e = $(i + 1);
-           t = $NF; gsub(/[()]/, "", t);
-           if (t + 0 > 0) printf "%.3f %s\n", e / t, $0 }' |
-    sort -g -r | head -n 8 | sed 's/^\([0-9.]*\) */\1 of tol: /' > "$LOGS/worst_errors.txt" || true
-
-# ---------------------------------------------------------------- diffusion bench
+BUILT=0
 BENCH_JSON=""
-if ! { [ -x "$BUILD/diffusion" ] && "$BUILD/diffusion" --help 2> /dev/null | grep -E "^ +bench " | grep -q -v "not in this build"; }; then
-    record "diffusion bench" "skipped" "no bench command in this build"
-elif [ "$(limit 240)" = 0 ]; then
-    record "diffusion bench" "skipped" "no time left in the budget"
-else
-    L=$(limit 240)
-    say "diffusion bench --device cuda (limit ${L}s)"
-    if timeout "$L" "$BUILD/diffusion" bench --device cuda --min-time "$MIN_S" --json "$LOGS/bench.json" \
-            > "$LOGS/bench.log" 2>&1; then
-        BENCH_JSON="$LOGS/bench.json"
-        record "diffusion bench" "ok" "bench.json"
-    else
-        record "diffusion bench" "FAILED" "rc $?: $(tail -n 1 "$LOGS/bench.log" | cut -c1-100)"
-    fi
-    cat "$LOGS/bench.log"
-fi
-
-# ---------------------------------------------------------------- PyTorch peer
 PEER_JSON=""
 # the machine's python3 with torch (Debian's /usr/bin/python3 when PATH's python3 lacks it)
 PY="${PYTHON:-python3}"
@@ -163,71 +73,27 @@ if ! "$PY" -c "import torch" > /dev/null 2>&1 && [ -x /usr/bin/python3 ] &&
         /usr/bin/python3 -c "import torch" > /dev/null 2>&1; then
     PY=/usr/bin/python3
 fi
-if [ -z "$PEER" ]; then
-    record "pytorch peer" "skipped" "no peer script given"
-elif [ ! -f "$PEER" ]; then
-    record "pytorch peer" "skipped" "$PEER not found"
-elif ! "$PY" -c "import torch" > /dev/null 2>&1; then
-    record "pytorch peer" "skipped" "$PY has no torch"
-elif [ "$(limit 240)" = 0 ]; then
-    record "pytorch peer" "skipped" "no time left in the budget"
-else
-    L=$(limit 240)
-    say "PyTorch peer $PEER (limit ${L}s)"
-    if timeout "$L" "$PY" "$PEER" --json "$LOGS/peer.json" --min-s "$MIN_S" > "$LOGS/peer.log" 2>&1; then
-        PEER_JSON="$LOGS/peer.json"
-        record "pytorch peer" "ok" "peer.json"
-    else
-        record "pytorch peer" "FAILED" "rc $?: $(tail -n 1 "$LOGS/peer.log" | cut -c1-100)"
-    fi
-    cat "$LOGS/peer.log"
-fi
 
-# ---------------------------------------------------------------- compute-sanitizer (optional)
-SAN="$(command -v compute-sanitizer || true)"
-[ -z "$SAN" ] && [ -x /usr/local/cuda/bin/compute-sanitizer ] && SAN=/usr/local/cuda/bin/compute-sanitizer
-if [ "$SANITIZER" = 0 ]; then
-    record "compute-sanitizer" "skipped" "--no-sanitizer"
-elif [ -z "$SAN" ]; then
-    record "compute-sanitizer" "skipped" "not installed"
-elif [ ! -x "$BUILD/test_gpu_ops" ]; then
-    record "compute-sanitizer" "skipped" "no test_gpu_ops binary"
-elif [ "$(limit 150)" = 0 ]; then
-    record "compute-sanitizer" "skipped" "no time left in the budget"
-else
-    L=$(limit 150)
-    say "test_gpu_ops --quick under compute-sanitizer memcheck (limit ${L}s)"
-    (cd "$BUILD" && timeout "$L" "$SAN" --tool memcheck --error-exitcode 86 ./test_gpu_ops --quick) \
-        > "$LOGS/sanitizer.log" 2>&1
-    RC=$?
-    ERRS=$(grep -m1 "ERROR SUMMARY" "$LOGS/sanitizer.log" || true)
-    if [ $RC -eq 0 ]; then
-        record "compute-sanitizer" "ok" "${ERRS:-clean}"
-    elif [ $RC -eq 86 ]; then
-        record "compute-sanitizer" "FAILED" "${ERRS:-memcheck errors} (sanitizer.log)"
-        STATUS=1
-    elif [ $RC -eq 124 ]; then
-        record "compute-sanitizer" "timeout" "over ${L}s; not counted"
-    else
-        # refused by the machine (no permission, unsupported driver...) or the test failed under it
-        record "compute-sanitizer" "not run" "rc $RC: $(grep -m1 -i -E "error|fail" "$LOGS/sanitizer.log" | cut -c1-100)"
-    fi
-fi
-
-# ---------------------------------------------------------------- the table
-{
-    echo
-    echo "==== gpu_check on ${CARD} ($(elapsed)s) ===="
-    for r in "${RESULTS[@]}"; do
-        IFS='|' read -r stage st note <<< "$r"
-        printf "%-18s %-8s %s\n" "$stage" "$st" "$note"
-    done
-    if [ -s "$LOGS/worst_errors.txt" ]; then
-        echo "largest relative errors against the CPU backend:"
-        sed 's/^/  /' "$LOGS/worst_errors.txt"
-    fi
-    if [ -n "$BENCH_JSON$PEER_JSON" ] && "$PY" -c "import json" > /dev/null 2>&1; then
-        "$PY" - "$BENCH_JSON" "$PEER_JSON" << 'EOF'
+# ---------------------------------------------------------------- the table, on every way out
+finish() {
+    {
+        echo
+        echo "==== gpu_check on ${CARD:-no GPU} ($(elapsed)s) ===="
+        local r stage st note
+        for r in "${RESULTS[@]}"; do
+            IFS='|' read -r stage st note <<< "$r"
+            printf "%-18s %-8s %s\n" "$stage" "$st" "$note"
+        done
+        if [ -s "$LOGS/gpu_failures.txt" ]; then
+            echo "GPU test failures (first 25 of $(wc -l < "$LOGS/gpu_failures.txt"); all in ctest_gpu.log):"
+            head -n 25 "$LOGS/gpu_failures.txt" | cut -c1-200 | sed 's/^/  /'
+        fi
+        if [ -s "$LOGS/worst_errors.txt" ]; then
+            echo "largest relative errors against the CPU backend:"
+            sed 's/^/  /' "$LOGS/worst_errors.txt"
+        fi
+        if [ -n "$BENCH_JSON$PEER_JSON" ] && "$PY" -c "import json" > /dev/null 2>&1; then
+            "$PY" - "$BENCH_JSON" "$PEER_JSON" << 'EOF'
 import json, sys
 def load(p):
     try:
@@ -256,7 +122,181 @@ for (task, b) in sorted(rows, key=lambda k: (order.get(k[0], 9), k[1])):
         line += "   %6.2fx" % (min(tb) / v["diffusion"])
     print(line)
 EOF
+        fi
+        echo "logs: $LOGS"
+    } | tee "$LOGS/summary.txt"
+    exit "$1"
+}
+
+# ---------------------------------------------------------------- is there anything to run on?
+NVCC="$(command -v nvcc || true)"
+[ -z "$NVCC" ] && [ -x /usr/local/cuda/bin/nvcc ] && NVCC=/usr/local/cuda/bin/nvcc
+if [ -z "$NVCC" ]; then
+    echo "gpu_check: no nvcc (looked in PATH and /usr/local/cuda/bin): cannot build the CUDA backend" >&2
+    record "build" "not run" "no nvcc in PATH or /usr/local/cuda/bin"
+    finish 2
+fi
+if command -v nvidia-smi > /dev/null 2>&1; then
+    CARD="$(nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader 2> /dev/null | head -n 1)"
+fi
+# For checking this script on a machine without a GPU: the stages then fail or skip as they would.
+[ -z "$CARD" ] && CARD="${GPU_CHECK_ASSUME_CARD:-}"
+if [ -z "$CARD" ] && [ "$BUILD_ONLY" = 0 ]; then
+    echo "gpu_check: no NVIDIA GPU visible (nvidia-smi missing or lists none); nothing to run." >&2
+    echo "gpu_check: use --build-only to check that the CUDA build configures and compiles." >&2
+    record "gpu" "none" "nvidia-smi missing or lists no GPU (--build-only builds without one)"
+    finish 2
+fi
+say "card: ${CARD:-none (build only)}; nvcc: $("$NVCC" --version | tail -n 1)"
+{
+    echo "card: ${CARD:-none}"
+    nvidia-smi 2> /dev/null || true
+    "$NVCC" --version
+} > "$LOGS/machine.txt" 2>&1
+
+# ---------------------------------------------------------------- configure and build
+GEN=()
+command -v ninja > /dev/null 2>&1 && GEN=(-G Ninja)
+# A build folder configured with another generator cannot be reused: start it afresh.
+if [ -f "$BUILD/CMakeCache.txt" ] && ! grep -q "CMAKE_GENERATOR:INTERNAL=${GEN[1]:-Unix Makefiles}\$" "$BUILD/CMakeCache.txt"; then
+    rm -rf "$BUILD/CMakeCache.txt" "$BUILD/CMakeFiles"
+fi
+say "configuring ($BUILD)"
+if ! timeout "$(at_least_1 "$(limit 120)")" cmake -S "$SRC" -B "$BUILD" "${GEN[@]}" -DDIFFUSION_CUDA=ON \
+        -DCMAKE_CUDA_COMPILER="$NVCC" -DCMAKE_BUILD_TYPE=Release > "$LOGS/configure.log" 2>&1; then
+    tail -n 30 "$LOGS/configure.log"
+    echo "gpu_check: configure failed (cuDNN is looked for in /usr/local/cuda/{include,lib64} and" \
+         "/usr/{include,lib}/x86_64-linux-gnu; log: $LOGS/configure.log)" >&2
+    record "build" "FAILED" "configure: $(grep -m1 -E "Error|error" "$LOGS/configure.log" | cut -c1-100) (configure.log)"
+    STATUS=1
+else
+    grep "diffusion: CUDA backend" "$LOGS/configure.log" | sed 's/^-- //'
+    say "building with $(nproc) jobs"
+    if ! timeout "$(at_least_1 "$(limit 300)")" cmake --build "$BUILD" -j "$(nproc)" > "$LOGS/build.log" 2>&1; then
+        grep -E "error|Error" "$LOGS/build.log" | head -n 30
+        echo "gpu_check: build failed (log: $LOGS/build.log)" >&2
+        record "build" "FAILED" "$(grep -m1 -E "error" "$LOGS/build.log" | sed 's|^[^ ]*/||' | cut -c1-100) (build.log)"
+        STATUS=1
+    else
+        BUILT=1
+        WARN=$(grep -c -i "warning" "$LOGS/build.log" || true)
+        record "build" "ok" "$WARN warning lines in build.log, $(elapsed)s so far"
+        say "built ($WARN warning lines)"
     fi
-    echo "logs: $LOGS"
-} | tee "$LOGS/summary.txt"
-exit $STATUS
+fi
+if [ "$BUILD_ONLY" = 1 ]; then
+    say "build only: done"
+    finish "$STATUS"
+fi
+
+# ---------------------------------------------------------------- GPU tests
+if [ "$BUILT" = 0 ]; then
+    record "gpu tests" "not run" "no build"
+else
+    L=$(at_least_1 "$(limit 300)")
+    say "GPU tests (ctest -L gpu, limit ${L}s)"
+    # -V: every test's output goes to the log, the passing ones' too (their errors are read below)
+    timeout "$L" ctest --test-dir "$BUILD" -L gpu -V --timeout "$L" > "$LOGS/ctest_gpu.log" 2>&1
+    RC=$?
+    SUMMARY=$(grep -E "tests passed|tests failed" "$LOGS/ctest_gpu.log" | tail -n 1)
+    # every failed check, naming its op and shape ("FAIL file:line: what"); ctest -V prefixes
+    # each line of a test's output with "N: "
+    grep -E "FAIL|FATAL" "$LOGS/ctest_gpu.log" | sed 's/^[0-9]*: //' > "$LOGS/gpu_failures.txt" || true
+    if grep -q -E "\(Skipped\)|\*\*\*Skipped" "$LOGS/ctest_gpu.log"; then
+        # on a GPU machine a skip means the backend did not come up: that is a failure here
+        WHY=$(grep -m1 "SKIPPED" "$LOGS/ctest_gpu.log" | sed 's/^[0-9]*: //' | cut -c1-160)
+        record "gpu tests" "FAILED" "skipped on a GPU machine: ${WHY:-see ctest_gpu.log}"
+        STATUS=1
+    elif [ $RC -eq 0 ]; then
+        record "gpu tests" "ok" "$SUMMARY"
+    elif [ $RC -eq 124 ]; then
+        record "gpu tests" "FAILED" "over the ${L}s limit: ${SUMMARY:-no summary} (ctest_gpu.log)"
+        STATUS=1
+    else
+        record "gpu tests" "FAILED" "rc $RC: $SUMMARY (ctest_gpu.log)"
+        STATUS=1
+    fi
+    grep -E "^ *[0-9]+/[0-9]+ Test" "$LOGS/ctest_gpu.log"
+    # the per-op errors closest to their tolerance, for a quick look ("... rel err E (tol T)")
+    grep "rel err" "$LOGS/ctest_gpu.log" | sed 's/^[0-9]*: //' |
+        awk '{ e = ""; for (i = 1; i < NF; i++) if ($i == "err") e = $(i + 1);
+               t = $NF; gsub(/[()]/, "", t);
+               if (e != "" && t + 0 > 0) printf "%.3f %s\n", e / t, $0 }' |
+        sort -g -r | head -n 8 | sed 's/^\([^ ]*\) */\1 of tol: /' > "$LOGS/worst_errors.txt" || true
+fi
+
+# ---------------------------------------------------------------- diffusion bench
+if [ "$BUILT" = 0 ]; then
+    record "diffusion bench" "not run" "no build"
+elif ! { [ -x "$BUILD/diffusion" ] && "$BUILD/diffusion" --help 2> /dev/null | grep -E "^ +bench " | grep -q -v "not in this build"; }; then
+    record "diffusion bench" "skipped" "no bench command in this build"
+elif [ "$(limit 240)" = 0 ]; then
+    record "diffusion bench" "skipped" "no time left in the budget"
+else
+    L=$(limit 240)
+    say "diffusion bench --device cuda (limit ${L}s)"
+    if timeout "$L" "$BUILD/diffusion" bench --device cuda --min-time "$MIN_S" --json "$LOGS/bench.json" \
+            > "$LOGS/bench.log" 2>&1; then
+        BENCH_JSON="$LOGS/bench.json"
+        record "diffusion bench" "ok" "bench.json"
+    else
+        record "diffusion bench" "FAILED" "rc $?: $(tail -n 1 "$LOGS/bench.log" | cut -c1-100)"
+    fi
+    cat "$LOGS/bench.log"
+fi
+
+# ---------------------------------------------------------------- PyTorch peer
+if [ -z "$PEER" ]; then
+    record "pytorch peer" "skipped" "no peer script given"
+elif [ ! -f "$PEER" ]; then
+    record "pytorch peer" "skipped" "$PEER not found"
+elif ! "$PY" -c "import torch" > /dev/null 2>&1; then
+    record "pytorch peer" "skipped" "$PY has no torch"
+elif [ "$(limit 240)" = 0 ]; then
+    record "pytorch peer" "skipped" "no time left in the budget"
+else
+    L=$(limit 240)
+    say "PyTorch peer $PEER (limit ${L}s)"
+    if timeout "$L" "$PY" "$PEER" --json "$LOGS/peer.json" --min-s "$MIN_S" > "$LOGS/peer.log" 2>&1; then
+        PEER_JSON="$LOGS/peer.json"
+        record "pytorch peer" "ok" "peer.json"
+    else
+        record "pytorch peer" "FAILED" "rc $?: $(tail -n 1 "$LOGS/peer.log" | cut -c1-100)"
+    fi
+    cat "$LOGS/peer.log"
+fi
+
+# ---------------------------------------------------------------- compute-sanitizer (optional)
+SAN="$(command -v compute-sanitizer || true)"
+[ -z "$SAN" ] && [ -x /usr/local/cuda/bin/compute-sanitizer ] && SAN=/usr/local/cuda/bin/compute-sanitizer
+if [ "$SANITIZER" = 0 ]; then
+    record "compute-sanitizer" "skipped" "--no-sanitizer"
+elif [ "$BUILT" = 0 ]; then
+    record "compute-sanitizer" "not run" "no build"
+elif [ -z "$SAN" ]; then
+    record "compute-sanitizer" "skipped" "not installed"
+elif [ ! -x "$BUILD/test_gpu_ops" ]; then
+    record "compute-sanitizer" "skipped" "no test_gpu_ops binary"
+elif [ "$(limit 150)" = 0 ]; then
+    record "compute-sanitizer" "skipped" "no time left in the budget"
+else
+    L=$(limit 150)
+    say "test_gpu_ops --quick under compute-sanitizer memcheck (limit ${L}s)"
+    (cd "$BUILD" && timeout "$L" "$SAN" --tool memcheck --error-exitcode 86 ./test_gpu_ops --quick) \
+        > "$LOGS/sanitizer.log" 2>&1
+    RC=$?
+    ERRS=$(grep -m1 "ERROR SUMMARY" "$LOGS/sanitizer.log" || true)
+    if [ $RC -eq 0 ]; then
+        record "compute-sanitizer" "ok" "${ERRS:-clean}"
+    elif [ $RC -eq 86 ]; then
+        record "compute-sanitizer" "FAILED" "${ERRS:-memcheck errors} (sanitizer.log)"
+        STATUS=1
+    elif [ $RC -eq 124 ]; then
+        record "compute-sanitizer" "timeout" "over ${L}s; not counted"
+    else
+        # refused by the machine (no permission, unsupported driver...) or the test failed under it
+        record "compute-sanitizer" "not run" "rc $RC: $(grep -m1 -i -E "error|fail" "$LOGS/sanitizer.log" | cut -c1-100)"
+    fi
+fi
+
+finish "$STATUS"
