@@ -26,11 +26,13 @@ int dd_cuda_fail(const char *file, int line, const char *call, cudaError_t err) 
     return dd_error("%s:%d: %s: %s", dd_cuda_base(file), line, call, cudaGetErrorString(err));
 }
 
+/* An invalidated capture (a forbidden call broke it) counts too: the stream stays in capture
+ * mode until dd_cuda_capture_end ends it, and nothing may search or allocate meanwhile. */
 int dd_cuda_capturing(void) {
     if (init_state != 1) return 0;
     enum cudaStreamCaptureStatus st = cudaStreamCaptureStatusNone;
     if (cudaStreamIsCapturing(dd_cuda_stream, &st) != cudaSuccess) return 0;
-    return st == cudaStreamCaptureStatusActive;
+    return st != cudaStreamCaptureStatusNone;
 }
 
 static int refuse_in_capture(const char *what) {
@@ -251,6 +253,7 @@ int dd_cuda_capture_end(dd_cuda_graph **out) {
     cudaError_t e = cudaStreamEndCapture(dd_cuda_stream, &g);
     if (e != cudaSuccess) {
         if (g) cudaGraphDestroy(g);
+        (void)cudaGetLastError(); /* the capture is over; its failure must not fail the next op */
         return dd_error("CUDA graph capture failed (%s): an operation inside it failed or is not "
                         "allowed while capturing",
                         cudaGetErrorString(e));

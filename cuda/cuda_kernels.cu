@@ -5,20 +5,12 @@
  * The per-element arithmetic is never written here: it is the shared DD_HD functions of
  * include/diffusion/kernels.h and include/diffusion/philox.h, which cpu/ calls too. This file is
  * the parallel scaffolding only (indexing, reductions, launch shapes), checked against cpu/ by
- * tests/test_gpu_ops.c. Reductions run in a fixed order (no float atomics except the embedding
- * gradient, where rows can repeat), so a replayed CUDA graph gives the same bits as plain
- * launches.
+ * tests/test_gpu_ops.c. Reductions run in a fixed order (no float atomics, except the embedding
+ * gradient of a very large table: see there), so a replayed CUDA graph gives the same bits as
+ * plain launches.
  *
  * Shape letters as in include/diffusion/backend.h. */
 #include <math.h>
-
-/* include/diffusion/hd.h defines DD_HD as __host__ __device__ __forceinline__, which nvcc rejects
- * beside the headers' own `inline` ("duplicate specifier in declaration"). Until hd.h drops the
- * __forceinline__, this file defines DD_HD itself, first (hd.h's guard then skips it). */
-#ifndef DIFFUSION_HD_H
-#define DIFFUSION_HD_H
-#define DD_HD __host__ __device__
-#endif
 
 #include "cuda_internal.h"
 #include "diffusion/kernels.h"
@@ -294,15 +286,37 @@ static __global__ void embedding_kernel(float *y, const float *table, const int3
     }
 }
 
-/* Two samples may share a row, so the row sums are atomic (their order is not fixed). */
-static __global__ void embedding_backward_kernel(float *dtable, const float *dy,
-                                                 const int32_t *idx, int N, int dim) {
+/* Two samples may share a row (labels repeat in every batch), so a thread per sample would race.
+ * One thread per table element (r, k) instead adds the dy rows of the samples that use row r,
+ * in sample order: no race, no atomics, and the CPU's order of additions, so the same bits. Each
+ * thread reads all N indices (one address across a warp: a broadcast), so the work is
+ * rows * dim * N: right for the class tables (a few rows), too much for a huge table. */
+static __global__ void embedding_backward_rows_kernel(float *dtable, const float *dy,
+                                                      const int32_t *idx, int N, int rows,
+                                                      int dim) {
+    const size_t n_all = (size_t)rows * dim;
+    GRID_STRIDE(i, n_all) {
+        const int r = (int)(i / dim), k = (int)(i - (size_t)r * dim);
+        float acc = dtable[i];
+        for (int n = 0; n < N; n++)
+            if (idx[n] == r) acc += dy[(size_t)n * dim + k];
+        dtable[i] = acc;
+    }
+}
+
+/* The large-table path: one thread per dy element, atomic adds (correct with repeated rows, but
+ * the order of the additions, hence the last bits, is not fixed). */
+static __global__ void embedding_backward_atomic_kernel(float *dtable, const float *dy,
+                                                        const int32_t *idx, int N, int dim) {
     const size_t n_all = (size_t)N * dim;
     GRID_STRIDE(i, n_all) {
         const size_t n = i / dim, k = i - n * dim;
         atomicAdd(&dtable[(size_t)idx[n] * dim + k], dy[i]);
     }
 }
+
+/* rows * dim * N at most this for the deterministic path (~70M simple iterations, tens of us) */
+#define EMB_ROWS_WORK_MAX ((size_t)1 << 26)
 
 int dd_cuda_embedding_forward(float *y, const float *table, const int32_t *idx, int N, int rows,
                               int dim) {
@@ -316,11 +330,15 @@ int dd_cuda_embedding_forward(float *y, const float *table, const int32_t *idx, 
 
 int dd_cuda_embedding_backward(float *dtable, const float *dy, const int32_t *idx, int N, int rows,
                                int dim) {
-    (void)rows;
-    const size_t n = (size_t)N * dim;
-    if (!dtable || !n) return 0;
-    embedding_backward_kernel<<<blocks_for(n), THREADS, 0, dd_cuda_stream>>>(dtable, dy, idx, N,
-                                                                             dim);
+    const size_t n = (size_t)N * dim, nt = (size_t)rows * dim;
+    if (!dtable || !n || !nt) return 0;
+    if (nt * (size_t)N <= EMB_ROWS_WORK_MAX) {
+        embedding_backward_rows_kernel<<<blocks_for(nt), THREADS, 0, dd_cuda_stream>>>(
+            dtable, dy, idx, N, rows, dim);
+    } else {
+        embedding_backward_atomic_kernel<<<blocks_for(n), THREADS, 0, dd_cuda_stream>>>(
+            dtable, dy, idx, N, dim);
+    }
     DD_CUDA_LAUNCHED("embedding_backward");
     return 0;
 }
