@@ -65,6 +65,15 @@ static void compare_buffers(const char *what, const float *g, const float *c, si
     free(hc);
 }
 
+/* two GPU buffers */
+static void compare_gpu_buffers(const char *what, const float *a, const float *b, size_t n,
+                                double tol) {
+    float *ha = fetch(gpu, a, n), *hb = fetch(gpu, b, n);
+    compare(what, ha, hb, n, tol);
+    free(ha);
+    free(hb);
+}
+
 static dd_model_config small_unet(void) {
     dd_model_config c;
     dd_model_config_default(&c, DD_MODEL_UNET_COND);
@@ -170,8 +179,31 @@ static void run_mode(int tf32) {
                (long long)rg.params->adam_step, (long long)*rc.params->step_dev, step + 1);
     }
     const char *graphs = getenv("DIFFUSION_CUDA_GRAPHS");
-    if (!(graphs && !strcmp(graphs, "0")))
+    if (!(graphs && !strcmp(graphs, "0"))) {
         CHECKF(rpg.cg != NULL, "the training step was not recorded as a CUDA graph");
+        /* replayed against plain launches on the GPU: the same four steps with recording off
+         * give the same parameters (the same kernels; only a non-deterministic cuDNN algorithm
+         * could make them differ at all) */
+        dd_runner rn;
+        dd_train_batch tn;
+        dd_replay rpn;
+        memset(&rn, 0, sizeof rn);
+        memset(&rpn, 0, sizeof rpn);
+        if (dd_runner_init(&rn, &cfg, gpu, 11) ||
+            dd_train_batch_init(&tn, gpu, &s, DD_OBJECTIVE_EPS, B, per))
+            fatal("plain runner");
+        setenv("DIFFUSION_CUDA_GRAPHS", "0", 1);
+        for (int step = 0; step < 4; step++) CHECK_OK(dd_train_step(&rpn, &rn, &tn, gx0, glab, &ri));
+        unsetenv("DIFFUSION_CUDA_GRAPHS");
+        CHECKF(rpn.cg == NULL, "recording was not off");
+        compare_gpu_buffers("4 steps, replayed vs plain launches: parameters", rg.params->data,
+                            rn.params->data, total, 1e-5);
+        compare_gpu_buffers("4 steps, replayed vs plain launches: EMA", rg.params->ema,
+                            rn.params->ema, total, 1e-5);
+        dd_replay_reset(&rpn);
+        dd_train_batch_free(&tn);
+        dd_runner_free(&rn);
+    }
 
     /* a NaN batch: the loss is NaN and the guard keeps every update out, replayed or not */
     {
