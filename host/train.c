@@ -126,12 +126,21 @@ static void bufs_free(train_bufs *b, const dd_backend *be) {
     memset(b, 0, sizeof *b);
 }
 
-/* Gather examples idx[0..B) into the host buffers and copy them to the backend. */
-static int upload(const dd_backend *be, train_bufs *b, const dd_dataset *d, const int64_t *idx, int B,
-                  size_t per, int cond) {
-    DD_TRY(dd_gather(b->x_host, cond ? b->y_host : NULL, d, idx, B));
+/* A batch: gather examples idx[0..B) into the host buffers, then copy them to the backend (two
+ * halves, so the trainer can gather the next batch while the device runs a step). */
+static int gather(train_bufs *b, const dd_dataset *d, const int64_t *idx, int B, int cond) {
+    return dd_gather(b->x_host, cond ? b->y_host : NULL, d, idx, B);
+}
+
+static int send(const dd_backend *be, train_bufs *b, int B, size_t per, int cond) {
     DD_TRY(be->to_device(b->x0, b->x_host, (size_t)B * per * sizeof(float)));
     return cond ? be->to_device(b->y, b->y_host, (size_t)B * sizeof(int32_t)) : 0;
+}
+
+static int upload(const dd_backend *be, train_bufs *b, const dd_dataset *d, const int64_t *idx, int B,
+                  size_t per, int cond) {
+    DD_TRY(gather(b, d, idx, B, cond));
+    return send(be, b, B, per, cond);
 }
 
 typedef struct {
@@ -420,11 +429,16 @@ int dd_train(const dd_train_opts *o, const dd_dataset *data, const dd_backend *b
         snprintf(label, sizeof label, "epoch %d/%d", epoch + 1, o->epochs);
         dd_progress_start(&pb, label, batches, "img/s", o->progress);
         double loss_sum = 0;
+        /* the step is launched (asynchronous on a GPU), then the next batch is gathered on the host
+         * while the device works, then the loss is read (which waits for the step) */
+        rc = batches > 0 ? upload(be, &b, data, b.order, B, per, cond) : 0;
         for (int64_t k = 0; !rc && k < batches; k++) {
-            rc = upload(be, &b, data, b.order + k * B, B, per, cond);
             float loss = 0;
-            if (!rc) rc = dd_train_step(&step_rp, &r, &tb, b.x0, cond ? b.y : NULL, &ri);
+            rc = dd_train_step(&step_rp, &r, &tb, b.x0, cond ? b.y : NULL, &ri);
+            const int more = k + 1 < batches;
+            if (!rc && more) rc = gather(&b, data, b.order + (k + 1) * B, B, cond);
             if (!rc) rc = be->to_host(&loss, dd_runner_loss(&r), sizeof loss);
+            if (!rc && more) rc = send(be, &b, B, per, cond);
             if (!rc && !isfinite(loss)) /* the step's guard kept every update out */
                 rc = dd_error("the loss became %g at epoch %d, step %lld: training stopped; %s%s", (double)loss,
                               epoch + 1, (long long)ri.step + 1,
