@@ -385,13 +385,16 @@ static __global__ void gn_forward_kernel(float *y, float *mean, float *rstd, con
 
 /* Parameter gradients, one block per channel c: warp w takes samples n = w, w + warps, ...;
  * each warp reduces its (n, c) row over HW, adds it to dadd[n, c] and keeps its share of the
- * channel's sums; the warps' shares are then added in warp order (deterministic, no atomics). */
-static __global__ void gn_backward_params_kernel(float *dgamma, float *dbeta, float *dadd,
-                                                 const float *dy, const float *x,
-                                                 const float *mean, const float *rstd,
-                                                 const float *gamma, const float *beta,
-                                                 const float *add, int N, int C, int HW, int G,
-                                                 int swish) {
+ * channel's sums; the warps' shares are then added in warp order (deterministic, no atomics).
+ * Only C blocks (16 to 192 in the UNet) each reduce N * HW values (400k at batch 512, 28x28),
+ * so a block is as large as it can be (32 warps, 32 shares: shg/shb hold them) to keep more
+ * loads in flight; __launch_bounds__ holds the registers to what 1024 threads may use. */
+#define GN_PARAM_THREADS 1024
+static __global__ void __launch_bounds__(GN_PARAM_THREADS)
+    gn_backward_params_kernel(float *dgamma, float *dbeta, float *dadd, const float *dy,
+                              const float *x, const float *mean, const float *rstd,
+                              const float *gamma, const float *beta, const float *add, int N,
+                              int C, int HW, int G, int swish) {
     __shared__ double shg[32], shb[32];
     const int c = blockIdx.x, g = c / (C / G);
     const int lane = threadIdx.x & 31, wid = threadIdx.x >> 5, nw = blockDim.x >> 5;
@@ -472,7 +475,7 @@ int dd_cuda_group_norm_backward(float *dx, float *dgamma, float *dbeta, float *d
                                 const float *add, const dd_gn_shape *s) {
     if (s->N * s->G == 0) return 0;
     if (dgamma || dbeta || dadd) {
-        gn_backward_params_kernel<<<s->C, THREADS, 0, dd_cuda_stream>>>(
+        gn_backward_params_kernel<<<s->C, GN_PARAM_THREADS, 0, dd_cuda_stream>>>(
             dgamma, dbeta, dadd, dy, x, mean, rstd, gamma, beta, add, s->N, s->C, s->HW, s->G,
             s->swish);
         DD_CUDA_LAUNCHED("group_norm_backward (parameters)");
