@@ -4,12 +4,21 @@
  *
  * Convolutions: one cache entry per dd_conv_shape holds the cuDNN descriptors and, for each math
  * mode (TF32 allowed or not), the algorithm found by cudnnFind for forward, backward-data and
- * backward-filter. Every algorithm chosen for a shape needs at most conv_cap(shape) bytes of
- * workspace, and conv2d_workspace reports exactly that cap: the answer depends on the shape
- * alone, so a graph planned in one mode stays safe when the switch flips and the other mode's
- * algorithms are found later. conv2d_workspace also runs the search, so calling it for every
- * shape (the graph's memory plan does) leaves nothing to choose or allocate during a CUDA graph
- * capture.
+ * backward-filter, and per direction whether cuDNN or one of the handwritten kernels of
+ * cuda_conv.cu runs. Every algorithm chosen for a shape needs at most conv_cap(shape) bytes of
+ * workspace (the own backward-filter kernel keeps its partial sums within it too), and
+ * conv2d_workspace reports exactly that cap: the answer depends on the shape alone, so a graph
+ * planned in one mode stays safe when the switch flips and the other mode's algorithms are found
+ * later. conv2d_workspace also runs the search, so calling it for every shape (the graph's
+ * memory plan does) leaves nothing to choose or allocate during a CUDA graph capture.
+ *
+ * Which implementation: env DIFFUSION_CONV = cudnn | own | auto (default auto). auto times, for
+ * each new shape, cuDNN's choice and every own tile configuration per direction (on scratch
+ * buffers, GPU time only) and keeps the faster, but an own kernel is only kept after it matched
+ * an FP32 cuDNN reference on that shape (max|own - ref| / max|ref| <= 1e-3 with TF32 on, 1e-5
+ * off); on a mismatch cuDNN stays and one warning line names the shape. own uses the own kernels
+ * wherever they fit, untimed and unchecked (the tests' mode). DIFFUSION_CONV_LOG=1 prints each
+ * shape's timings and choices to stderr.
  *
  * With TF32 off the search keeps to the GEMM-style algorithms (no FFT or Winograd), whose FP32
  * results stay within ~1e-6 of a plain sum: that mode is the one for accuracy.
@@ -17,6 +26,7 @@
  * cuBLAS is column-major; every row-major product below is written as the column-major product
  * of the transposed views (a row-major (r, c) buffer is a column-major (c, r) matrix). */
 #include <math.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -75,22 +85,84 @@ typedef struct {
     size_t bytes;
 } conv_choice;
 
+#define USE_CUDNN (-1) /* conv_entry.use: cuDNN, else an own kernel configuration */
+
 typedef struct {
     dd_conv_shape s;
     cudnnTensorDescriptor_t x, y, b; /* x (N, Cin, H, W), y (N, Cout, Ho, Wo), b (1, Cout, 1, 1) */
     cudnnFilterDescriptor_t w;        /* (Cout, Cin, K, K) */
     cudnnConvolutionDescriptor_t conv;
-    size_t cap;   /* workspace bound for every algorithm of this shape */
-    int found[2]; /* [tf32 mode] */
+    size_t cap;         /* workspace bound for every algorithm of this shape */
+    int found[2];       /* [tf32 mode]: use[mode] is set (and the cuDNN choices it needs) */
+    int cudnn_found[2]; /* the cuDNN algorithms below were searched */
     conv_choice fwd[2], bwd_data[2], bwd_filter[2];
+    int use[2][DD_CONV_DIRS]; /* per mode and direction (DD_CONV_FWD, ...) */
 } conv_entry;
 
 static conv_entry *conv_cache; /* grows at plan time only */
 static int conv_count, conv_capacity;
 
+/* DIFFUSION_CONV (read at the first convolution) */
+enum { POLICY_UNSET, POLICY_AUTO, POLICY_CUDNN, POLICY_OWN };
+static int conv_policy = POLICY_UNSET;
+static int conv_log;                                     /* DIFFUSION_CONV_LOG set and not 0 */
+static int conv_forced[DD_CONV_DIRS] = {-1, -1, -1};     /* dd_cuda_conv_force_own */
+static const char *const dir_name[DD_CONV_DIRS] = {"forward", "backward-data", "backward-filter"};
+
+static int read_policy(void) {
+    if (conv_policy != POLICY_UNSET) return 0;
+    const char *l = getenv("DIFFUSION_CONV_LOG");
+    conv_log = l && *l && strcmp(l, "0") != 0;
+    const char *v = getenv("DIFFUSION_CONV");
+    if (!v || !*v || !strcmp(v, "auto"))
+        conv_policy = POLICY_AUTO;
+    else if (!strcmp(v, "cudnn"))
+        conv_policy = POLICY_CUDNN;
+    else if (!strcmp(v, "own"))
+        conv_policy = POLICY_OWN;
+    else
+        return dd_error("DIFFUSION_CONV=%s: use cudnn, own or auto", v);
+    return 0;
+}
+
+int dd_cuda_conv_force_own(int fwd_cfg, int bwd_data_cfg, int bwd_filter_cfg) {
+    const int cfg[DD_CONV_DIRS] = {fwd_cfg, bwd_data_cfg, bwd_filter_cfg};
+    for (int d = 0; d < DD_CONV_DIRS; d++)
+        if (cfg[d] < -1 || cfg[d] >= dd_conv_own_configs(d))
+            return dd_error("dd_cuda_conv_force_own: %s has no configuration %d", dir_name[d],
+                            cfg[d]);
+    if (dd_cuda_capturing()) return dd_error("dd_cuda_conv_force_own: not during a capture");
+    (void)read_policy(); /* for DIFFUSION_CONV_LOG; the policy is overridden below */
+    dd_error_clear();
+    conv_policy = POLICY_OWN;
+    for (int d = 0; d < DD_CONV_DIRS; d++) conv_forced[d] = cfg[d];
+    for (int i = 0; i < conv_count; i++) conv_cache[i].found[0] = conv_cache[i].found[1] = 0;
+    return 0;
+}
+
+int dd_cuda_conv_set_policy(const char *policy) {
+    int p;
+    if (!strcmp(policy, "auto"))
+        p = POLICY_AUTO;
+    else if (!strcmp(policy, "cudnn"))
+        p = POLICY_CUDNN;
+    else if (!strcmp(policy, "own"))
+        p = POLICY_OWN;
+    else
+        return dd_error("dd_cuda_conv_set_policy(%s): use cudnn, own or auto", policy);
+    if (dd_cuda_capturing()) return dd_error("dd_cuda_conv_set_policy: not during a capture");
+    (void)read_policy(); /* for DIFFUSION_CONV_LOG; the policy is overridden below */
+    dd_error_clear();
+    conv_policy = p;
+    for (int d = 0; d < DD_CONV_DIRS; d++) conv_forced[d] = -1;
+    for (int i = 0; i < conv_count; i++) conv_cache[i].found[0] = conv_cache[i].found[1] = 0;
+    return 0;
+}
+
 /* The shape's workspace bound: twice its im2col buffer (what the GEMM-style algorithms need, with
  * room for the faster ones), at least 4 MiB, at most 64 MiB. One workspace serves every op of a
- * graph, so this is also about the most a graph's workspace will be. */
+ * graph, so this is also about the most a graph's workspace will be. The own backward-filter
+ * kernel keeps its split partials within it too. */
 static size_t conv_cap(const dd_conv_shape *s) {
     size_t col = (size_t)s->N * s->Cin * s->K * s->K * s->Ho * s->Wo * sizeof(float);
     size_t cap = 2 * col;
@@ -102,6 +174,11 @@ static int same_shape(const dd_conv_shape *a, const dd_conv_shape *b) {
     return a->N == b->N && a->Cin == b->Cin && a->H == b->H && a->W == b->W &&
            a->Cout == b->Cout && a->K == b->K && a->stride == b->stride && a->pad == b->pad &&
            a->Ho == b->Ho && a->Wo == b->Wo;
+}
+
+static void shape_text(char *buf, size_t n, const dd_conv_shape *s) {
+    snprintf(buf, n, "N=%d %d->%d %dx%d k%d s%d p%d", s->N, s->Cin, s->Cout, s->H, s->W, s->K,
+             s->stride, s->pad);
 }
 
 static int conv_describe(conv_entry *e) {
@@ -220,11 +297,314 @@ static int conv_find(conv_entry *e, int mode) {
     TO_CANDIDATES(pw, n, c);
     DD_TRY(pick(&e->bwd_filter[mode], c, n, e->cap, strict, bwd_filter_plain, "backward-filter",
                 &e->s));
-    e->found[mode] = 1;
+    e->cudnn_found[mode] = 1;
     return 0;
 }
 
-/* The entry for a shape with its algorithms for the current mode, searching when needed (never
+/* ---------------------------------------------------------------- running one direction */
+
+static const float ONE = 1.0f, ZERO = 0.0f;
+
+static int no_workspace(const char *what, size_t bytes) {
+    return dd_error("conv2d %s: the algorithm needs %zu bytes of workspace, got none (allocate "
+                    "conv2d_workspace(shape) bytes)",
+                    what, bytes);
+}
+
+/* cuDNN with algorithm c; beta 1 adds into the gradients (the backend's contract), beta 0 (the
+ * reference runs of the autotuner) overwrites them. */
+static int cudnn_forward(conv_entry *e, const conv_choice *c, float *y, const float *x,
+                         const float *w, const float *b, void *ws) {
+    if (c->bytes && !ws) return no_workspace("forward", c->bytes);
+    DNN_CHECK(cudnnSetConvolutionMathType(e->conv, c->math));
+    DNN_CHECK(cudnnConvolutionForward(dnn, &ONE, e->x, x, e->w, w, e->conv,
+                                      (cudnnConvolutionFwdAlgo_t)c->algo, ws, c->bytes, &ZERO,
+                                      e->y, y));
+    if (b) DNN_CHECK(cudnnAddTensor(dnn, &ONE, e->b, b, &ONE, e->y, y));
+    return 0;
+}
+
+static int cudnn_backward_data(conv_entry *e, const conv_choice *c, const float *beta, float *dx,
+                               const float *dy, const float *w, void *ws) {
+    if (c->bytes && !ws) return no_workspace("backward-data", c->bytes);
+    DNN_CHECK(cudnnSetConvolutionMathType(e->conv, c->math));
+    DNN_CHECK(cudnnConvolutionBackwardData(dnn, &ONE, e->w, w, e->y, dy, e->conv,
+                                           (cudnnConvolutionBwdDataAlgo_t)c->algo, ws, c->bytes,
+                                           beta, e->x, dx));
+    return 0;
+}
+
+static int cudnn_backward_filter(conv_entry *e, const conv_choice *c, const float *beta,
+                                 float *dw, float *db, const float *dy, const float *x, void *ws) {
+    if (dw) {
+        if (c->bytes && !ws) return no_workspace("backward-filter", c->bytes);
+        DNN_CHECK(cudnnSetConvolutionMathType(e->conv, c->math));
+        DNN_CHECK(cudnnConvolutionBackwardFilter(dnn, &ONE, e->x, x, e->y, dy, e->conv,
+                                                 (cudnnConvolutionBwdFilterAlgo_t)c->algo, ws,
+                                                 c->bytes, beta, e->w, dw));
+    }
+    if (db) DNN_CHECK(cudnnConvolutionBackwardBias(dnn, &ONE, e->y, dy, beta, e->b, db));
+    return 0;
+}
+
+/* ---------------------------------------------------------------- choosing per shape */
+
+/* The autotuner's buffers: random inputs, two sets of outputs (a: cuDNN, b: own), workspace. */
+typedef struct {
+    void *base;
+    float *x, *w, *b, *dy, *ya, *yb, *dxa, *dxb, *dwa, *dwb, *dba, *dbb;
+    float *ws, *diff; /* workspace (ws_bytes), 8 bytes for dd_conv_maxdiff */
+    size_t nx, ny, nw, ws_bytes;
+} conv_scratch;
+
+static int scratch_alloc(conv_scratch *sc, const dd_conv_shape *s, size_t ws_bytes) {
+    memset(sc, 0, sizeof *sc);
+    sc->nx = (size_t)s->N * s->Cin * s->H * s->W;
+    sc->ny = (size_t)s->N * s->Cout * s->Ho * s->Wo;
+    sc->nw = (size_t)s->Cout * s->Cin * s->K * s->K;
+    sc->ws_bytes = ws_bytes;
+    const size_t nb = (size_t)s->Cout;
+    /* floats per part, each part rounded up to 256 bytes */
+    const size_t n[] = {sc->nx, sc->nw, nb,     sc->ny, sc->ny, sc->ny, sc->nx,
+                        sc->nx, sc->nw, sc->nw, nb,     nb,     ws_bytes / sizeof(float) + 1, 2};
+    float **dst[] = {&sc->x,   &sc->w,   &sc->b,   &sc->dy,  &sc->ya,
+                     &sc->yb,  &sc->dxa, &sc->dxb, &sc->dwa, &sc->dwb,
+                     &sc->dba, &sc->dbb, &sc->ws,  &sc->diff};
+    const size_t parts = sizeof n / sizeof n[0];
+    size_t off[sizeof n / sizeof n[0]], total = 0;
+    for (size_t i = 0; i < parts; i++) {
+        off[i] = total;
+        total += (n[i] * sizeof(float) + 255) / 256 * 256;
+    }
+    cudaError_t err = cudaMalloc(&sc->base, total);
+    if (err != cudaSuccess) {
+        (void)cudaGetLastError();
+        sc->base = NULL;
+        return dd_error("no GPU memory for the timing buffers (%.1f MiB): %s",
+                        (double)total / 1048576.0, cudaGetErrorString(err));
+    }
+    for (size_t i = 0; i < parts; i++) *dst[i] = (float *)((char *)sc->base + off[i]);
+    /* uniform [-1, 1) inputs; the outputs start at zero */
+    DD_CUDA_CHECK(cudaMemsetAsync(sc->base, 0, total, dd_cuda_stream));
+    DD_TRY(dd_conv_fill(sc->x, sc->nx, 1u));
+    DD_TRY(dd_conv_fill(sc->w, sc->nw, 2u));
+    DD_TRY(dd_conv_fill(sc->b, nb, 3u));
+    DD_TRY(dd_conv_fill(sc->dy, sc->ny, 4u));
+    return 0;
+}
+
+/* Runs direction d with impl (USE_CUDNN: the mode's cuDNN choice, else an own configuration)
+ * into output set b (own) or a (cuDNN), adding into the gradients as the backend does. */
+static int run_dir(conv_entry *e, int mode, int d, int impl, const conv_scratch *sc) {
+    const dd_conv_shape *s = &e->s;
+    const int own = impl != USE_CUDNN;
+    switch (d) {
+    case DD_CONV_FWD:
+        return own ? dd_conv_own_forward(impl, sc->yb, sc->x, sc->w, sc->b, s)
+                   : cudnn_forward(e, &e->fwd[mode], sc->ya, sc->x, sc->w, sc->b, sc->ws);
+    case DD_CONV_BWD_DATA:
+        return own ? dd_conv_own_backward_data(impl, sc->dxb, sc->dy, sc->w, s)
+                   : cudnn_backward_data(e, &e->bwd_data[mode], &ONE, sc->dxa, sc->dy, sc->w,
+                                         sc->ws);
+    default:
+        return own ? dd_conv_own_backward_filter(impl, sc->dwb, sc->dbb, sc->dy, sc->x, s, sc->ws,
+                                                 e->cap)
+                   : cudnn_backward_filter(e, &e->bwd_filter[mode], &ONE, sc->dwa, sc->dba, sc->dy,
+                                           sc->x, sc->ws);
+    }
+}
+
+#define TIMING_REPS 8
+#define TIMING_SPIN 4000000LL /* clocks (~2 ms): longer than enqueuing the timed calls */
+
+/* Mean GPU time of one call in ms (after a warm-up call, which also loads lazy kernels). */
+static int time_dir(conv_entry *e, int mode, int d, int impl, const conv_scratch *sc,
+                    cudaEvent_t ev[2], float *ms) {
+    DD_TRY(run_dir(e, mode, d, impl, sc));
+    DD_TRY(dd_conv_spin(TIMING_SPIN));
+    DD_CUDA_CHECK(cudaEventRecord(ev[0], dd_cuda_stream));
+    for (int r = 0; r < TIMING_REPS; r++) DD_TRY(run_dir(e, mode, d, impl, sc));
+    DD_CUDA_CHECK(cudaEventRecord(ev[1], dd_cuda_stream));
+    DD_CUDA_CHECK(cudaEventSynchronize(ev[1]));
+    float t = 0.0f;
+    DD_CUDA_CHECK(cudaEventElapsedTime(&t, ev[0], ev[1]));
+    *ms = t / TIMING_REPS;
+    return 0;
+}
+
+/* max|own - ref| / max|ref| (infinity for NaN; 0/0 = 0) */
+static int rel_diff(const float *own, const float *ref, size_t n, void *dev8, double *out) {
+    float r[2];
+    DD_TRY(dd_conv_maxdiff(r, own, ref, n, dev8));
+    *out = r[1] > 0.0f ? (double)r[0] / r[1] : r[0] == 0.0f ? 0.0 : INFINITY;
+    return 0;
+}
+
+/* The FP32 reference for the safety net: a plain GEMM-style cuDNN algorithm with FMA math when
+ * cuDNN offers it for the shape within limits, else the mode's own choice. */
+static void reference_choice(conv_entry *e, int mode, int d, size_t ws_limit, conv_choice *c) {
+    size_t bytes = 0;
+    cudnnStatus_t st = cudnnSetConvolutionMathType(e->conv, CUDNN_FMA_MATH);
+    if (st == CUDNN_STATUS_SUCCESS) {
+        if (d == DD_CONV_FWD) {
+            c->algo = CUDNN_CONVOLUTION_FWD_ALGO_IMPLICIT_GEMM;
+            st = cudnnGetConvolutionForwardWorkspaceSize(
+                dnn, e->x, e->w, e->conv, e->y, (cudnnConvolutionFwdAlgo_t)c->algo, &bytes);
+        } else if (d == DD_CONV_BWD_DATA) {
+            c->algo = CUDNN_CONVOLUTION_BWD_DATA_ALGO_1;
+            st = cudnnGetConvolutionBackwardDataWorkspaceSize(
+                dnn, e->w, e->y, e->conv, e->x, (cudnnConvolutionBwdDataAlgo_t)c->algo, &bytes);
+        } else {
+            c->algo = CUDNN_CONVOLUTION_BWD_FILTER_ALGO_1;
+            st = cudnnGetConvolutionBackwardFilterWorkspaceSize(
+                dnn, e->x, e->y, e->conv, e->w, (cudnnConvolutionBwdFilterAlgo_t)c->algo, &bytes);
+        }
+    }
+    if (st == CUDNN_STATUS_SUCCESS && bytes <= ws_limit) {
+        c->math = CUDNN_FMA_MATH;
+        c->bytes = bytes;
+    } else {
+        *c = d == DD_CONV_FWD ? e->fwd[mode] : d == DD_CONV_BWD_DATA ? e->bwd_data[mode]
+                                                                     : e->bwd_filter[mode];
+    }
+}
+
+/* The safety net: configuration cfg against the cuDNN reference on the scratch inputs (bias and
+ * both filter gradients included); *err = the largest max|own - ref| / max|ref|. */
+static int validate(conv_entry *e, int mode, int d, int cfg, const conv_scratch *sc,
+                    double *err) {
+    const dd_conv_shape *s = &e->s;
+    conv_choice ref;
+    reference_choice(e, mode, d, sc->ws_bytes, &ref);
+    double e1 = 0.0, e2 = 0.0;
+    if (d == DD_CONV_FWD) {
+        DD_TRY(cudnn_forward(e, &ref, sc->ya, sc->x, sc->w, sc->b, sc->ws));
+        DD_TRY(dd_conv_own_forward(cfg, sc->yb, sc->x, sc->w, sc->b, s));
+        DD_TRY(rel_diff(sc->yb, sc->ya, sc->ny, sc->diff, &e1));
+    } else if (d == DD_CONV_BWD_DATA) {
+        DD_TRY(cudnn_backward_data(e, &ref, &ZERO, sc->dxa, sc->dy, sc->w, sc->ws));
+        DD_CUDA_CHECK(cudaMemsetAsync(sc->dxb, 0, sc->nx * sizeof(float), dd_cuda_stream));
+        DD_TRY(dd_conv_own_backward_data(cfg, sc->dxb, sc->dy, sc->w, s));
+        DD_TRY(rel_diff(sc->dxb, sc->dxa, sc->nx, sc->diff, &e1));
+    } else {
+        DD_TRY(cudnn_backward_filter(e, &ref, &ZERO, sc->dwa, sc->dba, sc->dy, sc->x, sc->ws));
+        DD_CUDA_CHECK(cudaMemsetAsync(sc->dwb, 0, sc->nw * sizeof(float), dd_cuda_stream));
+        DD_CUDA_CHECK(cudaMemsetAsync(sc->dbb, 0, (size_t)s->Cout * sizeof(float), dd_cuda_stream));
+        DD_TRY(dd_conv_own_backward_filter(cfg, sc->dwb, sc->dbb, sc->dy, sc->x, s, sc->ws, e->cap));
+        DD_TRY(rel_diff(sc->dwb, sc->dwa, sc->nw, sc->diff, &e1));
+        DD_TRY(rel_diff(sc->dbb, sc->dba, (size_t)s->Cout, sc->diff, &e2));
+    }
+    *err = e1 > e2 ? e1 : e2;
+    return 0;
+}
+
+/* DIFFUSION_CONV=auto for one shape and mode: per direction, times cuDNN's choice and every own
+ * configuration on scratch buffers (never the caller's: backward adds), and takes the fastest
+ * own one when it beats cuDNN and agrees with the reference. Fills e->use[mode]; on failure
+ * (-1) the caller keeps cuDNN everywhere. */
+static int conv_autotune(conv_entry *e, int mode) {
+    const dd_conv_shape *s = &e->s;
+    const double tol = mode ? 1e-3 : 1e-5;
+    char shape[96], line[640], bad[256];
+    shape_text(shape, sizeof shape, s);
+    size_t len = (size_t)snprintf(line, sizeof line, "diffusion: conv %s (TF32 %s):", shape,
+                                  mode ? "on" : "off");
+    bad[0] = '\0';
+    conv_scratch sc;
+    cudaEvent_t ev[2] = {NULL, NULL};
+    int rc = -1;
+    /* the cap, and room for the reference algorithms' workspace */
+    const size_t ws_bytes = e->cap + ((size_t)64 << 20);
+    if (scratch_alloc(&sc, s, ws_bytes)) goto done;
+    if (cudaEventCreate(&ev[0]) != cudaSuccess || cudaEventCreate(&ev[1]) != cudaSuccess) {
+        dd_error("cudaEventCreate failed");
+        goto done;
+    }
+    for (int d = 0; d < DD_CONV_DIRS; d++) {
+        float t_dnn, t_best = INFINITY, t;
+        int best = -1;
+        if (time_dir(e, mode, d, USE_CUDNN, &sc, ev, &t_dnn)) goto done;
+        for (int c = 0; c < dd_conv_own_configs(d); c++) {
+            if (time_dir(e, mode, d, c, &sc, ev, &t)) goto done;
+            if (t < t_best) {
+                t_best = t;
+                best = c;
+            }
+        }
+        const char *verdict = "cudnn";
+        double err = 0.0;
+        if (best >= 0 && t_best < t_dnn) {
+            if (validate(e, mode, d, best, &sc, &err)) goto done;
+            if (err <= tol) {
+                e->use[mode][d] = best;
+                verdict = "own";
+            } else {
+                size_t b = strlen(bad);
+                snprintf(bad + b, sizeof bad - b, "%s%s %s: max rel err %.2e > %.0e",
+                         b ? ", " : "", dir_name[d], dd_conv_own_config_name(d, best), err, tol);
+                verdict = "cudnn (own disagrees)";
+            }
+        }
+        if (len < sizeof line)
+            len += (size_t)snprintf(line + len, sizeof line - len,
+                                    "%s %s cudnn %.1f us, own %s %.1f us -> %s", d ? ";" : "",
+                                    dir_name[d], 1e3 * t_dnn, dd_conv_own_config_name(d, best),
+                                    1e3 * t_best, verdict);
+        if (len < sizeof line && verdict[0] == 'o')
+            len += (size_t)snprintf(line + len, sizeof line - len, " (err %.1e)", err);
+    }
+    rc = 0;
+done:
+    if (ev[0]) (void)cudaEventDestroy(ev[0]);
+    if (ev[1]) (void)cudaEventDestroy(ev[1]);
+    if (sc.base) (void)cudaFree(sc.base);
+    if (rc == 0) {
+        if (conv_log) fprintf(stderr, "%s\n", line);
+        if (bad[0])
+            fprintf(stderr,
+                    "diffusion: warning: own conv kernels disagree with cuDNN on %s (%s); cuDNN is "
+                    "used there\n",
+                    shape, bad);
+    }
+    return rc;
+}
+
+/* Chooses cuDNN or an own kernel per direction for the entry's shape in this mode. */
+static int conv_choose(conv_entry *e, int mode) {
+    const int own_ok = dd_conv_own_supported(&e->s);
+    char shape[96];
+    shape_text(shape, sizeof shape, &e->s);
+    if (own_ok) DD_TRY(dd_conv_own_prepare());
+    if (conv_policy == POLICY_OWN && own_ok) {
+        for (int d = 0; d < DD_CONV_DIRS; d++)
+            e->use[mode][d] = conv_forced[d] >= 0 ? conv_forced[d] : dd_conv_own_default(d, &e->s);
+        if (conv_log)
+            fprintf(stderr, "diffusion: conv %s: own %s / %s / %s (DIFFUSION_CONV=own, untimed)\n",
+                    shape, dd_conv_own_config_name(0, e->use[mode][0]),
+                    dd_conv_own_config_name(1, e->use[mode][1]),
+                    dd_conv_own_config_name(2, e->use[mode][2]));
+        return 0;
+    }
+    if (!e->cudnn_found[mode]) DD_TRY(conv_find(e, mode));
+    for (int d = 0; d < DD_CONV_DIRS; d++) e->use[mode][d] = USE_CUDNN;
+    if (conv_policy != POLICY_AUTO || !own_ok) {
+        if (conv_log)
+            fprintf(stderr, "diffusion: conv %s: cudnn (%s)\n", shape,
+                    own_ok ? "DIFFUSION_CONV=cudnn" : "too large for the own kernels");
+        return 0;
+    }
+    if (conv_autotune(e, mode)) {
+        fprintf(stderr, "diffusion: warning: timing the own conv kernels on %s failed (%s); cuDNN "
+                        "is used there\n",
+                shape, dd_error_message());
+        (void)cudaGetLastError(); /* a failed launch is not sticky: clear it */
+        dd_error_clear();
+        for (int d = 0; d < DD_CONV_DIRS; d++) e->use[mode][d] = USE_CUDNN;
+    }
+    return 0;
+}
+
+/* The entry for a shape with its choices for the current mode, searching when needed (never
  * during a capture: that is an error naming the shape). */
 static int conv_ready(const dd_conv_shape *s, conv_entry **out) {
     const int mode = dd_cuda_tf32_on ? 1 : 0;
@@ -240,6 +620,7 @@ static int conv_ready(const dd_conv_shape *s, conv_entry **out) {
                         "graph capture (call conv2d_workspace for every shape first, with the "
                         "same TF32 setting)",
                         s->N, s->Cin, s->H, s->W, s->Cout, s->K);
+    DD_TRY(read_policy());
     if (!e) {
         if (conv_count == conv_capacity) {
             int cap = conv_capacity ? 2 * conv_capacity : 32;
@@ -255,7 +636,8 @@ static int conv_ready(const dd_conv_shape *s, conv_entry **out) {
         if (conv_describe(e)) return -1; /* the slot is reused by the next try */
         conv_count++;
     }
-    DD_TRY(conv_find(e, mode));
+    DD_TRY(conv_choose(e, mode));
+    e->found[mode] = 1;
     *out = e;
     return 0;
 }
@@ -268,26 +650,15 @@ size_t dd_cuda_conv2d_workspace(const dd_conv_shape *s) {
     return conv_cap(s);
 }
 
-static const float ONE = 1.0f, ZERO = 0.0f;
-
-static int no_workspace(const char *what, size_t bytes) {
-    return dd_error("conv2d %s: the algorithm needs %zu bytes of workspace, got none (allocate "
-                    "conv2d_workspace(shape) bytes)",
-                    what, bytes);
-}
+/* ---------------------------------------------------------------- the backend's entries */
 
 int dd_cuda_conv2d_forward(float *y, const float *x, const float *w, const float *b,
                            const dd_conv_shape *s, void *ws) {
     conv_entry *e;
     DD_TRY(conv_ready(s, &e));
-    const conv_choice *c = &e->fwd[dd_cuda_tf32_on ? 1 : 0];
-    if (c->bytes && !ws) return no_workspace("forward", c->bytes);
-    DNN_CHECK(cudnnSetConvolutionMathType(e->conv, c->math));
-    DNN_CHECK(cudnnConvolutionForward(dnn, &ONE, e->x, x, e->w, w, e->conv,
-                                      (cudnnConvolutionFwdAlgo_t)c->algo, ws, c->bytes, &ZERO,
-                                      e->y, y));
-    if (b) DNN_CHECK(cudnnAddTensor(dnn, &ONE, e->b, b, &ONE, e->y, y));
-    return 0;
+    const int mode = dd_cuda_tf32_on ? 1 : 0, use = e->use[mode][DD_CONV_FWD];
+    if (use != USE_CUDNN) return dd_conv_own_forward(use, y, x, w, b, s);
+    return cudnn_forward(e, &e->fwd[mode], y, x, w, b, ws);
 }
 
 /* beta = 1 throughout: backward adds into the gradients it is given */
@@ -297,22 +668,20 @@ int dd_cuda_conv2d_backward(float *dx, float *dw, float *db, const float *dy, co
     DD_TRY(conv_ready(s, &e));
     const int mode = dd_cuda_tf32_on ? 1 : 0;
     if (dx) {
-        const conv_choice *c = &e->bwd_data[mode];
-        if (c->bytes && !ws) return no_workspace("backward-data", c->bytes);
-        DNN_CHECK(cudnnSetConvolutionMathType(e->conv, c->math));
-        DNN_CHECK(cudnnConvolutionBackwardData(dnn, &ONE, e->w, w, e->y, dy, e->conv,
-                                               (cudnnConvolutionBwdDataAlgo_t)c->algo, ws,
-                                               c->bytes, &ONE, e->x, dx));
+        const int use = e->use[mode][DD_CONV_BWD_DATA];
+        if (use != USE_CUDNN)
+            DD_TRY(dd_conv_own_backward_data(use, dx, dy, w, s));
+        else
+            DD_TRY(cudnn_backward_data(e, &e->bwd_data[mode], &ONE, dx, dy, w, ws));
     }
-    if (dw) {
-        const conv_choice *c = &e->bwd_filter[mode];
-        if (c->bytes && !ws) return no_workspace("backward-filter", c->bytes);
-        DNN_CHECK(cudnnSetConvolutionMathType(e->conv, c->math));
-        DNN_CHECK(cudnnConvolutionBackwardFilter(dnn, &ONE, e->x, x, e->y, dy, e->conv,
-                                                 (cudnnConvolutionBwdFilterAlgo_t)c->algo, ws,
-                                                 c->bytes, &ONE, e->w, dw));
+    if (dw || db) {
+        const int use = e->use[mode][DD_CONV_BWD_FILTER];
+        /* the own kernel keeps its partials within the workspace the caller was told about */
+        if (use != USE_CUDNN)
+            DD_TRY(dd_conv_own_backward_filter(use, dw, db, dy, x, s, ws, ws ? e->cap : 0));
+        else
+            DD_TRY(cudnn_backward_filter(e, &e->bwd_filter[mode], &ONE, dw, db, dy, x, ws));
     }
-    if (db) DNN_CHECK(cudnnConvolutionBackwardBias(dnn, &ONE, e->y, dy, &ONE, e->b, db));
     return 0;
 }
 

@@ -127,4 +127,51 @@ int dd_cuda_capturing(void);
 #ifdef __cplusplus
 }
 #endif
+
+/* ======================================================================= own convolution kernels
+ * cuda/cuda_conv.cu: FP32 implicit-GEMM convolutions, correct for every dd_conv_shape, in
+ * several tile configurations per direction; cuda_dnn.c chooses between them and cuDNN.
+ * Argument conventions as dd_backend's conv2d (backward ADDS, NULL = skip). */
+#ifdef __cplusplus
+extern "C" {
 #endif
+
+enum { DD_CONV_FWD, DD_CONV_BWD_DATA, DD_CONV_BWD_FILTER, DD_CONV_DIRS };
+
+int dd_conv_own_configs(int dir);                          /* tile configurations of a direction */
+const char *dd_conv_own_config_name(int dir, int cfg);     /* e.g. "64x64" (BM x BN) */
+int dd_conv_own_default(int dir, const dd_conv_shape *s);  /* the untimed pick for a shape */
+int dd_conv_own_supported(const dd_conv_shape *s);         /* 1 when its sizes fit the kernels */
+int dd_conv_own_prepare(void); /* reads the SM count; call outside any capture first */
+/* y = conv(x, w) + b (b may be NULL); no workspace */
+int dd_conv_own_forward(int cfg, float *y, const float *x, const float *w, const float *b,
+                        const dd_conv_shape *s);
+/* dx += conv^T(dy, w); no workspace */
+int dd_conv_own_backward_data(int cfg, float *dx, const float *dy, const float *w,
+                              const dd_conv_shape *s);
+/* dw += (may be NULL), db += (may be NULL); the split reduction uses up to ws_bytes of ws
+ * (ws NULL or small: one split, slower, no workspace). Results depend only on the shape, the
+ * configuration, ws_bytes and the GPU's SM count (deterministic). */
+int dd_conv_own_backward_filter(int cfg, float *dw, float *db, const float *dy, const float *x,
+                                const dd_conv_shape *s, void *ws, size_t ws_bytes);
+/* out[0] = max |a - b| (infinity if any difference is NaN), out[1] = max |b| over n values;
+ * dev8 is 8 bytes of device scratch. Synchronises: never during a capture. */
+int dd_conv_maxdiff(float out[2], const float *a, const float *b, size_t n, void *dev8);
+/* One thread busy for about `cycles` clocks on the stream: queued before timed calls, it lets the
+ * host enqueue them all before they start, so events time the GPU and not the launches. */
+int dd_conv_spin(long long cycles);
+/* out[i] uniform in [-1, 1) from a hash of (seed, i): the autotuner's inputs */
+int dd_conv_fill(float *out, size_t n, unsigned int seed);
+
+/* cuda_dnn.c, for tests: from now on use the own kernels for every convolution (as
+ * DIFFUSION_CONV=own) with these configurations per direction (-1: the default pick), and forget
+ * every shape's earlier choice. Fails for a configuration out of range. */
+int dd_cuda_conv_force_own(int fwd_cfg, int bwd_data_cfg, int bwd_filter_cfg);
+/* As DIFFUSION_CONV = policy ("auto", "cudnn", "own"), from now on; forgets every choice. */
+int dd_cuda_conv_set_policy(const char *policy);
+
+#ifdef __cplusplus
+}
+#endif
+
+#endif /* DD_CUDA_INTERNAL_H */

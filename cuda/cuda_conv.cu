@@ -1,0 +1,620 @@
+/* Handwritten convolution kernels (FP32), an alternative to cuDNN that cuda_dnn.c chooses per
+ * shape and direction (DIFFUSION_CONV=cudnn|own|auto there). Every entry is correct for any
+ * dd_conv_shape (any K, stride, pad, odd sizes, no bias); the tile configurations are tuned for
+ * the small UNet's convolutions (1 to 192 channels, 28x28 down to 7x7).
+ *
+ * All three directions are one implicit GEMM (no im2col buffer: the tile loaders gather from
+ * the NCHW tensors, zero outside the image) with the same block structure: a BM x BN tile of
+ * the output per block, BK reduction steps at a time through shared memory, a TM x TN register
+ * tile per thread, and the next step's global loads issued into registers while the current
+ * step is multiplied (one buffer in shared memory, two __syncthreads per step).
+ *   forward:         y[co, p] = sum over r of w[co, r] xcol[r, p] + b[co]
+ *                    co < Cout, p = (n, oh, ow) < N Ho Wo, r = (ci, kh, kw) < Cin K K
+ *   backward-data:   dx[ci, q] += sum over r of w[co, ci, kh, kw] dy[n, co, oh, ow]
+ *                    q = (n, ih, iw) < N H W, r = (co, kh, kw) < Cout K K, (oh, ow) the output
+ *                    position that reads (ih, iw) through (kh, kw), when there is one
+ *   backward-filter: dw[co, r] += sum over p of dy[co, p] xcol[r, p], r < Cin K K, and one more
+ *                    column r = Cin K K of ones when db is wanted, giving db[co] += sum dy[co, p]
+ * The filter gradient reduces over N Ho Wo, far longer than its output: the reduction is split
+ * over blockIdx.z, each split writes its partial tile to the workspace, and a second kernel adds
+ * the partials in split order (deterministic: no float atomics, so graph replays give the same
+ * bits). Every output element is written by exactly one thread, which is what makes the
+ * backward "+=" plain read-modify-writes.
+ *
+ * Index ranges: positions (N Ho Wo, N H W) and every per-image offset fit an int (checked by
+ * dd_conv_own_supported); offsets into whole tensors are 64-bit.
+ *
+ * FP32 FMA math throughout, in both TF32 modes (no tensor cores yet): results match cuDNN's FP32
+ * algorithms to rounding. */
+#include <limits.h>
+#include <math.h>
+#include <stdint.h>
+#include <string.h>
+
+#include "cuda_internal.h"
+
+namespace {
+
+struct Geom {
+    int N, Cin, H, W, Cout, K, stride, pad, Ho, Wo;
+    int HW, HoWo, KK;
+    int Px;   /* N H W: backward-data columns */
+    int Py;   /* N Ho Wo: forward columns, backward-filter reduction */
+    int Kf;   /* Cin K K: forward reduction, filter columns */
+    int Kd;   /* Cout K K: backward-data reduction */
+};
+
+Geom geometry(const dd_conv_shape *s) {
+    Geom g;
+    g.N = s->N;
+    g.Cin = s->Cin;
+    g.H = s->H;
+    g.W = s->W;
+    g.Cout = s->Cout;
+    g.K = s->K;
+    g.stride = s->stride;
+    g.pad = s->pad;
+    g.Ho = s->Ho;
+    g.Wo = s->Wo;
+    g.HW = s->H * s->W;
+    g.HoWo = s->Ho * s->Wo;
+    g.KK = s->K * s->K;
+    g.Px = s->N * g.HW;
+    g.Py = s->N * g.HoWo;
+    g.Kf = s->Cin * g.KK;
+    g.Kd = s->Cout * g.KK;
+    return g;
+}
+
+/* n values from shared memory at p (16-byte aligned when n % 4 == 0): float4 loads halve the
+ * shared-memory wavefronts of the inner product. */
+template <int n> __device__ __forceinline__ void lds(float (&r)[n], const float *p) {
+    if constexpr (n % 4 == 0) {
+#pragma unroll
+        for (int i = 0; i < n; i += 4) {
+            const float4 v = *reinterpret_cast<const float4 *>(p + i);
+            r[i] = v.x;
+            r[i + 1] = v.y;
+            r[i + 2] = v.z;
+            r[i + 3] = v.w;
+        }
+    } else {
+#pragma unroll
+        for (int i = 0; i < n; i++) r[i] = p[i];
+    }
+}
+
+/* acc += a b^T over one reduction step of the shared tiles (rows of a: this thread's TM rows,
+ * of b: its TN columns). */
+template <int TM, int TN>
+__device__ __forceinline__ void fma_step(float (&acc)[TM][TN], const float *a, const float *b) {
+    float av[TM], bv[TN];
+    lds<TM>(av, a);
+    lds<TN>(bv, b);
+#pragma unroll
+    for (int i = 0; i < TM; i++)
+#pragma unroll
+        for (int j = 0; j < TN; j++) acc[i][j] = fmaf(av[i], bv[j], acc[i][j]);
+}
+
+/* ---------------------------------------------------------------- forward and backward-data */
+
+/* Both are C (M x cols) = A (M x R) B (R x cols) with A a weight gather and B an activation
+ * gather; each thread loads B in one fixed column (tid % BN), so its column decode is done once.
+ * A is loaded reduction-index fastest (contiguous in w for both directions) into As[r][m]
+ * (rows padded by 4 floats: fewer bank conflicts on the transposing store, float4 reads stay
+ * aligned). KT is K when known at compile time (3, 4), else 0 (K from g). DATA selects
+ * backward-data. */
+template <bool DATA, int KT, int BM, int BN, int BK, int TM, int TN>
+__global__ void __launch_bounds__((BM / TM) * (BN / TN))
+    conv_gemm_kernel(float *__restrict__ out, const float *__restrict__ act,
+                     const float *__restrict__ w, const float *__restrict__ bias, const Geom g) {
+    constexpr int NTX = BN / TN, T = (BM / TM) * NTX;
+    static_assert(BM % TM == 0 && BN % TN == 0, "tile split");
+    static_assert(T % BN == 0 && (BK * BN) % T == 0, "B tile: whole rows per pass");
+    constexpr int NA = (BM * BK + T - 1) / T, NB = BK * BN / T, RSTEP = T / BN;
+    constexpr int AS = BM + 4;
+    __shared__ __align__(16) float As[BK * AS];
+    __shared__ __align__(16) float Bs[BK * BN];
+
+    const int K = KT ? KT : g.K, KK = KT ? KT * KT : g.KK;
+    const int M = DATA ? g.Cin : g.Cout;     /* output channels of this GEMM */
+    const int R = DATA ? g.Kd : g.Kf;        /* reduction length */
+    const int cols = DATA ? g.Px : g.Py;     /* output positions */
+    const int plane = DATA ? g.HW : g.HoWo;  /* output plane size */
+    const int tid = threadIdx.x, tx = tid % NTX, ty = tid / NTX;
+    const int m0 = blockIdx.y * BM, c0 = blockIdx.x * BN;
+
+    /* this thread's B column, decoded once */
+    const int bc = tid % BN, br = tid / BN;
+    const int c = c0 + bc;
+    const bool cok = c < cols;
+    int r0 = 0, s0 = 0;   /* forward: ih0, iw0; backward-data: ih + pad, iw + pad */
+    const float *src = act; /* the column's image in the gathered tensor */
+    if (cok) {
+        if (DATA) {
+            const int img = c / g.HW, hw = c - img * g.HW, ih = hw / g.W, iw = hw - ih * g.W;
+            r0 = ih + g.pad;
+            s0 = iw + g.pad;
+            src = act + (int64_t)img * g.Cout * g.HoWo;
+        } else {
+            const int img = c / g.HoWo, hw = c - img * g.HoWo, oh = hw / g.Wo, ow = hw - oh * g.Wo;
+            r0 = oh * g.stride - g.pad;
+            s0 = ow * g.stride - g.pad;
+            src = act + (int64_t)img * g.Cin * g.HW;
+        }
+    }
+
+    float ra[NA], rb[NB];
+    auto load = [&](int k0) {
+#pragma unroll
+        for (int i = 0; i < NA; i++) {
+            const int e = tid + i * T, m = e / BK, k = k0 + e % BK;
+            float v = 0.f;
+            if (e < BM * BK && m0 + m < M && k < R) {
+                if (DATA) { /* k = (co, kh, kw): w[co, ci = m0 + m, kh, kw] */
+                    const int co = k / KK, rr = k - co * KK;
+                    v = __ldg(w + ((int64_t)co * g.Cin + m0 + m) * KK + rr);
+                } else {
+                    v = __ldg(w + (int64_t)(m0 + m) * R + k);
+                }
+            }
+            ra[i] = v;
+        }
+#pragma unroll
+        for (int i = 0; i < NB; i++) {
+            const int k = k0 + br + i * RSTEP;
+            float v = 0.f;
+            if (cok && k < R) {
+                const int ch = k / KK, rr = k - ch * KK, kh = rr / K, kw = rr - kh * K;
+                if (DATA) { /* dy[co = ch, oh, ow] with oh stride = ih + pad - kh */
+                    const int nh = r0 - kh, nw = s0 - kw;
+                    int oh, ow;
+                    bool ok;
+                    if (g.stride == 1) {
+                        oh = nh;
+                        ow = nw;
+                        ok = true;
+                    } else {
+                        ok = nh >= 0 && nw >= 0 && nh % g.stride == 0 && nw % g.stride == 0;
+                        oh = nh / g.stride;
+                        ow = nw / g.stride;
+                    }
+                    if (ok && (unsigned)oh < (unsigned)g.Ho && (unsigned)ow < (unsigned)g.Wo)
+                        v = __ldg(src + ch * g.HoWo + oh * g.Wo + ow);
+                } else { /* x[ci = ch, ih, iw] */
+                    const int ih = r0 + kh, iw = s0 + kw;
+                    if ((unsigned)ih < (unsigned)g.H && (unsigned)iw < (unsigned)g.W)
+                        v = __ldg(src + ch * g.HW + ih * g.W + iw);
+                }
+            }
+            rb[i] = v;
+        }
+    };
+
+    float acc[TM][TN];
+#pragma unroll
+    for (int i = 0; i < TM; i++)
+#pragma unroll
+        for (int j = 0; j < TN; j++) acc[i][j] = 0.f;
+
+    load(0);
+    for (int k0 = 0; k0 < R; k0 += BK) {
+#pragma unroll
+        for (int i = 0; i < NA; i++) {
+            const int e = tid + i * T;
+            if (e < BM * BK) As[(e % BK) * AS + e / BK] = ra[i];
+        }
+#pragma unroll
+        for (int i = 0; i < NB; i++) Bs[(br + i * RSTEP) * BN + bc] = rb[i];
+        __syncthreads();
+        if (k0 + BK < R) load(k0 + BK); /* in flight while this step multiplies */
+#pragma unroll
+        for (int kk = 0; kk < BK; kk++)
+            fma_step<TM, TN>(acc, &As[kk * AS + ty * TM], &Bs[kk * BN + tx * TN]);
+        __syncthreads(); /* before the next step overwrites the tiles */
+    }
+
+    const int Mtot = M; /* channels of the output tensor */
+#pragma unroll
+    for (int j = 0; j < TN; j++) {
+        const int cj = c0 + tx * TN + j;
+        if (cj >= cols) continue;
+        const int img = cj / plane, pos = cj - img * plane;
+        float *o = out + (int64_t)img * Mtot * plane + pos;
+#pragma unroll
+        for (int i = 0; i < TM; i++) {
+            const int m = m0 + ty * TM + i;
+            if (m >= M) continue;
+            if (DATA)
+                o[(int64_t)m * plane] += acc[i][j];
+            else
+                o[(int64_t)m * plane] = acc[i][j] + (bias ? __ldg(bias + m) : 0.f);
+        }
+    }
+}
+
+/* ---------------------------------------------------------------- backward-filter */
+
+/* C (Cout x NR) = dy (Cout x P) xcol^T (P x NR), NR = Kf (+1 for the bias column), over the
+ * positions [z chunk, min(P, (z+1) chunk)) of split z = blockIdx.z. Both tiles are loaded
+ * position-fastest (coalesced along ow); each thread keeps one position per step (tid % BK),
+ * decoded once per step. part NULL: add into dw/db directly (one split); else write the
+ * partial tile to part[z][co][r]. */
+template <int KT, int BM, int BN, int BK, int TM, int TN>
+__global__ void __launch_bounds__((BM / TM) * (BN / TN))
+    conv_filter_kernel(float *__restrict__ dw, float *__restrict__ db, float *__restrict__ part,
+                       const float *__restrict__ dy, const float *__restrict__ x, const Geom g,
+                       int NR, int chunk) {
+    constexpr int NTX = BN / TN, T = (BM / TM) * NTX;
+    static_assert(BM % TM == 0 && BN % TN == 0, "tile split");
+    static_assert(T % BK == 0 && (BM * BK) % T == 0 && (BN * BK) % T == 0, "tile loads");
+    constexpr int RS = T / BK, NA = BM * BK / T, NB = BN * BK / T;
+    constexpr int AS = BM + 4, BS = BN + 4;
+    __shared__ __align__(16) float As[BK * AS];
+    __shared__ __align__(16) float Bs[BK * BS];
+
+    const int K = KT ? KT : g.K, KK = KT ? KT * KT : g.KK;
+    const int tid = threadIdx.x, tx = tid % NTX, ty = tid / NTX;
+    const int n0 = blockIdx.x * BN, m0 = blockIdx.y * BM;
+    const int kb = blockIdx.z * chunk;
+    const int ke = min(g.Py, kb + chunk);
+    const int kt = tid % BK, rt = tid / BK;
+
+    float ra[NA], rb[NB];
+    auto load = [&](int k0) {
+        const int p = k0 + kt;
+        const bool pok = p < ke;
+        const float *dyb = dy, *xb = x;
+        int ih0 = 0, iw0 = 0;
+        if (pok) {
+            const int img = p / g.HoWo, hw = p - img * g.HoWo, oh = hw / g.Wo, ow = hw - oh * g.Wo;
+            dyb = dy + (int64_t)img * g.Cout * g.HoWo + hw;
+            xb = x + (int64_t)img * g.Cin * g.HW;
+            ih0 = oh * g.stride - g.pad;
+            iw0 = ow * g.stride - g.pad;
+        }
+#pragma unroll
+        for (int i = 0; i < NA; i++) {
+            const int m = m0 + rt + i * RS;
+            ra[i] = pok && m < g.Cout ? __ldg(dyb + m * g.HoWo) : 0.f;
+        }
+#pragma unroll
+        for (int i = 0; i < NB; i++) {
+            const int n = n0 + rt + i * RS;
+            float v = 0.f;
+            if (pok && n < NR) {
+                if (n < g.Kf) {
+                    const int ci = n / KK, rr = n - ci * KK, kh = rr / K, kw = rr - kh * K;
+                    const int ih = ih0 + kh, iw = iw0 + kw;
+                    if ((unsigned)ih < (unsigned)g.H && (unsigned)iw < (unsigned)g.W)
+                        v = __ldg(xb + ci * g.HW + ih * g.W + iw);
+                } else {
+                    v = 1.f; /* the bias column */
+                }
+            }
+            rb[i] = v;
+        }
+    };
+
+    float acc[TM][TN];
+#pragma unroll
+    for (int i = 0; i < TM; i++)
+#pragma unroll
+        for (int j = 0; j < TN; j++) acc[i][j] = 0.f;
+
+    if (kb < ke) load(kb);
+    for (int k0 = kb; k0 < ke; k0 += BK) {
+#pragma unroll
+        for (int i = 0; i < NA; i++) As[kt * AS + rt + i * RS] = ra[i];
+#pragma unroll
+        for (int i = 0; i < NB; i++) Bs[kt * BS + rt + i * RS] = rb[i];
+        __syncthreads();
+        if (k0 + BK < ke) load(k0 + BK);
+#pragma unroll
+        for (int kk = 0; kk < BK; kk++)
+            fma_step<TM, TN>(acc, &As[kk * AS + ty * TM], &Bs[kk * BS + tx * TN]);
+        __syncthreads();
+    }
+
+#pragma unroll
+    for (int i = 0; i < TM; i++) {
+        const int m = m0 + ty * TM + i;
+        if (m >= g.Cout) continue;
+#pragma unroll
+        for (int j = 0; j < TN; j++) {
+            const int n = n0 + tx * TN + j;
+            if (n >= NR) continue;
+            if (part)
+                part[((int64_t)blockIdx.z * g.Cout + m) * NR + n] = acc[i][j];
+            else if (n < g.Kf) {
+                if (dw) dw[(int64_t)m * g.Kf + n] += acc[i][j];
+            } else {
+                db[m] += acc[i][j]; /* n == Kf: only there when db is wanted */
+            }
+        }
+    }
+}
+
+/* dw/db += the sum of the splits' partials, in split order. */
+__global__ void conv_filter_reduce_kernel(float *__restrict__ dw, float *__restrict__ db,
+                                          const float *__restrict__ part, int Cout, int NR, int Kf,
+                                          int splits) {
+    const int64_t n = (int64_t)Cout * NR;
+    for (int64_t i = (int64_t)blockIdx.x * blockDim.x + threadIdx.x; i < n;
+         i += (int64_t)gridDim.x * blockDim.x) {
+        float s = 0.f;
+        for (int z = 0; z < splits; z++) s += part[(int64_t)z * n + i];
+        const int m = (int)(i / NR), r = (int)(i - (int64_t)m * NR);
+        if (r < Kf) {
+            if (dw) dw[(int64_t)m * Kf + r] += s;
+        } else {
+            db[m] += s;
+        }
+    }
+}
+
+/* max |a - b| and max |b| into out[0], out[1] (non-negative floats order as their bits; out
+ * zeroed first); a NaN difference counts as infinity. */
+__global__ void maxdiff_kernel(unsigned int *out, const float *a, const float *b, size_t n) {
+    float d = 0.f, m = 0.f;
+    for (size_t i = (size_t)blockIdx.x * blockDim.x + threadIdx.x; i < n;
+         i += (size_t)gridDim.x * blockDim.x) {
+        float e = fabsf(a[i] - b[i]);
+        if (isnan(e)) e = INFINITY;
+        d = fmaxf(d, e);
+        m = fmaxf(m, fabsf(b[i]));
+    }
+    for (int o = 16; o > 0; o >>= 1) {
+        d = fmaxf(d, __shfl_xor_sync(0xffffffffu, d, o));
+        m = fmaxf(m, __shfl_xor_sync(0xffffffffu, m, o));
+    }
+    if ((threadIdx.x & 31) == 0) {
+        atomicMax(out, __float_as_uint(d));
+        atomicMax(out + 1, __float_as_uint(m));
+    }
+}
+
+/* ---------------------------------------------------------------- launchers */
+
+int sm_count = 0; /* set by dd_conv_own_prepare (outside any capture) */
+
+unsigned int ceil_div(int64_t a, int64_t b) { return (unsigned int)((a + b - 1) / b); }
+
+template <bool DATA, int BM, int BN, int BK, int TM, int TN>
+int launch_gemm(float *out, const float *act, const float *w, const float *bias, const Geom &g) {
+    constexpr int T = (BM / TM) * (BN / TN);
+    const int M = DATA ? g.Cin : g.Cout, cols = DATA ? g.Px : g.Py;
+    if (M <= 0 || cols <= 0) return 0;
+    const dim3 grid(ceil_div(cols, BN), ceil_div(M, BM));
+    if (grid.y > 65535) return dd_error("conv2d (own kernels): %d channels, too many", M);
+    if (g.K == 3)
+        conv_gemm_kernel<DATA, 3, BM, BN, BK, TM, TN>
+            <<<grid, T, 0, dd_cuda_stream>>>(out, act, w, bias, g);
+    else if (g.K == 4)
+        conv_gemm_kernel<DATA, 4, BM, BN, BK, TM, TN>
+            <<<grid, T, 0, dd_cuda_stream>>>(out, act, w, bias, g);
+    else
+        conv_gemm_kernel<DATA, 0, BM, BN, BK, TM, TN>
+            <<<grid, T, 0, dd_cuda_stream>>>(out, act, w, bias, g);
+    if (DATA)
+        DD_CUDA_LAUNCHED("conv backward-data (own)");
+    else
+        DD_CUDA_LAUNCHED("conv forward (own)");
+    return 0;
+}
+
+/* Splits of the filter reduction: about 4 blocks per SM in all, each split at least two
+ * reduction steps long, the partials within the workspace (and 16 MiB, so that the second pass
+ * stays cheap). One split (no workspace needed) when that leaves fewer than two. */
+template <int BM, int BN, int BK, int TM, int TN>
+int launch_filter(float *dw, float *db, const float *dy, const float *x, const Geom &g, void *ws,
+                  size_t ws_bytes) {
+    constexpr int T = (BM / TM) * (BN / TN);
+    const int NR = g.Kf + (db ? 1 : 0);
+    if (g.Cout <= 0 || NR <= 0 || g.Py <= 0 || (!dw && !db)) return 0;
+    const int64_t tiles = (int64_t)ceil_div(NR, BN) * ceil_div(g.Cout, BM);
+    const int64_t out_bytes = (int64_t)g.Cout * NR * (int64_t)sizeof(float);
+    const int64_t sms = sm_count > 0 ? sm_count : 132;
+    int64_t splits = (4 * sms + tiles - 1) / tiles;
+    const int64_t by_len = ((int64_t)g.Py + 2 * BK - 1) / (2 * BK);
+    int64_t room = (int64_t)(ws_bytes < ((size_t)16 << 20) ? ws_bytes : ((size_t)16 << 20));
+    const int64_t by_ws = ws ? room / out_bytes : 0;
+    if (splits > by_len) splits = by_len;
+    if (splits > by_ws) splits = by_ws;
+    if (splits > 4096) splits = 4096;
+    int64_t chunk = g.Py;
+    if (splits >= 2) {
+        chunk = ((int64_t)g.Py + splits - 1) / splits;
+        chunk = (chunk + BK - 1) / BK * BK;
+        splits = ((int64_t)g.Py + chunk - 1) / chunk; /* no empty split */
+    }
+    if (splits < 2) {
+        splits = 1;
+        chunk = g.Py;
+    }
+    float *part = splits > 1 ? (float *)ws : NULL;
+    const dim3 grid(ceil_div(NR, BN), ceil_div(g.Cout, BM), (unsigned int)splits);
+    if (grid.y > 65535) return dd_error("conv2d (own kernels): %d channels, too many", g.Cout);
+    if (g.K == 3)
+        conv_filter_kernel<3, BM, BN, BK, TM, TN>
+            <<<grid, T, 0, dd_cuda_stream>>>(dw, db, part, dy, x, g, NR, (int)chunk);
+    else if (g.K == 4)
+        conv_filter_kernel<4, BM, BN, BK, TM, TN>
+            <<<grid, T, 0, dd_cuda_stream>>>(dw, db, part, dy, x, g, NR, (int)chunk);
+    else
+        conv_filter_kernel<0, BM, BN, BK, TM, TN>
+            <<<grid, T, 0, dd_cuda_stream>>>(dw, db, part, dy, x, g, NR, (int)chunk);
+    DD_CUDA_LAUNCHED("conv backward-filter (own)");
+    if (part) {
+        const int64_t n = (int64_t)g.Cout * NR;
+        int64_t blocks = (n + 255) / 256;
+        if (blocks > 4096) blocks = 4096;
+        conv_filter_reduce_kernel<<<(unsigned int)blocks, 256, 0, dd_cuda_stream>>>(
+            dw, db, part, g.Cout, NR, g.Kf, (int)splits);
+        DD_CUDA_LAUNCHED("conv backward-filter reduction (own)");
+    }
+    return 0;
+}
+
+typedef int (*gemm_fn)(float *, const float *, const float *, const float *, const Geom &);
+typedef int (*filter_fn)(float *, float *, const float *, const float *, const Geom &, void *,
+                         size_t);
+
+/* Tile configurations, BMxBN (BK, TMxTN): all 128 threads except the first filter one (64). */
+template <bool DATA> struct GemmConfigs {
+    static constexpr gemm_fn fn[] = {
+        launch_gemm<DATA, 8, 128, 8, 2, 4>,  launch_gemm<DATA, 16, 128, 16, 4, 4>,
+        launch_gemm<DATA, 32, 64, 16, 4, 4>, launch_gemm<DATA, 64, 64, 16, 8, 4>,
+        launch_gemm<DATA, 64, 128, 8, 8, 8>,
+    };
+};
+const char *const gemm_names[] = {"8x128", "16x128", "32x64", "64x64", "64x128"};
+constexpr int GEMM_CONFIGS = 5;
+
+const filter_fn filter_fns[] = {
+    launch_filter<16, 64, 16, 4, 4>,
+    launch_filter<32, 64, 32, 4, 4>,
+    launch_filter<64, 64, 32, 8, 4>,
+};
+const char *const filter_names[] = {"16x64", "32x64", "64x64"};
+constexpr int FILTER_CONFIGS = 3;
+
+/* the first configuration whose BM covers m channels (the last for more) */
+int by_channels(int m) {
+    static const int bm[] = {8, 16, 32, 64};
+    for (int i = 0; i < 4; i++)
+        if (m <= bm[i]) return i;
+    return 3;
+}
+
+} /* namespace */
+
+extern "C" {
+
+int dd_conv_own_configs(int dir) {
+    return dir == DD_CONV_BWD_FILTER ? FILTER_CONFIGS
+           : dir == DD_CONV_FWD || dir == DD_CONV_BWD_DATA ? GEMM_CONFIGS
+                                                           : 0;
+}
+
+const char *dd_conv_own_config_name(int dir, int cfg) {
+    if (cfg < 0 || cfg >= dd_conv_own_configs(dir)) return "?";
+    return dir == DD_CONV_BWD_FILTER ? filter_names[cfg] : gemm_names[cfg];
+}
+
+int dd_conv_own_default(int dir, const dd_conv_shape *s) {
+    if (dir == DD_CONV_BWD_FILTER) return s->Cout <= 16 ? 0 : s->Cout <= 32 ? 1 : 2;
+    return by_channels(dir == DD_CONV_BWD_DATA ? s->Cin : s->Cout);
+}
+
+int dd_conv_own_supported(const dd_conv_shape *s) {
+    if (s->N < 0 || s->Cin < 0 || s->Cout < 0 || s->H < 0 || s->W < 0 || s->Ho < 0 || s->Wo < 0)
+        return 0;
+    if (s->K < 1 || s->stride < 1 || s->pad < 0) return 0;
+    /* every int the kernels compute stays below the limit (positions plus a tile, per-image
+     * offsets, weight offsets) */
+    const int64_t lim = (int64_t)INT_MAX - 4096;
+    const int64_t KK = (int64_t)s->K * s->K;
+    const int64_t v[] = {(int64_t)s->N * s->H * s->W, (int64_t)s->N * s->Ho * s->Wo,
+                         (int64_t)s->Cin * s->H * s->W, (int64_t)s->Cout * s->Ho * s->Wo,
+                         (int64_t)s->Cin * KK + 1, (int64_t)s->Cout * KK,
+                         (int64_t)s->Cout * (s->Cin * KK + 1), (int64_t)s->H + 2 * s->pad,
+                         (int64_t)s->W + 2 * s->pad, (int64_t)s->Ho * s->stride + s->K};
+    for (size_t i = 0; i < sizeof v / sizeof v[0]; i++)
+        if (v[i] > lim) return 0;
+    return 1;
+}
+
+int dd_conv_own_prepare(void) {
+    if (sm_count > 0) return 0;
+    int dev = 0, n = 0;
+    DD_CUDA_CHECK(cudaGetDevice(&dev));
+    DD_CUDA_CHECK(cudaDeviceGetAttribute(&n, cudaDevAttrMultiProcessorCount, dev));
+    sm_count = n > 0 ? n : 132;
+    return 0;
+}
+
+static int bad_config(const char *what, int cfg) {
+    return dd_error("conv2d %s (own kernels): no tile configuration %d", what, cfg);
+}
+
+int dd_conv_own_forward(int cfg, float *y, const float *x, const float *w, const float *b,
+                        const dd_conv_shape *s) {
+    if (cfg < 0 || cfg >= GEMM_CONFIGS) return bad_config("forward", cfg);
+    return GemmConfigs<false>::fn[cfg](y, x, w, b, geometry(s));
+}
+
+int dd_conv_own_backward_data(int cfg, float *dx, const float *dy, const float *w,
+                              const dd_conv_shape *s) {
+    if (cfg < 0 || cfg >= GEMM_CONFIGS) return bad_config("backward-data", cfg);
+    if (!dx) return 0;
+    return GemmConfigs<true>::fn[cfg](dx, dy, w, NULL, geometry(s));
+}
+
+int dd_conv_own_backward_filter(int cfg, float *dw, float *db, const float *dy, const float *x,
+                                const dd_conv_shape *s, void *ws, size_t ws_bytes) {
+    if (cfg < 0 || cfg >= FILTER_CONFIGS) return bad_config("backward-filter", cfg);
+    return filter_fns[cfg](dw, db, dy, x, geometry(s), ws, ws_bytes);
+}
+
+int dd_conv_maxdiff(float out[2], const float *a, const float *b, size_t n, void *dev8) {
+    unsigned int *d = (unsigned int *)dev8, h[2];
+    DD_CUDA_CHECK(cudaMemsetAsync(d, 0, 2 * sizeof(unsigned int), dd_cuda_stream));
+    if (n) {
+        size_t blocks = (n + 255) / 256;
+        if (blocks > 1024) blocks = 1024;
+        maxdiff_kernel<<<(unsigned int)blocks, 256, 0, dd_cuda_stream>>>(d, a, b, n);
+        DD_CUDA_LAUNCHED("conv maxdiff");
+    }
+    DD_CUDA_CHECK(cudaMemcpyAsync(h, d, sizeof h, cudaMemcpyDeviceToHost, dd_cuda_stream));
+    DD_CUDA_CHECK(cudaStreamSynchronize(dd_cuda_stream));
+    memcpy(&out[0], &h[0], sizeof(float));
+    memcpy(&out[1], &h[1], sizeof(float));
+    return 0;
+}
+
+} /* extern "C" */
+
+/* ---------------------------------------------------------------- timing helper */
+
+namespace {
+__global__ void spin_kernel(long long cycles) {
+    const long long t0 = clock64();
+    while (clock64() - t0 < cycles) {
+    }
+}
+} /* namespace */
+
+extern "C" int dd_conv_spin(long long cycles) {
+    spin_kernel<<<1, 1, 0, dd_cuda_stream>>>(cycles);
+    DD_CUDA_LAUNCHED("conv timing spin");
+    return 0;
+}
+
+/* ---------------------------------------------------------------- test data */
+
+namespace {
+/* uniform in [-1, 1) from a hash of (seed, i): independent of the diffusion RNG's interface */
+__global__ void fill_kernel(float *out, size_t n, unsigned int seed) {
+    for (size_t i = (size_t)blockIdx.x * blockDim.x + threadIdx.x; i < n;
+         i += (size_t)gridDim.x * blockDim.x) {
+        unsigned int h = (unsigned int)i * 0x9e3779b9u ^ (unsigned int)(i >> 32) ^ seed;
+        h ^= h >> 16;
+        h *= 0x7feb352du;
+        h ^= h >> 15;
+        h *= 0x846ca68bu;
+        h ^= h >> 16;
+        out[i] = (float)(h >> 8) * (2.0f / 16777216.0f) - 1.0f;
+    }
+}
+} /* namespace */
+
+extern "C" int dd_conv_fill(float *out, size_t n, unsigned int seed) {
+    if (!n) return 0;
+    size_t blocks = (n + 255) / 256;
+    if (blocks > 4096) blocks = 4096;
+    fill_kernel<<<(unsigned int)blocks, 256, 0, dd_cuda_stream>>>(out, n, seed);
+    DD_CUDA_LAUNCHED("conv test fill");
+    return 0;
+}
