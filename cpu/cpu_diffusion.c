@@ -38,8 +38,8 @@ int dd_cpu_q_sample(float *xt, const float *x0, const float *noise, const float 
 }
 
 int dd_cpu_sampler_step(float *x, float *x0_out, const float *out, const float *uncond, size_t n,
-                        float g, int clip, const float *tab, dd_rng_at at) {
-    const float *row = tab + (at.k ? *at.k : 0) * DD_SAMPLER_COLS;
+                        float g, int clip, const float *tab, const int64_t *k, dd_rng_at at) {
+    const float *row = tab + *k * DD_SAMPLER_COLS;
     const uint64_t o = dd_rng_at_offset(at);
     const int guided = uncond != NULL;
     const float sigma = row[DD_SAMPLER_SIGMA];

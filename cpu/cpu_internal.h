@@ -110,6 +110,7 @@ int dd_cpu_train_draw(int32_t *t, int32_t *lab_out, const int32_t *lab_in, int N
 int dd_cpu_q_sample(float *xt, const float *x0, const float *noise, const float *ca,
                     const float *cb, const int32_t *idx, int N, size_t per);
 int dd_cpu_sampler_step(float *x, float *x0_out, const float *out, const float *uncond, size_t n,
-                        float g, int clip, const float *tab, dd_rng_at at);
+                        float g, int clip, const float *tab, const int64_t *k,
+                        dd_rng_at at);
 
 #endif

@@ -7,6 +7,7 @@
  * back to the host inside the loop, and on CUDA the whole step is recorded once as a CUDA graph
  * and replayed (dd_replay). Buffers are allocated once per run, nothing per step. */
 #include <math.h>
+#include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -26,11 +27,13 @@ dd_sample_opts dd_sample_opts_default(int B, size_t per) {
 }
 
 /* One run's memory. Guided runs feed the model a batch of 2B: the first half conditioned on
- * the labels, the second on the generic label. */
+ * the labels, the second on the generic label. A dd_sample_cache keeps it (and the recorded
+ * step) for the next run of the same shape. */
 typedef struct {
     const dd_backend *be;
-    const dd_denoiser *m;
-    int B, nb, guided, clip, steps;
+    dd_denoiser model; /* a copy: the caller's struct may not outlive the run */
+    const dd_denoiser *m; /* &model */
+    int B, nb, guided, conditional, clip, steps;
     float g;
     size_t per, n;  /* n = B * per */
     float *x;       /* backend (B, per): the chain */
@@ -41,30 +44,46 @@ typedef struct {
     int32_t *lab;   /* backend (nb), conditional models only */
     float *tab;     /* backend (steps, DD_SAMPLER_COLS): every step's scalars */
     int32_t *ttab;  /* backend (steps): every step's t */
-    int64_t *k;     /* backend (1): the step counter */
+    int64_t *k;     /* backend (1): the step counter (the table row) */
+    int64_t *noff;  /* backend (1): the Philox offset of this step's noise, += n a step */
     int *t_host;    /* host (steps): every step's t, for the step callback */
-    dd_rng_at noise; /* step k's noise: offset + k n */
+    dd_rng_at noise; /* step k's noise: (seed, stream) at *noff */
     dd_replay rp;
 } run;
 
+struct dd_sample_cache {
+    run r;
+    int used; /* r holds a run's buffers */
+};
+
 static void run_free(run *r) {
-    void *dev[] = {r->x, r->x0, r->xin, r->out, r->t, r->lab, r->tab, r->ttab, r->k};
+    void *dev[] = {r->x, r->x0, r->xin, r->out, r->t, r->lab, r->tab, r->ttab, r->k, r->noff};
     for (size_t i = 0; i < sizeof dev / sizeof dev[0]; i++)
         if (dev[i]) r->be->free(dev[i]);
     free(r->t_host);
     dd_replay_reset(&r->rp);
+    memset(r, 0, sizeof *r);
+}
+
+dd_sample_cache *dd_sample_cache_new(void) {
+    dd_sample_cache *c = calloc(1, sizeof *c);
+    if (!c) dd_error("sampler cache: out of host memory");
+    return c;
+}
+
+void dd_sample_cache_free(dd_sample_cache *c) {
+    if (!c) return;
+    if (c->used) run_free(&c->r);
+    free(c);
 }
 
 static int label_ok(const dd_denoiser *m, int32_t l) {
     return (l >= 0 && l < m->num_classes) || l == m->generic_label;
 }
 
-/* Validate the request and set up the run for `steps` steps. */
-static int run_init(run *r, const dd_backend *be, const dd_schedule *s, const dd_denoiser *m,
-                    const dd_sample_opts *o, int steps) {
-    memset(r, 0, sizeof *r);
-    r->be = be;
-    r->m = m;
+/* Check the request (before anything is allocated). */
+static int check_request(const dd_backend *be, const dd_schedule *s, const dd_denoiser *m,
+                         const dd_sample_opts *o) {
     if (!be || !be->alloc || !be->normal || !be->sampler_step || !be->index_fill ||
         !be->counter_add)
         return dd_error("sampler: backend '%s' lacks the diffusion ops",
@@ -77,16 +96,15 @@ static int run_init(run *r, const dd_backend *be, const dd_schedule *s, const dd
         return dd_error("sampler: empty batch (B = %d, values per sample %zu)", o->B, o->per);
     if (!isfinite(o->guidance))
         return dd_error("sampler: guidance scale must be finite (got %g)", (double)o->guidance);
-    const int has_labels = o->labels || o->label >= 0;
-    r->guided = o->guidance != 1.0f;
+    const int has_labels = o->labels || o->label >= 0, guided = o->guidance != 1.0f;
     if (m->num_classes <= 0) {
-        if (r->guided)
+        if (guided)
             return dd_error("classifier-free guidance (scale %g) needs a conditional model; this "
                             "model is unconditional",
                             (double)o->guidance);
         if (has_labels) return dd_error("labels given to an unconditional model");
     } else {
-        if (r->guided && !has_labels)
+        if (guided && !has_labels)
             return dd_error("classifier-free guidance (scale %g) needs labels to condition on",
                             (double)o->guidance);
         if (o->labels) {
@@ -98,13 +116,22 @@ static int run_init(run *r, const dd_backend *be, const dd_schedule *s, const dd
             return dd_error("label %d is outside 0..%d", (int)o->label, m->num_classes - 1);
         }
     }
+    return 0;
+}
 
+/* Allocate a run for `steps` steps. */
+static int run_alloc(run *r, const dd_backend *be, const dd_denoiser *m, const dd_sample_opts *o,
+                     int steps) {
+    memset(r, 0, sizeof *r);
+    r->be = be;
+    r->model = *m;
+    r->m = &r->model;
     r->B = o->B;
     r->per = o->per;
     r->n = (size_t)o->B * o->per;
+    r->guided = o->guidance != 1.0f;
+    r->conditional = m->num_classes > 0;
     r->nb = r->guided ? 2 * o->B : o->B; /* the model's batch */
-    r->g = o->guidance;
-    r->clip = o->clip;
     r->steps = steps;
     const size_t bytes = r->n * sizeof(float);
     r->t_host = malloc((size_t)steps * sizeof(int));
@@ -114,32 +141,57 @@ static int run_init(run *r, const dd_backend *be, const dd_schedule *s, const dd
              be->alloc((void **)&r->t, (size_t)r->nb * sizeof(int32_t)) ||
              be->alloc((void **)&r->tab, (size_t)steps * DD_SAMPLER_COLS * sizeof(float)) ||
              be->alloc((void **)&r->ttab, (size_t)steps * sizeof(int32_t)) ||
-             be->alloc((void **)&r->k, sizeof(int64_t));
+             be->alloc((void **)&r->k, sizeof(int64_t)) ||
+             be->alloc((void **)&r->noff, sizeof(int64_t));
     if (!rc && r->guided) rc = be->alloc((void **)&r->xin, 2 * bytes);
-    if (!rc && m->num_classes > 0) rc = be->alloc((void **)&r->lab, (size_t)r->nb * sizeof(int32_t));
+    if (!rc && r->conditional)
+        rc = be->alloc((void **)&r->lab, (size_t)r->nb * sizeof(int32_t));
     if (rc) {
         run_free(r);
         return dd_error_prefix("sampler");
     }
-    if (m->num_classes > 0) {
+    return 0;
+}
+
+/* This run's setup: check it, take the cached buffers when they fit (else allocate), and load
+ * the labels. *rp points at the run to use. */
+static int run_init(run **rp, run *local, dd_sample_cache *cache, const dd_backend *be,
+                    const dd_schedule *s, const dd_denoiser *m, const dd_sample_opts *o,
+                    int steps) {
+    DD_TRY(check_request(be, s, m, o));
+    run *r = cache ? &cache->r : local;
+    const int fits = cache && cache->used && r->be == be && r->model.fn == m->fn &&
+                     r->model.ctx == m->ctx && r->B == o->B && r->per == o->per &&
+                     r->guided == (o->guidance != 1.0f) && r->conditional == (m->num_classes > 0) &&
+                     r->steps == steps;
+    if (!fits) {
+        if (cache && cache->used) run_free(r);
+        if (cache) cache->used = 0;
+        DD_TRY(run_alloc(r, be, m, o, steps));
+        if (cache) cache->used = 1;
+    }
+    r->model = *m; /* the same function and context; objective and labels may differ */
+    r->m = &r->model;
+    r->g = o->guidance;
+    r->clip = o->clip;
+    *rp = r;
+    if (r->conditional) {
         /* Conditioned half: the labels (none given: the generic label, unconditioned
          * sampling); the second half of a guided batch: the generic label. */
         int32_t *lab = malloc((size_t)r->nb * sizeof(int32_t));
-        if (!lab) {
-            run_free(r);
-            return dd_error("sampler: out of host memory");
-        }
+        if (!lab) return dd_error("sampler: out of host memory");
         for (int i = 0; i < o->B; i++)
             lab[i] = o->labels ? o->labels[i] : o->label >= 0 ? o->label : m->generic_label;
         for (int i = o->B; i < r->nb; i++) lab[i] = m->generic_label;
-        rc = be->to_device(r->lab, lab, (size_t)r->nb * sizeof(int32_t));
+        int rc = be->to_device(r->lab, lab, (size_t)r->nb * sizeof(int32_t));
         free(lab);
-        if (rc) {
-            run_free(r);
-            return -1;
-        }
+        DD_TRY(rc);
     }
     return 0;
+}
+
+static void run_done(run *r, const run *local) {
+    if (r == local) run_free(r);
 }
 
 /* Step k's row: the objective's conversion to eps at t, the x0 estimate at t, then the update. */
@@ -167,8 +219,10 @@ static int run_start(run *r, const float *tab, dd_rng *rng) {
     DD_TRY(be->zero(r->k, sizeof(int64_t)));
     DD_TRY(be->normal(r->x, r->n, (dd_rng_at){rng->seed, rng->stream, rng->offset, NULL, 0}));
     rng->offset += r->n;
-    /* every step owns n addresses, used or not */
-    r->noise = (dd_rng_at){rng->seed, rng->stream, rng->offset, r->k, r->n};
+    /* every step owns n addresses, used or not: step k's noise starts at offset + k n */
+    const int64_t noff = (int64_t)rng->offset;
+    DD_TRY(be->to_device(r->noff, &noff, sizeof noff));
+    r->noise = (dd_rng_at){rng->seed, rng->stream, 0, r->noff, 1};
     return 0;
 }
 
@@ -184,13 +238,28 @@ static int step_body(void *ctx) {
         in = r->xin;
     }
     DD_TRY(r->m->fn(r->m->ctx, r->out, in, r->t, r->lab, r->nb));
+    /* the row comes from k; the noise from noff (its own counter, so that a recorded step
+     * serves any later run whatever its seed offset) */
     DD_TRY(be->sampler_step(r->x, r->x0, r->out, r->guided ? r->out + r->n : NULL, r->n, r->g,
-                            r->clip, r->tab, r->noise));
-    return be->counter_add(r->k, 1, NULL);
+                            r->clip, r->tab, r->k, r->noise));
+    DD_TRY(be->counter_add(r->k, 1, NULL));
+    return be->counter_add(r->noff, (int64_t)r->n, NULL);
 }
 
 static int loop(run *r, dd_sample_opts *o, float *out) {
-    const void *key[DD_REPLAY_KEYS] = {r->x, r->out, r->tab, r->k, r->m->ctx};
+    /* the buffers, and the values the step's calls take as arguments */
+    uint32_t gbits;
+    memcpy(&gbits, &r->g, sizeof gbits);
+    const void *key[DD_REPLAY_KEYS] = {r->x,
+                                       r->out,
+                                       r->tab,
+                                       r->k,
+                                       (const void *)r->m->fn,
+                                       r->m->ctx,
+                                       (const void *)(uintptr_t)gbits,
+                                       (const void *)(uintptr_t)r->clip,
+                                       (const void *)(uintptr_t)r->noise.seed,
+                                       (const void *)(uintptr_t)r->noise.stream};
     for (int k = 0; k < r->steps; k++) {
         if (dd_replay_run(&r->rp, r->be, step_body, r, key))
             return dd_error_prefix("sampler step at t = %d", r->t_host[k]);
@@ -212,24 +281,24 @@ static int sample(run *r, dd_sample_opts *o, float *tab, float *out) {
 int dd_sample_ddpm(const dd_backend *be, const dd_schedule *s, const dd_denoiser *m,
                    dd_sample_opts *o, float *out) {
     if (!s || !s->beta) return dd_error("sampler: no schedule");
-    run r;
-    DD_TRY(run_init(&r, be, s, m, o, s->T));
+    run local, *r;
+    DD_TRY(run_init(&r, &local, o->cache, be, s, m, o, s->T));
     float *tab = malloc((size_t)s->T * DD_SAMPLER_COLS * sizeof(float));
     if (!tab) {
-        run_free(&r);
+        run_done(r, &local);
         return dd_error("sampler: out of host memory");
     }
     for (int k = 0; k < s->T; k++) {
         const int t = s->T - k;
-        r.t_host[k] = t;
+        r->t_host[k] = t;
         /* mean = coef1 x0 + coef2 x_t; noise sqrt(posterior variance), none at t = 1, so the
          * last step returns the (clipped) x0 estimate */
         fill_row(tab + (size_t)k * DD_SAMPLER_COLS, s, m->objective, t, s->coef1[t], s->coef2[t],
                  0.0f, t > 1 ? sqrtf(s->post_var[t]) : 0.0f);
     }
-    int rc = sample(&r, o, tab, out);
+    int rc = sample(r, o, tab, out);
     free(tab);
-    run_free(&r);
+    run_done(r, &local);
     return rc;
 }
 
@@ -243,8 +312,8 @@ int dd_sample_ddim(const dd_backend *be, const dd_schedule *s, const dd_denoiser
         free(times);
         return -1;
     }
-    run r;
-    if (run_init(&r, be, s, m, o, tau)) {
+    run local, *r;
+    if (run_init(&r, &local, o->cache, be, s, m, o, tau)) {
         free(times);
         return -1;
     }
@@ -252,7 +321,7 @@ int dd_sample_ddim(const dd_backend *be, const dd_schedule *s, const dd_denoiser
     int rc = tab ? 0 : dd_error("DDIM: out of host memory");
     for (int k = 0; !rc && k < tau; k++) {
         const int t = times[k], tn = times[k + 1];
-        r.t_host[k] = t;
+        r->t_host[k] = t;
         /* SPEC: sigma = eta sqrt((1 - abar_t/abar_next)(1 - abar_next)/(1 - abar_t));
          * x = sqrt(abar_next) x0 + sqrt(1 - abar_next - sigma^2) eps (+ sigma z unless
          * t_next = 1). The max(0, .) guard only absorbs rounding (t == t_next gives 0). */
@@ -263,9 +332,9 @@ int dd_sample_ddim(const dd_backend *be, const dd_schedule *s, const dd_denoiser
         fill_row(tab + (size_t)k * DD_SAMPLER_COLS, s, m->objective, t, (float)sqrt(abn), 0.0f,
                  (float)c, tn != 1 ? (float)sigma : 0.0f);
     }
-    if (!rc) rc = sample(&r, o, tab, out);
+    if (!rc) rc = sample(r, o, tab, out);
     free(tab);
-    run_free(&r);
+    run_done(r, &local);
     free(times);
     return rc;
 }

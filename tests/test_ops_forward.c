@@ -460,7 +460,7 @@ static void check_diffusion(void) {
         const uint64_t seed = 99, stream = 3 + c, off = 500, stride = 7000;
         const int64_t k = 2;
         CHECK_OK(B->sampler_step(xs, cases[c].want_x0 ? x0o : NULL, e, cases[c].guided ? un : NULL,
-                                 m, cases[c].g, cases[c].clip, tab,
+                                 m, cases[c].g, cases[c].clip, tab, &k,
                                  (dd_rng_at){seed, stream, off, &k, stride}));
         size_t bad = 0, badx0 = 0, clipped = 0;
         for (size_t i = 0; i < m; i++) {

@@ -64,8 +64,8 @@ static int mb_q_sample(float *xt, const float *x0, const float *noise, const flo
     return 0;
 }
 static int mb_sampler_step(float *x, float *x0_out, const float *out, const float *uncond, size_t n,
-                           float g, int clip, const float *tab, dd_rng_at at) {
-    const float *r = tab + (at.k ? *at.k : 0) * DD_SAMPLER_COLS;
+                           float g, int clip, const float *tab, const int64_t *k, dd_rng_at at) {
+    const float *r = tab + *k * DD_SAMPLER_COLS;
     for (size_t i = 0; i < n; i++) {
         const float pred = uncond ? uncond[i] + g * (out[i] - uncond[i]) : out[i];
         const float eps = r[DD_SAMPLER_EA] * x[i] + r[DD_SAMPLER_EB] * pred;
@@ -682,6 +682,63 @@ static void test_train_batch(void) {
     dd_schedule_free(&s);
 }
 
+/* ---------------------------------------------------------------- the sampler cache */
+
+/* Runs that share a dd_sample_cache give the same bits as runs that do not: consecutive batches
+ * continuing one Philox stream (as the FLD evaluation does), guided and not, DDIM and DDPM, and
+ * a change of shape in between (the cache must rebuild, not reuse a too-small buffer). */
+/* the Gaussian model, plus 0.01 * label: so that stale labels would show */
+static int labelled_fn(void *ctx, float *out, const float *x, const int32_t *t,
+                       const int32_t *labels, int B) {
+    gauss_model *g = ctx;
+    DD_TRY(gauss_fn(ctx, out, x, t, labels, B));
+    DD_TRY(BE->to_host(g->host, out, (size_t)B * g->per * sizeof(float)));
+    for (int b = 0; b < B; b++)
+        for (size_t i = 0; i < g->per; i++) g->host[b * g->per + i] += 0.01f * (float)labels[b];
+    return BE->to_device(out, g->host, (size_t)B * g->per * sizeof(float));
+}
+
+static void test_cache(void) {
+    dd_schedule s;
+    CHECK_OK(dd_schedule_init(&s, DD_SCHEDULE_COSINE, 12, 0, 0));
+    enum { MAXB = 6 };
+    gauss_model g = {.s = &s, .obj = DD_OBJECTIVE_V, .mu = 0.3, .s2 = 0.25, .per = GPER};
+    g.host = malloc((size_t)2 * MAXB * GPER * sizeof(float));
+    dd_denoiser m = {.fn = labelled_fn, .ctx = &g, .objective = DD_OBJECTIVE_V, .num_classes = 3,
+                     .generic_label = 3};
+    const struct {
+        int B, tau;
+        float guidance;
+        int32_t label;
+    } runs[] = {{4, 5, 1.0f, -1}, {4, 5, 1.0f, 2}, {4, 5, 2.5f, 1}, {4, 5, 2.5f, 0},
+                {6, 5, 2.5f, 0},  {6, 0, 2.5f, 2}, {6, 0, 2.5f, 1}, {4, 5, 1.0f, -1}};
+    const int nr = (int)(sizeof runs / sizeof runs[0]);
+    float *a = malloc((size_t)MAXB * GPER * sizeof(float)), *b = malloc((size_t)MAXB * GPER * sizeof(float));
+    dd_sample_cache *cache = dd_sample_cache_new();
+    CHECK(cache != NULL);
+    dd_rng ra = {5, 0, 0}, rb = ra;
+    for (int i = 0; i < nr; i++) {
+        for (int with = 0; with < 2; with++) {
+            dd_sample_opts o = dd_sample_opts_default(runs[i].B, GPER);
+            o.guidance = runs[i].guidance;
+            o.label = runs[i].label;
+            o.rng = with ? rb : ra;
+            o.cache = with ? cache : NULL;
+            float *out = with ? b : a;
+            CHECK_OK(runs[i].tau ? dd_sample_ddim(BE, &s, &m, &o, runs[i].tau, 0.5f, out)
+                                 : dd_sample_ddpm(BE, &s, &m, &o, out));
+            if (with) rb = o.rng;
+            else ra = o.rng;
+        }
+        CHECKF(!memcmp(a, b, (size_t)runs[i].B * GPER * sizeof(float)) && ra.offset == rb.offset,
+               "run %d: a cached sampler gives other samples", i);
+    }
+    dd_sample_cache_free(cache);
+    dd_sample_cache_free(NULL);
+    free(a), free(b), free(g.host);
+    dd_schedule_free(&s);
+}
+
 /* ---------------------------------------------------------------- two backends, same numbers */
 
 static void test_backends_agree(void) {
@@ -712,6 +769,7 @@ int main(void) {
         test_last_step();
         test_guidance();
         test_train_batch();
+        test_cache();
     }
     test_backends_agree();
     return tu_finish();

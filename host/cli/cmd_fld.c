@@ -93,6 +93,9 @@ static int judge_checkpoint(const char *path, const dd_run_info *ri, const sampl
     /* one Philox stream for the whole run: each batch continues where the previous one stopped,
      * so the samples depend on --seed and --batch only */
     dd_rng rng = {.seed = a->seed, .stream = 0, .offset = 0};
+    /* the batches share buffers and the recorded sampling step */
+    dd_sample_cache *cache = rc ? NULL : dd_sample_cache_new();
+    if (!rc && !cache) rc = -1;
     for (int64_t i = 0; !rc && i < n; i += B) {
         int b = n - i < B ? (int)(n - i) : B;
         dd_sample_opts o = dd_sample_opts_default(b, per);
@@ -101,6 +104,7 @@ static int judge_checkpoint(const char *path, const dd_run_info *ri, const sampl
         o.rng = rng;
         o.on_step = on_step;
         o.step_ctx = &sx;
+        o.cache = cache;
         if (cond) {
             /* class of sample k is k / per_label: per_label samples of every class */
             for (int k = 0; k < b; k++) labels[k] = (int32_t)((i + k) / a->per_label);
@@ -112,6 +116,7 @@ static int judge_checkpoint(const char *path, const dd_run_info *ri, const sampl
         if (!rc) rc = dd_classifier_accumulate(clf, acc, x, b, DD_PIXELS_PM1);
     }
     if (!rc) dd_progress_finish(&sx.pb, NULL);
+    dd_sample_cache_free(cache);
     free(x);
     free(labels);
     dd_runner_free(&r);

@@ -189,7 +189,7 @@ typedef struct dd_backend {
     int (*q_sample)(float *xt, const float *x0, const float *noise, const float *ca,
                     const float *cb, const int32_t *idx, int N, size_t per);
     /* One sampler step for the whole batch, in place on x (n values), its scalars read from row
-     * k = *at.k of tab (DD_SAMPLER_COLS floats a row, see dd_sampler_row):
+     * *k of tab (k in backend memory; DD_SAMPLER_COLS floats a row):
      *   pred = out, or with guidance (uncond not NULL) uncond + g (out - uncond);
      *   eps  = ea x + eb pred                (the objective's conversion; eps: ea 0, eb 1);
      *   x0   = ra x - rb eps, clamped to [-1, 1] when clip; x0_out (may be NULL) receives it;
@@ -198,7 +198,7 @@ typedef struct dd_backend {
      * DDPM: c0 = coef1, c1 = coef2, c2 = 0, sigma = sqrt(post var) (0 at t = 1).
      * DDIM: c0 = sqrt(abar_next), c1 = 0, c2 = sqrt(1 - abar_next - sigma^2). */
     int (*sampler_step)(float *x, float *x0_out, const float *out, const float *uncond, size_t n,
-                        float g, int clip, const float *tab, dd_rng_at at);
+                        float g, int clip, const float *tab, const int64_t *k, dd_rng_at at);
 } dd_backend;
 
 extern const dd_backend dd_cpu_backend;

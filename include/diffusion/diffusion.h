@@ -139,9 +139,19 @@ typedef struct {
     dd_rng rng;     /* x_T and every step's noise; advanced in place */
     dd_step_fn on_step; /* NULL: none */
     void *step_ctx;
+    struct dd_sample_cache *cache; /* NULL: none (see dd_sample_cache) */
 } dd_sample_opts;
 
-/* Defaults: clip on, no labels (label -1), guidance 1, seed 0 stream 0 offset 0, no callback. */
+/* Keeps a sampler's buffers and its recorded step (CUDA graph, include/diffusion/replay.h)
+ * from one run to the next run of the same shape (backend, model callback and context, batch,
+ * guidance on or off, number of steps): the batches of an FLD evaluation or a benchmark then
+ * replay from their first step instead of recording again. Results do not depend on it. */
+typedef struct dd_sample_cache dd_sample_cache;
+dd_sample_cache *dd_sample_cache_new(void); /* NULL with a message when out of memory */
+void dd_sample_cache_free(dd_sample_cache *c);
+
+/* Defaults: clip on, no labels (label -1), guidance 1, seed 0 stream 0 offset 0, no callback,
+ * no cache. */
 dd_sample_opts dd_sample_opts_default(int B, size_t per);
 
 /* DDPM p_sample_loop (and p_sample_loop_all through on_step): x_T ~ N(0, I), then T steps.

@@ -20,7 +20,7 @@ extern "C" {
 
 struct dd_cuda_graph;
 
-#define DD_REPLAY_KEYS 8
+#define DD_REPLAY_KEYS 12
 
 /* key: the buffers (and any other values) the body's calls are made with. A recording is only
  * valid for the key it was made with: a call with another key drops it and starts over. */
