@@ -159,10 +159,12 @@ static const dd_backend cuda_backend = {
 
     .adam_update = dd_cuda_adam_update,
     .ema_update = dd_cuda_ema_update,
+    .counter_add = dd_cuda_counter_add,
+    .index_fill = dd_cuda_index_fill,
 
     .normal = dd_cuda_normal,
+    .train_draw = dd_cuda_train_draw,
     .q_sample = dd_cuda_q_sample,
-    .guidance = dd_cuda_guidance,
     .sampler_step = dd_cuda_sampler_step,
 };
 

@@ -81,17 +81,22 @@ int dd_cuda_xent_forward(float *loss, float *probs, const float *logits, const i
 int dd_cuda_xent_backward(float *dlogits, const float *dloss, const float *probs,
                           const int32_t *labels, int N, int K);
 
-int dd_cuda_adam_update(float *p, float *m, float *v, const float *g, size_t n, float lr, float b1,
-                        float b2, float eps, int64_t t);
-int dd_cuda_ema_update(float *ema, const float *p, size_t n, float decay);
+int dd_cuda_adam_update(float *p, float *m, float *v, const float *g, size_t n, float lr,
+                        double b1, double b2, double eps, const int64_t *step,
+                        const float *guard);
+int dd_cuda_ema_update(float *ema, const float *p, size_t n, float decay, const int64_t *step,
+                       const float *guard);
+int dd_cuda_counter_add(int64_t *c, int64_t d, const float *guard);
+int dd_cuda_index_fill(int32_t *dst, const int32_t *src, int n, const int64_t *k, int32_t add);
 
-int dd_cuda_normal(float *out, size_t n, uint64_t seed, uint64_t stream, uint64_t offset);
+int dd_cuda_normal(float *out, size_t n, dd_rng_at at);
+int dd_cuda_train_draw(int32_t *t, int32_t *lab_out, const int32_t *lab_in, int N, int T,
+                       float p_uncond, int32_t generic, dd_rng_at at);
 int dd_cuda_q_sample(float *xt, const float *x0, const float *noise, const float *ca,
-                     const float *cb, int N, size_t per);
-int dd_cuda_guidance(float *eps, const float *cond, const float *uncond, size_t n, float g);
-int dd_cuda_sampler_step(float *x, float *x0_out, const float *eps, size_t n, float ra, float rb,
-                         int clip, float c0, float c1, float c2, float sigma, uint64_t seed,
-                         uint64_t stream, uint64_t offset);
+                     const float *cb, const int32_t *idx, int N, size_t per);
+int dd_cuda_sampler_step(float *x, float *x0_out, const float *out, const float *uncond, size_t n,
+                         float g, int clip, const float *tab, const int64_t *k,
+                        dd_rng_at at);
 
 /* Helpers for the library-call ops in cuda_dnn.c:
  * y (R, Ccols) row-major: every row = b (Ccols)   [dense bias before the GEMM accumulates]

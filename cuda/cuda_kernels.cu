@@ -1,6 +1,6 @@
 /* The CUDA backend's handwritten kernels: elementwise and data-movement ops, GroupNorm (fused
- * per-channel add and swish), the attention softmax, losses, Adam, EMA, and the diffusion
- * helpers (noise, q_sample, guidance, the sampler step).
+ * per-channel add and swish), the attention softmax, losses, Adam, EMA, the step counter, and
+ * the diffusion helpers (noise, the training draws, q_sample, the fused sampler step).
  *
  * The per-element arithmetic is never written here: it is the shared DD_HD functions of
  * include/diffusion/kernels.h and include/diffusion/philox.h, which cpu/ calls too. This file is
@@ -679,109 +679,155 @@ int dd_cuda_xent_backward(float *dlogits, const float *dloss, const float *probs
     return 0;
 }
 
-/* ---------------------------------------------------------------- optimiser */
+/* ---------------------------------------------------------------- optimiser, counters */
 
+/* The step and the guard are read on the device (backend.h), so a recorded graph replays every
+ * step correctly. The guard is one value every thread reads: the early return is uniform. */
 static __global__ void adam_kernel(float *p, float *m, float *v, const float *g, size_t n,
-                                   float b1, float b2, float eps, float step_size,
-                                   float bc2_sqrt) {
+                                   double lr, double b1, double b2, float b1f, float omb1,
+                                   float b2f, float omb2, float eps, const int64_t *step,
+                                   const float *guard) {
+    if (!dd_guard_ok(guard)) return;
+    __shared__ float sc[2]; /* step_size, bc2_sqrt: once per block, in double */
+    if (threadIdx.x == 0) dd_adam_scalars(lr, b1, b2, (long long)*step + 1, &sc[0], &sc[1]);
+    __syncthreads();
+    const float step_size = sc[0], bc2_sqrt = sc[1];
     GRID_STRIDE(i, n) {
         float pi = p[i], mi = m[i], vi = v[i];
-        dd_adam_elem(&pi, &mi, &vi, g[i], b1, b2, eps, step_size, bc2_sqrt);
-        p[i] = pi;
-        m[i] = mi;
-        v[i] = vi;
+        dd_adam_elem(&pi, &mi, &vi, g[i], b1f, omb1, b2f, omb2, eps, step_size, bc2_sqrt);
+        p[i] = pi, m[i] = mi, v[i] = vi;
     }
 }
 
-int dd_cuda_adam_update(float *p, float *m, float *v, const float *g, size_t n, float lr, float b1,
-                        float b2, float eps, int64_t t) {
+int dd_cuda_adam_update(float *p, float *m, float *v, const float *g, size_t n, float lr,
+                        double b1, double b2, double eps, const int64_t *step,
+                        const float *guard) {
     if (!n) return 0;
-    if (t < 1) return dd_error("adam_update: step %lld, must be >= 1", (long long)t);
-    /* bias corrections once per step, in double (kernels.h: dd_adam_elem) */
-    const float step_size = (float)((double)lr / (1.0 - pow((double)b1, (double)t)));
-    const float bc2_sqrt = (float)sqrt(1.0 - pow((double)b2, (double)t));
-    adam_kernel<<<blocks_for(n), THREADS, 0, dd_cuda_stream>>>(p, m, v, g, n, b1, b2, eps,
-                                                                step_size, bc2_sqrt);
+    adam_kernel<<<blocks_for(n), THREADS, 0, dd_cuda_stream>>>(
+        p, m, v, g, n, (double)lr, b1, b2, (float)b1, (float)(1.0 - b1), (float)b2,
+        (float)(1.0 - b2), (float)eps, step, guard);
     DD_CUDA_LAUNCHED("adam_update");
     return 0;
 }
 
-static __global__ void ema_kernel(float *ema, const float *p, size_t n, float decay) {
-    GRID_STRIDE(i, n) ema[i] = dd_ema_elem(ema[i], p[i], decay);
+static __global__ void ema_kernel(float *ema, const float *p, size_t n, float decay,
+                                  const int64_t *step, const float *guard) {
+    if (!dd_guard_ok(guard)) return;
+    const float d = step ? dd_ema_warmup(decay, (long long)*step) : decay;
+    GRID_STRIDE(i, n) ema[i] = dd_ema_elem(ema[i], p[i], d);
 }
 
-int dd_cuda_ema_update(float *ema, const float *p, size_t n, float decay) {
+int dd_cuda_ema_update(float *ema, const float *p, size_t n, float decay, const int64_t *step,
+                       const float *guard) {
     if (!n) return 0;
-    ema_kernel<<<blocks_for(n), THREADS, 0, dd_cuda_stream>>>(ema, p, n, decay);
+    ema_kernel<<<blocks_for(n), THREADS, 0, dd_cuda_stream>>>(ema, p, n, decay, step, guard);
     DD_CUDA_LAUNCHED("ema_update");
+    return 0;
+}
+
+static __global__ void counter_add_kernel(int64_t *c, int64_t d, const float *guard) {
+    if (dd_guard_ok(guard)) *c += d;
+}
+
+int dd_cuda_counter_add(int64_t *c, int64_t d, const float *guard) {
+    counter_add_kernel<<<1, 1, 0, dd_cuda_stream>>>(c, d, guard);
+    DD_CUDA_LAUNCHED("counter_add");
+    return 0;
+}
+
+static __global__ void index_fill_kernel(int32_t *dst, const int32_t *src, int n,
+                                         const int64_t *k, int32_t add) {
+    GRID_STRIDE(i, (size_t)n) dst[i] = src[k ? *k : (int64_t)i] + add;
+}
+
+int dd_cuda_index_fill(int32_t *dst, const int32_t *src, int n, const int64_t *k, int32_t add) {
+    if (n <= 0) return 0;
+    index_fill_kernel<<<blocks_for((size_t)n), THREADS, 0, dd_cuda_stream>>>(dst, src, n, k, add);
+    DD_CUDA_LAUNCHED("index_fill");
     return 0;
 }
 
 /* ---------------------------------------------------------------- diffusion helpers */
 
-static __global__ void normal_kernel(float *out, size_t n, uint64_t seed, uint64_t stream,
-                                     uint64_t offset) {
-    GRID_STRIDE(i, n) out[i] = dd_philox_normal(seed, stream, offset + i);
+static __global__ void normal_kernel(float *out, size_t n, dd_rng_at at) {
+    const uint64_t o = dd_rng_at_offset(at);
+    GRID_STRIDE(i, n) out[i] = dd_philox_normal(at.seed, at.stream, o + i);
 }
 
-int dd_cuda_normal(float *out, size_t n, uint64_t seed, uint64_t stream, uint64_t offset) {
+int dd_cuda_normal(float *out, size_t n, dd_rng_at at) {
     if (!n) return 0;
-    normal_kernel<<<blocks_for(n), THREADS, 0, dd_cuda_stream>>>(out, n, seed, stream, offset);
+    normal_kernel<<<blocks_for(n), THREADS, 0, dd_cuda_stream>>>(out, n, at);
     DD_CUDA_LAUNCHED("normal");
     return 0;
 }
 
-/* ca, cb (N) per sample, device memory */
+static __global__ void train_draw_kernel(int32_t *t, int32_t *lab_out, const int32_t *lab_in,
+                                         int N, int T, float p_uncond, int32_t generic,
+                                         dd_rng_at at) {
+    const uint64_t o = dd_rng_at_offset(at);
+    GRID_STRIDE(i, (size_t)N) {
+        t[i] = dd_train_t_elem(at.seed, at.stream, o, (int)i, T);
+        if (lab_in)
+            lab_out[i] = dd_train_label_elem(at.seed, at.stream, o, N, (int)i, lab_in[i],
+                                             p_uncond, generic);
+    }
+}
+
+int dd_cuda_train_draw(int32_t *t, int32_t *lab_out, const int32_t *lab_in, int N, int T,
+                       float p_uncond, int32_t generic, dd_rng_at at) {
+    if (N <= 0) return 0;
+    train_draw_kernel<<<blocks_for((size_t)N), THREADS, 0, dd_cuda_stream>>>(
+        t, lab_out, lab_in, N, T, p_uncond, generic, at);
+    DD_CUDA_LAUNCHED("train_draw");
+    return 0;
+}
+
+/* one thread per element; sample s = i / per picks its coefficients (by t when idx) */
 static __global__ void q_sample_kernel(float *xt, const float *x0, const float *noise,
-                                       const float *ca, const float *cb, size_t per, size_t n) {
+                                       const float *ca, const float *cb, const int32_t *idx,
+                                       size_t per, size_t n) {
     GRID_STRIDE(i, n) {
         const size_t s = i / per;
-        xt[i] = dd_q_sample_elem(x0[i], noise[i], ca[s], cb[s]);
+        const size_t j = idx ? (size_t)idx[s] : s;
+        xt[i] = dd_q_sample_elem(x0[i], noise[i], ca[j], cb[j]);
     }
 }
 
 int dd_cuda_q_sample(float *xt, const float *x0, const float *noise, const float *ca,
-                     const float *cb, int N, size_t per) {
+                     const float *cb, const int32_t *idx, int N, size_t per) {
     const size_t n = (size_t)N * per;
     if (!n) return 0;
-    q_sample_kernel<<<blocks_for(n), THREADS, 0, dd_cuda_stream>>>(xt, x0, noise, ca, cb, per, n);
+    q_sample_kernel<<<blocks_for(n), THREADS, 0, dd_cuda_stream>>>(xt, x0, noise, ca, cb, idx,
+                                                                   per, n);
     DD_CUDA_LAUNCHED("q_sample");
     return 0;
 }
 
-static __global__ void guidance_kernel(float *eps, const float *cond, const float *uncond, size_t n,
-                                       float g) {
-    GRID_STRIDE(i, n) eps[i] = dd_guidance_elem(cond[i], uncond[i], g);
-}
-
-int dd_cuda_guidance(float *eps, const float *cond, const float *uncond, size_t n, float g) {
-    if (!n) return 0;
-    guidance_kernel<<<blocks_for(n), THREADS, 0, dd_cuda_stream>>>(eps, cond, uncond, n, g);
-    DD_CUDA_LAUNCHED("guidance");
-    return 0;
-}
-
-/* The whole sampler step for every element of the batch: x0 estimate, optional copy out, the
- * update with noise drawn in place from Philox (only when sigma != 0). */
-static __global__ void sampler_step_kernel(float *x, float *x0_out, const float *eps, size_t n,
-                                           float ra, float rb, int clip, float c0, float c1,
-                                           float c2, float sigma, uint64_t seed, uint64_t stream,
-                                           uint64_t offset) {
+/* The whole sampler step (backend.h): its row read once per thread from the table. */
+static __global__ void sampler_step_kernel(float *x, float *x0_out, const float *out,
+                                           const float *uncond, size_t n, float g, int clip,
+                                           const float *tab, const int64_t *k, dd_rng_at at) {
+    const float *rp = tab + *k * DD_SAMPLER_COLS;
+    float row[DD_SAMPLER_COLS];
+    for (int c = 0; c < DD_SAMPLER_COLS; c++) row[c] = rp[c];
+    const uint64_t o = dd_rng_at_offset(at);
+    const int guided = uncond != NULL;
     GRID_STRIDE(i, n) {
-        const float xi = x[i], ei = eps[i];
-        const float x0 = dd_predict_x0_elem(xi, ei, ra, rb, clip);
+        /* draw only when the step has noise: a deterministic DDIM step costs no Philox */
+        const float z = row[DD_SAMPLER_SIGMA] != 0.0f ? dd_philox_normal(at.seed, at.stream, o + i)
+                                                      : 0.0f;
+        float x0;
+        x[i] = dd_sampler_full_elem(x[i], out[i], guided ? uncond[i] : 0.0f, guided, g, clip, row,
+                                    z, &x0);
         if (x0_out) x0_out[i] = x0;
-        const float z = sigma != 0.0f ? dd_philox_normal(seed, stream, offset + i) : 0.0f;
-        x[i] = dd_sampler_elem(xi, x0, ei, c0, c1, c2, sigma, z);
     }
 }
 
-int dd_cuda_sampler_step(float *x, float *x0_out, const float *eps, size_t n, float ra, float rb,
-                         int clip, float c0, float c1, float c2, float sigma, uint64_t seed,
-                         uint64_t stream, uint64_t offset) {
+int dd_cuda_sampler_step(float *x, float *x0_out, const float *out, const float *uncond, size_t n,
+                         float g, int clip, const float *tab, const int64_t *k, dd_rng_at at) {
     if (!n) return 0;
-    sampler_step_kernel<<<blocks_for(n), THREADS, 0, dd_cuda_stream>>>(
-        x, x0_out, eps, n, ra, rb, clip, c0, c1, c2, sigma, seed, stream, offset);
+    sampler_step_kernel<<<blocks_for(n), THREADS, 0, dd_cuda_stream>>>(x, x0_out, out, uncond, n,
+                                                                       g, clip, tab, k, at);
     DD_CUDA_LAUNCHED("sampler_step");
     return 0;
 }

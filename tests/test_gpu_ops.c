@@ -636,76 +636,125 @@ static void test_losses(void) {
 
 /* ---------------------------------------------------------------- optimiser, diffusion */
 
+/* int32 or int64 device buffer against the CPU's, exactly */
+static void expect_bytes(const char *what, const void *cpu_ref, const void *dev, size_t bytes) {
+    void *h = halloc(bytes);
+    if (gpu->to_host(h, dev, bytes)) fatal(what);
+    CHECKF(!memcmp(h, cpu_ref, bytes), "%s: differs from the CPU", what);
+}
+
 static void test_optim(void) {
     const size_t n = 4099;
     float *p = hrand(n, -1, 1), *m = hrand(n, -0.1f, 0.1f), *v = hrand(n, 0, 0.01f);
     float *gp = dup(p, n), *gm = dup(m, n), *gv = dup(v, n);
-    for (int64_t t = 1; t <= 3; t++) {
+    /* the step and the guard come from memory; a NaN guard must change nothing */
+    int64_t step = 0;
+    int64_t *gstep = dup_bytes(&step, sizeof step);
+    const float good = 0.25f, bad = NAN;
+    float *ggood = dup(&good, 1), *gbad = dup(&bad, 1);
+    for (int t = 0; t < 4; t++) {
         float *g = hrand(n, -1, 1);
-        CHECK_OK(cpu->adam_update(p, m, v, g, n, 1e-3f, 0.9f, 0.999f, 1e-8f, t));
-        CHECK_OK(gpu->adam_update(gp, gm, gv, dup(g, n), n, 1e-3f, 0.9f, 0.999f, 1e-8f, t));
+        const int nan_step = t == 2;
+        CHECK_OK(cpu->adam_update(p, m, v, g, n, 1e-3f, 0.9, 0.999, 1e-8, &step,
+                                  nan_step ? &bad : &good));
+        CHECK_OK(gpu->adam_update(gp, gm, gv, dup(g, n), n, 1e-3f, 0.9, 0.999, 1e-8, gstep,
+                                  nan_step ? gbad : ggood));
+        CHECK_OK(cpu->counter_add(&step, 1, nan_step ? &bad : &good));
+        CHECK_OK(gpu->counter_add(gstep, 1, nan_step ? gbad : ggood));
     }
     sync_or_fail("adam");
-    expect("adam p (3 steps)", p, gp, n, FP32_TOL);
+    expect("adam p (3 steps and a NaN-guarded one)", p, gp, n, FP32_TOL);
     expect("adam m", m, gm, n, FP32_TOL);
     expect("adam v", v, gv, n, FP32_TOL);
+    expect_bytes("counter_add (3 steps and a NaN-guarded one)", &step, gstep, sizeof step);
+    CHECKF(step == 3, "counter_add on the CPU: %lld", (long long)step);
     float *ema = hrand(n, -1, 1), *gema = dup(ema, n);
-    CHECK_OK(cpu->ema_update(ema, p, n, 0.999f));
-    CHECK_OK(gpu->ema_update(gema, gp, n, 0.999f));
+    CHECK_OK(cpu->ema_update(ema, p, n, 0.999f, NULL, NULL));
+    CHECK_OK(gpu->ema_update(gema, gp, n, 0.999f, NULL, NULL));
+    CHECK_OK(cpu->ema_update(ema, p, n, 0.999f, &step, &good)); /* warm-up: decay 4/13 */
+    CHECK_OK(gpu->ema_update(gema, gp, n, 0.999f, gstep, ggood));
+    CHECK_OK(cpu->ema_update(ema, v, n, 0.999f, &step, &bad));
+    CHECK_OK(gpu->ema_update(gema, gv, n, 0.999f, gstep, gbad));
     sync_or_fail("ema");
-    expect("ema", ema, gema, n, FP32_TOL);
+    expect("ema (plain, warm-up, guarded)", ema, gema, n, FP32_TOL);
+
+    const int32_t src[5] = {3, 1, 4, 1, 5};
+    int32_t dst[5];
+    int32_t *gsrc = dup_bytes(src, sizeof src), *gdst = dup_bytes(src, sizeof src);
+    CHECK_OK(cpu->index_fill(dst, src, 5, NULL, -1));
+    CHECK_OK(gpu->index_fill(gdst, gsrc, 5, NULL, -1));
+    expect_bytes("index_fill (shifted copy)", dst, gdst, sizeof dst);
+    const int64_t two = 2;
+    int64_t *gtwo = dup_bytes(&two, sizeof two);
+    CHECK_OK(cpu->index_fill(dst, src, 5, &two, 0));
+    CHECK_OK(gpu->index_fill(gdst, gsrc, 5, gtwo, 0));
+    expect_bytes("index_fill (broadcast)", dst, gdst, sizeof dst);
     release();
 }
 
 static void test_diffusion(void) {
     const size_t n = 50001;
     const uint64_t seed = 0x5EEDull, stream = 3, offset = (1ull << 33) + 17; /* > 32 bits */
+    const int64_t kk = 5;
+    int64_t *gk = dup_bytes(&kk, sizeof kk);
     float *z = halloc(n * sizeof(float)), *gz = dpoison(n);
-    CHECK_OK(cpu->normal(z, n, seed, stream, offset));
-    CHECK_OK(gpu->normal(gz, n, seed, stream, offset));
+    CHECK_OK(cpu->normal(z, n, (dd_rng_at){seed, stream, offset, &kk, 1000003}));
+    CHECK_OK(gpu->normal(gz, n, (dd_rng_at){seed, stream, offset, gk, 1000003}));
     sync_or_fail("normal");
-    expect("normal (Philox, same seed)", z, gz, n, FP32_TOL);
+    expect("normal (Philox, same address from a counter)", z, gz, n, FP32_TOL);
 
-    const int N = 7;
+    const int N = 7, T = 1000;
     const size_t per = 785; /* odd, not a multiple of the block */
+    int32_t lin[7] = {0, 1, 2, 3, 4, 5, 6}, t[7], lab[7];
+    int32_t *gt = dup_bytes(lin, sizeof lin), *glab = dup_bytes(lin, sizeof lin);
+    CHECK_OK(cpu->train_draw(t, lab, lin, N, T, 0.5f, 10, (dd_rng_at){seed, 1, 3, &kk, 99}));
+    CHECK_OK(gpu->train_draw(gt, glab, dup_bytes(lin, sizeof lin), N, T, 0.5f, 10,
+                             (dd_rng_at){seed, 1, 3, gk, 99}));
+    expect_bytes("train_draw t", t, gt, sizeof t);
+    expect_bytes("train_draw labels", lab, glab, sizeof lab);
+
     float *x0 = hrand(N * per, -1, 1), *noise = hrand(N * per, -2, 2);
-    float *ca = hrand(N, 0.1f, 1), *cb = hrand(N, 0.1f, 1);
+    float *ca = hrand(T + 1, 0.1f, 1), *cb = hrand(T + 1, 0.1f, 1);
     float *xt = halloc(N * per * sizeof(float)), *gxt = dpoison(N * per);
-    CHECK_OK(cpu->q_sample(xt, x0, noise, ca, cb, N, per));
-    CHECK_OK(gpu->q_sample(gxt, dup(x0, N * per), dup(noise, N * per), dup(ca, N), dup(cb, N), N,
-                           per));
-    sync_or_fail("q_sample");
-    expect("q_sample", xt, gxt, N * per, FP32_TOL);
-
-    float *cond = hrand(n, -1, 1), *unc = hrand(n, -1, 1), *eps = halloc(n * sizeof(float));
-    float *geps = dpoison(n);
-    CHECK_OK(cpu->guidance(eps, cond, unc, n, 2.0f));
-    CHECK_OK(gpu->guidance(geps, dup(cond, n), dup(unc, n), n, 2.0f));
-    sync_or_fail("guidance");
-    expect("guidance", eps, geps, n, FP32_TOL);
-
-    /* DDPM-like step with noise and clipping, then a deterministic DDIM-like step */
-    for (int k = 0; k < 2; k++) {
-        const float sigma = k == 0 ? 0.3f : 0.0f;
-        const int clip = k == 0;
-        float *x = hrand(n, -3, 3), *e = hrand(n, -2, 2);
-        float *gx = dup(x, n), *gx0 = dpoison(n), *x0o = halloc(n * sizeof(float));
-        CHECK_OK(cpu->sampler_step(x, x0o, e, n, 1.7f, 1.3f, clip, 0.4f, 0.6f, k ? 0.2f : 0.0f,
-                                   sigma, seed, stream, offset));
-        CHECK_OK(gpu->sampler_step(gx, gx0, dup(e, n), n, 1.7f, 1.3f, clip, 0.4f, 0.6f,
-                                   k ? 0.2f : 0.0f, sigma, seed, stream, offset));
-        sync_or_fail("sampler_step");
-        expect(k ? "sampler_step x (no noise, no clip)" : "sampler_step x (noise, clip)", x, gx, n,
-               FP32_TOL);
-        expect("sampler_step x0 estimate", x0o, gx0, n, FP32_TOL);
+    for (int indexed = 0; indexed < 2; indexed++) {
+        CHECK_OK(cpu->q_sample(xt, x0, noise, ca, cb, indexed ? t : NULL, N, per));
+        CHECK_OK(gpu->q_sample(gxt, dup(x0, N * per), dup(noise, N * per), dup(ca, T + 1),
+                               dup(cb, T + 1), indexed ? gt : NULL, N, per));
+        sync_or_fail("q_sample");
+        expect(indexed ? "q_sample (by t)" : "q_sample", xt, gxt, N * per, FP32_TOL);
     }
-    /* x0_out NULL is allowed */
-    float *x = hrand(n, -1, 1), *e = hrand(n, -1, 1), *gx = dup(x, n);
-    CHECK_OK(cpu->sampler_step(x, NULL, e, n, 1.1f, 0.4f, 1, 0.5f, 0.5f, 0.0f, 0.1f, 9, 1, 0));
-    CHECK_OK(gpu->sampler_step(gx, NULL, dup(e, n), n, 1.1f, 0.4f, 1, 0.5f, 0.5f, 0.0f, 0.1f, 9, 1,
-                               0));
-    sync_or_fail("sampler_step");
-    expect("sampler_step x (x0_out NULL)", x, gx, n, FP32_TOL);
+
+    /* sampler steps from row 5 of a table: DDPM-like with noise and clipping, deterministic
+     * DDIM-like, guided, and with an objective's conversion */
+    const struct {
+        float ea, eb, c1, c2, sigma, g;
+        int clip, guided, x0_out;
+        const char *what;
+    } cases[] = {{0, 1, 0.6f, 0.0f, 0.3f, 1, 1, 0, 1, "sampler_step (noise, clip)"},
+                 {0, 1, 0.0f, 0.2f, 0.0f, 1, 0, 0, 1, "sampler_step (no noise, no clip)"},
+                 {0, 1, 0.0f, 0.2f, 0.1f, 2.5f, 1, 1, 1, "sampler_step (guided)"},
+                 {0.6f, -0.3f, 0.5f, 0.1f, 0.2f, 3, 1, 1, 0, "sampler_step (converted, x0_out NULL)"}};
+    for (size_t c = 0; c < sizeof cases / sizeof cases[0]; c++) {
+        float tab[6 * DD_SAMPLER_COLS];
+        for (int i = 0; i < 6 * DD_SAMPLER_COLS; i++) tab[i] = 1e3f; /* wrong rows */
+        float *row = tab + 5 * DD_SAMPLER_COLS;
+        row[DD_SAMPLER_EA] = cases[c].ea, row[DD_SAMPLER_EB] = cases[c].eb;
+        row[DD_SAMPLER_RA] = 1.7f, row[DD_SAMPLER_RB] = 1.3f, row[DD_SAMPLER_C0] = 0.4f;
+        row[DD_SAMPLER_C1] = cases[c].c1, row[DD_SAMPLER_C2] = cases[c].c2;
+        row[DD_SAMPLER_SIGMA] = cases[c].sigma;
+        float *x = hrand(n, -3, 3), *e = hrand(n, -2, 2), *u = hrand(n, -2, 2);
+        float *gx = dup(x, n), *gx0 = dpoison(n), *x0o = halloc(n * sizeof(float));
+        CHECK_OK(cpu->sampler_step(x, cases[c].x0_out ? x0o : NULL, e, cases[c].guided ? u : NULL,
+                                   n, cases[c].g, cases[c].clip, tab, &kk,
+                                   (dd_rng_at){seed, stream, offset, &kk, n}));
+        CHECK_OK(gpu->sampler_step(gx, cases[c].x0_out ? gx0 : NULL, dup(e, n),
+                                   cases[c].guided ? dup(u, n) : NULL, n, cases[c].g,
+                                   cases[c].clip, dup(tab, 6 * DD_SAMPLER_COLS), gk,
+                                   (dd_rng_at){seed, stream, offset, gk, n}));
+        sync_or_fail(cases[c].what);
+        expect(cases[c].what, x, gx, n, FP32_TOL);
+        if (cases[c].x0_out) expect("sampler_step x0 estimate", x0o, gx0, n, FP32_TOL);
+    }
     release();
 }
 
