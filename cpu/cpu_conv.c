@@ -1,43 +1,105 @@
 /* conv2d on the CPU: im2col + sgemm, any K, stride and pad.
  *
- * Per sample n (x_n: (Cin, H, W), y_n: (Cout, HoWo)):
- *   col (Cin*K*K, HoWo) = im2col(x_n)
- *   y_n = w (Cout, Cin*K*K) @ col + b
+ * The batch is cut into chunks of m <= nb images whose columns sit side by side, so each GEMM is
+ * (.., m HoWo) wide: per image a 7x7 map gives only 49 columns, too narrow for sgemm to run at
+ * speed, while 16 of them give 784. nb depends only on the shape (chunk_images). Per chunk:
+ *   col (Cin*K*K, m HoWo) = im2col(x_chunk)
+ *   y_chunk (Cout, m HoWo) = w (Cout, Cin*K*K) @ col + b      (then scattered to NCHW if m > 1)
  * backward:
- *   dw += dy_n (Cout, HoWo) @ col^T;  db += sum over positions of dy_n
- *   dcol = w^T @ dy_n;  dx_n += col2im(dcol)
- * A 1x1 convolution with stride 1 and no padding needs no im2col: col is x_n itself.
+ *   db += sum over positions of dy
+ *   dw += dy_chunk (Cout, m HoWo) @ col^T                       (dy gathered to that layout)
+ *   dx: for stride 1, the transposed convolution is itself a convolution of dy with the weights
+ *       flipped and Cin/Cout swapped (pad K-1-pad), so dx_chunk += wflip (Cin, Cout K K) @
+ *       im2col(dy_chunk): a GEMM whose inner size is Cout*K*K (not Cout, as w^T @ dy has) and
+ *       whose output is dx itself, with no col2im scatter. Other strides keep
+ *       dcol = w^T @ dy_n, dx_n += col2im(dcol), per image.
+ * A 1x1 convolution with stride 1 and no padding needs no im2col: col is x_n itself (nb = 1).
  *
- * Workspace (conv2d_workspace): one slot per thread, each a col buffer (Cin*K*K, HoWo) and a
- * private dw (Cout, Cin*K*K) that the batch-parallel backward sums into dw at the end. */
+ * Workspace (conv2d_workspace): the flipped weights (when used), then one slot per thread, each a
+ * col buffer, a chunk buffer (the NCHW <-> chunk layout of y, dy or dx) and a private dw that the
+ * batch-parallel backward sums into dw at the end. A thread owns a contiguous run of images. */
 #include <cblas.h>
 #include <stddef.h>
 #include <string.h>
 
 #include "cpu_internal.h"
 
+/* A chunk's GEMM is made at least this many columns wide where the batch allows. */
+#define CHUNK_COLS 768
+
 static int is_pointwise(const dd_conv_shape *s) { return s->K == 1 && s->stride == 1 && s->pad == 0; }
 
+/* dx as a convolution of dy with flipped weights: stride 1 and a pad the flip can mirror. Its
+ * im2col is of dy (Cout K K rows) where col2im's is of dcol (Cin K K rows), so it pays when
+ * Cout <= Cin; with more output channels than input ones (64 -> 192, 32 -> 64, 1 -> 16) the
+ * w^T @ dy + col2im way was measured faster. */
+static int dx_by_flip(const dd_conv_shape *s) {
+    return !is_pointwise(s) && s->stride == 1 && s->pad <= s->K - 1 && s->Cout <= s->Cin;
+}
+
+/* The convolution that maps dy to dx when dx_by_flip: dy (Cout, Ho, Wo) in, dx (Cin, H, W) out. */
+static dd_conv_shape flip_shape(const dd_conv_shape *s) {
+    dd_conv_shape f = {1, s->Cout, s->Ho, s->Wo, s->Cin, s->K, 1, s->K - 1 - s->pad, s->H, s->W};
+    return f;
+}
+
+static int chunk_images(const dd_conv_shape *s) {
+    if (is_pointwise(s)) return 1;
+    /* Below about 100^3 multiply-adds OpenBLAS multiplies without packing (its small-matrix
+     * kernels), which per image beats a packed GEMM over a chunk: measured on the UNet's 4x4
+     * stride-2 and 16/32-channel layers. */
+    if ((double)s->Cout * s->Cin * s->K * s->K * s->Ho * s->Wo < 1048576.0) return 1;
+    int hw = s->Ho * s->Wo;
+    if (hw < 1) hw = 1;
+    int nb = (CHUNK_COLS + hw - 1) / hw;
+    if (nb > s->N) nb = s->N;
+    return nb < 1 ? 1 : nb;
+}
+
+static size_t wsize(const dd_conv_shape *s) { return (size_t)s->Cout * s->Cin * s->K * s->K; }
+
+/* floats of one slot's col buffer, for nb images */
 static size_t col_floats(const dd_conv_shape *s) {
     if (is_pointwise(s)) return 0;
-    return (size_t)s->Cin * s->K * s->K * (size_t)s->Ho * s->Wo;
+    size_t a = (size_t)s->Cin * s->K * s->K * (size_t)s->Ho * s->Wo; /* im2col(x) */
+    size_t b = dx_by_flip(s) ? (size_t)s->Cout * s->K * s->K * (size_t)s->H * s->W : 0; /* dy */
+    return (size_t)chunk_images(s) * (a > b ? a : b);
+}
+
+/* floats of one slot's chunk buffer: y or dy (Cout, m HoWo), or dx (Cin, m HW); none if nb = 1 */
+static size_t chunk_floats(const dd_conv_shape *s) {
+    int nb = chunk_images(s);
+    if (nb == 1) return 0;
+    size_t a = (size_t)s->Cout * s->Ho * s->Wo, b = (size_t)s->Cin * s->H * s->W;
+    return (size_t)nb * (a > b ? a : b);
+}
+
+static size_t flip_bytes(const dd_conv_shape *s) {
+    return dx_by_flip(s) ? dd_cpu_round(wsize(s) * sizeof(float)) : 0;
 }
 
 static size_t slot_bytes(const dd_conv_shape *s) {
     return dd_cpu_round(col_floats(s) * sizeof(float)) +
-           dd_cpu_round((size_t)s->Cout * s->Cin * s->K * s->K * sizeof(float));
+           dd_cpu_round(chunk_floats(s) * sizeof(float)) + dd_cpu_round(wsize(s) * sizeof(float));
 }
 
 size_t dd_cpu_conv2d_workspace(const dd_conv_shape *s) {
-    return (size_t)dd_cpu_slots(s->N) * slot_bytes(s);
+    return flip_bytes(s) + (size_t)dd_cpu_slots(s->N) * slot_bytes(s);
 }
 
-static float *slot_col(const dd_conv_shape *s, void *ws, int slot) {
-    return (float *)((char *)ws + (size_t)slot * slot_bytes(s));
-}
-static float *slot_dw(const dd_conv_shape *s, void *ws, int slot) {
-    return (float *)((char *)ws + (size_t)slot * slot_bytes(s) +
-                     dd_cpu_round(col_floats(s) * sizeof(float)));
+typedef struct {
+    float *col, *chunk, *dw;
+} slot;
+
+static slot get_slot(const dd_conv_shape *s, void *ws, int i) {
+    char *p = (char *)ws + flip_bytes(s) + (size_t)i * slot_bytes(s);
+    slot r;
+    r.col = (float *)p;
+    p += dd_cpu_round(col_floats(s) * sizeof(float));
+    r.chunk = (float *)p;
+    p += dd_cpu_round(chunk_floats(s) * sizeof(float));
+    r.dw = (float *)p;
+    return r;
 }
 
 /* The output columns ow for which input column iw = ow*stride - pad + kj lies in [0, W):
@@ -52,12 +114,17 @@ static void valid_range(int kj, int stride, int pad, int W, int Wo, int *lo, int
     *lo = l, *hi = h;
 }
 
+static inline void zero_floats(float *p, ptrdiff_t n) {
+    for (ptrdiff_t i = 0; i < n; i++) p[i] = 0.0f;
+}
+
 /* im2col for stride 1 with Wo == W ("same" width, 2 pad = K - 1, the UNet's 3x3 pad 1): each
  * (c, ki, kj) block of col is then the image shifted by the constant flat offset
  * (ki - pad) W + (kj - pad), so the valid rows are one memcpy, after which the few columns that
  * wrapped around a row end (ow < lo or ow >= hi) are zeroed. Rows of short images as separate
- * copies cost one library call per 28 floats; this is one per block. */
-static void im2col_same_width(float *col, const float *x, const dd_conv_shape *s) {
+ * copies cost one library call per 28 floats; this is one per block. Row r of col starts at
+ * col + r ld. */
+static void im2col_same_width(float *col, size_t ld, const float *x, const dd_conv_shape *s) {
     const int K = s->K, pad = s->pad, H = s->H, W = s->W, Ho = s->Ho;
     const ptrdiff_t HW = (ptrdiff_t)H * W;
     for (int c = 0; c < s->Cin; c++) {
@@ -68,45 +135,49 @@ static void im2col_same_width(float *col, const float *x, const dd_conv_shape *s
             int oh_hi = H + pad - ki < Ho ? H + pad - ki : Ho;
             if (oh_hi < oh_lo) oh_hi = oh_lo;
             for (int kj = 0; kj < K; kj++) {
-                float *row = col + ((size_t)(c * K + ki) * K + kj) * Ho * W;
+                float *row = col + ((size_t)(c * K + ki) * K + kj) * ld;
                 const ptrdiff_t delta = (ptrdiff_t)(ki - pad) * W + (kj - pad);
                 int lo, hi;
                 valid_range(kj, 1, pad, W, W, &lo, &hi);
-                if (oh_lo > 0) memset(row, 0, sizeof(float) * (size_t)oh_lo * W);
-                if (oh_hi < Ho) memset(row + (size_t)oh_hi * W, 0, sizeof(float) * (size_t)(Ho - oh_hi) * W);
+                /* plain loops, not memset: these are a row or two of a small image */
+                zero_floats(row, (ptrdiff_t)oh_lo * W);
+                zero_floats(row + (size_t)oh_hi * W, (ptrdiff_t)(Ho - oh_hi) * W);
                 ptrdiff_t d0 = (ptrdiff_t)oh_lo * W, d1 = (ptrdiff_t)oh_hi * W;
                 if (d0 < -delta) d0 = -delta;     /* source before the image: first row's */
                 if (d1 > HW - delta) d1 = HW - delta; /* left or last row's right padding */
                 if (d1 > d0) memcpy(row + d0, xc + d0 + delta, sizeof(float) * (size_t)(d1 - d0));
-                for (int oh = oh_lo; oh < oh_hi; oh++) {
-                    float *r = row + (size_t)oh * W;
-                    for (int ow = 0; ow < lo; ow++) r[ow] = 0.0f;
-                    for (int ow = hi; ow < W; ow++) r[ow] = 0.0f;
+                if (lo > 0 || hi < W) {
+                    for (int oh = oh_lo; oh < oh_hi; oh++) {
+                        float *r = row + (size_t)oh * W;
+                        for (int ow = 0; ow < lo; ow++) r[ow] = 0.0f;
+                        for (int ow = hi; ow < W; ow++) r[ow] = 0.0f;
+                    }
                 }
             }
         }
     }
 }
 
-/* x: (Cin, H, W) -> col: (Cin*K*K, Ho*Wo); zero where the window hangs over the padding */
-static void im2col(float *col, const float *x, const dd_conv_shape *s) {
+/* x: (Cin, H, W) -> col: (Cin*K*K, Ho*Wo), row r at col + r ld; zero where the window hangs over
+ * the padding */
+static void im2col(float *col, size_t ld, const float *x, const dd_conv_shape *s) {
     const int K = s->K, st = s->stride, pad = s->pad, H = s->H, W = s->W, Ho = s->Ho, Wo = s->Wo;
     if (st == 1 && Wo == W) {
-        im2col_same_width(col, x, s);
+        im2col_same_width(col, ld, x, s);
         return;
     }
     for (int c = 0; c < s->Cin; c++) {
         const float *xc = x + (size_t)c * H * W;
         for (int ki = 0; ki < K; ki++) {
             for (int kj = 0; kj < K; kj++) {
-                float *row = col + ((size_t)(c * K + ki) * K + kj) * Ho * Wo;
+                float *row = col + ((size_t)(c * K + ki) * K + kj) * ld;
                 int lo, hi;
                 valid_range(kj, st, pad, W, Wo, &lo, &hi);
                 for (int oh = 0; oh < Ho; oh++) {
                     float *r = row + (size_t)oh * Wo;
                     int ih = oh * st - pad + ki;
                     if (ih < 0 || ih >= H) {
-                        memset(r, 0, sizeof(float) * Wo);
+                        zero_floats(r, Wo);
                         continue;
                     }
                     /* input index of output column ow: off + ow*st (valid for lo <= ow < hi) */
@@ -146,75 +217,140 @@ static void col2im_add(float *dx, const float *col, const dd_conv_shape *s) {
     }
 }
 
-/* y_n (Cout, HoWo) = w @ col(x_n) + b */
-static void forward_one(float *yn, const float *xn, const float *w, const float *b,
-                        const dd_conv_shape *s, float *col) {
-    const int HoWo = s->Ho * s->Wo, CKK = s->Cin * s->K * s->K;
-    const float *cm = xn;
+/* y[n0 .. n0+m) = w @ col(x[n0 .. n0+m)) + b */
+static void forward_chunk(float *y, const float *x, const float *w, const float *b,
+                          const dd_conv_shape *s, slot sl, int n0, int m) {
+    const size_t HoWo = (size_t)s->Ho * s->Wo, CKK = (size_t)s->Cin * s->K * s->K;
+    const size_t xs = (size_t)s->Cin * s->H * s->W, ys = (size_t)s->Cout * HoWo;
+    const size_t ld = (size_t)m * HoWo;
+    const float *cm = x + n0 * xs;
     if (!is_pointwise(s)) {
-        im2col(col, xn, s);
-        cm = col;
+        for (int j = 0; j < m; j++) im2col(sl.col + j * HoWo, ld, x + (n0 + j) * xs, s);
+        cm = sl.col;
     }
-    if (b) {
+    if (m == 1) {
+        float *yn = y + n0 * ys;
+        if (b) {
+            for (int o = 0; o < s->Cout; o++) {
+                float *r = yn + (size_t)o * HoWo;
+                for (size_t p = 0; p < HoWo; p++) r[p] = b[o];
+            }
+        }
+        cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, s->Cout, (int)HoWo, (int)CKK, 1.0f,
+                    w, (int)CKK, cm, (int)HoWo, b ? 1.0f : 0.0f, yn, (int)HoWo);
+        return;
+    }
+    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, s->Cout, (int)ld, (int)CKK, 1.0f, w,
+                (int)CKK, cm, (int)ld, 0.0f, sl.chunk, (int)ld);
+    for (int j = 0; j < m; j++) {
         for (int o = 0; o < s->Cout; o++) {
-            float *r = yn + (size_t)o * HoWo;
-            for (int p = 0; p < HoWo; p++) r[p] = b[o];
+            const float *src = sl.chunk + (size_t)o * ld + j * HoWo;
+            float *dst = y + (n0 + j) * ys + (size_t)o * HoWo;
+            const float bo = b ? b[o] : 0.0f;
+            if (b) {
+                for (size_t p = 0; p < HoWo; p++) dst[p] = src[p] + bo;
+            } else {
+                memcpy(dst, src, HoWo * sizeof(float));
+            }
         }
     }
-    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, s->Cout, HoWo, CKK, 1.0f, w, CKK, cm,
-                HoWo, b ? 1.0f : 0.0f, yn, HoWo);
+}
+
+/* images [n0, n1) of a thread, chunk by chunk */
+static void forward_range(float *y, const float *x, const float *w, const float *b,
+                          const dd_conv_shape *s, slot sl, int n0, int n1) {
+    const int nb = chunk_images(s);
+    for (int n = n0; n < n1; n += nb) forward_chunk(y, x, w, b, s, sl, n, n1 - n < nb ? n1 - n : nb);
 }
 
 int dd_cpu_conv2d_forward(float *y, const float *x, const float *w, const float *b,
                           const dd_conv_shape *s, void *ws) {
-    const size_t xs = (size_t)s->Cin * s->H * s->W, ys = (size_t)s->Cout * s->Ho * s->Wo;
     int nt = dd_cpu_batch_threads(s->N);
     if (nt == 1) {
-        for (int n = 0; n < s->N; n++)
-            forward_one(y + n * ys, x + n * xs, w, b, s, slot_col(s, ws, 0));
+        forward_range(y, x, w, b, s, get_slot(s, ws, 0), 0, s->N);
         return 0;
     }
     int prev = dd_cpu_blas_single_begin();
 #pragma omp parallel num_threads(nt)
     {
         int tid = omp_get_thread_num(), T = omp_get_num_threads();
-        float *col = slot_col(s, ws, tid);
-        for (int n = tid; n < s->N; n += T) forward_one(y + n * ys, x + n * xs, w, b, s, col);
+        int n0 = (int)((int64_t)s->N * tid / T), n1 = (int)((int64_t)s->N * (tid + 1) / T);
+        forward_range(y, x, w, b, s, get_slot(s, ws, tid), n0, n1);
     }
     dd_cpu_blas_single_end(prev);
     return 0;
 }
 
-/* dw_acc += dy_n @ col^T; dx_n += col2im(w^T @ dy_n) */
-static void backward_one(float *dxn, float *dw_acc, const float *dyn, const float *xn,
-                         const float *w, const dd_conv_shape *s, float *col) {
-    const int HoWo = s->Ho * s->Wo, CKK = s->Cin * s->K * s->K;
+/* For images [n0, n0+m): dw_acc += dy_chunk @ col^T; dx += the transposed convolution of dy. */
+static void backward_chunk(float *dx, float *dw_acc, const float *dy, const float *x,
+                           const float *w, const float *wflip, const dd_conv_shape *s, slot sl,
+                           int n0, int m) {
+    const size_t HoWo = (size_t)s->Ho * s->Wo, HW = (size_t)s->H * s->W;
+    const size_t CKK = (size_t)s->Cin * s->K * s->K, OKK = (size_t)s->Cout * s->K * s->K;
+    const size_t xs = (size_t)s->Cin * HW, ys = (size_t)s->Cout * HoWo;
     const int pw = is_pointwise(s);
     if (dw_acc) {
-        const float *cm = xn;
+        const size_t ld = (size_t)m * HoWo;
+        const float *cm = x + n0 * xs, *dm = dy + n0 * ys;
         if (!pw) {
-            im2col(col, xn, s);
-            cm = col;
+            for (int j = 0; j < m; j++) im2col(sl.col + j * HoWo, ld, x + (n0 + j) * xs, s);
+            cm = sl.col;
         }
-        cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, s->Cout, CKK, HoWo, 1.0f, dyn, HoWo,
-                    cm, HoWo, 1.0f, dw_acc, CKK);
+        if (m > 1) { /* dy of the chunk as (Cout, m HoWo) */
+            for (int j = 0; j < m; j++)
+                for (int o = 0; o < s->Cout; o++)
+                    memcpy(sl.chunk + (size_t)o * ld + j * HoWo, dy + (n0 + j) * ys + (size_t)o * HoWo,
+                           HoWo * sizeof(float));
+            dm = sl.chunk;
+        }
+        cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, s->Cout, (int)CKK, (int)ld, 1.0f, dm,
+                    (int)ld, cm, (int)ld, 1.0f, dw_acc, (int)CKK);
     }
-    if (dxn) {
-        if (pw) { /* dx_n is the col: accumulate straight into it */
-            cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, CKK, HoWo, s->Cout, 1.0f, w, CKK,
-                        dyn, HoWo, 1.0f, dxn, HoWo);
-        } else {
-            cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, CKK, HoWo, s->Cout, 1.0f, w, CKK,
-                        dyn, HoWo, 0.0f, col, HoWo);
-            col2im_add(dxn, col, s);
+    if (!dx) return;
+    if (pw) { /* m == 1 and dx_n is the col: accumulate straight into it */
+        cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, (int)CKK, (int)HoWo, s->Cout, 1.0f, w,
+                    (int)CKK, dy + n0 * ys, (int)HoWo, 1.0f, dx + n0 * xs, (int)HoWo);
+        return;
+    }
+    if (!dx_by_flip(s)) {
+        for (int j = 0; j < m; j++) {
+            cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, (int)CKK, (int)HoWo, s->Cout, 1.0f,
+                        w, (int)CKK, dy + (n0 + j) * ys, (int)HoWo, 0.0f, sl.col, (int)HoWo);
+            col2im_add(dx + (n0 + j) * xs, sl.col, s);
+        }
+        return;
+    }
+    const dd_conv_shape f = flip_shape(s);
+    const size_t ld = (size_t)m * HW;
+    for (int j = 0; j < m; j++) im2col(sl.col + j * HW, ld, dy + (n0 + j) * ys, &f);
+    if (m == 1) {
+        cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, s->Cin, (int)HW, (int)OKK, 1.0f,
+                    wflip, (int)OKK, sl.col, (int)HW, 1.0f, dx + n0 * xs, (int)HW);
+        return;
+    }
+    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, s->Cin, (int)ld, (int)OKK, 1.0f, wflip,
+                (int)OKK, sl.col, (int)ld, 0.0f, sl.chunk, (int)ld);
+    for (int j = 0; j < m; j++) {
+        for (int c = 0; c < s->Cin; c++) {
+            const float *src = sl.chunk + (size_t)c * ld + j * HW;
+            float *dst = dx + (n0 + j) * xs + (size_t)c * HW;
+            for (size_t q = 0; q < HW; q++) dst[q] += src[q];
         }
     }
 }
 
+static void backward_range(float *dx, float *dw_acc, const float *dy, const float *x,
+                           const float *w, const float *wflip, const dd_conv_shape *s, slot sl,
+                           int n0, int n1) {
+    const int nb = chunk_images(s);
+    for (int n = n0; n < n1; n += nb)
+        backward_chunk(dx, dw_acc, dy, x, w, wflip, s, sl, n, n1 - n < nb ? n1 - n : nb);
+}
+
 int dd_cpu_conv2d_backward(float *dx, float *dw, float *db, const float *dy, const float *x,
                            const float *w, const dd_conv_shape *s, void *ws) {
-    const size_t xs = (size_t)s->Cin * s->H * s->W, ys = (size_t)s->Cout * s->Ho * s->Wo;
-    const size_t wn = (size_t)s->Cout * s->Cin * s->K * s->K;
+    const size_t ys = (size_t)s->Cout * s->Ho * s->Wo;
+    const size_t wn = wsize(s);
     const int HoWo = s->Ho * s->Wo;
 
     if (db) {
@@ -231,11 +367,22 @@ int dd_cpu_conv2d_backward(float *dx, float *dw, float *db, const float *dy, con
     }
     if (!dx && !dw) return 0;
 
+    /* wflip[ci][co][a][b] = w[co][ci][K-1-a][K-1-b] */
+    float *wflip = NULL;
+    if (dx && dx_by_flip(s)) {
+        const int K = s->K, KK = K * K;
+        wflip = (float *)ws;
+        for (int co = 0; co < s->Cout; co++)
+            for (int ci = 0; ci < s->Cin; ci++) {
+                const float *src = w + ((size_t)co * s->Cin + ci) * KK;
+                float *dst = wflip + ((size_t)ci * s->Cout + co) * KK;
+                for (int k = 0; k < KK; k++) dst[k] = src[KK - 1 - k];
+            }
+    }
+
     int nt = dd_cpu_batch_threads(s->N);
     if (nt == 1) {
-        for (int n = 0; n < s->N; n++)
-            backward_one(dx ? dx + n * xs : NULL, dw, dy + n * ys, x + n * xs, w, s,
-                         slot_col(s, ws, 0));
+        backward_range(dx, dw, dy, x, w, wflip, s, get_slot(s, ws, 0), 0, s->N);
         return 0;
     }
     int prev = dd_cpu_blas_single_begin();
@@ -245,18 +392,20 @@ int dd_cpu_conv2d_backward(float *dx, float *dw, float *db, const float *dy, con
         int tid = omp_get_thread_num(), T = omp_get_num_threads();
 #pragma omp single
         used = T;
-        float *col = slot_col(s, ws, tid);
-        float *dwp = dw ? slot_dw(s, ws, tid) : NULL; /* this thread's share of dw */
+        slot sl = get_slot(s, ws, tid);
+        float *dwp = dw ? sl.dw : NULL; /* this thread's share of dw */
         if (dwp) memset(dwp, 0, wn * sizeof(float));
-        for (int n = tid; n < s->N; n += T)
-            backward_one(dx ? dx + n * xs : NULL, dwp, dy + n * ys, x + n * xs, w, s, col);
+        int n0 = (int)((int64_t)s->N * tid / T), n1 = (int)((int64_t)s->N * (tid + 1) / T);
+        backward_range(dx, dwp, dy, x, w, wflip, s, sl, n0, n1);
         /* the implicit barrier of `single` above and the one below order the reduction */
 #pragma omp barrier
         if (dw) {
+            const float *dw0 = get_slot(s, ws, 0).dw;
+            const size_t stride = slot_bytes(s) / sizeof(float); /* slot to slot, in floats */
 #pragma omp for schedule(static)
             for (size_t i = 0; i < wn; i++) {
                 float acc = 0.0f;
-                for (int t = 0; t < used; t++) acc += slot_dw(s, ws, t)[i];
+                for (int t = 0; t < used; t++) acc += dw0[t * stride + i];
                 dw[i] += acc;
             }
         }
