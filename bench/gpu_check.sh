@@ -13,7 +13,10 @@
 #                        cut to what is left; a stage with under 20 s left is skipped
 #
 # Logs and JSON go to $OUT when it is set, else to BUILD_DIR/gpu_check. Order: build, GPU tests,
-# diffusion bench, PyTorch peer, then compute-sanitizer (optional and slow, so last). A stage that
+# diffusion bench (with DIFFUSION_CONV_LOG=1: each convolution shape's timings and the kernel
+# chosen, summed in conv_choices.txt), PyTorch peer, the two bar rows again with cuDNN only and
+# with CUDA graphs off (what the handwritten convolutions and the recorded steps are worth), then
+# compute-sanitizer (optional and slow, so last). A stage that
 # fails or times out is reported in the table and the script carries on (a failed build skips
 # the stages that need it, not the peer); the table is printed on every way out, with the GPU
 # tests' failed checks (each names its op and shape). Exit status: 0 when the build and the GPU
@@ -235,14 +238,23 @@ elif [ "$(limit 240)" = 0 ]; then
 else
     L=$(limit 240)
     say "diffusion bench --device cuda (limit ${L}s)"
-    if timeout "$L" "$BUILD/diffusion" bench --device cuda --min-time "$MIN_S" --json "$LOGS/bench.json" \
-            > "$LOGS/bench.log" 2>&1; then
+    if DIFFUSION_CONV_LOG=1 timeout "$L" "$BUILD/diffusion" bench --device cuda --min-time "$MIN_S" \
+            --json "$LOGS/bench.json" > "$LOGS/bench.log" 2>&1; then
         BENCH_JSON="$LOGS/bench.json"
         record "diffusion bench" "ok" "bench.json"
     else
         record "diffusion bench" "FAILED" "rc $?: $(tail -n 1 "$LOGS/bench.log" | cut -c1-100)"
     fi
-    cat "$LOGS/bench.log"
+    grep -v "^diffusion: conv" "$LOGS/bench.log"
+    # which convolution kernel each shape and direction got (handwritten or cuDNN), and any
+    # handwritten kernel that disagreed with cuDNN and was dropped
+    grep -E "^diffusion: conv|disagree" "$LOGS/bench.log" > "$LOGS/conv_choices.txt" || true
+    if [ -s "$LOGS/conv_choices.txt" ]; then
+        OWN=$(grep -o -- "-> own" "$LOGS/conv_choices.txt" | wc -l)
+        CUD=$(grep -o -- "-> cudnn" "$LOGS/conv_choices.txt" | wc -l)
+        BAD=$(grep -c "disagree" "$LOGS/conv_choices.txt" || true)
+        record "conv choices" "info" "$OWN handwritten, $CUD cuDNN, $BAD disagreeing (conv_choices.txt)"
+    fi
 fi
 
 # ---------------------------------------------------------------- PyTorch peer
@@ -266,6 +278,25 @@ else
     cat "$LOGS/peer.log"
 fi
 
+# ---------------------------------------------------------------- the bar rows, other settings
+# train step at batch 128 and DDIM-20 at batch 256 with cuDNN for every convolution, then with
+# CUDA graphs off: beside the main bench run, what each of the two is worth
+if [ -n "$BENCH_JSON" ] && [ "$(limit 120)" != 0 ]; then
+    for setting in "DIFFUSION_CONV=cudnn" "DIFFUSION_CUDA_GRAPHS=0"; do
+        L=$(limit 60)
+        [ "$L" = 0 ] && break
+        say "diffusion bench (bar rows) with $setting (limit ${L}s)"
+        if env "$setting" timeout "$L" "$BUILD/diffusion" bench --device cuda --min-time 0.3 \
+                --train 128 --forward 64 --ddim 256 > "$LOGS/bench_${setting%%=*}.log" 2>&1; then
+            ROWS=$(grep -E "^(train_step|ddim20_loop) " "$LOGS/bench_${setting%%=*}.log" |
+                   awk '{ printf "%s %s: %s ms; ", $1, $2, $3 }')
+            record "bench $setting" "info" "$ROWS"
+        else
+            record "bench $setting" "FAILED" "rc $?: $(tail -n 1 "$LOGS/bench_${setting%%=*}.log" | cut -c1-90)"
+        fi
+    done
+fi
+
 # ---------------------------------------------------------------- compute-sanitizer (optional)
 SAN="$(command -v compute-sanitizer || true)"
 [ -z "$SAN" ] && [ -x /usr/local/cuda/bin/compute-sanitizer ] && SAN=/usr/local/cuda/bin/compute-sanitizer
@@ -281,8 +312,10 @@ elif [ "$(limit 150)" = 0 ]; then
     record "compute-sanitizer" "skipped" "no time left in the budget"
 else
     L=$(limit 150)
-    say "test_gpu_ops --quick under compute-sanitizer memcheck (limit ${L}s)"
-    (cd "$BUILD" && timeout "$L" "$SAN" --tool memcheck --error-exitcode 86 ./test_gpu_ops --quick) \
+    say "test_gpu_ops --quick and test_gpu_conv --quick under compute-sanitizer memcheck (limit ${L}s)"
+    (cd "$BUILD" && timeout "$L" "$SAN" --tool memcheck --error-exitcode 86 ./test_gpu_ops --quick &&
+        { [ ! -x ./test_gpu_conv ] ||
+          timeout "$L" "$SAN" --tool memcheck --error-exitcode 86 ./test_gpu_conv --quick; }) \
         > "$LOGS/sanitizer.log" 2>&1
     RC=$?
     ERRS=$(grep -m1 "ERROR SUMMARY" "$LOGS/sanitizer.log" || true)
