@@ -280,14 +280,15 @@ fi
 
 # ---------------------------------------------------------------- the bar rows, other settings
 # train step at batch 128 and DDIM-20 at batch 256 with cuDNN for every convolution, then with
-# CUDA graphs off: beside the main bench run, what each of the two is worth
+# CUDA graphs off: beside the main bench run, what each of the two is worth; --profile adds each
+# row's time by op (every node timed between synchronizes) to bench_*.log
 if [ -n "$BENCH_JSON" ] && [ "$(limit 120)" != 0 ]; then
     for setting in "DIFFUSION_CONV=cudnn" "DIFFUSION_CUDA_GRAPHS=0"; do
         L=$(limit 60)
         [ "$L" = 0 ] && break
         say "diffusion bench (bar rows) with $setting (limit ${L}s)"
         if env "$setting" timeout "$L" "$BUILD/diffusion" bench --device cuda --min-time 0.3 \
-                --train 128 --forward 64 --ddim 256 > "$LOGS/bench_${setting%%=*}.log" 2>&1; then
+                --train 128 --forward 64 --ddim 256 --profile > "$LOGS/bench_${setting%%=*}.log" 2>&1; then
             ROWS=$(grep -E "^(train_step|ddim20_loop) " "$LOGS/bench_${setting%%=*}.log" |
                    awk '{ printf "%s %s: %s ms; ", $1, $2, $3 }')
             record "bench $setting" "info" "$ROWS"

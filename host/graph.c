@@ -8,6 +8,7 @@
 #include <string.h>
 
 #include "diffusion/error.h"
+#include "diffusion/progress.h"
 
 #define DD_ALIGN_FLOATS 4
 
@@ -687,10 +688,26 @@ static int backward_node(dd_graph *g, const dd_node *n) {
     return dd_error("backward: unknown op %d", (int)n->op);
 }
 
+/* A node under the profile: drained before, synchronized after, timed in between. */
+static int profiled(dd_graph *g, const dd_node *n, int backward) {
+    DD_TRY(g->be->synchronize());
+    const double t0 = dd_now();
+    DD_TRY(backward ? backward_node(g, n) : forward_node(g, n));
+    DD_TRY(g->be->synchronize());
+    g->profile->ms[n->op][backward] += (dd_now() - t0) * 1e3;
+    g->profile->calls[n->op][backward]++;
+    return 0;
+}
+
+static int run_node(dd_graph *g, const dd_node *n, int backward) {
+    if (g->profile) return profiled(g, n, backward);
+    return backward ? backward_node(g, n) : forward_node(g, n);
+}
+
 int dd_graph_forward(dd_graph *g) {
     if (!g->planned) return dd_error("forward: graph not planned");
     for (int i = 0; i < g->nn; i++)
-        if (forward_node(g, &g->nodes[i]))
+        if (run_node(g, &g->nodes[i], 0))
             return dd_error_prefix("forward %s (%s)", dd_op_names[g->nodes[i].op], g->t[g->nodes[i].out].name);
     return 0;
 }
@@ -707,7 +724,7 @@ int dd_graph_backward(dd_graph *g, int loss) {
     for (int i = g->nn - 1; i >= 0; i--) {
         const dd_node *n = &g->nodes[i];
         if (!g->t[n->out].grad) continue; /* nothing upstream needs a gradient */
-        if (backward_node(g, n))
+        if (run_node(g, n, 1))
             return dd_error_prefix("backward %s (%s)", dd_op_names[n->op], g->t[n->out].name);
     }
     return 0;

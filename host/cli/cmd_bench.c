@@ -31,6 +31,8 @@ static const char *usage =
     "  --ddim B            DDIM-20 loop batch, 0 to skip (default 256 / 16)\n"
     "  --min-time S        seconds per measurement, roughly (default 1)\n"
     "  --json FILE         also write the rows as JSON\n"
+    "  --profile           after each row, a few more calls with plain launches and a\n"
+    "                      synchronize after every graph node: where the time goes, by op\n"
     "\n" CLI_MODEL_HELP;
 
 typedef struct {
@@ -55,6 +57,61 @@ static int job_ddim(job *j) {
     dd_denoiser m = {.fn = dd_runner_denoise, .ctx = j->r, .objective = DD_OBJECTIVE_EPS};
     dd_sample_opts o = j->so;
     return dd_sample_ddim(j->r->be, j->s, &m, &o, 20, 0.0f, NULL);
+}
+
+/* A few more calls of a job with every graph node timed (dd_profile): plain launches, so the
+ * recordings are dropped and recording is off meanwhile; the rest of a call (Adam, the draws,
+ * the sampler update, host work) shows as "outside the graph". */
+static int profile_job(int (*fn)(job *), job *j, const dd_backend *be, const char *name) {
+    enum { REPS = 3 };
+    const char *was = getenv("DIFFUSION_CUDA_GRAPHS");
+    char *saved = was ? strdup(was) : NULL;
+    setenv("DIFFUSION_CUDA_GRAPHS", "0", 1);
+    dd_replay_reset(&j->rp);
+    dd_runner_graph *gs[2] = {&j->r->train, &j->r->eval};
+    for (int i = 0; i < 2; i++) dd_replay_reset(&gs[i]->rp[0]), dd_replay_reset(&gs[i]->rp[1]);
+    int rc = 0;
+    if (j->so.cache) { /* its recorded step goes too */
+        dd_sample_cache_free(j->so.cache);
+        if (!(j->so.cache = dd_sample_cache_new())) rc = -1;
+    }
+    dd_profile prof;
+    memset(&prof, 0, sizeof prof);
+    double total = 0;
+    if (!rc) rc = fn(j); /* a plain call first: no recording, nothing left to set up */
+    for (int i = 0; i < 2; i++)
+        if (gs[i]->g) gs[i]->g->profile = &prof;
+    if (!rc) rc = be->synchronize();
+    const double t0 = dd_now();
+    for (int k = 0; !rc && k < REPS; k++) rc = fn(j);
+    if (!rc) rc = be->synchronize();
+    total = (dd_now() - t0) * 1e3 / REPS;
+    for (int i = 0; i < 2; i++)
+        if (gs[i]->g) gs[i]->g->profile = NULL;
+    if (saved) setenv("DIFFUSION_CUDA_GRAPHS", saved, 1);
+    else unsetenv("DIFFUSION_CUDA_GRAPHS");
+    free(saved);
+    if (rc) return rc;
+    /* the ops by time, largest first */
+    double in_graph = 0;
+    int order[2 * DD_OP_COUNT], n = 0;
+    for (int o = 0; o < 2 * DD_OP_COUNT; o++)
+        if (prof.calls[o / 2][o % 2]) order[n++] = o, in_graph += prof.ms[o / 2][o % 2];
+    for (int a = 1; a < n; a++)
+        for (int b = a; b > 0 && prof.ms[order[b] / 2][order[b] % 2] > prof.ms[order[b - 1] / 2][order[b - 1] % 2]; b--) {
+            int t = order[b];
+            order[b] = order[b - 1], order[b - 1] = t;
+        }
+    printf("  profile of %s (plain launches, a synchronize after every node, %d calls): %.3f ms a "
+           "call, %.3f ms in graph nodes\n", name, REPS, total, in_graph / REPS);
+    for (int a = 0; a < n; a++) {
+        const int op = order[a] / 2, bw = order[a] % 2;
+        printf("    %-12s %-8s %9.3f ms %6.1f%% %6.1f calls\n", dd_op_names[op], bw ? "backward" : "forward",
+               prof.ms[op][bw] / REPS, 100.0 * prof.ms[op][bw] / (total * REPS), (double)prof.calls[op][bw] / REPS);
+    }
+    printf("    %-21s %9.3f ms %6.1f%%\n", "outside the graph", total - in_graph / REPS,
+           100.0 * (total - in_graph / REPS) / total);
+    return 0;
 }
 
 /* Median of five timings, each of enough calls to last about min_s / 5 (as the peer). */
@@ -101,14 +158,15 @@ static int parse_list(const char *opt, const char *arg, int *v, int max, int *n)
 }
 
 int cmd_bench(int argc, char **argv) {
-    enum { O_DEVICE = 1, O_TRAIN, O_FWD, O_DDIM, O_MIN, O_JSON, O_HELP };
+    enum { O_DEVICE = 1, O_TRAIN, O_FWD, O_DDIM, O_MIN, O_JSON, O_PROFILE, O_HELP };
     static const struct option opts[] = {
         {"device", required_argument, 0, O_DEVICE}, {"train", required_argument, 0, O_TRAIN},
         {"forward", required_argument, 0, O_FWD}, {"ddim", required_argument, 0, O_DDIM},
         {"min-time", required_argument, 0, O_MIN}, {"json", required_argument, 0, O_JSON},
+        {"profile", no_argument, 0, O_PROFILE},
         {"help", no_argument, 0, O_HELP}, CLI_MODEL_OPTIONS, {0, 0, 0, 0}};
     const char *device = "auto", *json = NULL;
-    int train_b[8], fwd_b[8], ntrain = -1, nfwd = -1, ddim_b = -1, rc = 0, c;
+    int train_b[8], fwd_b[8], ntrain = -1, nfwd = -1, ddim_b = -1, rc = 0, c, profile = 0;
     double min_s = 1.0;
     cli_model_opts mo;
     cli_model_opts_init(&mo);
@@ -122,6 +180,7 @@ int cmd_bench(int argc, char **argv) {
         case O_DDIM: rc = cli_int("ddim", optarg, 0, 65536, &ddim_b); break;
         case O_MIN: rc = cli_double("min-time", optarg, 0.01, 600, &min_s); break;
         case O_JSON: json = optarg; break;
+        case O_PROFILE: profile = 1; break;
         case O_HELP: fputs(usage, stdout); return 0;
         case '?': return cli_error("unknown or incomplete option '%s' (diffusion bench --help)", argv[optind - 1]);
         default:
@@ -200,6 +259,12 @@ int cmd_bench(int argc, char **argv) {
                 cJSON_AddNumberToObject(row, "ms", ms);
                 cJSON_AddNumberToObject(row, "per_s", B / ms * 1e3);
                 cJSON_AddItemToArray(rows, row);
+            }
+            if (!rc && profile) {
+                char name[64];
+                snprintf(name, sizeof name, "%s at batch %d", work[w].name, B);
+                rc = profile_job(work[w].fn, &j, be, name);
+                fflush(stdout);
             }
             dd_replay_reset(&j.rp);
             dd_sample_cache_free(j.so.cache);

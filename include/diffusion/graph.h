@@ -149,6 +149,15 @@ typedef struct {
     } p;
 } dd_node;
 
+/* Where a graph's time goes (dd_graph.profile; NULL: off). Each node runs between two
+ * synchronizes and is timed on the host, so the numbers include launch costs, and a profiled
+ * graph cannot be recorded (a recording refuses synchronize): for finding the expensive ops,
+ * not for timing the whole. */
+typedef struct {
+    double ms[DD_OP_COUNT][2]; /* [op][0 forward, 1 backward], summed over calls */
+    long calls[DD_OP_COUNT][2];
+} dd_profile;
+
 typedef struct dd_graph {
     const dd_backend *be;
     dd_params *params;
@@ -164,6 +173,7 @@ typedef struct dd_graph {
     size_t ws_bytes;
     int32_t *index_scratch; /* host: shifted index inputs on their way to the backend */
     float *one;             /* backend: the constant 1, the seed of backward */
+    dd_profile *profile;    /* NULL, or where node times are added (see dd_profile) */
 } dd_graph;
 
 dd_graph *dd_graph_new(dd_params *params);
