@@ -279,6 +279,40 @@ static void test_training_step(void) {
     dd_schedule_free(&s);
 }
 
+/* The classifier's step (LeNet5, cross-entropy, Adam without EMA) through the runner. */
+static void test_classifier_step(void) {
+    dd_model_config cfg;
+    dd_model_config_default(&cfg, DD_MODEL_LENET);
+    const int B = 4;
+    dd_runner r;
+    CHECK_OK(dd_runner_init(&r, &cfg, &logbe, 1));
+    float *x;
+    int32_t *y;
+    CHECK_OK(logbe.alloc((void **)&x, (size_t)B * 28 * 28 * sizeof(float)));
+    CHECK_OK(logbe.alloc((void **)&y, B * sizeof(int32_t)));
+    tu_fill_uniform(x, (size_t)B * 28 * 28, 0, 1, 4);
+    for (int i = 0; i < B; i++) y[i] = i;
+    steplog *a = malloc(sizeof *a), *b = malloc(sizeof *b);
+    CHECK_OK(dd_runner_train_step(&r, B, x, NULL, NULL, y, 1e-3f, 0.0f));
+    L.on = 1;
+    L.n = 0;
+    CHECK_OK(dd_runner_train_step(&r, B, x, NULL, NULL, y, 1e-3f, 0.0f));
+    take(a);
+    CHECK_OK(dd_runner_train_step(&r, B, x, NULL, NULL, y, 1e-3f, 0.0f));
+    take(b);
+    L.on = 0;
+    expect_same("classifier step", a, b);
+    expect_device_only("classifier step", a);
+    CHECKF(count(a, OP_XENT_B) == 1 && count(a, OP_ADAM) == 1 && count(a, OP_EMA) == 0 &&
+               count(a, OP_COUNTER) == 1,
+           "classifier step: xent backward %d, Adam %d, EMA %d, counter %d", count(a, OP_XENT_B),
+           count(a, OP_ADAM), count(a, OP_EMA), count(a, OP_COUNTER));
+    printf("  classifier step: %d backend calls\n", a->n);
+    free(a), free(b);
+    logbe.free(x), logbe.free(y);
+    dd_runner_free(&r);
+}
+
 /* ---------------------------------------------------------------- the sampling step */
 
 static steplog *slog[64];
@@ -354,6 +388,7 @@ static void sampling_case(const char *what, int ddim, float guidance, int use_ca
 int main(void) {
     for (int i = 0; i < 64; i++) slog[i] = malloc(sizeof(steplog));
     test_training_step();
+    test_classifier_step();
     sampling_case("DDIM, guided", 1, 2.0f, 0);
     sampling_case("DDPM, plain conditional", 0, 1.0f, 0);
     sampling_case("DDIM, guided, two batches through a cache", 1, 3.0f, 1);
