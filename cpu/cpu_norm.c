@@ -9,11 +9,18 @@
  * Sums are accumulated in double. The op has no workspace, so nothing per element is stored:
  * with at least as many groups as threads, a thread takes whole groups (all samples), so dgamma
  * and dbeta need no reduction across threads and dz is computed once; otherwise parameter
- * gradients go in parallel over channels and dx over (n, g), computing dz twice. */
+ * gradients go in parallel over channels and dx over (n, g), computing dz twice.
+ * The per-row loops are DD_CPU_CLONES functions with cpu_simd.h's swish, so they vectorise; the
+ * double sums of a row go into 8 interleaved partial sums (as the moments do), which changes
+ * their rounding only at the double level. */
+/* before any include, so the inline functions of cpu_simd.h get the same options as their
+ * callers (GCC will not inline across different ones): see cpu_simd.h */
+#pragma GCC optimize("no-trapping-math", "fp-contract=off")
+
 #include <math.h>
 
 #include "cpu_internal.h"
-#include "diffusion/kernels.h"
+#include "cpu_simd.h"
 
 /* Mean and biased variance of M floats in one pass, in double. The values are shifted by the
  * first one before summing, so var = (S2 - S1^2 / M) / M loses about (|mean - x0| / std)^2 *
@@ -21,7 +28,7 @@
  * deviations out, and a constant offset (x = 1000 + small noise) cancels exactly in the shift.
  * Eight independent accumulators keep the adds from waiting on each other (a single chain of
  * double adds is latency-bound). */
-static void group_moments(const float *x, size_t M, double *mean, double *var) {
+DD_CPU_CLONES static void group_moments(const float *x, size_t M, double *mean, double *var) {
     const double x0 = x[0];
     double s1[8] = {0}, s2[8] = {0};
     size_t i = 0;
@@ -44,6 +51,16 @@ static void group_moments(const float *x, size_t M, double *mean, double *var) {
     *var = v > 0.0 ? v : 0.0;
 }
 
+/* one channel's row: y = swish(gm xhat + sh) or gm xhat + sh */
+DD_CPU_CLONES static void gn_row(float *y, const float *x, int HW, float m, float r, float gm,
+                                 float sh, int swish) {
+    if (swish) {
+        for (int p = 0; p < HW; p++) y[p] = dd_cpu_swish(gm * ((x[p] - m) * r) + sh);
+    } else {
+        for (int p = 0; p < HW; p++) y[p] = gm * ((x[p] - m) * r) + sh;
+    }
+}
+
 int dd_cpu_group_norm_forward(float *y, float *mean, float *rstd, const float *x,
                               const float *gamma, const float *beta, const float *add,
                               const dd_gn_shape *s) {
@@ -63,28 +80,59 @@ int dd_cpu_group_norm_forward(float *y, float *mean, float *rstd, const float *x
         for (int cc = 0; cc < Cg; cc++) {
             const int c = g * Cg + cc;
             const float sh = beta[c] + (add ? add[(size_t)n * C + c] : 0.0f);
-            const float *xc = xg + (size_t)cc * HW;
-            float *yc = yg + (size_t)cc * HW;
-            if (s->swish) {
-                for (int p = 0; p < HW; p++) yc[p] = dd_swish(gamma[c] * ((xc[p] - m) * r) + sh);
-            } else {
-                for (int p = 0; p < HW; p++) yc[p] = gamma[c] * ((xc[p] - m) * r) + sh;
-            }
+            gn_row(yg + (size_t)cc * HW, xg + (size_t)cc * HW, HW, m, r, gamma[c], sh, s->swish);
         }
     }
     return 0;
 }
 
-/* dz for one channel row: recompute z from x and return dL/dz (dy through swish when fused) */
-static inline float gn_dz(float dy, float xhat, float gm, float sh, int swish) {
-    if (!swish) return dy;
-    return dy * dd_swish_grad(gm * xhat + sh);
+/* One channel's row of the backward: recompute z from x, dz = dL/dz (dy through swish when
+ * fused); *sn = sum dz, *sx = sum dz xhat, and dx += r gm dz when dx is not NULL. Inlined with
+ * constant swish and dx so each of the four variants is a loop of its own. */
+static inline __attribute__((always_inline)) void gn_bwd_body(float *dx, const float *x,
+                                                              const float *dy, int HW, float m,
+                                                              float r, float gm, float sh,
+                                                              int swish, double *sn_out,
+                                                              double *sx_out) {
+    double sn[8] = {0}, sx[8] = {0};
+    int p = 0;
+    for (; p + 8 <= HW; p += 8)
+        for (int k = 0; k < 8; k++) {
+            const float xh = (x[p + k] - m) * r;
+            const float dz = swish ? dy[p + k] * dd_cpu_swish_grad(gm * xh + sh) : dy[p + k];
+            sn[k] += dz;
+            sx[k] += (double)dz * xh;
+            if (dx) dx[p + k] += r * (gm * dz);
+        }
+    for (; p < HW; p++) {
+        const float xh = (x[p] - m) * r;
+        const float dz = swish ? dy[p] * dd_cpu_swish_grad(gm * xh + sh) : dy[p];
+        sn[0] += dz;
+        sx[0] += (double)dz * xh;
+        if (dx) dx[p] += r * (gm * dz);
+    }
+    double a = 0.0, b = 0.0;
+    for (int k = 0; k < 8; k++) a += sn[k], b += sx[k];
+    *sn_out = a;
+    *sx_out = b;
+}
+
+DD_CPU_CLONES static void gn_bwd_row(float *dx, const float *x, const float *dy, int HW, float m,
+                                     float r, float gm, float sh, int swish, double *sn,
+                                     double *sx) {
+    if (swish) {
+        if (dx) gn_bwd_body(dx, x, dy, HW, m, r, gm, sh, 1, sn, sx);
+        else gn_bwd_body(NULL, x, dy, HW, m, r, gm, sh, 1, sn, sx);
+    } else {
+        if (dx) gn_bwd_body(dx, x, dy, HW, m, r, gm, sh, 0, sn, sx);
+        else gn_bwd_body(NULL, x, dy, HW, m, r, gm, sh, 0, sn, sx);
+    }
 }
 
 /* dx for one (n, g) once the group sums are known: the part that depends on dz was already added
  * (dx += rstd gamma dz while the sums were taken, so dz, and swish's exp, is computed once);
  * what remains is dx -= rstd (mean(g) + xhat mean(g xhat)). */
-static void gn_dx_finish(float *dx, const float *x, float m, float r, double s1, double s2,
+DD_CPU_CLONES static void gn_dx_finish(float *dx, const float *x, float m, float r, double s1, double s2,
                          size_t M) {
     const float a1 = (float)(s1 / (double)M), a2 = (float)(s2 / (double)M);
     for (size_t i = 0; i < M; i++) {
@@ -118,14 +166,9 @@ int dd_cpu_group_norm_backward(float *dx, float *dgamma, float *dbeta, float *da
                     const float gm = gamma[c];
                     const float sh = beta[c] + (add ? add[(size_t)n * C + c] : 0.0f);
                     const size_t oc = o + (size_t)cc * HW;
-                    double sn = 0.0, sx = 0.0;
-                    for (int p = 0; p < HW; p++) {
-                        const float xh = (x[oc + p] - m) * r;
-                        const float dz = gn_dz(dy[oc + p], xh, gm, sh, s->swish);
-                        sn += dz;
-                        sx += (double)dz * xh;
-                        if (dx) dx[oc + p] += r * (gm * dz);
-                    }
+                    double sn, sx;
+                    gn_bwd_row(dx ? dx + oc : NULL, x + oc, dy + oc, HW, m, r, gm, sh, s->swish,
+                               &sn, &sx);
                     pg[cc] += sx;
                     pb[cc] += sn;
                     if (dadd) dadd[(size_t)n * C + c] += (float)sn;
@@ -153,13 +196,9 @@ int dd_cpu_group_norm_backward(float *dx, float *dgamma, float *dbeta, float *da
                 const float m = mean[n * G + g], r = rstd[n * G + g];
                 const float sh = beta[c] + (add ? add[(size_t)n * C + c] : 0.0f);
                 const size_t o = ((size_t)n * C + c) * HW;
-                double sn = 0.0;
-                for (int p = 0; p < HW; p++) {
-                    const float xh = (x[o + p] - m) * r;
-                    const float dz = gn_dz(dy[o + p], xh, gamma[c], sh, s->swish);
-                    sn += dz;
-                    sg += (double)dz * xh;
-                }
+                double sn, sx;
+                gn_bwd_row(NULL, x + o, dy + o, HW, m, r, gamma[c], sh, s->swish, &sn, &sx);
+                sg += sx;
                 sb += sn;
                 if (dadd) dadd[(size_t)n * C + c] += (float)sn;
             }
@@ -180,13 +219,10 @@ int dd_cpu_group_norm_backward(float *dx, float *dgamma, float *dbeta, float *da
             const float gm = gamma[c];
             const float sh = beta[c] + (add ? add[(size_t)n * C + c] : 0.0f);
             const size_t oc = o + (size_t)cc * HW;
-            for (int p = 0; p < HW; p++) {
-                const float xh = (x[oc + p] - m) * r;
-                const float gdz = gm * gn_dz(dy[oc + p], xh, gm, sh, s->swish);
-                s1 += gdz;
-                s2 += (double)gdz * xh;
-                dx[oc + p] += r * gdz;
-            }
+            double sn, sx;
+            gn_bwd_row(dx + oc, x + oc, dy + oc, HW, m, r, gm, sh, s->swish, &sn, &sx);
+            s1 += gm * sn;
+            s2 += gm * sx;
         }
         gn_dx_finish(dx + o, x + o, m, r, s1, s2, M);
     }
