@@ -15,9 +15,20 @@
  *       dcol = w^T @ dy_n, dx_n += col2im(dcol), per image.
  * A 1x1 convolution with stride 1 and no padding needs no im2col: col is x_n itself (nb = 1).
  *
- * Workspace (conv2d_workspace): the flipped weights (when used), then one slot per thread, each a
- * col buffer, a chunk buffer (the NCHW <-> chunk layout of y, dy or dx) and a private dw that the
- * batch-parallel backward sums into dw at the end. A thread owns a contiguous run of images. */
+ * Row-shift form of a "same" convolution (stride 1, odd K, pad (K-1)/2) done one image at a
+ * time (nb = 1: the 28x28 maps): the K rows (c, ki, 0..K-1) of im2col for one ki are the rows
+ * (c, kj) of one matrix R (C K, (H + 2 pad) W), the image shifted sideways by kj - pad between
+ * pad zero rows above and below, read from column ki W on. So R is built once (K copies of the
+ * image, where im2col makes K^2) and the product is K GEMMs over column windows of it:
+ *   y_n = sum over ki of W_ki (Cout, Cin K) @ R(x_n)[:, ki W ..],  W_ki[o][i K + kj] = w[o][i][ki][kj]
+ *   dW_ki += dy_n @ R(x_n)[:, ki W ..]^T,   dx_n += sum over ki of Wflip_ki @ R(dy_n)[:, ki W ..]
+ * Each GEMM has an inner size of Cin K (48 for 16 channels), small enough for OpenBLAS's
+ * unpacked small-matrix kernels, which measured faster here than one packed GEMM over Cin K K.
+ *
+ * Workspace (conv2d_workspace): the weights rearranged for the GEMMs (when used), then one slot
+ * per thread, each a col buffer, a chunk buffer (the NCHW <-> chunk layout of y, dy or dx) and a
+ * private dw that the batch-parallel backward (and the row-shift form's, which keeps dw as the
+ * dW_ki) sums into dw at the end. A thread owns a contiguous run of images. */
 #include <cblas.h>
 #include <stddef.h>
 #include <string.h>
@@ -56,6 +67,11 @@ static int chunk_images(const dd_conv_shape *s) {
     return nb < 1 ? 1 : nb;
 }
 
+/* the row-shift form (above): a "same" convolution run one image per GEMM */
+static int use_rows(const dd_conv_shape *s) {
+    return s->K > 1 && s->stride == 1 && 2 * s->pad == s->K - 1 && chunk_images(s) == 1;
+}
+
 static size_t wsize(const dd_conv_shape *s) { return (size_t)s->Cout * s->Cin * s->K * s->K; }
 
 /* floats of one slot's col buffer, for nb images */
@@ -74,8 +90,12 @@ static size_t chunk_floats(const dd_conv_shape *s) {
     return (size_t)nb * (a > b ? a : b);
 }
 
-static size_t flip_bytes(const dd_conv_shape *s) {
-    return dx_by_flip(s) ? dd_cpu_round(wsize(s) * sizeof(float)) : 0;
+/* im2col's buffer also holds R(x) (Cin K (H + 2 pad) W <= Cin K K H W floats as H >= 1) and,
+ * when dx_by_flip, R(dy) (likewise within Cout K K H W). */
+
+/* the rearranged weights at the start of the workspace */
+static size_t front_bytes(const dd_conv_shape *s) {
+    return dx_by_flip(s) || use_rows(s) ? dd_cpu_round(wsize(s) * sizeof(float)) : 0;
 }
 
 static size_t slot_bytes(const dd_conv_shape *s) {
@@ -84,7 +104,7 @@ static size_t slot_bytes(const dd_conv_shape *s) {
 }
 
 size_t dd_cpu_conv2d_workspace(const dd_conv_shape *s) {
-    return flip_bytes(s) + (size_t)dd_cpu_slots(s->N) * slot_bytes(s);
+    return front_bytes(s) + (size_t)dd_cpu_slots(s->N) * slot_bytes(s);
 }
 
 typedef struct {
@@ -92,7 +112,7 @@ typedef struct {
 } slot;
 
 static slot get_slot(const dd_conv_shape *s, void *ws, int i) {
-    char *p = (char *)ws + flip_bytes(s) + (size_t)i * slot_bytes(s);
+    char *p = (char *)ws + front_bytes(s) + (size_t)i * slot_bytes(s);
     slot r;
     r.col = (float *)p;
     p += dd_cpu_round(col_floats(s) * sizeof(float));
@@ -120,6 +140,55 @@ static void valid_range(int kj, int stride, int pad, int W, int Wo, int *lo, int
 
 static inline void zero_floats(float *p, ptrdiff_t n) {
     for (ptrdiff_t i = 0; i < n; i++) p[i] = 0.0f;
+}
+
+/* x (C, H, W) -> R (C K, (H + 2 pad) W) of the row-shift form: row (c, kj) is pad zero rows,
+ * then the image with input column ow + kj - pad at column ow (zero outside the image), then pad
+ * zero rows. Built as im2col_same_width builds a block: one memcpy of the flat image shifted by
+ * kj - pad, then the columns that wrapped around a row end zeroed. */
+DD_NO_MEMSET static void shift_rows(float *R, const float *x, int C, int H, int W, int K, int pad) {
+    const ptrdiff_t HW = (ptrdiff_t)H * W, L = HW + (ptrdiff_t)2 * pad * W;
+    for (int c = 0; c < C; c++) {
+        const float *xc = x + (size_t)c * HW;
+        for (int kj = 0; kj < K; kj++) {
+            float *r = R + ((size_t)c * K + kj) * L;
+            float *d = r + (ptrdiff_t)pad * W; /* d[q] = xc[q + sh] where the column is inside */
+            const ptrdiff_t sh = kj - pad;
+            int lo, hi;
+            valid_range(kj, 1, pad, W, W, &lo, &hi);
+            zero_floats(r, (ptrdiff_t)pad * W);
+            const ptrdiff_t q0 = sh < 0 ? -sh : 0, q1 = sh > 0 ? HW - sh : HW;
+            if (q1 > q0) memcpy(d + q0, xc + q0 + sh, sizeof(float) * (size_t)(q1 - q0));
+            if (lo > 0 || hi < W) {
+                for (int ih = 0; ih < H; ih++) {
+                    float *row = d + (ptrdiff_t)ih * W;
+                    for (int ow = 0; ow < lo; ow++) row[ow] = 0.0f;
+                    for (int ow = hi; ow < W; ow++) row[ow] = 0.0f;
+                }
+            }
+            zero_floats(d + HW, (ptrdiff_t)pad * W);
+        }
+    }
+}
+
+/* The weights as the GEMMs take them, into dst (wsize floats):
+ *   flip = 0: V[o][i][a][b] = w[o][i][a][b]           (nO = Cout, nI = Cin: the convolution)
+ *   flip = 1: V[o][i][a][b] = w[i][o][K-1-a][K-1-b]   (nO = Cin, nI = Cout: its transpose)
+ * stored as V (nO, nI K K) when rows = 0, or as the K blocks V_a (nO, nI K), V_a[o][i K + b] =
+ * V[o][i][a][b], of the row-shift form when rows = 1. */
+static void arrange_weights(float *dst, const float *w, const dd_conv_shape *s, int flip,
+                            int rows) {
+    const int K = s->K, nO = flip ? s->Cin : s->Cout, nI = flip ? s->Cout : s->Cin;
+    for (int o = 0; o < nO; o++)
+        for (int i = 0; i < nI; i++)
+            for (int a = 0; a < K; a++)
+                for (int b = 0; b < K; b++) {
+                    const size_t src = flip ? (((size_t)i * s->Cin + o) * K + (K - 1 - a)) * K + (K - 1 - b)
+                                            : (((size_t)o * s->Cin + i) * K + a) * K + b;
+                    const size_t d = rows ? ((size_t)a * nO + o) * ((size_t)nI * K) + (size_t)i * K + b
+                                          : (((size_t)o * nI + i) * K + a) * K + b;
+                    dst[d] = w[src];
+                }
 }
 
 /* im2col for stride 1 with Wo == W ("same" width, 2 pad = K - 1, the UNet's 3x3 pad 1): each
@@ -221,6 +290,26 @@ static void col2im_add(float *dx, const float *col, const dd_conv_shape *s) {
     }
 }
 
+/* y_n = sum over ki of W_ki @ R(x_n)[:, ki W ..] + b, the row-shift form; wr from
+ * arrange_weights(flip 0, rows 1) */
+static void forward_rows(float *y, const float *x, const float *wr, const float *b,
+                         const dd_conv_shape *s, slot sl, int n) {
+    const int K = s->K, W = s->W, IK = s->Cin * s->K;
+    const size_t HW = (size_t)s->H * W, L = HW + (size_t)2 * s->pad * W;
+    float *yn = y + n * (size_t)s->Cout * HW;
+    shift_rows(sl.col, x + n * (size_t)s->Cin * HW, s->Cin, s->H, W, K, s->pad);
+    if (b) {
+        for (int o = 0; o < s->Cout; o++) {
+            float *r = yn + (size_t)o * HW;
+            for (size_t p = 0; p < HW; p++) r[p] = b[o];
+        }
+    }
+    for (int a = 0; a < K; a++)
+        cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, s->Cout, (int)HW, IK, 1.0f,
+                    wr + (size_t)a * s->Cout * IK, IK, sl.col + (size_t)a * W, (int)L,
+                    a > 0 || b ? 1.0f : 0.0f, yn, (int)HW);
+}
+
 /* y[n0 .. n0+m) = w @ col(x[n0 .. n0+m)) + b */
 static void forward_chunk(float *y, const float *x, const float *w, const float *b,
                           const dd_conv_shape *s, slot sl, int n0, int m) {
@@ -263,12 +352,20 @@ static void forward_chunk(float *y, const float *x, const float *w, const float 
 /* images [n0, n1) of a thread, chunk by chunk */
 static void forward_range(float *y, const float *x, const float *w, const float *b,
                           const dd_conv_shape *s, slot sl, int n0, int n1) {
+    if (use_rows(s)) {
+        for (int n = n0; n < n1; n++) forward_rows(y, x, w, b, s, sl, n);
+        return;
+    }
     const int nb = chunk_images(s);
     for (int n = n0; n < n1; n += nb) forward_chunk(y, x, w, b, s, sl, n, n1 - n < nb ? n1 - n : nb);
 }
 
 int dd_cpu_conv2d_forward(float *y, const float *x, const float *w, const float *b,
                           const dd_conv_shape *s, void *ws) {
+    if (use_rows(s)) { /* the ranges below then take the rearranged weights for w */
+        arrange_weights((float *)ws, w, s, 0, 1);
+        w = (const float *)ws;
+    }
     int nt = dd_cpu_batch_threads(s->N);
     if (nt == 1) {
         forward_range(y, x, w, b, s, get_slot(s, ws, 0), 0, s->N);
@@ -283,6 +380,44 @@ int dd_cpu_conv2d_forward(float *y, const float *x, const float *w, const float 
     }
     dd_cpu_blas_single_end(prev);
     return 0;
+}
+
+/* dx_n += w^T @ dy_n through col2im (per image; col holds dcol) */
+static void dx_col2im(float *dx, const float *dy, const float *w, const dd_conv_shape *s,
+                      slot sl, int n) {
+    const size_t HoWo = (size_t)s->Ho * s->Wo, CKK = (size_t)s->Cin * s->K * s->K;
+    cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, (int)CKK, (int)HoWo, s->Cout, 1.0f, w,
+                (int)CKK, dy + n * (size_t)s->Cout * HoWo, (int)HoWo, 0.0f, sl.col, (int)HoWo);
+    col2im_add(dx + n * (size_t)s->Cin * s->H * s->W, sl.col, s);
+}
+
+/* The row-shift form's backward for image n: dwr (the dW_ki blocks, K x (Cout, Cin K)) +=
+ * dy_n @ R(x_n)[:, ki W ..]^T; dx_n += sum over ki of Wflip_ki @ R(dy_n)[:, ki W ..] when wf
+ * (arrange_weights(flip 1, rows 1)), else through col2im. */
+static void backward_rows(float *dx, float *dwr, const float *dy, const float *x, const float *w,
+                          const float *wf, const dd_conv_shape *s, slot sl, int n) {
+    const int K = s->K, W = s->W, pad = s->pad;
+    const size_t HW = (size_t)s->H * W, L = HW + (size_t)2 * pad * W;
+    const float *dyn = dy + n * (size_t)s->Cout * HW;
+    if (dwr) {
+        const int IK = s->Cin * K;
+        shift_rows(sl.col, x + n * (size_t)s->Cin * HW, s->Cin, s->H, W, K, pad);
+        for (int a = 0; a < K; a++)
+            cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, s->Cout, IK, (int)HW, 1.0f, dyn,
+                        (int)HW, sl.col + (size_t)a * W, (int)L, 1.0f,
+                        dwr + (size_t)a * s->Cout * IK, IK);
+    }
+    if (!dx) return;
+    if (!wf) {
+        dx_col2im(dx, dy, w, s, sl, n);
+        return;
+    }
+    const int OK = s->Cout * K;
+    shift_rows(sl.col, dyn, s->Cout, s->H, W, K, pad); /* the transpose's pad K-1-pad = pad */
+    for (int a = 0; a < K; a++)
+        cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, s->Cin, (int)HW, OK, 1.0f,
+                    wf + (size_t)a * s->Cin * OK, OK, sl.col + (size_t)a * W, (int)L, 1.0f,
+                    dx + n * (size_t)s->Cin * HW, (int)HW);
 }
 
 /* For images [n0, n0+m): dw_acc += dy_chunk @ col^T; dx += the transposed convolution of dy. */
@@ -317,11 +452,7 @@ static void backward_chunk(float *dx, float *dw_acc, const float *dy, const floa
         return;
     }
     if (!dx_by_flip(s)) {
-        for (int j = 0; j < m; j++) {
-            cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, (int)CKK, (int)HoWo, s->Cout, 1.0f,
-                        w, (int)CKK, dy + (n0 + j) * ys, (int)HoWo, 0.0f, sl.col, (int)HoWo);
-            col2im_add(dx + (n0 + j) * xs, sl.col, s);
-        }
+        for (int j = 0; j < m; j++) dx_col2im(dx, dy, w, s, sl, n0 + j);
         return;
     }
     const dd_conv_shape f = flip_shape(s);
@@ -346,6 +477,10 @@ static void backward_chunk(float *dx, float *dw_acc, const float *dy, const floa
 static void backward_range(float *dx, float *dw_acc, const float *dy, const float *x,
                            const float *w, const float *wflip, const dd_conv_shape *s, slot sl,
                            int n0, int n1) {
+    if (use_rows(s)) {
+        for (int n = n0; n < n1; n++) backward_rows(dx, dw_acc, dy, x, w, wflip, s, sl, n);
+        return;
+    }
     const int nb = chunk_images(s);
     for (int n = n0; n < n1; n += nb)
         backward_chunk(dx, dw_acc, dy, x, w, wflip, s, sl, n, n1 - n < nb ? n1 - n : nb);
@@ -371,49 +506,50 @@ int dd_cpu_conv2d_backward(float *dx, float *dw, float *db, const float *dy, con
     }
     if (!dx && !dw) return 0;
 
-    /* wflip[ci][co][a][b] = w[co][ci][K-1-a][K-1-b] */
-    float *wflip = NULL;
+    const int rows = use_rows(s);
+    float *wflip = NULL; /* the transposed convolution's weights, when dx_by_flip */
     if (dx && dx_by_flip(s)) {
-        const int K = s->K, KK = K * K;
         wflip = (float *)ws;
-        for (int co = 0; co < s->Cout; co++)
-            for (int ci = 0; ci < s->Cin; ci++) {
-                const float *src = w + ((size_t)co * s->Cin + ci) * KK;
-                float *dst = wflip + ((size_t)ci * s->Cout + co) * KK;
-                for (int k = 0; k < KK; k++) dst[k] = src[KK - 1 - k];
-            }
+        arrange_weights(wflip, w, s, 1, rows);
     }
 
-    int nt = dd_cpu_batch_threads(s->N);
-    if (nt == 1) {
-        backward_range(dx, dw, dy, x, w, wflip, s, get_slot(s, ws, 0), 0, s->N);
-        return 0;
-    }
-    int prev = dd_cpu_blas_single_begin();
+    /* dw: one thread in the im2col form adds straight into dw; otherwise each thread sums into
+     * its slot's private dw, in the row-shift form as the dW_ki blocks, and the slots are added
+     * into dw (rearranged back) at the end. */
+    const int nt = dd_cpu_batch_threads(s->N);
+    const int private_dw = dw && (nt > 1 || rows);
+    const int prev = nt > 1 ? dd_cpu_blas_single_begin() : 1;
     int used = nt;
-#pragma omp parallel num_threads(nt)
+#pragma omp parallel num_threads(nt) if (nt > 1)
     {
         int tid = omp_get_thread_num(), T = omp_get_num_threads();
 #pragma omp single
         used = T;
         slot sl = get_slot(s, ws, tid);
-        float *dwp = dw ? sl.dw : NULL; /* this thread's share of dw */
-        if (dwp) memset(dwp, 0, wn * sizeof(float));
+        float *dwp = private_dw ? sl.dw : dw;
+        if (private_dw) memset(dwp, 0, wn * sizeof(float));
         int n0 = (int)((int64_t)s->N * tid / T), n1 = (int)((int64_t)s->N * (tid + 1) / T);
         backward_range(dx, dwp, dy, x, w, wflip, s, sl, n0, n1);
         /* the implicit barrier of `single` above and the one below order the reduction */
 #pragma omp barrier
-        if (dw) {
+        if (private_dw) {
             const float *dw0 = get_slot(s, ws, 0).dw;
             const size_t stride = slot_bytes(s) / sizeof(float); /* slot to slot, in floats */
+            const int K = s->K, IK = s->Cin * K;
 #pragma omp for schedule(static)
             for (size_t i = 0; i < wn; i++) {
+                size_t j = i; /* where w[o][c][a][b] (i) sits in the slots */
+                if (rows) {
+                    const int b = (int)(i % K), a = (int)(i / K % K), c = (int)(i / K / K % s->Cin);
+                    const int o = (int)(i / K / K / s->Cin);
+                    j = ((size_t)a * s->Cout + o) * IK + (size_t)c * K + b;
+                }
                 float acc = 0.0f;
-                for (int t = 0; t < used; t++) acc += dw0[t * stride + i];
+                for (int t = 0; t < used; t++) acc += dw0[t * stride + j];
                 dw[i] += acc;
             }
         }
     }
-    dd_cpu_blas_single_end(prev);
+    if (nt > 1) dd_cpu_blas_single_end(prev);
     return 0;
 }
