@@ -18,8 +18,10 @@ int dd_replay_run(dd_replay *rp, const dd_backend *be, dd_replay_body body, void
         dd_replay_reset(rp);
         memcpy(rp->key, key, sizeof rp->key);
     }
+    /* inside an outer recording: the body's calls join it (even when this one has a graph of
+     * its own: launching a graph into a capture is not something to rely on) */
+    if (recording_wanted(be) && dd_cuda_capturing()) return body(ctx);
     if (rp->cg) return dd_cuda_graph_replay(rp->cg);
-    if (recording_wanted(be) && dd_cuda_capturing()) return body(ctx); /* inside an outer one */
     /* record on the second call: the first one loaded every library kernel */
     if (!rp->off && rp->calls >= 1 && recording_wanted(be)) {
         int rc = dd_cuda_capture_begin();
