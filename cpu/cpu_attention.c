@@ -7,10 +7,16 @@
  *   dQ += s K dS^T,  dK += s Q dS
  * The (n, h) pairs are independent: OpenMP across them, sgemm inside. The workspace holds one
  * P x P scratch (dP, then dS in place) per thread. */
+/* before any include: see cpu_simd.h (vectorised clamps, no FMA contraction) */
+#if defined(__GNUC__) && !defined(__clang__)
+#pragma GCC optimize("no-trapping-math", "fp-contract=off")
+#endif
+
 #include <cblas.h>
 #include <math.h>
 
 #include "cpu_internal.h"
+#include "cpu_simd.h"
 
 static size_t pp_bytes(const dd_attn_shape *s) {
     return dd_cpu_round((size_t)s->P * s->P * sizeof(float));
@@ -20,17 +26,16 @@ size_t dd_cpu_attention_workspace(const dd_attn_shape *s) {
     return (size_t)dd_cpu_slots((int64_t)s->N * s->heads) * pp_bytes(s);
 }
 
-/* softmax of each row of S (P, P) in place; the sum in double */
-static void softmax_rows(float *S, int P) {
+/* softmax of each row of S (P, P) in place; the sum in double. The exponentials are a loop of
+ * their own so it vectorises (cpu_simd.h's expf, within 1 ulp of libm's). */
+DD_CPU_CLONES static void softmax_rows(float *S, int P) {
     for (int i = 0; i < P; i++) {
         float *r = S + (size_t)i * P;
         float mx = r[0];
         for (int j = 1; j < P; j++) mx = r[j] > mx ? r[j] : mx;
+        for (int j = 0; j < P; j++) r[j] = dd_cpu_expf(r[j] - mx);
         double sum = 0.0;
-        for (int j = 0; j < P; j++) {
-            r[j] = expf(r[j] - mx);
-            sum += r[j];
-        }
+        for (int j = 0; j < P; j++) sum += r[j];
         const float inv = (float)(1.0 / sum);
         for (int j = 0; j < P; j++) r[j] *= inv;
     }

@@ -136,7 +136,11 @@ static void valid_range(int kj, int stride, int pad, int W, int Wo, int *lo, int
 
 /* GCC turns short zeroing loops into memset calls; im2col's are a float or a row, far below a
  * call's cost (the calls were 4-8% of a denoising step's time), so it is told not to. */
+#if defined(__GNUC__) && !defined(__clang__)
 #define DD_NO_MEMSET __attribute__((optimize("no-tree-loop-distribute-patterns")))
+#else
+#define DD_NO_MEMSET
+#endif
 
 static inline void zero_floats(float *p, ptrdiff_t n) {
     for (ptrdiff_t i = 0; i < n; i++) p[i] = 0.0f;

@@ -15,7 +15,9 @@
  * their rounding only at the double level. */
 /* before any include, so the inline functions of cpu_simd.h get the same options as their
  * callers (GCC will not inline across different ones): see cpu_simd.h */
+#if defined(__GNUC__) && !defined(__clang__)
 #pragma GCC optimize("no-trapping-math", "fp-contract=off")
+#endif
 
 #include <math.h>
 

@@ -12,6 +12,8 @@
  * A file that uses them starts, before its first #include (GCC does not inline a function into
  * one compiled with other options, and a loop that calls dd_cpu_expf does not vectorise), with
  *     #pragma GCC optimize("no-trapping-math", "fp-contract=off")
+ * (inside #if defined(__GNUC__) && !defined(__clang__), like DD_CPU_CLONES; another compiler
+ * gets the plain loops)
  * no-trapping-math lets GCC vectorise the clamps below (it only drops the assumption that a
  * comparison may trap; no value changes); fp-contract=off keeps a clone from fusing a*b+c into
  * one FMA, so both clones, and the serial build before them, round every operation the same way:
