@@ -97,15 +97,10 @@ typedef struct {
     float lr, ema_decay; /* training step */
 } call;
 
-static const void *float_key(float v) {
-    uint32_t u;
-    memcpy(&u, &v, sizeof u);
-    return (const void *)(uintptr_t)u;
-}
-
 static void call_key(const call *c, const void *key[DD_REPLAY_KEYS]) {
-    const void *k[DD_REPLAY_KEYS] = {c->rg->g, c->x,   c->target,         c->t,
-                                     c->labels, c->out, float_key(c->lr), float_key(c->ema_decay)};
+    const void *k[DD_REPLAY_KEYS] = {c->rg->g,  c->x,   c->target,
+                                     c->t,      c->labels, c->out,
+                                     dd_replay_key_float(c->lr), dd_replay_key_float(c->ema_decay)};
     memcpy(key, k, sizeof k);
 }
 

@@ -248,18 +248,16 @@ static int step_body(void *ctx) {
 
 static int loop(run *r, dd_sample_opts *o, float *out) {
     /* the buffers, and the values the step's calls take as arguments */
-    uint32_t gbits;
-    memcpy(&gbits, &r->g, sizeof gbits);
     const void *key[DD_REPLAY_KEYS] = {r->x,
                                        r->out,
                                        r->tab,
                                        r->k,
                                        (const void *)r->m->fn,
                                        r->m->ctx,
-                                       (const void *)(uintptr_t)gbits,
-                                       (const void *)(uintptr_t)r->clip,
-                                       (const void *)(uintptr_t)r->noise.seed,
-                                       (const void *)(uintptr_t)r->noise.stream};
+                                       dd_replay_key_float(r->g),
+                                       dd_replay_key_int((uint64_t)r->clip),
+                                       dd_replay_key_int(r->noise.seed),
+                                       dd_replay_key_int(r->noise.stream)};
     for (int k = 0; k < r->steps; k++) {
         if (dd_replay_run(&r->rp, r->be, step_body, r, key))
             return dd_error_prefix("sampler step at t = %d", r->t_host[k]);

@@ -164,12 +164,14 @@ int dd_train_step(dd_replay *rp, dd_runner *r, dd_train_batch *tb, const float *
                   const int32_t *labels, const dd_run_info *ri) {
     step_args a = {r, tb, x0, labels, ri};
     /* everything a replay reuses: buffers and the scalars passed down as arguments */
-    const void *key[DD_REPLAY_KEYS] = {r->train.g, tb->xt, x0, labels,
-                                       (const void *)(uintptr_t)ri->seed};
-    float sc[3] = {ri->lr, ri->ema_decay, ri->prob_uncond};
-    uint32_t bits[3];
-    memcpy(bits, sc, sizeof bits);
-    for (int i = 0; i < 3; i++) key[5 + i] = (const void *)(uintptr_t)bits[i];
+    const void *key[DD_REPLAY_KEYS] = {r->train.g,
+                                       tb->xt,
+                                       x0,
+                                       labels,
+                                       dd_replay_key_int(ri->seed),
+                                       dd_replay_key_float(ri->lr),
+                                       dd_replay_key_float(ri->ema_decay),
+                                       dd_replay_key_float(ri->prob_uncond)};
     return dd_replay_run(rp, r->be, train_step_body, &a, key);
 }
 

@@ -12,6 +12,9 @@
 #ifndef DIFFUSION_REPLAY_H
 #define DIFFUSION_REPLAY_H
 
+#include <stdint.h>
+#include <string.h>
+
 #include "diffusion/backend.h"
 
 #ifdef __cplusplus
@@ -32,6 +35,14 @@ typedef struct {
 } dd_replay;
 
 typedef int (*dd_replay_body)(void *ctx);
+
+/* Key entries for values rather than buffers (a float by its bits, an integer as is). */
+static inline const void *dd_replay_key_float(float v) {
+    uint32_t u;
+    memcpy(&u, &v, sizeof u);
+    return (const void *)(uintptr_t)u;
+}
+static inline const void *dd_replay_key_int(uint64_t v) { return (const void *)(uintptr_t)v; }
 
 /* Run body(ctx) once, plainly or as the recorded graph (see above). A body that fails while
  * being recorded turns recording off for this dd_replay and is then run plainly, so the caller
