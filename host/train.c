@@ -154,6 +154,8 @@ typedef struct {
 static int train_step_body(void *ctx) {
     const step_args *a = ctx;
     const dd_run_info *ri = a->ri;
+    /* the step's draws come from (seed, stream 1, step * stride): a function of the step alone
+     * (read on the device), so a resumed run draws exactly what the unbroken run drew */
     dd_rng_at at = {ri->seed, 1, 0, a->r->params->step_dev, dd_train_batch_stride(a->tb)};
     DD_TRY(dd_train_batch_make(a->tb, a->x0, a->labels, (int32_t)ri->model.classes, ri->prob_uncond, at));
     return dd_runner_train_step(a->r, a->tb->B, a->tb->xt, a->tb->target, a->tb->t,
