@@ -274,14 +274,15 @@ DD_NO_MEMSET static void im2col(float *col, size_t ld, const float *x, const dd_
     }
 }
 
-/* col: (Cin*K*K, Ho*Wo) added into dx: (Cin, H, W); the exact adjoint of im2col */
-static void col2im_add(float *dx, const float *col, const dd_conv_shape *s) {
+/* col: (Cin*K*K, Ho*Wo), row r at col + r ld, added into dx: (Cin, H, W); the exact adjoint of
+ * im2col */
+static void col2im_add(float *dx, const float *col, size_t ld, const dd_conv_shape *s) {
     const int K = s->K, st = s->stride, pad = s->pad, H = s->H, W = s->W, Ho = s->Ho, Wo = s->Wo;
     for (int c = 0; c < s->Cin; c++) {
         float *dxc = dx + (size_t)c * H * W;
         for (int ki = 0; ki < K; ki++) {
             for (int kj = 0; kj < K; kj++) {
-                const float *row = col + ((size_t)(c * K + ki) * K + kj) * Ho * Wo;
+                const float *row = col + ((size_t)(c * K + ki) * K + kj) * ld;
                 int lo, hi;
                 valid_range(kj, st, pad, W, Wo, &lo, &hi);
                 for (int oh = 0; oh < Ho; oh++) {
@@ -423,7 +424,7 @@ static void dx_col2im(float *dx, const float *dy, const float *w, const dd_conv_
     const size_t HoWo = (size_t)s->Ho * s->Wo, CKK = (size_t)s->Cin * s->K * s->K;
     cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, (int)CKK, (int)HoWo, s->Cout, 1.0f, w,
                 (int)CKK, dy + n * (size_t)s->Cout * HoWo, (int)HoWo, 0.0f, sl.col, (int)HoWo);
-    col2im_add(dx + n * (size_t)s->Cin * s->H * s->W, sl.col, s);
+    col2im_add(dx + n * (size_t)s->Cin * s->H * s->W, sl.col, HoWo, s);
 }
 
 /* The row-shift form's backward for image n: dwr (the dW_ki blocks, K x (Cout, Cin K)) +=
@@ -455,6 +456,14 @@ static void backward_rows(float *dx, float *dwr, const float *dy, const float *x
                     dx + n * (size_t)s->Cin * HW, (int)HW);
 }
 
+/* m images of (C, P) at src, one after another -> dst (C, m P): image j in columns j P .. */
+static void gather_chunk(float *dst, const float *src, int C, size_t P, int m) {
+    const size_t ld = (size_t)m * P;
+    for (int j = 0; j < m; j++)
+        for (int c = 0; c < C; c++)
+            memcpy(dst + (size_t)c * ld + j * P, src + ((size_t)j * C + c) * P, P * sizeof(float));
+}
+
 /* For images [n0, n0+m): dw_acc += dy_chunk @ col^T; dx += the transposed convolution of dy. */
 static void backward_chunk(float *dx, float *dw_acc, const float *dy, const float *x,
                            const float *w, const float *wflip, const dd_conv_shape *s, slot sl,
@@ -463,22 +472,21 @@ static void backward_chunk(float *dx, float *dw_acc, const float *dy, const floa
     const size_t CKK = (size_t)s->Cin * s->K * s->K, OKK = (size_t)s->Cout * s->K * s->K;
     const size_t xs = (size_t)s->Cin * HW, ys = (size_t)s->Cout * HoWo;
     const int pw = is_pointwise(s);
+    const size_t ldo = (size_t)m * HoWo; /* columns of a chunk of outputs */
+    int gathered = 0;                    /* sl.chunk holds dy of the chunk as (Cout, m HoWo) */
     if (dw_acc) {
-        const size_t ld = (size_t)m * HoWo;
         const float *cm = x + n0 * xs, *dm = dy + n0 * ys;
         if (!pw) {
-            for (int j = 0; j < m; j++) im2col(sl.col + j * HoWo, ld, x + (n0 + j) * xs, s);
+            for (int j = 0; j < m; j++) im2col(sl.col + j * HoWo, ldo, x + (n0 + j) * xs, s);
             cm = sl.col;
         }
-        if (m > 1) { /* dy of the chunk as (Cout, m HoWo) */
-            for (int j = 0; j < m; j++)
-                for (int o = 0; o < s->Cout; o++)
-                    memcpy(sl.chunk + (size_t)o * ld + j * HoWo, dy + (n0 + j) * ys + (size_t)o * HoWo,
-                           HoWo * sizeof(float));
+        if (m > 1) {
+            gather_chunk(sl.chunk, dy + n0 * ys, s->Cout, HoWo, m);
+            gathered = 1;
             dm = sl.chunk;
         }
-        gemm(1, s->Cout, (int)CKK, (int)ld, 1.0f, dm,
-                    (int)ld, cm, (int)ld, 1.0f, dw_acc, (int)CKK);
+        gemm(1, s->Cout, (int)CKK, (int)ldo, 1.0f, dm, (int)ldo, cm, (int)ldo, 1.0f, dw_acc,
+             (int)CKK);
     }
     if (!dx) return;
     if (pw) { /* m == 1 and dx_n is the col: accumulate straight into it */
@@ -487,7 +495,16 @@ static void backward_chunk(float *dx, float *dw_acc, const float *dy, const floa
         return;
     }
     if (!dx_by_flip(s)) {
-        for (int j = 0; j < m; j++) dx_col2im(dx, dy, w, s, sl, n0 + j);
+        if (m == 1) {
+            dx_col2im(dx, dy, w, s, sl, n0);
+            return;
+        }
+        /* dcol (CKK, m HoWo) = w^T @ dy_chunk in one GEMM (per image it is only HoWo wide), then
+         * col2im image by image */
+        if (!gathered) gather_chunk(sl.chunk, dy + n0 * ys, s->Cout, HoWo, m);
+        cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, (int)CKK, (int)ldo, s->Cout, 1.0f, w,
+                    (int)CKK, sl.chunk, (int)ldo, 0.0f, sl.col, (int)ldo);
+        for (int j = 0; j < m; j++) col2im_add(dx + (n0 + j) * xs, sl.col + j * HoWo, ldo, s);
         return;
     }
     const dd_conv_shape f = flip_shape(s);
