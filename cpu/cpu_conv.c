@@ -20,8 +20,10 @@
  * (c, kj) of one matrix R (C K, (H + 2 pad) W), the image shifted sideways by kj - pad between
  * pad zero rows above and below, read from column ki W on. So R is built once (K copies of the
  * image, where im2col makes K^2) and the product is K GEMMs over column windows of it:
- *   y_n = sum over ki of W_ki (Cout, Cin K) @ R(x_n)[:, ki W ..],  W_ki[o][i K + kj] = w[o][i][ki][kj]
- *   dW_ki += dy_n @ R(x_n)[:, ki W ..]^T,   dx_n += sum over ki of Wflip_ki @ R(dy_n)[:, ki W ..]
+ *   y_n = sum over ki of W_ki (Cout, Cin K) @ R(x_n)[:, ki W ..],
+ *         W_ki[o][i K + kj] = w[o][i][ki][kj]
+ *   dW_ki += dy_n @ R(x_n)[:, ki W ..]^T
+ *   dx_n += sum over ki of Wflip_ki @ R(dy_n)[:, ki W ..]
  * Each GEMM has an inner size of Cin K (48 for 16 channels), small enough for OpenBLAS's
  * unpacked small-matrix kernels, which measured faster here than one packed GEMM over Cin K K.
  *
@@ -38,7 +40,9 @@
 /* A chunk's GEMM is made at least this many columns wide where the batch allows. */
 #define CHUNK_COLS 768
 
-static int is_pointwise(const dd_conv_shape *s) { return s->K == 1 && s->stride == 1 && s->pad == 0; }
+static int is_pointwise(const dd_conv_shape *s) {
+    return s->K == 1 && s->stride == 1 && s->pad == 0;
+}
 
 /* dx as a convolution of dy with flipped weights: stride 1 and a pad the flip can mirror. Its
  * im2col is of dy (Cout K K rows) where col2im's is of dcol (Cin K K rows), so it pays when
@@ -187,10 +191,12 @@ static void arrange_weights(float *dst, const float *w, const dd_conv_shape *s, 
         for (int i = 0; i < nI; i++)
             for (int a = 0; a < K; a++)
                 for (int b = 0; b < K; b++) {
-                    const size_t src = flip ? (((size_t)i * s->Cin + o) * K + (K - 1 - a)) * K + (K - 1 - b)
-                                            : (((size_t)o * s->Cin + i) * K + a) * K + b;
-                    const size_t d = rows ? ((size_t)a * nO + o) * ((size_t)nI * K) + (size_t)i * K + b
-                                          : (((size_t)o * nI + i) * K + a) * K + b;
+                    const size_t src =
+                        flip ? (((size_t)i * s->Cin + o) * K + (K - 1 - a)) * K + (K - 1 - b)
+                             : (((size_t)o * s->Cin + i) * K + a) * K + b;
+                    const size_t d =
+                        rows ? ((size_t)a * nO + o) * ((size_t)nI * K) + (size_t)i * K + b
+                             : (((size_t)o * nI + i) * K + a) * K + b;
                     dst[d] = w[src];
                 }
 }
@@ -201,7 +207,8 @@ static void arrange_weights(float *dst, const float *w, const dd_conv_shape *s, 
  * wrapped around a row end (ow < lo or ow >= hi) are zeroed. Rows of short images as separate
  * copies cost one library call per 28 floats; this is one per block. Row r of col starts at
  * col + r ld. */
-DD_NO_MEMSET static void im2col_same_width(float *col, size_t ld, const float *x, const dd_conv_shape *s) {
+DD_NO_MEMSET static void im2col_same_width(float *col, size_t ld, const float *x,
+                                           const dd_conv_shape *s) {
     const int K = s->K, pad = s->pad, H = s->H, W = s->W, Ho = s->Ho;
     const ptrdiff_t HW = (ptrdiff_t)H * W;
     for (int c = 0; c < s->Cin; c++) {
@@ -220,7 +227,7 @@ DD_NO_MEMSET static void im2col_same_width(float *col, size_t ld, const float *x
                 zero_floats(row, (ptrdiff_t)oh_lo * W);
                 zero_floats(row + (size_t)oh_hi * W, (ptrdiff_t)(Ho - oh_hi) * W);
                 ptrdiff_t d0 = (ptrdiff_t)oh_lo * W, d1 = (ptrdiff_t)oh_hi * W;
-                if (d0 < -delta) d0 = -delta;     /* source before the image: first row's */
+                if (d0 < -delta) d0 = -delta;         /* source before the image: first row's */
                 if (d1 > HW - delta) d1 = HW - delta; /* left or last row's right padding */
                 if (d1 > d0) memcpy(row + d0, xc + d0 + delta, sizeof(float) * (size_t)(d1 - d0));
                 if (lo > 0 || hi < W) {
@@ -321,8 +328,8 @@ static void gemm(int transB, int M, int N, int K, float alpha, const float *A, i
     }
     for (int j = 0; j < N; j += nb) {
         const int w = N - j < nb ? N - j : nb;
-        cblas_sgemm(CblasRowMajor, CblasNoTrans, transB ? CblasTrans : CblasNoTrans, M, w, K,
-                    alpha, A, lda, transB ? B + (size_t)j * ldb : B + j, ldb, beta, C + j, ldc);
+        cblas_sgemm(CblasRowMajor, CblasNoTrans, transB ? CblasTrans : CblasNoTrans, M, w, K, alpha,
+                    A, lda, transB ? B + (size_t)j * ldb : B + j, ldb, beta, C + j, ldc);
     }
 }
 
@@ -341,9 +348,8 @@ static void forward_rows(float *y, const float *x, const float *wr, const float 
         }
     }
     for (int a = 0; a < K; a++)
-        gemm(0, s->Cout, (int)HW, IK, 1.0f,
-                    wr + (size_t)a * s->Cout * IK, IK, sl.col + (size_t)a * W, (int)L,
-                    a > 0 || b ? 1.0f : 0.0f, yn, (int)HW);
+        gemm(0, s->Cout, (int)HW, IK, 1.0f, wr + (size_t)a * s->Cout * IK, IK,
+             sl.col + (size_t)a * W, (int)L, a > 0 || b ? 1.0f : 0.0f, yn, (int)HW);
 }
 
 /* y[n0 .. n0+m) = w @ col(x[n0 .. n0+m)) + b */
@@ -365,12 +371,11 @@ static void forward_chunk(float *y, const float *x, const float *w, const float 
                 for (size_t p = 0; p < HoWo; p++) r[p] = b[o];
             }
         }
-        gemm(0, s->Cout, (int)HoWo, (int)CKK, 1.0f,
-                    w, (int)CKK, cm, (int)HoWo, b ? 1.0f : 0.0f, yn, (int)HoWo);
+        gemm(0, s->Cout, (int)HoWo, (int)CKK, 1.0f, w, (int)CKK, cm, (int)HoWo, b ? 1.0f : 0.0f, yn,
+             (int)HoWo);
         return;
     }
-    gemm(0, s->Cout, (int)ld, (int)CKK, 1.0f, w,
-                (int)CKK, cm, (int)ld, 0.0f, sl.chunk, (int)ld);
+    gemm(0, s->Cout, (int)ld, (int)CKK, 1.0f, w, (int)CKK, cm, (int)ld, 0.0f, sl.chunk, (int)ld);
     for (int j = 0; j < m; j++) {
         for (int o = 0; o < s->Cout; o++) {
             const float *src = sl.chunk + (size_t)o * ld + j * HoWo;
@@ -393,7 +398,8 @@ static void forward_range(float *y, const float *x, const float *w, const float 
         return;
     }
     const int nb = chunk_images(s);
-    for (int n = n0; n < n1; n += nb) forward_chunk(y, x, w, b, s, sl, n, n1 - n < nb ? n1 - n : nb);
+    for (int n = n0; n < n1; n += nb)
+        forward_chunk(y, x, w, b, s, sl, n, n1 - n < nb ? n1 - n : nb);
 }
 
 int dd_cpu_conv2d_forward(float *y, const float *x, const float *w, const float *b,
@@ -419,8 +425,8 @@ int dd_cpu_conv2d_forward(float *y, const float *x, const float *w, const float 
 }
 
 /* dx_n += w^T @ dy_n through col2im (per image; col holds dcol) */
-static void dx_col2im(float *dx, const float *dy, const float *w, const dd_conv_shape *s,
-                      slot sl, int n) {
+static void dx_col2im(float *dx, const float *dy, const float *w, const dd_conv_shape *s, slot sl,
+                      int n) {
     const size_t HoWo = (size_t)s->Ho * s->Wo, CKK = (size_t)s->Cin * s->K * s->K;
     cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, (int)CKK, (int)HoWo, s->Cout, 1.0f, w,
                 (int)CKK, dy + n * (size_t)s->Cout * HoWo, (int)HoWo, 0.0f, sl.col, (int)HoWo);
@@ -439,9 +445,8 @@ static void backward_rows(float *dx, float *dwr, const float *dy, const float *x
         const int IK = s->Cin * K;
         shift_rows(sl.col, x + n * (size_t)s->Cin * HW, s->Cin, s->H, W, K, pad);
         for (int a = 0; a < K; a++)
-            gemm(1, s->Cout, IK, (int)HW, 1.0f, dyn,
-                        (int)HW, sl.col + (size_t)a * W, (int)L, 1.0f,
-                        dwr + (size_t)a * s->Cout * IK, IK);
+            gemm(1, s->Cout, IK, (int)HW, 1.0f, dyn, (int)HW, sl.col + (size_t)a * W, (int)L, 1.0f,
+                 dwr + (size_t)a * s->Cout * IK, IK);
     }
     if (!dx) return;
     if (!wf) {
@@ -451,9 +456,8 @@ static void backward_rows(float *dx, float *dwr, const float *dy, const float *x
     const int OK = s->Cout * K;
     shift_rows(sl.col, dyn, s->Cout, s->H, W, K, pad); /* the transpose's pad K-1-pad = pad */
     for (int a = 0; a < K; a++)
-        gemm(0, s->Cin, (int)HW, OK, 1.0f,
-                    wf + (size_t)a * s->Cin * OK, OK, sl.col + (size_t)a * W, (int)L, 1.0f,
-                    dx + n * (size_t)s->Cin * HW, (int)HW);
+        gemm(0, s->Cin, (int)HW, OK, 1.0f, wf + (size_t)a * s->Cin * OK, OK, sl.col + (size_t)a * W,
+             (int)L, 1.0f, dx + n * (size_t)s->Cin * HW, (int)HW);
 }
 
 /* m images of (C, P) at src, one after another -> dst (C, m P): image j in columns j P .. */
@@ -511,12 +515,12 @@ static void backward_chunk(float *dx, float *dw_acc, const float *dy, const floa
     const size_t ld = (size_t)m * HW;
     for (int j = 0; j < m; j++) im2col(sl.col + j * HW, ld, dy + (n0 + j) * ys, &f);
     if (m == 1) {
-        gemm(0, s->Cin, (int)HW, (int)OKK, 1.0f,
-                    wflip, (int)OKK, sl.col, (int)HW, 1.0f, dx + n0 * xs, (int)HW);
+        gemm(0, s->Cin, (int)HW, (int)OKK, 1.0f, wflip, (int)OKK, sl.col, (int)HW, 1.0f,
+             dx + n0 * xs, (int)HW);
         return;
     }
-    gemm(0, s->Cin, (int)ld, (int)OKK, 1.0f, wflip,
-                (int)OKK, sl.col, (int)ld, 0.0f, sl.chunk, (int)ld);
+    gemm(0, s->Cin, (int)ld, (int)OKK, 1.0f, wflip, (int)OKK, sl.col, (int)ld, 0.0f, sl.chunk,
+         (int)ld);
     for (int j = 0; j < m; j++) {
         for (int c = 0; c < s->Cin; c++) {
             const float *src = sl.chunk + (size_t)c * ld + j * HW;

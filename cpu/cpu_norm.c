@@ -91,11 +91,9 @@ int dd_cpu_group_norm_forward(float *y, float *mean, float *rstd, const float *x
 /* One channel's row of the backward: recompute z from x, dz = dL/dz (dy through swish when
  * fused); *sn = sum dz, *sx = sum dz xhat, and dx += r gm dz when dx is not NULL. Inlined with
  * constant swish and dx so each of the four variants is a loop of its own. */
-static inline __attribute__((always_inline)) void gn_bwd_body(float *dx, const float *x,
-                                                              const float *dy, int HW, float m,
-                                                              float r, float gm, float sh,
-                                                              int swish, double *sn_out,
-                                                              double *sx_out) {
+static inline __attribute__((always_inline)) void
+gn_bwd_body(float *dx, const float *x, const float *dy, int HW, float m, float r, float gm,
+            float sh, int swish, double *sn_out, double *sx_out) {
     double sn[8] = {0}, sx[8] = {0};
     int p = 0;
     for (; p + 8 <= HW; p += 8)
@@ -123,19 +121,23 @@ DD_CPU_CLONES static void gn_bwd_row(float *dx, const float *x, const float *dy,
                                      float r, float gm, float sh, int swish, double *sn,
                                      double *sx) {
     if (swish) {
-        if (dx) gn_bwd_body(dx, x, dy, HW, m, r, gm, sh, 1, sn, sx);
-        else gn_bwd_body(NULL, x, dy, HW, m, r, gm, sh, 1, sn, sx);
+        if (dx)
+            gn_bwd_body(dx, x, dy, HW, m, r, gm, sh, 1, sn, sx);
+        else
+            gn_bwd_body(NULL, x, dy, HW, m, r, gm, sh, 1, sn, sx);
     } else {
-        if (dx) gn_bwd_body(dx, x, dy, HW, m, r, gm, sh, 0, sn, sx);
-        else gn_bwd_body(NULL, x, dy, HW, m, r, gm, sh, 0, sn, sx);
+        if (dx)
+            gn_bwd_body(dx, x, dy, HW, m, r, gm, sh, 0, sn, sx);
+        else
+            gn_bwd_body(NULL, x, dy, HW, m, r, gm, sh, 0, sn, sx);
     }
 }
 
 /* dx for one (n, g) once the group sums are known: the part that depends on dz was already added
  * (dx += rstd gamma dz while the sums were taken, so dz, and swish's exp, is computed once);
  * what remains is dx -= rstd (mean(g) + xhat mean(g xhat)). */
-DD_CPU_CLONES static void gn_dx_finish(float *dx, const float *x, float m, float r, double s1, double s2,
-                         size_t M) {
+DD_CPU_CLONES static void gn_dx_finish(float *dx, const float *x, float m, float r, double s1,
+                                       double s2, size_t M) {
     const float a1 = (float)(s1 / (double)M), a2 = (float)(s2 / (double)M);
     for (size_t i = 0; i < M; i++) {
         const float xh = (x[i] - m) * r;
@@ -143,10 +145,10 @@ DD_CPU_CLONES static void gn_dx_finish(float *dx, const float *x, float m, float
     }
 }
 
-int dd_cpu_group_norm_backward(float *dx, float *dgamma, float *dbeta, float *dadd,
-                               const float *dy, const float *x, const float *mean,
-                               const float *rstd, const float *gamma, const float *beta,
-                               const float *add, const dd_gn_shape *s) {
+int dd_cpu_group_norm_backward(float *dx, float *dgamma, float *dbeta, float *dadd, const float *dy,
+                               const float *x, const float *mean, const float *rstd,
+                               const float *gamma, const float *beta, const float *add,
+                               const dd_gn_shape *s) {
     const int N = s->N, C = s->C, G = s->G, HW = s->HW, Cg = C / G;
     const size_t M = (size_t)Cg * HW;
     const int par = (size_t)N * C * HW > DD_CPU_PAR_MIN;
