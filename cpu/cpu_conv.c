@@ -11,8 +11,10 @@
  *   dx: for stride 1, the transposed convolution is itself a convolution of dy with the weights
  *       flipped and Cin/Cout swapped (pad K-1-pad), so dx_chunk += wflip (Cin, Cout K K) @
  *       im2col(dy_chunk): a GEMM whose inner size is Cout*K*K (not Cout, as w^T @ dy has) and
- *       whose output is dx itself, with no col2im scatter. Other strides keep
- *       dcol = w^T @ dy_n, dx_n += col2im(dcol), per image.
+ *       whose output is dx itself, with no col2im scatter (used when Cout <= Cin: dx_by_flip).
+ *       Otherwise dcol (Cin K K, m HoWo) = w^T @ dy_chunk, dx_n += col2im(dcol) image by image.
+ * GEMMs with few rows are cut into column blocks (gemm) to stay in OpenBLAS's faster
+ * small-matrix kernels.
  * A 1x1 convolution with stride 1 and no padding needs no im2col: col is x_n itself (nb = 1).
  *
  * Row-shift form of a "same" convolution (stride 1, odd K, pad (K-1)/2) done one image at a
