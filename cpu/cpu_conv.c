@@ -610,17 +610,27 @@ int dd_cpu_conv2d_backward(float *dx, float *dw, float *db, const float *dy, con
             const float *dw0 = get_slot(s, ws, 0).dw;
             const size_t stride = slot_bytes(s) / sizeof(float); /* slot to slot, in floats */
             const int K = s->K, IK = s->Cin * K;
+            if (rows) {
+                /* w[o][c][a][b] sits at dW_a[o][c K + b] in the slots */
 #pragma omp for schedule(static)
-            for (size_t i = 0; i < wn; i++) {
-                size_t j = i; /* where w[o][c][a][b] (i) sits in the slots */
-                if (rows) {
-                    const int b = (int)(i % K), a = (int)(i / K % K), c = (int)(i / K / K % s->Cin);
-                    const int o = (int)(i / K / K / s->Cin);
-                    j = ((size_t)a * s->Cout + o) * IK + (size_t)c * K + b;
+                for (int o = 0; o < s->Cout; o++) {
+                    float *d = dw + (size_t)o * s->Cin * K * K;
+                    for (int c = 0; c < s->Cin; c++)
+                        for (int a = 0; a < K; a++)
+                            for (int b = 0; b < K; b++) {
+                                const size_t j = ((size_t)a * s->Cout + o) * IK + (size_t)c * K + b;
+                                float acc = 0.0f;
+                                for (int t = 0; t < used; t++) acc += dw0[t * stride + j];
+                                *d++ += acc;
+                            }
                 }
-                float acc = 0.0f;
-                for (int t = 0; t < used; t++) acc += dw0[t * stride + j];
-                dw[i] += acc;
+            } else {
+#pragma omp for schedule(static)
+                for (size_t i = 0; i < wn; i++) {
+                    float acc = 0.0f;
+                    for (int t = 0; t < used; t++) acc += dw0[t * stride + i];
+                    dw[i] += acc;
+                }
             }
         }
     }
