@@ -487,30 +487,47 @@ static void check_diffusion(void) {
 /* ---------------------------------------------------------------- threading paths */
 
 /* The batch-parallel paths (N >= threads) must give what one-sample calls give. */
-static void check_batch_paths(void) {
-    dd_conv_shape s = {4, 3, 9, 8, 5, 3, 1, 1, 9, 8};
+/* A convolution over a batch against the same convolution one sample at a time: the CPU backend
+ * takes different paths for them (several images in one GEMM for small maps, the row-shift form
+ * for 'same' convolutions, one GEMM into dx...), which must agree. */
+static void conv_batch_case(dd_conv_shape s) {
     dd_conv_shape s1 = s;
     s1.N = 1;
-    const size_t xs = 3 * 9 * 8, ys = 5 * 9 * 8, nw = 5 * 3 * 9;
-    float *x = malloc(4 * xs * sizeof(float)), *w = malloc(nw * sizeof(float)), b[5];
-    float *dy = malloc(4 * ys * sizeof(float));
-    tu_fill_uniform(x, 4 * xs, -1, 1, 31);
+    const int N = s.N;
+    const size_t xs = (size_t)s.Cin * s.H * s.W, ys = (size_t)s.Cout * s.Ho * s.Wo,
+                 nw = (size_t)s.Cout * s.Cin * s.K * s.K;
+    float *x = malloc(N * xs * sizeof(float)), *w = malloc(nw * sizeof(float));
+    float *b = malloc(s.Cout * sizeof(float)), *dy = malloc(N * ys * sizeof(float));
+    tu_fill_uniform(x, N * xs, -1, 1, 31);
     tu_fill_uniform(w, nw, -1, 1, 32);
-    tu_fill_uniform(b, 5, -1, 1, 33);
-    tu_fill_uniform(dy, 4 * ys, -1, 1, 34);
+    tu_fill_uniform(b, s.Cout, -1, 1, 33);
+    tu_fill_uniform(dy, N * ys, -1, 1, 34);
     void *ws = malloc(B->conv2d_workspace(&s) + 64);
-    float *y = zeros(4 * ys), *y1 = zeros(4 * ys), *dx = zeros(4 * xs), *dx1 = zeros(4 * xs);
-    float *dw = zeros(nw), *dw1 = zeros(nw);
+    float *y = zeros(N * ys), *y1 = zeros(N * ys), *dx = zeros(N * xs), *dx1 = zeros(N * xs);
+    float *dw = zeros(nw), *dw1 = zeros(nw), *db = zeros(s.Cout), *db1 = zeros(s.Cout);
     CHECK_OK(B->conv2d_forward(y, x, w, b, &s, ws));
-    CHECK_OK(B->conv2d_backward(dx, dw, NULL, dy, x, w, &s, ws));
-    for (int n = 0; n < 4; n++) {
+    CHECK_OK(B->conv2d_backward(dx, dw, db, dy, x, w, &s, ws));
+    for (int n = 0; n < N; n++) {
         CHECK_OK(B->conv2d_forward(y1 + n * ys, x + n * xs, w, b, &s1, ws));
-        CHECK_OK(B->conv2d_backward(dx1 + n * xs, dw1, NULL, dy + n * ys, x + n * xs, w, &s1, ws));
+        CHECK_OK(B->conv2d_backward(dx1 + n * xs, dw1, db1, dy + n * ys, x + n * xs, w, &s1, ws));
     }
-    CHECKF(tu_rel_err(y, y1, 4 * ys) < 1e-6, "conv forward: batch path differs from per-sample");
-    CHECKF(tu_rel_err(dx, dx1, 4 * xs) < 1e-6, "conv backward dx: batch path differs");
-    CHECKF(tu_rel_err(dw, dw1, nw) < 1e-5, "conv backward dw: batch path differs");
-    free(x), free(w), free(dy), free(ws), free(y), free(y1), free(dx), free(dx1), free(dw), free(dw1);
+    char what[96];
+    snprintf(what, sizeof what, "conv N=%d %d->%d %dx%d k%d s%d", N, s.Cin, s.Cout, s.H, s.W, s.K,
+             s.stride);
+    CHECKF(tu_rel_err(y, y1, N * ys) < 1e-6, "%s forward: batch path differs from per-sample", what);
+    CHECKF(tu_rel_err(dx, dx1, N * xs) < 1e-6, "%s backward dx: batch path differs", what);
+    CHECKF(tu_rel_err(dw, dw1, nw) < 1e-5, "%s backward dw: batch path differs", what);
+    CHECKF(tu_rel_err(db, db1, s.Cout) < 1e-5, "%s backward db: batch path differs", what);
+    free(x), free(w), free(b), free(dy), free(ws), free(y), free(y1), free(dx), free(dx1);
+    free(dw), free(dw1), free(db), free(db1);
+}
+
+static void check_batch_paths(void) {
+    conv_batch_case((dd_conv_shape){4, 3, 9, 8, 5, 3, 1, 1, 9, 8});
+    conv_batch_case((dd_conv_shape){5, 64, 7, 7, 64, 3, 1, 1, 7, 7});     /* images batched */
+    conv_batch_case((dd_conv_shape){3, 64, 7, 7, 192, 3, 1, 1, 7, 7});    /* more out than in */
+    conv_batch_case((dd_conv_shape){3, 16, 28, 28, 16, 3, 1, 1, 28, 28}); /* row-shift form */
+    conv_batch_case((dd_conv_shape){3, 16, 28, 28, 32, 4, 2, 1, 14, 14}); /* the downsample */
 
     /* group_norm backward has two schedules: whole groups per thread (G >= threads, what the
      * small gradcheck cases run) and channels / (n, g) in parallel (fewer groups than threads,
