@@ -3,7 +3,8 @@
 # peer (../shared/peer/torch_unet_peer.py, given as the argument) with the same thread count,
 # once with 1 thread and once with all cores. Prints one table (ms, median of five) and the
 # ratio torch / ours (above 1: we are faster). Needs a built ./build/diffusion and python3 with
-# torch (Debian's python3-torch: PYTHON=/usr/bin/python3, the default).
+# torch (Debian's python3-torch: PYTHON=/usr/bin/python3, the default). Both sides run in the
+# same environment (OpenMP's default wait policy, unless the caller sets one for both).
 #   bench/cpu_compare.sh PEER_SCRIPT [MIN_SECONDS]
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -18,7 +19,7 @@ cpu=$(grep -m1 "model name" /proc/cpuinfo | cut -d: -f2 | sed 's/^ *//')
 echo "CPU: $cpu, $(nproc) cores; $($PY -c 'import torch; print("torch", torch.__version__)')"
 printf "%-8s %-12s %6s %12s %12s %8s\n" threads work batch "ours ms" "torch ms" ratio
 for th in 1 "$(nproc)"; do
-  OMP_NUM_THREADS=$th OMP_WAIT_POLICY=passive $D bench --device cpu --min-time "$MIN" --json "$tmp/ours.json" >/dev/null
+  OMP_NUM_THREADS=$th $D bench --device cpu --min-time "$MIN" --json "$tmp/ours.json" >/dev/null
   OMP_NUM_THREADS=$th $PY "$PEER" --device cpu --min-s "$MIN" --json "$tmp/peer.json" >/dev/null
   $PY - "$tmp/ours.json" "$tmp/peer.json" "$th" <<'PYEOF'
 import json, sys
