@@ -74,6 +74,19 @@ must "$D" sample --checkpoint cond/model.safetensors --labels all --n 2 --guidan
 png_size rows.png 118x582   # 10 rows (classes) x 2 columns
 must "$D" sample --checkpoint cond/model.safetensors --label 7 --n 2 --guidance 3 --sampler ddim --steps 10 --eta 1 --out one.png --quiet
 
+# ---- in batches: --batch n is all at once; batches continue one noise stream (the samples depend
+# on --seed and --batch), reproducibly, and the grid keeps its rows per class
+SB=(--checkpoint cond/model.safetensors --labels all --n 1 --guidance 2 --sampler ddim --steps 5 --eta 1 --seed 4 --quiet)
+must "$D" sample "${SB[@]}" --out b0.png --raw b0.raw
+must "$D" sample "${SB[@]}" --out b10.png --raw b10.raw --batch 10
+cmp -s b0.raw b10.raw && ok || bad "--batch equal to --n changed the samples"
+must "$D" sample "${SB[@]}" --out b3.png --raw b3.raw --batch 3
+png_size b3.png 60x582   # still 10 rows x 1 column
+cmp -s b0.raw b3.raw && bad "--batch 3 gave the samples of one batch of 10" || ok
+must "$D" sample "${SB[@]}" --out b3b.png --raw b3b.raw --batch 3
+cmp -s b3.raw b3b.raw && ok || bad "--batch 3 is not reproducible"
+must_fail "animation" "$D" sample "${SB[@]}" --batch 3 --animation a.gif --out x.png
+
 # ---- 2-D data: scatter plot and CSV
 must "$D" train --data spiral --limit 640 --epochs 2 --out spiral --quiet
 must "$D" sample --checkpoint spiral/model.safetensors --n 500 --out pts.png --quiet

@@ -19,6 +19,8 @@ static const char *usage =
     "\n"
     "  --checkpoint FILE   a model.safetensors or epoch-NNN.safetensors from diffusion train\n"
     "  --n N               samples (per class with --labels all; default 16, 2-D: 2000)\n"
+    "  --batch B           sample B at a time (default: all N at once); the batches continue\n"
+    "                      one noise stream, so the samples depend on --seed and --batch\n"
     "  --out FILE          PNG to write (default samples.png; 2-D models also write FILE.csv)\n"
     "  --sampler S         ddpm | ddim (default ddpm)\n"
     "  --steps TAU         DDIM steps, at most T (default 20)\n"
@@ -39,12 +41,14 @@ typedef struct {
     const dd_backend *be;
     float *xt, *x0; /* host (B, per) */
     dd_progress pb;
-    int B;
+    int64_t steps_before;   /* steps of the batches already done */
+    double samples_before;  /* sample-steps of the batches already done */
 } step_ctx;
 
 static int on_step(void *ctx, int step, int nsteps, int t, const float *x, const float *x0, int B, size_t per) {
     step_ctx *s = ctx;
-    dd_progress_update(&s->pb, step + 1, (double)(step + 1) * B, NULL);
+    dd_progress_update(&s->pb, s->steps_before + step + 1, s->samples_before + (double)(step + 1) * B,
+                       NULL);
     if (!s->gif) return 0;
     (void)nsteps;
     DD_TRY(s->be->to_host(s->xt, x, (size_t)B * per * sizeof(float)));
@@ -62,10 +66,11 @@ static int with_ext(char *buf, size_t n, const char *path, const char *ext) {
 }
 
 int cmd_sample(int argc, char **argv) {
-    enum { O_CKPT = 1, O_N, O_OUT, O_SAMPLER, O_STEPS, O_ETA, O_G, O_LABEL, O_LABELS, O_SEED,
+    enum { O_CKPT = 1, O_N, O_BATCH, O_OUT, O_SAMPLER, O_STEPS, O_ETA, O_G, O_LABEL, O_LABELS, O_SEED,
            O_NOCLIP, O_NOEMA, O_ANIM, O_RAW, O_DEVICE, O_QUIET, O_HELP };
     static const struct option opts[] = {
         {"checkpoint", required_argument, 0, O_CKPT}, {"n", required_argument, 0, O_N},
+        {"batch", required_argument, 0, O_BATCH},
         {"out", required_argument, 0, O_OUT}, {"sampler", required_argument, 0, O_SAMPLER},
         {"steps", required_argument, 0, O_STEPS}, {"eta", required_argument, 0, O_ETA},
         {"guidance", required_argument, 0, O_G}, {"label", required_argument, 0, O_LABEL},
@@ -75,7 +80,7 @@ int cmd_sample(int argc, char **argv) {
         {"device", required_argument, 0, O_DEVICE}, {"quiet", no_argument, 0, O_QUIET},
         {"help", no_argument, 0, O_HELP}, {0, 0, 0, 0}};
     const char *ckpt = NULL, *out = "samples.png", *anim = NULL, *raw = NULL, *device = "auto";
-    int n = -1, label = -1, all_labels = 0, clip = 1, quiet = 0, rc = 0, c;
+    int n = -1, batch = 0, label = -1, all_labels = 0, clip = 1, quiet = 0, rc = 0, c;
     float guidance = 1.0f;
     dd_sampler_choice sc = {.ddim = 0, .steps = 20, .eta = 0.0f, .use_ema = 1};
     uint64_t seed = 0;
@@ -85,6 +90,7 @@ int cmd_sample(int argc, char **argv) {
         switch (c) {
         case O_CKPT: ckpt = optarg; break;
         case O_N: rc = cli_int("n", optarg, 1, 1 << 20, &n); break;
+        case O_BATCH: rc = cli_int("batch", optarg, 1, 1 << 20, &batch); break;
         case O_OUT: out = optarg; break;
         case O_SAMPLER:
             if (!strcmp(optarg, "ddpm")) sc.ddim = 0;
@@ -139,20 +145,16 @@ int cmd_sample(int argc, char **argv) {
         rows = m->classes;
         n = rows * cols;
     }
+    if (batch <= 0 || batch > n) batch = n;
+    if (anim && batch < n)
+        return cli_error("--animation shows one batch: leave out --batch, or make it at least --n (%d)", n);
     size_t per = (size_t)m->in_channels * m->height * m->width;
     float *x = malloc((size_t)n * per * sizeof(float));
     int32_t *labels = cond ? malloc((size_t)n * sizeof(int32_t)) : NULL;
-    step_ctx sx = {.be = be, .B = n};
+    step_ctx sx = {.be = be};
     if (!x || (cond && !labels)) return cli_error("out of memory for %d samples", n);
-    dd_sample_opts o = dd_sample_opts_default(n, per);
-    o.clip = clip;
-    o.guidance = guidance;
-    o.rng.seed = seed;
-    if (cond) {
-        /* --label: every sample; --labels all: row k is class k; neither: classes in turn */
-        for (int i = 0; i < n; i++) labels[i] = label >= 0 ? label : all_labels ? i / cols : i % m->classes;
-        o.labels = labels;
-    }
+    /* --label: every sample; --labels all: row k is class k; neither: classes in turn */
+    for (int i = 0; cond && i < n; i++) labels[i] = label >= 0 ? label : all_labels ? i / cols : i % m->classes;
     dd_runner r;
     memset(&r, 0, sizeof r);
     rc = dd_run_load(ckpt, be, 0, &r, &ri);
@@ -164,10 +166,29 @@ int cmd_sample(int argc, char **argv) {
         if (!rc) rc = dd_reverse_gif_open(&sx.gif, anim, n, m->in_channels, m->height, m->width, rows, cols, 2, 8, 150);
     }
     if (!rc) {
-        dd_progress_start(&sx.pb, sc.ddim ? "ddim" : "ddpm", sc.ddim ? sc.steps : m->timesteps, "img-steps/s", quiet ? 0 : -1);
-        o.on_step = on_step;
-        o.step_ctx = &sx;
-        rc = dd_run_sample(&r, &ri, &sc, &o, x);
+        const int steps = sc.ddim ? sc.steps : m->timesteps;
+        const int batches = (n + batch - 1) / batch;
+        dd_progress_start(&sx.pb, sc.ddim ? "ddim" : "ddpm", (int64_t)batches * steps, "img-steps/s", quiet ? 0 : -1);
+        /* batches share their buffers and recorded step, and continue one Philox stream */
+        dd_sample_cache *cache = batches > 1 ? dd_sample_cache_new() : NULL;
+        if (batches > 1 && !cache) rc = -1;
+        dd_rng rng = {.seed = seed, .stream = 0, .offset = 0};
+        for (int i = 0; !rc && i < n; i += batch) {
+            const int b = n - i < batch ? n - i : batch;
+            dd_sample_opts o = dd_sample_opts_default(b, per);
+            o.clip = clip;
+            o.guidance = guidance;
+            o.rng = rng;
+            o.labels = cond ? labels + i : NULL;
+            o.on_step = on_step;
+            o.step_ctx = &sx;
+            o.cache = cache;
+            rc = dd_run_sample(&r, &ri, &sc, &o, x + (size_t)i * per);
+            rng = o.rng;
+            sx.steps_before += steps;
+            sx.samples_before += (double)steps * b;
+        }
+        dd_sample_cache_free(cache);
         if (!rc) dd_progress_finish(&sx.pb, NULL);
     }
     if (sx.gif) {
