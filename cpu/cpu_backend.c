@@ -60,6 +60,9 @@ const dd_backend dd_cpu_backend = {
     .to_device = cpu_memcpy,
     .to_host = cpu_memcpy,
     .copy = cpu_memcpy,
+    .host_alloc = cpu_alloc,
+    .host_free = cpu_free,
+    .to_device_async = cpu_memcpy,
     .synchronize = cpu_synchronize,
 
     .conv2d_workspace = dd_cpu_conv2d_workspace,

@@ -104,6 +104,30 @@ static int cu_copy(void *dst, const void *src, size_t bytes) {
     return 0;
 }
 
+/* Page-locked host memory: the copy engine reads it directly, so an upload from it can be
+ * queued without waiting (to_device_async). */
+static int cu_host_alloc(void **p, size_t bytes) {
+    *p = NULL;
+    DD_TRY(refuse_in_capture("host_alloc"));
+    cudaError_t e = cudaMallocHost(p, bytes ? bytes : 1);
+    if (e != cudaSuccess) {
+        *p = NULL;
+        return dd_error("cuda backend: out of page-locked host memory allocating %zu bytes (%s)",
+                        bytes, cudaGetErrorString(e));
+    }
+    return 0;
+}
+
+static void cu_host_free(void *p) {
+    if (p) (void)cudaFreeHost(p);
+}
+
+static int cu_to_device_async(void *dst, const void *src, size_t bytes) {
+    if (!bytes) return 0;
+    DD_CUDA_CHECK(cudaMemcpyAsync(dst, src, bytes, cudaMemcpyHostToDevice, dd_cuda_stream));
+    return 0;
+}
+
 /* Also where errors of earlier asynchronous kernels surface. */
 static int cu_synchronize(void) {
     DD_TRY(refuse_in_capture("synchronize"));
@@ -122,6 +146,9 @@ static const dd_backend cuda_backend = {
     .to_device = cu_to_device,
     .to_host = cu_to_host,
     .copy = cu_copy,
+    .host_alloc = cu_host_alloc,
+    .host_free = cu_host_free,
+    .to_device_async = cu_to_device_async,
     .synchronize = cu_synchronize,
 
     .conv2d_workspace = dd_cuda_conv2d_workspace,

@@ -109,8 +109,8 @@ static int write_config_json(const char *path, const dd_train_opts *o, const dd_
 typedef struct {
     float *x0;        /* backend (B, per) */
     int32_t *y;       /* backend (B) */
-    float *x_host;    /* host (B, per) */
-    int32_t *y_host;  /* host (B) */
+    float *x_host;    /* host (B, per), be->host_alloc: uploaded while a step runs */
+    int32_t *y_host;  /* host (B), be->host_alloc */
     float *out_host, *target_host; /* host (B, per), validation */
     int64_t *order;   /* host (n_train) */
 } train_bufs;
@@ -118,29 +118,22 @@ typedef struct {
 static void bufs_free(train_bufs *b, const dd_backend *be) {
     if (b->x0) be->free(b->x0);
     if (b->y) be->free(b->y);
-    free(b->x_host);
-    free(b->y_host);
+    if (b->x_host) be->host_free(b->x_host);
+    if (b->y_host) be->host_free(b->y_host);
     free(b->out_host);
     free(b->target_host);
     free(b->order);
     memset(b, 0, sizeof *b);
 }
 
-/* A batch: gather examples idx[0..B) into the host buffers, then copy them to the backend (two
- * halves, so the trainer can gather the next batch while the device runs a step). */
-static int gather(train_bufs *b, const dd_dataset *d, const int64_t *idx, int B, int cond) {
-    return dd_gather(b->x_host, cond ? b->y_host : NULL, d, idx, B);
-}
-
-static int send(const dd_backend *be, train_bufs *b, int B, size_t per, int cond) {
-    DD_TRY(be->to_device(b->x0, b->x_host, (size_t)B * per * sizeof(float)));
-    return cond ? be->to_device(b->y, b->y_host, (size_t)B * sizeof(int32_t)) : 0;
-}
-
+/* A batch: gather examples idx[0..B) into the host buffers, then queue their copy to the backend
+ * (asynchronous on a GPU, so the trainer gathers and queues the next batch while a step runs).
+ * The host buffers may be written again once the backend has caught up (the loss read-back). */
 static int upload(const dd_backend *be, train_bufs *b, const dd_dataset *d, const int64_t *idx, int B,
                   size_t per, int cond) {
-    DD_TRY(gather(b, d, idx, B, cond));
-    return send(be, b, B, per, cond);
+    DD_TRY(dd_gather(b->x_host, cond ? b->y_host : NULL, d, idx, B));
+    DD_TRY(be->to_device_async(b->x0, b->x_host, (size_t)B * per * sizeof(float)));
+    return cond ? be->to_device_async(b->y, b->y_host, (size_t)B * sizeof(int32_t)) : 0;
 }
 
 typedef struct {
@@ -406,10 +399,10 @@ int dd_train(const dd_train_opts *o, const dd_dataset *data, const dd_backend *b
     /* the step counter the whole step reads: the trainer's step (also Adam's, by construction) */
     if (!rc) rc = dd_params_set_step(r.params, ri.step);
     if (!rc) {
-        b.x_host = malloc((size_t)B * per * sizeof(float));
-        b.y_host = calloc((size_t)B, sizeof(int32_t));
+        rc = be->host_alloc((void **)&b.x_host, (size_t)B * per * sizeof(float)) ||
+             be->host_alloc((void **)&b.y_host, (size_t)B * sizeof(int32_t));
         b.order = malloc((size_t)n_train * sizeof(int64_t));
-        if (!b.x_host || !b.y_host || !b.order) rc = dd_error("out of host memory");
+        if (!rc && !b.order) rc = dd_error("out of host memory");
     }
     if (!rc) {
         snprintf(path, sizeof path, "%s/history.csv", o->out_dir);
@@ -433,16 +426,15 @@ int dd_train(const dd_train_opts *o, const dd_dataset *data, const dd_backend *b
         snprintf(label, sizeof label, "epoch %d/%d", epoch + 1, o->epochs);
         dd_progress_start(&pb, label, batches, "img/s", o->progress);
         double loss_sum = 0;
-        /* the step is launched (asynchronous on a GPU), then the next batch is gathered on the host
-         * while the device works, then the loss is read (which waits for the step) */
+        /* the step is launched (asynchronous on a GPU); the next batch is gathered on the host
+         * while the device works and its copy queued behind the step; then the loss is read,
+         * which waits for both, and the next step is launched at once */
         rc = batches > 0 ? upload(be, &b, data, b.order, B, per, cond) : 0;
         for (int64_t k = 0; !rc && k < batches; k++) {
             float loss = 0;
             rc = dd_train_step(&step_rp, &r, &tb, b.x0, cond ? b.y : NULL, &ri);
-            const int more = k + 1 < batches;
-            if (!rc && more) rc = gather(&b, data, b.order + (k + 1) * B, B, cond);
+            if (!rc && k + 1 < batches) rc = upload(be, &b, data, b.order + (k + 1) * B, B, per, cond);
             if (!rc) rc = be->to_host(&loss, dd_runner_loss(&r), sizeof loss);
-            if (!rc && more) rc = send(be, &b, B, per, cond);
             if (!rc && !isfinite(loss)) /* the step's guard kept every update out */
                 rc = dd_error("the loss became %g at epoch %d, step %lld: training stopped; %s%s", (double)loss,
                               epoch + 1, (long long)ri.step + 1,

@@ -692,6 +692,22 @@ static void test_optim(void) {
     release();
 }
 
+/* page-locked host memory and the queued upload: a large buffer (a copy engine, not a memcpy),
+ * written while the copy before it may still be in flight only after a synchronize */
+static void test_async_upload(void) {
+    const size_t n = (size_t)1 << 22;
+    float *pinned = NULL;
+    CHECK_OK(gpu->host_alloc((void **)&pinned, n * sizeof(float)));
+    if (!pinned) return;
+    for (size_t i = 0; i < n; i++) pinned[i] = (float)i * 0.5f;
+    float *d = dpoison(n), *back = halloc(n * sizeof(float));
+    CHECK_OK(gpu->to_device_async(d, pinned, n * sizeof(float)));
+    CHECK_OK(gpu->to_host(back, d, n * sizeof(float))); /* waits for the queued copy */
+    CHECKF(!memcmp(back, pinned, n * sizeof(float)), "to_device_async: the data did not arrive");
+    gpu->host_free(pinned);
+    release();
+}
+
 static void test_diffusion(void) {
     const size_t n = 50001;
     const uint64_t seed = 0x5EEDull, stream = 3, offset = (1ull << 33) + 17; /* > 32 bits */
@@ -921,6 +937,8 @@ static void run_all(void) {
     test_optim();
     begin("diffusion helpers");
     test_diffusion();
+    begin("async upload");
+    test_async_upload();
 }
 
 /* --quick: the TF32-off pass only, small shapes, no capture (for a run under compute-sanitizer,

@@ -607,6 +607,14 @@ static void check_memory_and_select(void) {
     char back[16] = {0};
     CHECK_OK(B->to_host(back, p, 16));
     CHECK(memcmp(back, host, 16) == 0);
+    /* page-locked host memory and the queued upload */
+    char *pinned = NULL;
+    CHECK_OK(B->host_alloc((void **)&pinned, 16));
+    memcpy(pinned, "fedcba987654321", 16);
+    CHECK_OK(B->to_device_async(p, pinned, 16));
+    CHECK_OK(B->to_host(back, p, 16));
+    CHECK(memcmp(back, "fedcba987654321", 16) == 0);
+    B->host_free(pinned);
     CHECK_OK(B->synchronize());
     B->free(p);
 

@@ -76,6 +76,13 @@ typedef struct dd_backend {
     int (*to_host)(void *host_dst, const void *src, size_t bytes);
     int (*copy)(void *dst, const void *src, size_t bytes); /* within the backend */
     int (*synchronize)(void);
+    /* Host memory the device reads directly (page-locked on CUDA, plain on the CPU), and a copy
+     * from it that only queues: to_device_async returns at once, and src must stay unchanged
+     * until the backend has caught up (synchronize, or a to_host, which waits for everything
+     * queued before it). The trainer uploads the next batch this way while a step runs. */
+    int (*host_alloc)(void **p, size_t bytes);
+    void (*host_free)(void *p);
+    int (*to_device_async)(void *dst, const void *host_src, size_t bytes);
 
     /* conv2d; backward: dx (may be NULL), dw, db (may be NULL) */
     size_t (*conv2d_workspace)(const dd_conv_shape *s); /* bytes, forward and backward */
