@@ -4,7 +4,11 @@
  *
  * Conventions (as llm.c):
  * - Argument order: outputs, then inputs and weights, then sizes/shape struct, then workspace.
- * - Every pointer is backend memory (host memory for cpu, device memory for cuda).
+ * - Every pointer is backend memory (host memory for cpu, device memory for cuda), except the
+ *   host side of the transfers (to_device, to_host, to_device_async) and host_alloc's memory.
+ * - Nothing that changes from step to step is passed by value to the ops a training or sampling
+ *   step is made of: steps, noise offsets and coefficients are read from backend memory (see
+ *   "state that lives in backend memory" below), so a step can be recorded once and replayed.
  * - Forward writes its outputs (=). Backward ADDS into every gradient it is given (+=), so a
  *   tensor used twice sums for free; a NULL gradient pointer means "not needed, skip".
  * - Every entry returns 0, or -1 after dd_error(...) (only the CUDA backend can fail at run time;
