@@ -181,6 +181,20 @@ static void shape_text(char *buf, size_t n, const dd_conv_shape *s) {
              s->stride, s->pad);
 }
 
+/* Destroys the entry's descriptors (those created so far: the others are NULL). */
+static void conv_undescribe(conv_entry *e) {
+    if (e->x) (void)cudnnDestroyTensorDescriptor(e->x);
+    if (e->y) (void)cudnnDestroyTensorDescriptor(e->y);
+    if (e->b) (void)cudnnDestroyTensorDescriptor(e->b);
+    if (e->w) (void)cudnnDestroyFilterDescriptor(e->w);
+    if (e->conv) (void)cudnnDestroyConvolutionDescriptor(e->conv);
+    e->x = e->y = e->b = NULL;
+    e->w = NULL;
+    e->conv = NULL;
+}
+
+/* Creates and sets the entry's descriptors (e zeroed but for e->s); on failure the caller
+ * destroys what was created (conv_undescribe). */
 static int conv_describe(conv_entry *e) {
     const dd_conv_shape *s = &e->s;
     DNN_CHECK(cudnnCreateTensorDescriptor(&e->x));
@@ -555,6 +569,9 @@ static int conv_autotune(conv_entry *e, int mode) {
     }
     rc = 0;
 done:
+    /* after a failure, calls on the scratch buffers may still be queued: let them finish (or
+     * fail) before the buffers go */
+    if (rc) (void)cudaStreamSynchronize(dd_cuda_stream);
     if (ev[0]) (void)cudaEventDestroy(ev[0]);
     if (ev[1]) (void)cudaEventDestroy(ev[1]);
     if (sc.base) (void)cudaFree(sc.base);
@@ -633,7 +650,10 @@ static int conv_ready(const dd_conv_shape *s, conv_entry **out) {
         memset(e, 0, sizeof *e);
         e->s = *s;
         e->cap = conv_cap(s);
-        if (conv_describe(e)) return -1; /* the slot is reused by the next try */
+        if (conv_describe(e)) { /* the slot is reused by the next try: no descriptor leaks */
+            conv_undescribe(e);
+            return -1;
+        }
         conv_count++;
     }
     DD_TRY(conv_choose(e, mode));
