@@ -512,6 +512,8 @@ int dd_conv_own_supported(const dd_conv_shape *s) {
     if (s->N < 0 || s->Cin < 0 || s->Cout < 0 || s->H < 0 || s->W < 0 || s->Ho < 0 || s->Wo < 0)
         return 0;
     if (s->K < 1 || s->stride < 1 || s->pad < 0) return 0;
+    /* channel tiles along grid.y (at most 65535) in every configuration: the smallest BM is 8 */
+    if (s->Cin > 8 * 65535 || s->Cout > 8 * 65535) return 0;
     /* every int the kernels compute stays below the limit (positions plus a tile, per-image
      * offsets, weight offsets) */
     const int64_t lim = (int64_t)INT_MAX - 4096;
