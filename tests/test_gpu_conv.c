@@ -4,7 +4,8 @@
  * tile configuration of each direction (DIFFUSION_CONV=own semantics: no cuDNN, no safety net),
  * with TF32 off (the own kernels are FP32 in both modes) to FP32_TOL. Gradients start from random
  * values on both backends, so the += contract is checked; forward outputs start as NaN, so an
- * element never written fails; a NULL gradient must stay untouched.
+ * element never written fails; a NULL gradient must stay untouched. The default pick runs once
+ * more without a workspace (the own kernels need none; the filter gradient is then one split).
  *
  * Then DIFFUSION_CONV=auto on the UNet's shapes in both TF32 modes (timing, the safety net, and
  * whichever implementation wins, against the CPU). Set DIFFUSION_CONV_LOG=1 to see each shape's
@@ -32,6 +33,7 @@
 static const dd_backend *gpu;
 static const dd_backend *cpu = &dd_cpu_backend;
 static uint64_t seed_counter = 1;
+static int no_workspace; /* set by a variant: the GPU calls get ws = NULL */
 
 static void fatal(const char *what) {
     fprintf(stderr, "FATAL: %s: %s\n", what, dd_error_message());
@@ -122,7 +124,7 @@ static void run_case(const conv_case *c, int variants, int (*configure)(int v, c
             fatal("to_device");
         const size_t gwsb = gpu->conv2d_workspace(&s);
         void *gws = NULL;
-        if (gwsb && gpu->alloc(&gws, gwsb)) fatal("gpu alloc workspace");
+        if (gwsb && !no_workspace && gpu->alloc(&gws, gwsb)) fatal("gpu alloc workspace");
         snprintf(what, sizeof what, "%s [%s]", tag, vname);
         int ok = gpu->conv2d_forward(gy, gx, gw, c->bias ? gb : NULL, &s, gws) == 0 &&
                  gpu->conv2d_backward(c->want_dx ? gdx : NULL, c->want_dw ? gdw : NULL,
@@ -191,16 +193,22 @@ static const conv_case awkward[] = {
     {1, 16, 28, 28, 16, 3, 1, 1, 0, 1, 0}, /* batch 1, dw not wanted (db is not wanted either) */
     {2, 8, 6, 6, 4, 3, 1, 1, 1, 0, 0},     /* only db wanted */
     {1, 64, 7, 7, 64, 3, 1, 1, 1, 1, 1},   /* batch 1 */
+    {2, 3, 10, 10, 5, 4, 4, 0, 1, 1, 1},   /* stride = K: windows side by side */
+    {1, 2, 5, 5, 3, 3, 2, 3, 1, 1, 1},     /* padding wider than the kernel */
+    {5, 3, 3, 3, 130, 1, 1, 0, 1, 1, 1},   /* Cout past two 64-wide tiles */
+    {2, 130, 3, 3, 5, 2, 2, 1, 1, 1, 1},   /* Cin past two tiles (backward-data's rows) */
     {300, 16, 14, 14, 32, 4, 2, 1, 1, 1, 1}, /* batch 300: many filter splits */
     {300, 64, 7, 7, 64, 3, 1, 1, 1, 1, 1},
 };
 
-/* variant v: configuration v of every direction (the filter's modulo its count); the last
- * variant is the default pick */
+/* variant v: configuration v of every direction (the filter's modulo its count); then the
+ * default pick, with and without a workspace (the own kernels need none: the filter gradient
+ * then runs as one split) */
 static int own_variant(int v, char *name, size_t n) {
     const int ng = dd_conv_own_configs(DD_CONV_FWD), nf = dd_conv_own_configs(DD_CONV_BWD_FILTER);
-    if (v == ng) {
-        snprintf(name, n, "own default");
+    no_workspace = v == ng + 1;
+    if (v >= ng) {
+        snprintf(name, n, "own default%s", no_workspace ? ", no workspace" : "");
         if (dd_cuda_conv_force_own(-1, -1, -1)) fatal("dd_cuda_conv_force_own");
         return 0;
     }
@@ -234,7 +242,7 @@ int main(int argc, char **argv) {
                info.cc_minor, info.sm_count, info.cudnn_version);
     conv_case unet[32];
     const int nu = unet_cases(unet, 3);
-    const int variants = dd_conv_own_configs(DD_CONV_FWD) + 1;
+    const int variants = dd_conv_own_configs(DD_CONV_FWD) + 2;
 
     /* own kernels: FP32 in both modes; TF32 off keeps cuDNN out of the CPU comparison */
     if (dd_cuda_set_tf32(0)) fatal("dd_cuda_set_tf32");
@@ -246,6 +254,7 @@ int main(int argc, char **argv) {
     if (quick) return tu_finish();
 
     /* auto: timing and the safety net choose per shape and direction */
+    no_workspace = 0;
     if (dd_cuda_conv_set_policy("auto")) fatal("dd_cuda_conv_set_policy");
     const int na = unet_cases(unet, 32);
     for (int tf32 = 1; tf32 >= 0; tf32--) {
