@@ -258,7 +258,8 @@ __global__ void __launch_bounds__((BM / TM) * (BN / TN))
     const int tid = threadIdx.x, tx = tid % NTX, ty = tid / NTX;
     const int n0 = blockIdx.x * BN, m0 = blockIdx.y * BM;
     const int kb = blockIdx.z * chunk;
-    const int ke = min(g.Py, kb + chunk);
+    const int64_t kend = (int64_t)kb + chunk; /* may pass INT_MAX: the last split's end */
+    const int ke = kend < g.Py ? (int)kend : g.Py;
     const int kt = tid % BK, rt = tid / BK;
 
     float ra[NA], rb[NB];
