@@ -112,6 +112,7 @@ __global__ void __launch_bounds__((BM / TM) * (BN / TN))
     constexpr int NTX = BN / TN, T = (BM / TM) * NTX;
     static_assert(BM % TM == 0 && BN % TN == 0, "tile split");
     static_assert(T % BN == 0 && (BK * BN) % T == 0, "B tile: whole rows per pass");
+    static_assert((TM % 4 || BM % 4 == 0) && (TN % 4 || BN % 4 == 0), "float4 tile reads aligned");
     constexpr int NA = (BM * BK + T - 1) / T, NB = BK * BN / T, RSTEP = T / BN;
     constexpr int AS = BM + 4;
     __shared__ __align__(16) float As[BK * AS];
@@ -249,6 +250,7 @@ __global__ void __launch_bounds__((BM / TM) * (BN / TN))
     constexpr int NTX = BN / TN, T = (BM / TM) * NTX;
     static_assert(BM % TM == 0 && BN % TN == 0, "tile split");
     static_assert(T % BK == 0 && (BM * BK) % T == 0 && (BN * BK) % T == 0, "tile loads");
+    static_assert((TM % 4 || BM % 4 == 0) && (TN % 4 || BN % 4 == 0), "float4 tile reads aligned");
     constexpr int RS = T / BK, NA = BM * BK / T, NB = BN * BK / T;
     constexpr int AS = BM + 4, BS = BN + 4;
     __shared__ __align__(16) float As[BK * AS];
