@@ -38,6 +38,7 @@ void dd_runner_free(dd_runner *r) {
 
 static int build(dd_runner *r, dd_runner_graph *rg, int B, int with_loss) {
     graph_release(rg);
+    r->builds++;
     const dd_model_config *c = &r->cfg;
     dd_graph *g = dd_graph_new(r->params);
     if (!g) return -1;
@@ -172,6 +173,8 @@ int dd_runner_eval_loss(dd_runner *r, int B, const float *x, const float *target
     DD_TRY(run(rg, 0, forward_body, &c));
     return r->be->to_host(loss, rg->g->t[rg->loss].data, sizeof(float));
 }
+
+uint64_t dd_runner_version(void *ctx) { return ((const dd_runner *)ctx)->builds; }
 
 int dd_runner_denoise(void *ctx, float *out, const float *x, const int32_t *t,
                       const int32_t *labels, int B) {

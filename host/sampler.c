@@ -247,7 +247,8 @@ static int step_body(void *ctx) {
 }
 
 static int loop(run *r, dd_sample_opts *o, float *out) {
-    /* the buffers, and the values the step's calls take as arguments */
+    /* the buffers, and the values the step's calls take as arguments; the model's version is
+     * read at every step, since its first call may build (and so re-plan) its graph */
     const void *key[DD_REPLAY_KEYS] = {r->x,
                                        r->out,
                                        r->tab,
@@ -259,6 +260,7 @@ static int loop(run *r, dd_sample_opts *o, float *out) {
                                        dd_replay_key_int(r->noise.seed),
                                        dd_replay_key_int(r->noise.stream)};
     for (int k = 0; k < r->steps; k++) {
+        key[10] = dd_replay_key_int(r->m->version ? r->m->version(r->m->ctx) : 0);
         if (dd_replay_run(&r->rp, r->be, step_body, r, key))
             return dd_error_prefix("sampler step at t = %d", r->t_host[k]);
         if (o->on_step &&

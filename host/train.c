@@ -219,7 +219,7 @@ int dd_run_sample(dd_runner *r, const dd_run_info *ri, const dd_sampler_choice *
     dd_schedule s;
     DD_TRY(dd_schedule_init(&s, ri->schedule, ri->model.timesteps, ri->beta_start, ri->beta_end));
     int cond = dd_model_is_conditional(&ri->model);
-    dd_denoiser m = {.fn = dd_runner_denoise, .ctx = r, .objective = ri->objective,
+    dd_denoiser m = {.fn = dd_runner_denoise, .ctx = r, .version = dd_runner_version, .objective = ri->objective,
                      .num_classes = cond ? ri->model.classes : 0,
                      .generic_label = cond ? (int32_t)ri->model.classes : -1};
     int rc = 0;

@@ -234,7 +234,8 @@ static void run_mode(int tf32) {
     const int S = 4;
     float *og = malloc(S * per * sizeof(float)), *oc = malloc(S * per * sizeof(float));
     if (!og || !oc) fatal("host memory");
-    dd_denoiser mg = {.fn = dd_runner_denoise, .ctx = &rg, .objective = DD_OBJECTIVE_EPS,
+    dd_denoiser mg = {.fn = dd_runner_denoise, .ctx = &rg, .version = dd_runner_version,
+                      .objective = DD_OBJECTIVE_EPS,
                       .num_classes = cfg.classes, .generic_label = cfg.classes};
     dd_denoiser mc = mg;
     mc.ctx = &rc;
@@ -256,6 +257,27 @@ static void run_mode(int tf32) {
         CHECK_OK(rcc);
         compare(k == 0 ? "DDIM tau 5 eta 1, guidance 2: samples" : "DDPM T 20, guidance 2: samples",
                 og, oc, S * per, sample_tol);
+    }
+
+    /* a sampler cache keeps the recorded step between runs, but never across a re-planned model:
+     * run, re-plan the model for another batch, run again with the cache (a stale replay would
+     * read freed buffers), against the first run */
+    {
+        dd_sample_cache *cache = dd_sample_cache_new();
+        float *o2 = malloc(S * per * sizeof(float)), *o3 = malloc((S + 1) * per * sizeof(float));
+        if (!cache || !o2 || !o3) fatal("cache");
+        for (int run = 0; run < 3; run++) {
+            dd_sample_opts o = dd_sample_opts_default(run == 1 ? S + 1 : S, per);
+            o.label = 1;
+            o.guidance = 2.0f;
+            o.rng.seed = 77;
+            o.cache = run == 1 ? NULL : cache;
+            CHECK_OK(dd_sample_ddim(gpu, &s, &mg, &o, 5, 1.0f, run == 0 ? og : run == 1 ? o3 : o2));
+        }
+        compare("cached DDIM after the model was re-planned vs before", o2, og, S * per, 1e-6);
+        dd_sample_cache_free(cache);
+        free(o2);
+        free(o3);
     }
 
     free(og);

@@ -332,7 +332,7 @@ static void sampling_case(const char *what, int ddim, float guidance, int use_ca
     CHECK_OK(dd_schedule_init(&s, DD_SCHEDULE_COSINE, cfg.timesteps, 0, 0));
     dd_runner r;
     CHECK_OK(dd_runner_init(&r, &cfg, &logbe, 2));
-    dd_denoiser m = {.fn = dd_runner_denoise, .ctx = &r, .objective = DD_OBJECTIVE_X0,
+    dd_denoiser m = {.fn = dd_runner_denoise, .ctx = &r, .version = dd_runner_version, .objective = DD_OBJECTIVE_X0,
                      .num_classes = cfg.classes, .generic_label = cfg.classes};
     dd_sample_cache *cache = use_cache ? dd_sample_cache_new() : NULL;
     steplog *first_run = malloc(sizeof *first_run);

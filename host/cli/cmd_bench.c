@@ -54,7 +54,8 @@ static int job_forward(job *j) {
 }
 
 static int job_ddim(job *j) {
-    dd_denoiser m = {.fn = dd_runner_denoise, .ctx = j->r, .objective = DD_OBJECTIVE_EPS};
+    dd_denoiser m = {.fn = dd_runner_denoise, .ctx = j->r, .version = dd_runner_version,
+                     .objective = DD_OBJECTIVE_EPS};
     dd_sample_opts o = j->so;
     return dd_sample_ddim(j->r->be, j->s, &m, &o, 20, 0.0f, NULL);
 }

@@ -105,6 +105,10 @@ typedef int (*dd_denoise_fn)(void *ctx, float *out, const float *x, const int32_
 typedef struct {
     dd_denoise_fn fn;
     void *ctx;
+    /* A number that changes whenever the buffers the model's calls use change (a model that
+     * re-plans itself for another batch size), so that a sampling step recorded with the old
+     * buffers is never replayed with the new ones; NULL: the buffers never change. */
+    uint64_t (*version)(void *ctx);
     dd_objective objective;
     int num_classes;       /* 0: unconditional (labels are NULL); K: labels 0..K-1 */
     int32_t generic_label; /* the "unconditioned" label of a conditional model (usually K) */

@@ -31,6 +31,7 @@ typedef struct dd_runner {
     const dd_backend *be;
     dd_params *params;
     dd_runner_graph train, eval;
+    uint64_t builds; /* graphs built so far: dd_runner_version */
 } dd_runner;
 
 /* Register the model's parameters and allocate them (initialised from seed). */
@@ -58,6 +59,9 @@ const float *dd_runner_loss(const dd_runner *r);
 /* Loss without any update (validation), read back into *loss. */
 int dd_runner_eval_loss(dd_runner *r, int B, const float *x, const float *target, const int32_t *t,
                         const int32_t *labels, float *loss);
+
+/* For dd_denoiser.version: changes whenever the runner builds a graph (new buffers). */
+uint64_t dd_runner_version(void *ctx);
 
 /* dd_denoise_fn over the eval graph: ctx is the dd_runner. */
 int dd_runner_denoise(void *ctx, float *out, const float *x, const int32_t *t,
