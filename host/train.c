@@ -158,8 +158,9 @@ static int train_step_body(void *ctx) {
 int dd_train_step(dd_replay *rp, dd_runner *r, dd_train_batch *tb, const float *x0,
                   const int32_t *labels, const dd_run_info *ri) {
     step_args a = {r, tb, x0, labels, ri};
-    /* everything a replay reuses: buffers and the scalars passed down as arguments */
-    const void *key[DD_REPLAY_KEYS] = {r->train.g,
+    /* everything a replay reuses: buffers and the scalars passed down as arguments; the runner's
+     * build count, not its graph's address, which a rebuilt graph could share */
+    const void *key[DD_REPLAY_KEYS] = {dd_replay_key_int(r->builds),
                                        tb->xt,
                                        x0,
                                        labels,
