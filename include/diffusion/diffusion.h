@@ -149,7 +149,8 @@ typedef struct {
 /* Keeps a sampler's buffers and its recorded step (CUDA graph, include/diffusion/replay.h)
  * from one run to the next run of the same shape (backend, model callback and context, batch,
  * guidance on or off, number of steps): the batches of an FLD evaluation or a benchmark then
- * replay from their first step instead of recording again. Results do not depend on it. */
+ * replay from their first step instead of recording again. Results do not depend on it. Free a
+ * cache before the model it was used with. */
 typedef struct dd_sample_cache dd_sample_cache;
 dd_sample_cache *dd_sample_cache_new(void); /* NULL with a message when out of memory */
 void dd_sample_cache_free(dd_sample_cache *c);
