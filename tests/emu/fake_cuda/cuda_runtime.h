@@ -1,0 +1,95 @@
+/* A stand-in for cuda_runtime.h that lets an unmodified .cu file compile as C++ and run its
+ * kernels on the CPU (tests/emu/emu_runtime.cpp): every thread of a block is a ucontext fiber
+ * and __syncthreads() switches back to a scheduler, which resumes the block's threads in a
+ * (seeded) shuffled order after every barrier. Blocks run one after another, so __shared__
+ * arrays become function statics. Launches are rewritten to emu_launch() by
+ * tests/emu/cuda_launch_rewrite.py. Only what cuda/cuda_conv.cu uses is here; the warp
+ * intrinsics are not emulated and stop the test if a kernel reaches them. */
+#ifndef DD_EMU_CUDA_RUNTIME_H
+#define DD_EMU_CUDA_RUNTIME_H
+
+#include <cmath>
+#include <cstddef>
+#include <cstdint>
+#include <cstring>
+#include <functional>
+
+typedef int cudaError_t;
+enum { cudaSuccess = 0 };
+typedef struct CUstream_st *cudaStream_t;
+enum cudaMemcpyKind { cudaMemcpyDeviceToHost = 2 };
+enum cudaDeviceAttr { cudaDevAttrMultiProcessorCount = 16 };
+
+struct dim3 {
+    unsigned x, y, z;
+    dim3(unsigned a = 1, unsigned b = 1, unsigned c = 1) : x(a), y(b), z(c) {}
+};
+struct alignas(16) float4 {
+    float x, y, z, w;
+};
+
+#define __global__
+#define __device__
+#define __host__
+#define __forceinline__ inline
+#define __launch_bounds__(n)
+#define __shared__ static
+#define __align__(n) __attribute__((aligned(n)))
+
+extern dim3 emu_blockIdx, emu_blockDim, emu_gridDim;
+extern const dim3 *emu_threadIdx_p; /* the running fiber's thread index */
+#define threadIdx (*emu_threadIdx_p)
+#define blockIdx emu_blockIdx
+#define blockDim emu_blockDim
+#define gridDim emu_gridDim
+
+void emu_syncthreads();
+#define __syncthreads() emu_syncthreads()
+/* a read through the read-only path: checked to lie inside a registered buffer */
+float emu_ldg(const float *p);
+#define __ldg(p) emu_ldg(p)
+[[noreturn]] void emu_unsupported(const char *what);
+
+inline int min(int a, int b) { return a < b ? a : b; }
+inline long long clock64() { emu_unsupported("clock64"); }
+inline float __shfl_xor_sync(unsigned, float, int) { emu_unsupported("__shfl_xor_sync"); }
+inline unsigned __float_as_uint(float f) {
+    unsigned u;
+    memcpy(&u, &f, sizeof u);
+    return u;
+}
+inline unsigned atomicMax(unsigned *, unsigned) { emu_unsupported("atomicMax"); }
+
+/* Runs body once per thread of every block of the grid (fails the test on a bad configuration:
+ * grid.y or grid.z above 65535, more than 1024 threads, an empty grid, divergent barriers). */
+void emu_run_grid(dim3 grid, dim3 block, size_t smem, const std::function<void()> &body);
+
+template <typename... KA, typename... A>
+void emu_launch(dim3 grid, dim3 block, size_t smem, cudaStream_t, void (*k)(KA...),
+                A &&...args) {
+    emu_run_grid(grid, block, smem, [&] { k(args...); });
+}
+
+inline cudaError_t cudaGetLastError() { return cudaSuccess; }
+inline const char *cudaGetErrorString(cudaError_t) { return "emulated CUDA error"; }
+inline cudaError_t cudaGetDevice(int *d) {
+    *d = 0;
+    return cudaSuccess;
+}
+extern int emu_sms; /* the SM count the emulated device reports */
+inline cudaError_t cudaDeviceGetAttribute(int *v, cudaDeviceAttr, int) {
+    *v = emu_sms;
+    return cudaSuccess;
+}
+inline cudaError_t cudaMemsetAsync(void *p, int v, size_t n, cudaStream_t) {
+    memset(p, v, n);
+    return cudaSuccess;
+}
+inline cudaError_t cudaMemcpyAsync(void *d, const void *s, size_t n, cudaMemcpyKind,
+                                   cudaStream_t) {
+    memcpy(d, s, n);
+    return cudaSuccess;
+}
+inline cudaError_t cudaStreamSynchronize(cudaStream_t) { return cudaSuccess; }
+
+#endif
