@@ -1,7 +1,8 @@
-/* CPU emulation of CUDA kernels: every thread a ucontext fiber, __syncthreads() the switch
- * point, the threads of a block resumed in a seeded shuffled order at every phase (so a missing
- * barrier or a shared-memory race shows as wrong results), guard zones around every buffer.
- * Deterministic: one fixed seed for the thread order. */
+/* CPU emulation of CUDA kernels: every thread a ucontext fiber, __syncthreads() and the warp
+ * shuffles the switch points, the runnable threads of a block resumed in a seeded shuffled order
+ * at every round (so a missing barrier or a shared-memory race shows as wrong results), guard
+ * zones around every buffer. A shuffle waits for the 32 lanes of its warp only; a barrier for
+ * the whole block. Deterministic: one fixed seed for the thread order. */
 #include <cuda_runtime.h>
 
 #include <cstdarg>
@@ -101,13 +102,16 @@ float emu_ldg(const float *p) {
 /* ---------------------------------------------------------------- fibers */
 
 namespace {
-enum State { RUNNING, AT_BARRIER, DONE };
+enum State { RUNNABLE, AT_BARRIER, AT_SHFL, DONE };
 struct Fiber {
     ucontext_t ctx;
     char *stack;
     dim3 tid;
     State state;
-    long barriers;
+    long barriers, shfls; /* calls so far: every thread of a block (lane of a warp) must agree */
+    uint64_t val, res;    /* a shuffle's deposited value and its result */
+    EmuShfl kind;
+    int arg, width;
 };
 const size_t STACK = 256 << 10;
 ucontext_t scheduler;
@@ -130,8 +134,54 @@ __attribute__((noinline)) void start_fiber(Fiber &f, dim3 tid) {
     f.ctx.uc_link = NULL;
     makecontext(&f.ctx, fiber_entry, 0);
     f.tid = tid;
-    f.state = RUNNING;
+    f.state = RUNNABLE;
     f.barriers = 0;
+    f.shfls = 0;
+}
+
+/* Releases warp [lo, lo + 32) if every lane waits at the same shuffle: computes each lane's
+ * result before any lane runs on (a lane's next shuffle overwrites its deposited value).
+ * Returns 1 when released. */
+int release_warp(unsigned lo, unsigned nt) {
+    if (lo + 32 > nt) fatal("a warp shuffle in a partial warp (block size not a multiple of 32)");
+    for (unsigned t = lo; t < lo + 32; t++)
+        if (fibers[t].state != AT_SHFL) return 0;
+    const Fiber &f0 = fibers[lo];
+    for (unsigned t = lo; t < lo + 32; t++) {
+        const Fiber &f = fibers[t];
+        if (f.shfls != f0.shfls || f.kind != f0.kind || f.width != f0.width)
+            fatal("divergent warp shuffle (lanes of a warp at different shuffle calls)");
+    }
+    const int w = f0.width;
+    for (unsigned t = lo; t < lo + 32; t++) {
+        Fiber &f = fibers[t];
+        const int lane = (int)(t - lo), seg = lane & ~(w - 1);
+        int src = lane;
+        switch (f.kind) {
+        case EMU_SHFL_IDX: src = seg + (f.arg & (w - 1)); break;
+        case EMU_SHFL_UP: src = lane - f.arg < seg ? lane : lane - f.arg; break;
+        case EMU_SHFL_DOWN: src = lane + f.arg >= seg + w ? lane : lane + f.arg; break;
+        case EMU_SHFL_XOR: src = (lane ^ f.arg) >= seg + w ? lane : lane ^ f.arg; break;
+        }
+        f.res = fibers[lo + (unsigned)src].val;
+    }
+    for (unsigned t = lo; t < lo + 32; t++) fibers[t].state = RUNNABLE;
+    return 1;
+}
+/* a seeded Fisher-Yates shuffle of v[0..n) */
+void shuffle(int *v, size_t n) {
+    for (size_t i = n; i > 1; i--) {
+        const size_t j = (size_t)(order_rng.next() % i);
+        const int tmp = v[i - 1];
+        v[i - 1] = v[j];
+        v[j] = tmp;
+    }
+}
+
+void resume(int t) {
+    current = t;
+    emu_threadIdx_p = &fibers[t].tid;
+    swapcontext(&scheduler, &fibers[t].ctx);
 }
 } /* namespace */
 
@@ -140,6 +190,23 @@ void emu_syncthreads() {
     f.barriers++;
     f.state = AT_BARRIER;
     swapcontext(&f.ctx, &scheduler);
+}
+
+uint64_t emu_shfl(unsigned mask, uint64_t bits, EmuShfl kind, int arg, int width) {
+    if (mask != 0xffffffffu) fatal("a warp shuffle with a partial lane mask (not modelled)");
+    if (width < 1 || width > 32 || (width & (width - 1)))
+        fatal("a warp shuffle width that is not a power of two up to 32");
+    if (arg < 0 || (kind == EMU_SHFL_XOR && arg > 31))
+        fatal("a warp shuffle offset out of range");
+    Fiber &f = fibers[current];
+    f.shfls++;
+    f.val = bits;
+    f.kind = kind;
+    f.arg = arg;
+    f.width = width;
+    f.state = AT_SHFL;
+    swapcontext(&f.ctx, &scheduler);
+    return fibers[current].res;
 }
 
 void emu_run_grid(dim3 grid, dim3 block, size_t smem, const std::function<void()> &body) {
@@ -159,40 +226,72 @@ void emu_run_grid(dim3 grid, dim3 block, size_t smem, const std::function<void()
     emu_gridDim = grid;
     emu_blockDim = block;
     std::vector<int> order(nt);
+    for (unsigned t = 0; t < nt; t++) order[t] = (int)t;
+    const unsigned nw = (unsigned)((nt + 31) / 32);
+    std::vector<int> warps(nw);
+    for (unsigned w = 0; w < nw; w++) warps[w] = (int)w;
+    int lanes[32];
     for (unsigned bz = 0; bz < grid.z; bz++)
         for (unsigned by = 0; by < grid.y; by++)
             for (unsigned bx = 0; bx < grid.x; bx++) {
                 emu_blockIdx = dim3(bx, by, bz);
-                for (unsigned t = 0; t < nt; t++) {
+                for (unsigned t = 0; t < nt; t++)
                     start_fiber(fibers[t],
                                 dim3(t % block.x, t / block.x % block.y, t / (block.x * block.y)));
-                    order[t] = (int)t;
-                }
-                for (;;) { /* one phase: every live thread runs to its next barrier or its end */
-                    for (size_t i = nt - 1; i > 0; i--) {
-                        const size_t j = (size_t)(order_rng.next() % (i + 1));
-                        const int tmp = order[i];
-                        order[i] = order[j];
-                        order[j] = tmp;
+                /* Two schedules, drawn per block: threads interleaved across the block (a
+                 * warp at a shuffle goes on once no thread is runnable), or warp by warp in a
+                 * shuffled warp order, each warp run on through its shuffles until it waits at
+                 * a barrier or ends (so one warp gets far ahead of the others: a missing
+                 * barrier between warps shows). One round: every runnable thread runs to its
+                 * next barrier, shuffle or end. */
+                const bool by_warp = order_rng.next() & 1;
+                for (;;) {
+                    if (!by_warp) {
+                        shuffle(order.data(), nt);
+                        for (int t : order)
+                            if (fibers[t].state == RUNNABLE) resume(t);
+                    } else {
+                        shuffle(warps.data(), nw);
+                        for (int w : warps) {
+                            const unsigned lo = 32 * (unsigned)w;
+                            const unsigned n = nt - lo < 32 ? (unsigned)(nt - lo) : 32;
+                            for (;;) {
+                                for (unsigned i = 0; i < n; i++) lanes[i] = (int)(lo + i);
+                                shuffle(lanes, n);
+                                bool at_shfl = false;
+                                for (unsigned i = 0; i < n; i++)
+                                    if (fibers[lanes[i]].state == RUNNABLE) resume(lanes[i]);
+                                for (unsigned i = 0; i < n; i++)
+                                    if (fibers[lo + i].state == AT_SHFL) at_shfl = true;
+                                if (!at_shfl || !release_warp(lo, (unsigned)nt)) break;
+                            }
+                        }
                     }
-                    for (int t : order) {
-                        if (fibers[t].state == DONE) continue;
-                        current = t;
-                        emu_threadIdx_p = &fibers[t].tid;
-                        fibers[t].state = RUNNING;
-                        swapcontext(&scheduler, &fibers[t].ctx);
-                    }
-                    unsigned done = 0;
-                    bool same = true;
+                    unsigned done = 0, at_shfl = 0;
                     for (unsigned t = 0; t < nt; t++) {
-                        if (fibers[t].state == DONE)
-                            done++;
-                        else if (fibers[t].barriers != fibers[order[0]].barriers)
-                            same = false;
+                        if (fibers[t].state == DONE) done++;
+                        if (fibers[t].state == AT_SHFL) at_shfl++;
                     }
                     if (done == nt) break;
+                    if (at_shfl) { /* warps complete at a shuffle go on, barriers wait */
+                        int released = 0;
+                        for (unsigned lo = 0; lo < nt; lo += 32)
+                            for (unsigned t = lo; t < lo + 32 && t < nt; t++)
+                                if (fibers[t].state == AT_SHFL) {
+                                    released |= release_warp(lo, (unsigned)nt);
+                                    break;
+                                }
+                        if (released) continue;
+                        fatal("a warp shuffle that not every lane of its warp reaches (lanes at a "
+                              "barrier, finished, or divergent)");
+                    }
+                    /* every live thread at a barrier: the same one, and none finished */
+                    bool same = true;
+                    for (unsigned t = 0; t < nt; t++)
+                        if (fibers[t].barriers != fibers[0].barriers) same = false;
                     if (done || !same)
                         fatal("divergent __syncthreads (threads at different barriers or ended)");
+                    for (unsigned t = 0; t < nt; t++) fibers[t].state = RUNNABLE;
                 }
             }
 }

@@ -3,8 +3,11 @@
  * and __syncthreads() switches back to a scheduler, which resumes the block's threads in a
  * (seeded) shuffled order after every barrier. Blocks run one after another, so __shared__
  * arrays become function statics. Launches are rewritten to emu_launch() by
- * tests/emu/cuda_launch_rewrite.py. Only what cuda/cuda_conv.cu uses is here; the warp
- * intrinsics are not emulated and stop the test if a kernel reaches them. */
+ * tests/emu/cuda_launch_rewrite.py. What cuda/cuda_conv.cu and cuda/cuda_kernels.cu use is
+ * here: warp shuffles (full mask only) are a rendezvous of the warp's 32 lanes, switched like a
+ * barrier; atomics are plain read-modify-writes (one thread runs at a time, and only barriers
+ * and shuffles switch threads); __threadfence is a no-op; __device__ variables are plain globals.
+ * clock64 and anything else not modelled stops the test with a message. */
 #ifndef DD_EMU_CUDA_RUNTIME_H
 #define DD_EMU_CUDA_RUNTIME_H
 
@@ -52,13 +55,75 @@ float emu_ldg(const float *p);
 
 inline int min(int a, int b) { return a < b ? a : b; }
 inline long long clock64() { emu_unsupported("clock64"); }
-inline float __shfl_xor_sync(unsigned, float, int) { emu_unsupported("__shfl_xor_sync"); }
 inline unsigned __float_as_uint(float f) {
     unsigned u;
     memcpy(&u, &f, sizeof u);
     return u;
 }
-inline unsigned atomicMax(unsigned *, unsigned) { emu_unsupported("atomicMax"); }
+
+/* Warp shuffles: the calling thread deposits its value and waits until every lane of its warp
+ * has reached a shuffle (emu_runtime.cpp checks that they are the same call: same kind, width,
+ * count); each then gets its source lane's value (its own when the source lies outside its
+ * width segment, as on the GPU). Values of up to 8 bytes travel as raw bits. */
+enum EmuShfl { EMU_SHFL_IDX, EMU_SHFL_UP, EMU_SHFL_DOWN, EMU_SHFL_XOR };
+uint64_t emu_shfl(unsigned mask, uint64_t bits, EmuShfl kind, int arg, int width);
+template <typename T> T emu_shfl_as(unsigned mask, T v, EmuShfl kind, int arg, int width) {
+    static_assert(sizeof(T) <= sizeof(uint64_t), "shuffle of a value over 8 bytes");
+    uint64_t b = 0;
+    memcpy(&b, &v, sizeof v);
+    b = emu_shfl(mask, b, kind, arg, width);
+    T r;
+    memcpy(&r, &b, sizeof r);
+    return r;
+}
+template <typename T> T __shfl_sync(unsigned m, T v, int src, int w = 32) {
+    return emu_shfl_as(m, v, EMU_SHFL_IDX, src, w);
+}
+template <typename T> T __shfl_up_sync(unsigned m, T v, unsigned d, int w = 32) {
+    return emu_shfl_as(m, v, EMU_SHFL_UP, (int)d, w);
+}
+template <typename T> T __shfl_down_sync(unsigned m, T v, unsigned d, int w = 32) {
+    return emu_shfl_as(m, v, EMU_SHFL_DOWN, (int)d, w);
+}
+template <typename T> T __shfl_xor_sync(unsigned m, T v, int lane_mask, int w = 32) {
+    return emu_shfl_as(m, v, EMU_SHFL_XOR, lane_mask, w);
+}
+
+/* Atomics: plain read-modify-writes, returning the old value (no other thread runs between a
+ * fiber's switch points). */
+template <typename T> T atomicAdd(T *p, T v) {
+    const T old = *p;
+    *p = old + v;
+    return old;
+}
+template <typename T> T atomicSub(T *p, T v) {
+    const T old = *p;
+    *p = old - v;
+    return old;
+}
+template <typename T> T atomicMax(T *p, T v) {
+    const T old = *p;
+    if (v > old) *p = v;
+    return old;
+}
+template <typename T> T atomicMin(T *p, T v) {
+    const T old = *p;
+    if (v < old) *p = v;
+    return old;
+}
+template <typename T> T atomicExch(T *p, T v) {
+    const T old = *p;
+    *p = v;
+    return old;
+}
+template <typename T> T atomicCAS(T *p, T cmp, T v) {
+    const T old = *p;
+    if (old == cmp) *p = v;
+    return old;
+}
+/* one thread runs at a time, in program order: every fence is already satisfied */
+inline void __threadfence() {}
+inline void __threadfence_block() {}
 
 /* Runs body once per thread of every block of the grid (fails the test on a bad configuration:
  * grid.y or grid.z above 65535, more than 1024 threads, an empty grid, divergent barriers). */
