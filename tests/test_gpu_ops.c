@@ -942,10 +942,11 @@ static void run_all(void) {
 }
 
 /* --quick: the TF32-off pass only, small shapes, no capture (for a run under compute-sanitizer,
- * which is slow and may not support graph capture) */
+ * which is slow and may not support graph capture). --small: everything but the large shapes
+ * (the CPU emulation of CUDA, tests/emu, runs it so). */
 int main(int argc, char **argv) {
     const int quick = argc > 1 && !strcmp(argv[1], "--quick");
-    big = !quick;
+    big = !quick && !(argc > 1 && !strcmp(argv[1], "--small"));
     gpu = dd_cuda_backend();
     if (!gpu) tu_skip(dd_error_message());
     dd_cuda_info info;

@@ -10,7 +10,14 @@
  * buffer fails the test, and emu_check_guards() reports any write into a guard zone. */
 float *emu_alloc(size_t n);
 void emu_free(float *p);
+/* as emu_free, but the memory is kept, refilled with the sentinel and no longer a buffer: a stale
+ * pointer reads NaN instead of a newer buffer's data (the emulated cudaFree) */
+void emu_retire(float *p);
 void emu_check_guards(const char *what);
+/* true when [p, p + bytes) lies inside one live buffer */
+bool emu_in_buffer(const void *p, size_t bytes);
+/* true when p is the start of a live buffer */
+bool emu_is_buffer_start(const void *p);
 
 /* printf-style: prints "FAIL ..." and counts a failure */
 void emu_fail(const char *fmt, ...) __attribute__((format(printf, 1, 2)));

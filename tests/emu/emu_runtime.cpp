@@ -8,6 +8,8 @@
 #include <cstdarg>
 #include <cstdio>
 #include <cstdlib>
+#include <cstring>
+#include <map>
 #include <ucontext.h>
 #include <vector>
 
@@ -51,51 +53,82 @@ struct Buf {
 /* as long as the buffer (up to 64k floats), so that a write one image or one channel plane
  * past either end lands in the guard zone rather than in the heap */
 size_t guard_of(size_t n) { return (n < ((size_t)1 << 16) ? n : (size_t)1 << 16) + 256; }
-std::vector<Buf> bufs;
+/* live buffers by base address (the lookups of __ldg and the fake libraries are logarithmic) */
+std::map<uintptr_t, Buf> bufs;
+/* freed buffers are kept, refilled with the sentinel and out of `bufs`, so that a later use of
+ * a stale pointer reads NaN (or fails an __ldg check) instead of someone else's data */
+std::vector<float *> retired;
 
 bool is_sentinel(const float *p) {
     uint32_t u;
     memcpy(&u, p, sizeof u);
     return u == SENTINEL;
 }
+size_t lead_of(size_t guard) { return (guard * sizeof(float) + 255) / 256 * 256; }
+
+const Buf *find(const void *p) {
+    auto it = bufs.upper_bound((uintptr_t)p);
+    if (it == bufs.begin()) return nullptr;
+    --it;
+    const Buf &b = it->second;
+    /* one past the end counts too (an empty range there) */
+    return (uintptr_t)p <= (uintptr_t)(b.base + b.n) ? &b : nullptr;
+}
+
+bool guards_ok(const Buf &b) {
+    for (size_t i = 0; i < b.guard; i++)
+        if (!is_sentinel(&b.base[-1 - (ptrdiff_t)i]) || !is_sentinel(&b.base[b.n + i])) return false;
+    return true;
+}
 } /* namespace */
 
 float *emu_alloc(size_t n) {
     const size_t guard = guard_of(n), total = n + 2 * guard;
     /* the buffer itself 256-byte aligned, as cudaMalloc's */
-    const size_t lead = (guard * sizeof(float) + 255) / 256 * 256;
+    const size_t lead = lead_of(guard);
     const size_t bytes = (lead + (n + guard) * sizeof(float) + 255) / 256 * 256;
     char *raw = (char *)aligned_alloc(256, bytes);
     if (!raw) fatal("out of memory");
     float *p = (float *)(raw + lead) - guard;
     for (size_t i = 0; i < total; i++) memcpy(&p[i], &SENTINEL, sizeof SENTINEL);
-    bufs.push_back({p + guard, n, guard});
+    bufs[(uintptr_t)(p + guard)] = {p + guard, n, guard};
     return p + guard;
 }
 
-void emu_free(float *p) {
-    for (size_t i = 0; i < bufs.size(); i++)
-        if (bufs[i].base == p) {
-            const size_t lead = (bufs[i].guard * sizeof(float) + 255) / 256 * 256;
-            bufs.erase(bufs.begin() + (ptrdiff_t)i);
-            free((char *)p - lead);
-            return;
-        }
-    fatal("emu_free of an unknown pointer");
+static void release(float *p, bool keep) {
+    auto it = bufs.find((uintptr_t)p);
+    if (it == bufs.end()) fatal("emu_free of an unknown pointer");
+    const Buf b = it->second;
+    bufs.erase(it);
+    if (!guards_ok(b)) emu_fail("a write outside a buffer of %zu floats (into its guard zone)", b.n);
+    if (keep) {
+        for (size_t i = 0; i < b.n; i++) memcpy(&b.base[i], &SENTINEL, sizeof SENTINEL);
+        retired.push_back(b.base);
+    } else {
+        free((char *)b.base - lead_of(b.guard));
+    }
 }
 
+void emu_free(float *p) { release(p, false); }
+void emu_retire(float *p) { release(p, true); }
+
+bool emu_in_buffer(const void *p, size_t bytes) {
+    const Buf *b = find(p);
+    return b && (uintptr_t)p + bytes <= (uintptr_t)(b->base + b->n);
+}
+
+bool emu_is_buffer_start(const void *p) { return bufs.count((uintptr_t)p) != 0; }
+
 void emu_check_guards(const char *what) {
-    for (const Buf &b : bufs)
-        for (size_t i = 0; i < b.guard; i++)
-            if (!is_sentinel(&b.base[-1 - (ptrdiff_t)i]) || !is_sentinel(&b.base[b.n + i])) {
-                emu_fail("%s: a write outside a buffer (into its guard zone)", what);
-                return;
-            }
+    for (const auto &kv : bufs)
+        if (!guards_ok(kv.second)) {
+            emu_fail("%s: a write outside a buffer (into its guard zone)", what);
+            return;
+        }
 }
 
 float emu_ldg(const float *p) {
-    for (const Buf &b : bufs)
-        if (p >= b.base && p < b.base + b.n) return *p;
+    if (emu_in_buffer(p, sizeof(float))) return *p;
     fatal("__ldg outside every buffer");
 }
 

@@ -11,17 +11,112 @@
 #ifndef DD_EMU_CUDA_RUNTIME_H
 #define DD_EMU_CUDA_RUNTIME_H
 
+/* ======================================================================= the runtime API (C)
+ * The subset cuda/cuda_backend.c, cuda/cuda_dnn.c, the kernels' launchers and the GPU tests call,
+ * declared for C and C++ and implemented in tests/emu/emu_api.cpp (streams, deferred execution,
+ * capture, device memory with guard zones: see emu_stream.h). Error codes carry the real values. */
+#include <stddef.h>
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+typedef int cudaError_t;
+enum {
+    cudaSuccess = 0,
+    cudaErrorInvalidValue = 1,
+    cudaErrorMemoryAllocation = 2,
+    cudaErrorInvalidConfiguration = 9,
+    cudaErrorInsufficientDriver = 35,
+    cudaErrorNoDevice = 100,
+    cudaErrorInvalidResourceHandle = 400,
+    cudaErrorIllegalState = 401,
+    cudaErrorStreamCaptureUnsupported = 900,
+    cudaErrorStreamCaptureInvalidated = 901,
+    cudaErrorStreamCaptureUnmatched = 903
+};
+typedef struct CUstream_st *cudaStream_t;
+typedef struct CUevent_st *cudaEvent_t;
+typedef struct CUgraph_st *cudaGraph_t;
+typedef struct CUgraphExec_st *cudaGraphExec_t;
+enum cudaMemcpyKind {
+    cudaMemcpyHostToHost = 0,
+    cudaMemcpyHostToDevice = 1,
+    cudaMemcpyDeviceToHost = 2,
+    cudaMemcpyDeviceToDevice = 3,
+    cudaMemcpyDefault = 4
+};
+enum cudaDeviceAttr { cudaDevAttrMultiProcessorCount = 16 };
+enum cudaStreamCaptureStatus {
+    cudaStreamCaptureStatusNone = 0,
+    cudaStreamCaptureStatusActive = 1,
+    cudaStreamCaptureStatusInvalidated = 2
+};
+enum cudaStreamCaptureMode {
+    cudaStreamCaptureModeGlobal = 0,
+    cudaStreamCaptureModeThreadLocal = 1,
+    cudaStreamCaptureModeRelaxed = 2
+};
+#define cudaStreamNonBlocking 0x01u
+struct cudaDeviceProp {
+    char name[256];
+    size_t totalGlobalMem;
+    int major, minor;
+    int multiProcessorCount;
+};
+
+const char *cudaGetErrorString(cudaError_t e);
+cudaError_t cudaGetLastError(void);
+cudaError_t cudaPeekAtLastError(void);
+cudaError_t cudaGetDeviceCount(int *n);
+cudaError_t cudaSetDevice(int d);
+cudaError_t cudaGetDevice(int *d);
+cudaError_t cudaDeviceGetAttribute(int *v, enum cudaDeviceAttr a, int d);
+cudaError_t cudaGetDeviceProperties(struct cudaDeviceProp *p, int d);
+cudaError_t cudaMemGetInfo(size_t *free_b, size_t *total_b);
+cudaError_t cudaRuntimeGetVersion(int *v);
+cudaError_t cudaDriverGetVersion(int *v);
+cudaError_t cudaDeviceSynchronize(void);
+
+cudaError_t cudaMalloc(void **p, size_t bytes);
+cudaError_t cudaFree(void *p);
+cudaError_t cudaMallocHost(void **p, size_t bytes);
+cudaError_t cudaFreeHost(void *p);
+cudaError_t cudaMemsetAsync(void *p, int v, size_t bytes, cudaStream_t s);
+cudaError_t cudaMemcpyAsync(void *dst, const void *src, size_t bytes, enum cudaMemcpyKind k,
+                            cudaStream_t s);
+
+cudaError_t cudaStreamCreateWithFlags(cudaStream_t *s, unsigned int flags);
+cudaError_t cudaStreamDestroy(cudaStream_t s);
+cudaError_t cudaStreamSynchronize(cudaStream_t s);
+cudaError_t cudaStreamIsCapturing(cudaStream_t s, enum cudaStreamCaptureStatus *st);
+cudaError_t cudaStreamBeginCapture(cudaStream_t s, enum cudaStreamCaptureMode mode);
+cudaError_t cudaStreamEndCapture(cudaStream_t s, cudaGraph_t *g);
+cudaError_t cudaGraphInstantiate(cudaGraphExec_t *e, cudaGraph_t g, unsigned long long flags);
+cudaError_t cudaGraphLaunch(cudaGraphExec_t e, cudaStream_t s);
+cudaError_t cudaGraphDestroy(cudaGraph_t g);
+cudaError_t cudaGraphExecDestroy(cudaGraphExec_t e);
+
+cudaError_t cudaEventCreate(cudaEvent_t *e);
+cudaError_t cudaEventDestroy(cudaEvent_t e);
+cudaError_t cudaEventRecord(cudaEvent_t e, cudaStream_t s);
+cudaError_t cudaEventSynchronize(cudaEvent_t e);
+cudaError_t cudaEventElapsedTime(float *ms, cudaEvent_t a, cudaEvent_t b);
+
+#ifdef __cplusplus
+}
+#endif
+
+/* ======================================================================= kernels (C++ only) */
+#ifdef __cplusplus
 #include <cmath>
 #include <cstddef>
 #include <cstdint>
 #include <cstring>
 #include <functional>
-
-typedef int cudaError_t;
-enum { cudaSuccess = 0 };
-typedef struct CUstream_st *cudaStream_t;
-enum cudaMemcpyKind { cudaMemcpyDeviceToHost = 2 };
-enum cudaDeviceAttr { cudaDevAttrMultiProcessorCount = 16 };
+#include <tuple>
+#include <type_traits>
+#include <utility>
 
 struct dim3 {
     unsigned x, y, z;
@@ -129,32 +224,21 @@ inline void __threadfence_block() {}
  * grid.y or grid.z above 65535, more than 1024 threads, an empty grid, divergent barriers). */
 void emu_run_grid(dim3 grid, dim3 block, size_t smem, const std::function<void()> &body);
 
+/* A launch: the configuration is checked at once (a bad one sets the error cudaGetLastError
+ * returns, as on a GPU); the arguments are converted to the kernel's parameter types and copied,
+ * and the grid runs when the stream's queue does (emu_api.cpp). */
+extern int emu_sms; /* the SM count the emulated device reports */
+
+bool emu_launch_check(dim3 grid, dim3 block, size_t smem, cudaStream_t s);
+void emu_launch_queue(cudaStream_t s, std::function<void()> run);
 template <typename... KA, typename... A>
-void emu_launch(dim3 grid, dim3 block, size_t smem, cudaStream_t, void (*k)(KA...),
+void emu_launch(dim3 grid, dim3 block, size_t smem, cudaStream_t s, void (*k)(KA...),
                 A &&...args) {
-    emu_run_grid(grid, block, smem, [&] { k(args...); });
+    if (!emu_launch_check(grid, block, smem, s)) return;
+    std::tuple<typename std::decay<KA>::type...> params(std::forward<A>(args)...);
+    emu_launch_queue(s, [=] { emu_run_grid(grid, block, smem, [&] { std::apply(k, params); }); });
 }
 
-inline cudaError_t cudaGetLastError() { return cudaSuccess; }
-inline const char *cudaGetErrorString(cudaError_t) { return "emulated CUDA error"; }
-inline cudaError_t cudaGetDevice(int *d) {
-    *d = 0;
-    return cudaSuccess;
-}
-extern int emu_sms; /* the SM count the emulated device reports */
-inline cudaError_t cudaDeviceGetAttribute(int *v, cudaDeviceAttr, int) {
-    *v = emu_sms;
-    return cudaSuccess;
-}
-inline cudaError_t cudaMemsetAsync(void *p, int v, size_t n, cudaStream_t) {
-    memset(p, v, n);
-    return cudaSuccess;
-}
-inline cudaError_t cudaMemcpyAsync(void *d, const void *s, size_t n, cudaMemcpyKind,
-                                   cudaStream_t) {
-    memcpy(d, s, n);
-    return cudaSuccess;
-}
-inline cudaError_t cudaStreamSynchronize(cudaStream_t) { return cudaSuccess; }
+#endif /* __cplusplus */
 
 #endif
