@@ -109,8 +109,13 @@ static int write_config_json(const char *path, const dd_train_opts *o, const dd_
 typedef struct {
     float *x0;        /* backend (B, per) */
     int32_t *y;       /* backend (B) */
-    float *x_host;    /* host (B, per), be->host_alloc: uploaded while a step runs */
-    int32_t *y_host;  /* host (B), be->host_alloc */
+    /* host (B, per) and (B), be->host_alloc, two of each: uploaded while a step runs. An upload
+     * gathers into one pair while the copy queued from the other may not have run yet (the first
+     * two batches are queued without a wait between them); a pair is written again only after a
+     * loss read-back has waited for its previous copy. */
+    float *x_host[2];
+    int32_t *y_host[2];
+    int slot; /* the pair the next upload uses */
     float *out_host, *target_host; /* host (B, per), validation */
     int64_t *order;   /* host (n_train) */
 } train_bufs;
@@ -118,22 +123,28 @@ typedef struct {
 static void bufs_free(train_bufs *b, const dd_backend *be) {
     if (b->x0) be->free(b->x0);
     if (b->y) be->free(b->y);
-    if (b->x_host) be->host_free(b->x_host);
-    if (b->y_host) be->host_free(b->y_host);
+    for (int i = 0; i < 2; i++) {
+        if (b->x_host[i]) be->host_free(b->x_host[i]);
+        if (b->y_host[i]) be->host_free(b->y_host[i]);
+    }
     free(b->out_host);
     free(b->target_host);
     free(b->order);
     memset(b, 0, sizeof *b);
 }
 
-/* A batch: gather examples idx[0..B) into the host buffers, then queue their copy to the backend
- * (asynchronous on a GPU, so the trainer gathers and queues the next batch while a step runs).
- * The host buffers may be written again once the backend has caught up (the loss read-back). */
+/* A batch: gather examples idx[0..B) into a pair of host buffers, then queue their copy to the
+ * backend (asynchronous on a GPU, so the trainer gathers and queues the next batch while a step
+ * runs; the copy into x0 is ordered after the step that reads the previous batch). Two uploads in
+ * a row without a wait between them are safe: they use different pairs. */
 static int upload(const dd_backend *be, train_bufs *b, const dd_dataset *d, const int64_t *idx, int B,
                   size_t per, int cond) {
-    DD_TRY(dd_gather(b->x_host, cond ? b->y_host : NULL, d, idx, B));
-    DD_TRY(be->to_device_async(b->x0, b->x_host, (size_t)B * per * sizeof(float)));
-    return cond ? be->to_device_async(b->y, b->y_host, (size_t)B * sizeof(int32_t)) : 0;
+    float *xh = b->x_host[b->slot];
+    int32_t *yh = b->y_host[b->slot];
+    b->slot ^= 1;
+    DD_TRY(dd_gather(xh, cond ? yh : NULL, d, idx, B));
+    DD_TRY(be->to_device_async(b->x0, xh, (size_t)B * per * sizeof(float)));
+    return cond ? be->to_device_async(b->y, yh, (size_t)B * sizeof(int32_t)) : 0;
 }
 
 typedef struct {
@@ -400,8 +411,9 @@ int dd_train(const dd_train_opts *o, const dd_dataset *data, const dd_backend *b
     /* the step counter the whole step reads: the trainer's step (also Adam's, by construction) */
     if (!rc) rc = dd_params_set_step(r.params, ri.step);
     if (!rc) {
-        rc = be->host_alloc((void **)&b.x_host, (size_t)B * per * sizeof(float)) ||
-             be->host_alloc((void **)&b.y_host, (size_t)B * sizeof(int32_t));
+        for (int i = 0; !rc && i < 2; i++)
+            rc = be->host_alloc((void **)&b.x_host[i], (size_t)B * per * sizeof(float)) ||
+                 be->host_alloc((void **)&b.y_host[i], (size_t)B * sizeof(int32_t));
         b.order = malloc((size_t)n_train * sizeof(int64_t));
         if (!rc && !b.order) rc = dd_error("out of host memory");
     }
