@@ -29,7 +29,9 @@
  * sorted fastest first by a modelled time (FFT and Winograd fastest, so the caller's workspace
  * cap matters), the unsupported ones last with CUDNN_STATUS_NOT_SUPPORTED; backward-data ALGO_0
  * and backward-filter ALGO_0/ALGO_3 are NON_DETERMINISTIC and a little faster than the
- * deterministic ALGO_1, which is within 10% of them for some shapes and not for others. */
+ * deterministic ALGO_1, which is within 10% of them for some shapes and not for others. A
+ * non-deterministic algorithm's results change in the last bit from one execution to the next
+ * (jitter below), so a test that expects bit-identical results from one fails here too. */
 #include <cudnn.h>
 
 #include <algorithm>
@@ -381,6 +383,23 @@ void valid_range(int Q, int v, int pad, int off, int W, int *lo, int *hi) {
     *hi = b;
 }
 
+/* A NON_DETERMINISTIC algorithm sums with float atomics in whatever order the blocks run: its
+ * results differ from run to run in the last bits. Modelled after the exact sum: a quarter of the
+ * (finite, non-zero) outputs move by one ulp, up or down, chosen afresh at every execution (so
+ * two runs, or two replays of a graph, differ), never at the call. */
+uint64_t nondet_runs;
+void jitter(float *o, size_t n) {
+    const uint64_t run = ++nondet_runs;
+    for (size_t i = 0; i < n; i++) {
+        uint64_t z = run * 0x9e3779b97f4a7c15ull ^ (uint64_t)i * 0xbf58476d1ce4e5b9ull;
+        z ^= z >> 31;
+        z *= 0x94d049bb133111ebull;
+        z ^= z >> 29;
+        if ((z & 3) == 0 && std::isfinite(o[i]) && o[i] != 0.0f)
+            o[i] = std::nextafter(o[i], (z & 4) ? INFINITY : -INFINITY);
+    }
+}
+
 int fidx(const Geom &g, int r, int R) { return g.flip ? R - 1 - r : r; }
 
 void forward(const Geom &g, const float *xp, const float *wp, float *yp, float alpha, float beta) {
@@ -511,10 +530,11 @@ cudnnStatus_t convolve(Dir d, cudnnHandle_t h, const void *alpha, cudnnTensorDes
         }
     const float al = *(const float *)alpha, be = *(const float *)beta;
     const size_t used_bytes = a.bytes;
+    const bool nondet = !a.deterministic;
     const std::array<Region, 4> regions{r[0], r[1], r[2], r[3]};
     const cudaError_t qe = emu_enqueue(
         h->stream,
-        [d, g, al, be, regions, used_bytes, call] {
+        [d, g, al, be, regions, used_bytes, nondet, call] {
             if (!regions_in_device(call, "when run", regions.data(), 4)) return;
             /* what the algorithm leaves in its workspace: garbage (here NaN) */
             if (used_bytes) memset(const_cast<void *>(regions[3].p), 0xff, used_bytes);
@@ -526,6 +546,7 @@ cudnnStatus_t convolve(Dir d, cudnnHandle_t h, const void *alpha, cudnnTensorDes
                 backward_data(g, a0, a1, o, al, be);
             else
                 backward_filter(g, a0, a1, o, al, be);
+            if (nondet) jitter(o, regions[2].bytes / sizeof(float));
         },
         call);
     /* a capture invalidated by a refused call fails every later use of the stream */

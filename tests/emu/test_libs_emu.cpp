@@ -15,6 +15,7 @@
  *   a dilated true convolution (mirrored filter) against a direct loop, and the adjoint
  *   identities <conv(x), dy> = <x, conv^T(dy)> = <w, corr(x, dy)> on it;
  * - cudnnAddTensor's broadcast (bias (1,C,1,1), (N,1,H,W), a scalar) against a loop;
+ * - a NON_DETERMINISTIC algorithm's results differ between two runs, a deterministic one's not;
  * - cudnnFind*: sorted by time among the successes, the unsupported last, FFT not offered for
  *   stride 2, backward-filter offering a NON_DETERMINISTIC algorithm, mathType as set, refused
  *   during a capture; workspace sizes agree with cudnnGet*WorkspaceSize;
@@ -475,6 +476,26 @@ void conv_shape(cudnnHandle_t h, const dd_conv_shape &s) {
     CHECK(e <= tol, "%s: backward bias beta 1 rel err %.2e", name, e);
     e = rel_err(down(gy, ny), y2);
     CHECK(e <= tol, "%s: forward alpha 0.5 beta 2 rel err %.2e", name, e);
+
+    /* NON_DETERMINISTIC algorithms differ from run to run in the last bits, deterministic ones
+     * do not */
+    for (int algo = 0; algo < 2; algo++) {
+        std::vector<float> runs[2];
+        for (int run = 0; run < 2; run++) {
+            CHECK(cudnnConvolutionBackwardFilter(h, &one, d.x, gx, d.y, gdy, d.c,
+                                                 (cudnnConvolutionBwdFilterAlgo_t)algo, ws,
+                                                 ws_bytes, &zero, d.w, gdw) ==
+                      CUDNN_STATUS_SUCCESS,
+                  "%s: backward filter with algorithm %d", name, algo);
+            runs[run] = down(gdw, nw);
+            e = rel_err(runs[run], dw_ref);
+            CHECK(e <= tol, "%s: backward filter (algorithm %d) rel err %.2e", name, algo, e);
+        }
+        const bool same = runs[0] == runs[1];
+        CHECK(same == (algo == CUDNN_CONVOLUTION_BWD_FILTER_ALGO_1),
+              "%s: backward-filter algorithm %d gave %s results in two runs", name, algo,
+              same ? "identical" : "different");
+    }
 
     /* misuse on this shape */
     if (bf > 0)
