@@ -1,4 +1,4 @@
-/* CPU emulation of CUDA kernels: every thread a ucontext fiber, __syncthreads() and the warp
+/* CPU emulation of CUDA kernels: every thread a fiber (its own stack), __syncthreads() and the warp
  * shuffles the switch points, the runnable threads of a block resumed in a seeded shuffled order
  * at every round (so a missing barrier or a shared-memory race shows as wrong results), guard
  * zones around every buffer. A shuffle waits for the 32 lanes of its warp only; a barrier for
@@ -134,10 +134,81 @@ float emu_ldg(const float *p) {
 
 /* ---------------------------------------------------------------- fibers */
 
+/* Switching between fibers: on x86-64 a few instructions that save the callee-saved registers
+ * and the floating-point control words on the old stack and load them from the new one (no
+ * system call: glibc's swapcontext saves the signal mask with one, twice per switch, which made
+ * the emulation of a whole training step spend most of its time in the kernel). Elsewhere
+ * ucontext. A new fiber's stack starts as if it had switched out just before its entry. */
 namespace {
+#if defined(__x86_64__)
+struct Ctx {
+    void *sp;
+};
+extern "C" void emu_ctx_switch(void **save_sp, void *load_sp);
+asm(R"(
+    .text
+    .p2align 4
+    .type emu_ctx_switch, @function
+emu_ctx_switch:
+    pushq %rbp
+    pushq %rbx
+    pushq %r12
+    pushq %r13
+    pushq %r14
+    pushq %r15
+    subq $8, %rsp
+    stmxcsr (%rsp)
+    fnstcw 4(%rsp)
+    movq %rsp, (%rdi)
+    movq %rsi, %rsp
+    ldmxcsr (%rsp)
+    fldcw 4(%rsp)
+    addq $8, %rsp
+    popq %r15
+    popq %r14
+    popq %r13
+    popq %r12
+    popq %rbx
+    popq %rbp
+    ret
+    .size emu_ctx_switch, .-emu_ctx_switch
+)");
+inline void ctx_switch(Ctx *from, Ctx *to) { emu_ctx_switch(&from->sp, to->sp); }
+/* the stack a switch into `entry` pops: control words, six registers, entry as the return
+ * address (16-byte aligned, so entry starts as if called) */
+void ctx_start(Ctx *c, char *stack, size_t size, void (*entry)()) {
+    uintptr_t top = ((uintptr_t)(stack + size) & ~(uintptr_t)15) - 16;
+    uint64_t *sp = (uint64_t *)top;
+    sp[0] = (uint64_t)(uintptr_t)entry; /* the return address, at a 16-byte boundary */
+    sp[1] = 0;
+    sp -= 6;
+    for (int i = 0; i < 6; i++) sp[i] = 0;
+    sp -= 1;
+    uint32_t mxcsr;
+    uint16_t fpucw;
+    asm volatile("stmxcsr %0" : "=m"(mxcsr));
+    asm volatile("fnstcw %0" : "=m"(fpucw));
+    memcpy((char *)sp, &mxcsr, 4);
+    memcpy((char *)sp + 4, &fpucw, 2);
+    c->sp = sp;
+}
+#else
+struct Ctx {
+    ucontext_t uc;
+};
+inline void ctx_switch(Ctx *from, Ctx *to) { swapcontext(&from->uc, &to->uc); }
+void ctx_start(Ctx *c, char *stack, size_t size, void (*entry)()) {
+    getcontext(&c->uc);
+    c->uc.uc_stack.ss_sp = stack;
+    c->uc.uc_stack.ss_size = size;
+    c->uc.uc_link = NULL;
+    makecontext(&c->uc, entry, 0);
+}
+#endif
+
 enum State { RUNNABLE, AT_BARRIER, AT_SHFL, DONE };
 struct Fiber {
-    ucontext_t ctx;
+    Ctx ctx;
     char *stack;
     dim3 tid;
     State state;
@@ -147,25 +218,23 @@ struct Fiber {
     int arg, width;
 };
 const size_t STACK = 256 << 10;
-ucontext_t scheduler;
+Ctx scheduler;
 std::vector<Fiber> fibers;
 int current;
 const std::function<void()> *kernel_body;
 EmuRng order_rng(1);
 
+/* a fiber's first frame: never returns (its last switch is never resumed) */
 void fiber_entry() {
     (*kernel_body)();
     fibers[current].state = DONE;
-    swapcontext(&fibers[current].ctx, &scheduler);
+    ctx_switch(&fibers[current].ctx, &scheduler);
+    abort();
 }
-/* kept out of emu_run_grid: getcontext returns twice, which would make GCC assume that every
- * local there may be clobbered */
+/* kept out of emu_run_grid: with ucontext, getcontext returns twice, which would make GCC
+ * assume that every local there may be clobbered */
 __attribute__((noinline)) void start_fiber(Fiber &f, dim3 tid) {
-    getcontext(&f.ctx);
-    f.ctx.uc_stack.ss_sp = f.stack;
-    f.ctx.uc_stack.ss_size = STACK;
-    f.ctx.uc_link = NULL;
-    makecontext(&f.ctx, fiber_entry, 0);
+    ctx_start(&f.ctx, f.stack, STACK, fiber_entry);
     f.tid = tid;
     f.state = RUNNABLE;
     f.barriers = 0;
@@ -214,7 +283,7 @@ void shuffle(int *v, size_t n) {
 void resume(int t) {
     current = t;
     emu_threadIdx_p = &fibers[t].tid;
-    swapcontext(&scheduler, &fibers[t].ctx);
+    ctx_switch(&scheduler, &fibers[t].ctx);
 }
 } /* namespace */
 
@@ -222,7 +291,7 @@ void emu_syncthreads() {
     Fiber &f = fibers[current];
     f.barriers++;
     f.state = AT_BARRIER;
-    swapcontext(&f.ctx, &scheduler);
+    ctx_switch(&f.ctx, &scheduler);
 }
 
 uint64_t emu_shfl(unsigned mask, uint64_t bits, EmuShfl kind, int arg, int width) {
@@ -238,7 +307,7 @@ uint64_t emu_shfl(unsigned mask, uint64_t bits, EmuShfl kind, int arg, int width
     f.arg = arg;
     f.width = width;
     f.state = AT_SHFL;
-    swapcontext(&f.ctx, &scheduler);
+    ctx_switch(&f.ctx, &scheduler);
     return fibers[current].res;
 }
 

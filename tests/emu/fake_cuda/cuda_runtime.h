@@ -1,5 +1,5 @@
 /* A stand-in for cuda_runtime.h that lets an unmodified .cu file compile as C++ and run its
- * kernels on the CPU (tests/emu/emu_runtime.cpp): every thread of a block is a ucontext fiber
+ * kernels on the CPU (tests/emu/emu_runtime.cpp): every thread of a block is a fiber
  * and __syncthreads() switches back to a scheduler, which resumes the block's threads in a
  * (seeded) shuffled order after every barrier. Blocks run one after another, so __shared__
  * arrays become function statics. Launches are rewritten to emu_launch() by
@@ -7,7 +7,7 @@
  * here: warp shuffles (full mask only) are a rendezvous of the warp's 32 lanes, switched like a
  * barrier; atomics are plain read-modify-writes (one thread runs at a time, and only barriers
  * and shuffles switch threads); __threadfence is a no-op; __device__ variables are plain globals.
- * clock64 and anything else not modelled stops the test with a message. */
+ * clock64 runs fast (see there); anything else not modelled stops the test with a message. */
 #ifndef DD_EMU_CUDA_RUNTIME_H
 #define DD_EMU_CUDA_RUNTIME_H
 
@@ -149,7 +149,12 @@ float emu_ldg(const float *p);
 [[noreturn]] void emu_unsupported(const char *what);
 
 inline int min(int a, int b) { return a < b ? a : b; }
-inline long long clock64() { emu_unsupported("clock64"); }
+/* a clock that runs fast: each read is 2^20 cycles after the previous one, so a kernel that
+ * spins until some cycles have passed (the autotuner's launch-queue filler) ends at once */
+inline long long clock64() {
+    static long long c;
+    return c += 1 << 20;
+}
 inline unsigned __float_as_uint(float f) {
     unsigned u;
     memcpy(&u, &f, sizeof u);
@@ -223,7 +228,6 @@ inline void __threadfence_block() {}
 /* Runs body once per thread of every block of the grid (fails the test on a bad configuration:
  * grid.y or grid.z above 65535, more than 1024 threads, an empty grid, divergent barriers). */
 void emu_run_grid(dim3 grid, dim3 block, size_t smem, const std::function<void()> &body);
-
 /* A launch: the configuration is checked at once (a bad one sets the error cudaGetLastError
  * returns, as on a GPU); the arguments are converted to the kernel's parameter types and copied,
  * and the grid runs when the stream's queue does (emu_api.cpp). */
@@ -236,7 +240,9 @@ void emu_launch(dim3 grid, dim3 block, size_t smem, cudaStream_t s, void (*k)(KA
                 A &&...args) {
     if (!emu_launch_check(grid, block, smem, s)) return;
     std::tuple<typename std::decay<KA>::type...> params(std::forward<A>(args)...);
-    emu_launch_queue(s, [=] { emu_run_grid(grid, block, smem, [&] { std::apply(k, params); }); });
+    emu_launch_queue(s, [=] {
+        emu_run_grid(grid, block, smem, [&] { std::apply(k, params); });
+    });
 }
 
 #endif /* __cplusplus */
