@@ -30,9 +30,14 @@
  * TF32 rounds every product's inputs to 10 bits. */
 #define NET_TOL_FP32 1e-4
 #define NET_TOL_TF32 1e-2
-/* Samples go through 20 steps of a random model: errors grow step by step. */
+/* Samples go through 20 steps of a random model: errors grow step by step. With TF32 they grow
+ * far more: guidance doubles the model's rounding error at every step, and clipping and the
+ * injected noise make the chain chaotic. The CPU emulation of CUDA (tests/emu), which rounds
+ * every product's inputs to TF32 as tensor cores do, measured 1.4e-1 for the guided DDIM run and
+ * 5.7e-3 for DDPM; a wrong formula moves samples by O(1). The chains are held to FP32 accuracy
+ * in the TF32-off pass, and one model evaluation to NET_TOL_TF32 above. */
 #define SAMPLE_TOL_FP32 1e-3
-#define SAMPLE_TOL_TF32 5e-2
+#define SAMPLE_TOL_TF32 3e-1
 
 static const dd_backend *gpu;
 static const dd_backend *cpu = &dd_cpu_backend;
