@@ -267,7 +267,10 @@ static int pick(conv_choice *out, const conv_candidate *c, int n, size_t cap, in
         }
 #undef USABLE
         out->algo = c[chosen].algo;
-        out->math = c[chosen].math;
+        /* strict (TF32 off): FMA whatever the result says. cudnnFind may report another math
+         * type than the descriptor's, and the choice is applied to the descriptor before every
+         * call: a TENSOR_OP result would silently bring TF32 back. */
+        out->math = strict ? CUDNN_FMA_MATH : c[chosen].math;
         out->bytes = c[chosen].bytes;
         return 0;
     }
