@@ -86,6 +86,59 @@ must "$D" "${S[@]}" --n 64 --device auto --out a.png --raw a.raw
 must "$D" "${S[@]}" --n 64 --device cuda --out g64.png --raw g64.raw
 cmp -s a.raw g64.raw && ok || bad "--device auto did not run on the emulated GPU (its samples differ from --device cuda)"
 
+# the LeNet classifier behind FLD (convolutions, max-pooling, cross-entropy), trained for two
+# steps on each device, then FLD of training images against the test set's statistics. TF32 off:
+# with it, the first Adam steps turn gradients that TF32 rounding moves across zero into +-lr
+# updates, so the weights can only be compared in FP32 (measured: 1e-7 after two steps).
+# cuDNN for every convolution: auto would time the handwritten kernels, emulated, on the
+# evaluation's batch of 256 (minutes); they are checked by conv_emu and emu_gpu_conv.
+export DIFFUSION_TF32=0 DIFFUSION_CONV=cudnn
+C=(train-classifier --data fashion-mnist --limit 64 --batch 32 --epochs 1 --seed 1 --quiet)
+if [ -f /usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz ]; then
+  must "$D" "${C[@]}" --device cuda --out clf_gpu.safetensors
+  must "$D" "${C[@]}" --device cpu --out clf_cpu.safetensors
+  within "classifier weights after two steps, emulated cuda vs cpu" \
+    "$(python3 - clf_gpu.safetensors clf_cpu.safetensors <<'EOF'
+import json, struct, sys
+def load(p):
+    b = open(p, "rb").read()
+    n = struct.unpack("<Q", b[:8])[0]
+    h = json.loads(b[8:8 + n])
+    return {k: struct.unpack("<%df" % ((v["data_offsets"][1] - v["data_offsets"][0]) // 4),
+                             b[8 + n + v["data_offsets"][0]:8 + n + v["data_offsets"][1]])
+            for k, v in h.items() if k != "__metadata__"}
+a, b = load(sys.argv[1]), load(sys.argv[2])
+if sorted(a) != sorted(b) or not a: print("tensors-differ"); sys.exit()
+print(max(max(abs(x - y) for x, y in zip(a[k], b[k])) / max(1e-3, max(abs(y) for y in b[k]))
+          for k in a))
+EOF
+)" 1e-4
+  for d in cuda cpu; do # each its own copy: the test set's statistics are cached beside it
+    cp clf_cpu.safetensors fldclf_$d.safetensors
+    "$D" fld --classifier fldclf_$d.safetensors --against train --n 500 --quiet --device $d > fld_$d.out 2>&1 ||
+      bad "fld --device $d: $(tail -1 fld_$d.out)"
+  done
+  within "FLD of 500 training images, emulated cuda vs cpu" "$(python3 -c "
+import re
+v = [float(re.search(r'^FLD: *([-0-9.eE+]+)', open(f).read(), re.M).group(1)) for f in ('fld_cuda.out', 'fld_cpu.out')]
+print(abs(v[0] - v[1]) / max(1e-6, abs(v[1])))" 2>/dev/null || echo no-fld-value)" 1e-4
+else
+  echo "(Fashion-MNIST not installed: the classifier and FLD part is left out)"
+fi
+unset DIFFUSION_TF32 DIFFUSION_CONV
+
+# diffusion bench on the emulated GPU (a tiny UNet): the three rows and the per-op profile
+must "$D" bench --device cuda --channels 8 --size 12x12 --groups 4 --train 2 --forward 2 --ddim 2 \
+  --min-time 0.01 --profile --json bench.json
+python3 - bench.json <<'EOF' && ok || bad "bench.json: $(head -c 300 bench.json)"
+import json, sys
+j = json.load(open(sys.argv[1]))
+assert j["backend"] == "cuda" and "emulated" in j["device"], j
+assert sorted(r["task"] for r in j["rows"]) == ["ddim20_loop", "denoise_fwd", "train_step"], j
+assert all(r["ms"] > 0 and r["batch"] == 2 for r in j["rows"]), j
+EOF
+grep -q "profile of train_step" out.log && grep -q "conv2d" out.log && ok || bad "bench --profile printed no per-op profile: $(head -5 out.log)"
+
 # no GPU: --device cuda fails with one clear line; auto falls back to the CPU
 EMU_NO_GPU=1 "$D" "${S[@]}" --n 8 --device cuda --out x.png >out.log 2>err.log
 rc=$?
