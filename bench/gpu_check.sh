@@ -165,7 +165,7 @@ if [ -f "$BUILD/CMakeCache.txt" ] && ! grep -q "CMAKE_GENERATOR:INTERNAL=${GEN[1
     rm -rf "$BUILD/CMakeCache.txt" "$BUILD/CMakeFiles"
 fi
 say "configuring ($BUILD)"
-if ! timeout "$(at_least_1 "$(limit 120)")" cmake -S "$SRC" -B "$BUILD" "${GEN[@]}" -DDIFFUSION_CUDA=ON \
+if ! timeout "$(at_least_1 "$(limit 120)")" cmake -S "$SRC" -B "$BUILD" "${GEN[@]}" -DDIFFUSION_CUDA=ON -DDIFFUSION_EMU=OFF \
         -DCMAKE_CUDA_COMPILER="$NVCC" -DCMAKE_BUILD_TYPE=Release > "$LOGS/configure.log" 2>&1; then
     tail -n 30 "$LOGS/configure.log"
     echo "gpu_check: configure failed (cuDNN is looked for in /usr/local/cuda/{include,lib64} and" \

@@ -30,6 +30,7 @@
 #include <deque>
 #include <map>
 #include <memory>
+#include <string>
 #include <unistd.h>
 #include <vector>
 
@@ -41,6 +42,7 @@ bool emu_defer = false;
 struct CUstream_st {
     bool capturing = false, invalidated = false;
     std::vector<std::function<void()>> captured;
+    std::map<std::string, int> counts; /* captured operations by name (EMU_STATS) */
 };
 struct CUgraph_st {
     std::vector<std::function<void()>> ops;
@@ -99,6 +101,7 @@ cudaError_t emu_enqueue(cudaStream_t s, std::function<void()> op, const char *wh
     if (st->capturing) {
         if (st->invalidated) return cudaErrorStreamCaptureInvalidated;
         st->captured.push_back(std::move(op));
+        st->counts[what]++;
         return cudaSuccess;
     }
     if (!emu_defer) {
@@ -425,6 +428,7 @@ cudaError_t cudaStreamBeginCapture(cudaStream_t s, enum cudaStreamCaptureMode mo
     st->capturing = true;
     st->invalidated = false;
     st->captured.clear();
+    st->counts.clear();
     return cudaSuccess;
 }
 
@@ -439,6 +443,15 @@ cudaError_t cudaStreamEndCapture(cudaStream_t s, cudaGraph_t *g) {
         st->invalidated = false;
         return set_error(cudaErrorStreamCaptureInvalidated);
     }
+    /* EMU_STATS=1: what each recording holds (how many launches and library calls a replayed
+     * step costs the GPU) */
+    const char *stats = getenv("EMU_STATS");
+    if (stats && *stats && strcmp(stats, "0")) {
+        printf("emulated CUDA: a graph of %zu operations:", ops.size());
+        for (const auto &kv : st->counts) printf(" %s %d,", kv.first.c_str(), kv.second);
+        printf("\n");
+    }
+    st->counts.clear();
     *g = new CUgraph_st{std::move(ops)};
     return cudaSuccess;
 }
