@@ -36,6 +36,7 @@
 
 #include <algorithm>
 #include <array>
+#include <chrono>
 #include <cmath>
 #include <cstdint>
 #include <cstring>
@@ -481,6 +482,20 @@ void backward_filter(const Geom &g, const float *xp, const float *dyp, float *dw
 }
 
 /* Checks and queues one convolution direction. in0/in1: the inputs in the order of the call. */
+/* EMU_CUDNN_DELAY_MS=X: every convolution takes X ms more (busy), so that the backend's
+ * autotuner, which compares event times, keeps the handwritten kernels where they are faster
+ * than that, and its FP32 safety net (cuda_dnn.c) runs in the emulation too. */
+void slow_down() {
+    static const double ms = [] {
+        const char *v = getenv("EMU_CUDNN_DELAY_MS");
+        return v ? atof(v) : 0.0;
+    }();
+    if (ms <= 0) return;
+    const auto until = std::chrono::steady_clock::now() + std::chrono::duration<double, std::milli>(ms);
+    while (std::chrono::steady_clock::now() < until) {
+    }
+}
+
 cudnnStatus_t convolve(Dir d, cudnnHandle_t h, const void *alpha, cudnnTensorDescriptor_t x,
                        cudnnFilterDescriptor_t w, cudnnConvolutionDescriptor_t conv,
                        cudnnTensorDescriptor_t y, int algo, void *ws, size_t ws_bytes,
@@ -547,6 +562,7 @@ cudnnStatus_t convolve(Dir d, cudnnHandle_t h, const void *alpha, cudnnTensorDes
             else
                 backward_filter(g, a0, a1, o, al, be);
             if (nondet) jitter(o, regions[2].bytes / sizeof(float));
+            slow_down();
         },
         call);
     /* a capture invalidated by a refused call fails every later use of the stream */
