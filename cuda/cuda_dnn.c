@@ -738,12 +738,17 @@ int dd_cuda_dense_backward(float *dx, float *dw, float *db, const float *dy, con
 
 /* ---------------------------------------------------------------- attention */
 
-/* Per head h, batched over the N samples (the sample stride is uniform, the head stride is
- * not, so heads are a loop of `heads` calls). Column-major views of the row-major slices, each
- * with leading dimension P:
- *   Qc, Kc, Vc (P x D): Qc[i, d] = q[d, i]      (q slice at qkv + h D P, sample stride 3 C P)
- *   probs buffer (P x P) read column-major = probs^T     (sample stride heads P P)
- *   Yc (P x D): Yc[i, d] = y[h D + d, i]                  (sample stride C P) */
+/* One cuBLAS call per product for all samples and heads: cublasSgemmBatched over the N * heads
+ * (sample, head) pairs, entry b = n * heads + h (the head stride is not the sample stride, so
+ * no single strided batch covers them; a loop over heads cost `heads` calls per product).
+ * Column-major views of the row-major slices, each with leading dimension P:
+ *   Qc, Kc, Vc (P x D): Qc[i, d] = q[d, i]      (q slice at qkv + n 3CP + h DP)
+ *   probs slice (P x P) at probs + b PP, read column-major = probs^T
+ *   Yc (P x D): Yc[i, d] = y[h D + d, i]        (at y + n CP + h DP)
+ * The pointer arrays live in device memory (cuBLAS reads them there). They are built on the host
+ * and uploaded the first time a set of buffers is seen, which is always outside a capture (a
+ * recorded step's first call runs plainly), and kept for the life of the process: a recorded
+ * graph may still read them, and they are a few KB per planned model. */
 size_t dd_cuda_attention_workspace(const dd_attn_shape *s) {
     return (size_t)s->N * s->heads * s->P * s->P * sizeof(float); /* dL/dscores */
 }
@@ -765,27 +770,94 @@ static attn_geom attn_geometry(const dd_attn_shape *s) {
     return g;
 }
 
+enum { ATTN_FWD_PRODUCTS = 2, ATTN_BWD_PRODUCTS = 4, ATTN_KEYS = 5 };
+
+typedef struct attn_arrays {
+    const void *key[ATTN_KEYS]; /* the buffers the arrays point into */
+    dd_attn_shape s;
+    int products;
+    float **dev; /* products x {A, B, C} x (N heads) pointers, device memory */
+    struct attn_arrays *next;
+} attn_arrays;
+static attn_arrays *attn_cache;
+
+/* The device copy of host[0 .. products * 3 * Nh), cached under (key, shape, products). */
+static int attn_arrays_get(float ***out, const void *const key[ATTN_KEYS], const dd_attn_shape *s,
+                           int products, float *const *host) {
+    for (attn_arrays *e = attn_cache; e; e = e->next)
+        if (!memcmp(e->key, key, sizeof e->key) && e->products == products && e->s.N == s->N &&
+            e->s.C == s->C && e->s.heads == s->heads && e->s.P == s->P) {
+            *out = e->dev;
+            return 0;
+        }
+    if (dd_cuda_capturing())
+        return dd_error("attention: new buffers during a CUDA graph capture (their pointer arrays "
+                        "are built on the first, plain call)");
+    const size_t bytes = (size_t)products * 3 * s->N * s->heads * sizeof(float *);
+    attn_arrays *e = calloc(1, sizeof *e);
+    if (!e) return dd_error("attention: out of host memory");
+    cudaError_t err = cudaMalloc((void **)&e->dev, bytes);
+    if (err == cudaSuccess)
+        err = cudaMemcpyAsync(e->dev, host, bytes, cudaMemcpyHostToDevice, dd_cuda_stream);
+    if (err == cudaSuccess) err = cudaStreamSynchronize(dd_cuda_stream);
+    if (err != cudaSuccess) {
+        if (e->dev) cudaFree(e->dev);
+        free(e);
+        return dd_cuda_fail(__FILE__, __LINE__, "attention pointer arrays", err);
+    }
+    memcpy(e->key, key, sizeof e->key);
+    e->s = *s;
+    e->products = products;
+    e->next = attn_cache;
+    attn_cache = e;
+    *out = e->dev;
+    return 0;
+}
+
+/* host pointer table: product p, role r (0 A, 1 B, 2 C), entry b */
+#define ATTN_AT(t, p, r, b, Nh) ((t)[((size_t)(p) * 3 + (r)) * (Nh) + (b)])
+
+static int attn_batched(float **arr, int p, size_t Nh, cublasOperation_t ta,
+                        cublasOperation_t tb, int m, int n, int k, const float *alpha,
+                        const float *beta, int P) {
+    BLAS_CHECK(cublasSgemmBatched(blas, ta, tb, m, n, k, alpha,
+                                  (const float *const *)&ATTN_AT(arr, p, 0, 0, Nh), P,
+                                  (const float *const *)&ATTN_AT(arr, p, 1, 0, Nh), P, beta,
+                                  &ATTN_AT(arr, p, 2, 0, Nh), P, (int)Nh));
+    return 0;
+}
+
 int dd_cuda_attention_forward(float *y, float *probs, const float *qkv, const dd_attn_shape *s) {
     const attn_geom g = attn_geometry(s);
     const int P = g.P, D = g.D;
     const long long PP = (long long)P * P;
     if (s->N <= 0 || P <= 0) return 0;
-    for (int h = 0; h < s->heads; h++) {
-        const float *q = qkv + (size_t)h * D * P, *k = q + (size_t)s->C * P;
-        /* scores: C (P x P, column-major) = Kc Qc^T, i.e. row-major S[i, j] = q_i . k_j */
-        BLAS_CHECK(cublasSgemmStridedBatched(blas, CUBLAS_OP_N, CUBLAS_OP_T, P, P, D, &g.scale, k,
-                                             P, g.qkv, q, P, g.qkv, &ZERO, probs + h * PP, P, g.pp,
-                                             s->N));
-    }
-    DD_TRY(dd_cuda_softmax_rows(probs, (int64_t)s->N * s->heads * P, P));
-    for (int h = 0; h < s->heads; h++) {
-        const float *v = qkv + (size_t)2 * s->C * P + (size_t)h * D * P;
-        /* Yc (P x D) = probs (row-major, so OP_T of its column-major view) Vc */
-        BLAS_CHECK(cublasSgemmStridedBatched(blas, CUBLAS_OP_T, CUBLAS_OP_N, P, D, P, &ONE,
-                                             probs + h * PP, P, g.pp, v, P, g.qkv, &ZERO,
-                                             y + (size_t)h * D * P, P, g.y, s->N));
-    }
-    return 0;
+    const size_t Nh = (size_t)s->N * s->heads;
+    float **host = malloc((size_t)ATTN_FWD_PRODUCTS * 3 * Nh * sizeof *host);
+    if (!host) return dd_error("attention: out of host memory");
+    for (int n = 0; n < s->N; n++)
+        for (int h = 0; h < s->heads; h++) {
+            const size_t b = (size_t)n * s->heads + h;
+            float *q = (float *)qkv + n * g.qkv + (size_t)h * D * P;
+            float *k = q + (size_t)s->C * P, *v = q + (size_t)2 * s->C * P;
+            float *pb = probs + (long long)b * PP;
+            /* scores: C (P x P, column-major) = Kc Qc^T, i.e. row-major S[i, j] = q_i . k_j */
+            ATTN_AT(host, 0, 0, b, Nh) = k;
+            ATTN_AT(host, 0, 1, b, Nh) = q;
+            ATTN_AT(host, 0, 2, b, Nh) = pb;
+            /* Yc (P x D) = probs (row-major, so OP_T of its column-major view) Vc */
+            ATTN_AT(host, 1, 0, b, Nh) = pb;
+            ATTN_AT(host, 1, 1, b, Nh) = v;
+            ATTN_AT(host, 1, 2, b, Nh) = y + n * g.y + (size_t)h * D * P;
+        }
+    const void *key[ATTN_KEYS] = {y, probs, qkv, NULL, NULL};
+    float **arr;
+    const int rc = attn_arrays_get(&arr, key, s, ATTN_FWD_PRODUCTS, host);
+    free(host);
+    DD_TRY(rc);
+    DD_TRY(attn_batched(arr, 0, Nh, CUBLAS_OP_N, CUBLAS_OP_T, P, P, D, &g.scale, &ZERO, P));
+    DD_TRY(dd_cuda_softmax_rows(probs, (int64_t)Nh * P, P));
+    return attn_batched(arr, 1, Nh, CUBLAS_OP_T, CUBLAS_OP_N, P, D, P, &ONE, &ZERO, P);
 }
 
 int dd_cuda_attention_backward(float *dqkv, const float *dy, const float *qkv, const float *probs,
@@ -798,32 +870,43 @@ int dd_cuda_attention_backward(float *dqkv, const float *dy, const float *qkv, c
     if (s->N <= 0 || P <= 0) return 0;
     if (!dS) return dd_error("attention backward: needs %zu bytes of workspace, got none",
                              dd_cuda_attention_workspace(s));
-    for (int h = 0; h < s->heads; h++) {
-        const size_t o = (size_t)h * D * P;
-        const float *v = qkv + (size_t)2 * s->C * P + o, *dyh = dy + o;
-        float *dv = dqkv + (size_t)2 * s->C * P + o;
-        /* dP[i, j] = dy_i . v_j: column-major (P x P) = Vc DYc^T */
-        BLAS_CHECK(cublasSgemmStridedBatched(blas, CUBLAS_OP_N, CUBLAS_OP_T, P, P, D, &ONE, v, P,
-                                             g.qkv, dyh, P, g.y, &ZERO, dS + h * PP, P, g.pp,
-                                             s->N));
-        /* dVc[j, d] += sum_i probs[i, j] dy[d, i]: column-major view of probs (= probs^T) DYc */
-        BLAS_CHECK(cublasSgemmStridedBatched(blas, CUBLAS_OP_N, CUBLAS_OP_N, P, D, P, &ONE,
-                                             probs + h * PP, P, g.pp, dyh, P, g.y, &ONE, dv, P,
-                                             g.qkv, s->N));
-    }
-    DD_TRY(dd_cuda_softmax_rows_backward(dS, probs, (int64_t)s->N * s->heads * P, P));
-    for (int h = 0; h < s->heads; h++) {
-        const size_t o = (size_t)h * D * P;
-        const float *q = qkv + o, *k = q + (size_t)s->C * P;
-        float *dq = dqkv + o, *dk = dq + (size_t)s->C * P;
-        /* dQc[i, d] += scale sum_j dS[i, j] k[d, j]: OP_T of dS's column-major view, times Kc */
-        BLAS_CHECK(cublasSgemmStridedBatched(blas, CUBLAS_OP_T, CUBLAS_OP_N, P, D, P, &g.scale,
-                                             dS + h * PP, P, g.pp, k, P, g.qkv, &ONE, dq, P, g.qkv,
-                                             s->N));
-        /* dKc[j, d] += scale sum_i dS[i, j] q[d, i]: dS's column-major view (= dS^T) times Qc */
-        BLAS_CHECK(cublasSgemmStridedBatched(blas, CUBLAS_OP_N, CUBLAS_OP_N, P, D, P, &g.scale,
-                                             dS + h * PP, P, g.pp, q, P, g.qkv, &ONE, dk, P, g.qkv,
-                                             s->N));
-    }
-    return 0;
+    const size_t Nh = (size_t)s->N * s->heads;
+    float **host = malloc((size_t)ATTN_BWD_PRODUCTS * 3 * Nh * sizeof *host);
+    if (!host) return dd_error("attention: out of host memory");
+    for (int n = 0; n < s->N; n++)
+        for (int h = 0; h < s->heads; h++) {
+            const size_t b = (size_t)n * s->heads + h, o = (size_t)h * D * P;
+            float *q = (float *)qkv + n * g.qkv + o;
+            float *k = q + (size_t)s->C * P, *v = q + (size_t)2 * s->C * P;
+            float *dq = dqkv + n * g.qkv + o;
+            float *dk = dq + (size_t)s->C * P, *dv = dq + (size_t)2 * s->C * P;
+            float *dyh = (float *)dy + n * g.y + o;
+            float *pb = (float *)probs + (long long)b * PP, *dSb = dS + (long long)b * PP;
+            /* dP[i, j] = dy_i . v_j: column-major (P x P) = Vc DYc^T */
+            ATTN_AT(host, 0, 0, b, Nh) = v;
+            ATTN_AT(host, 0, 1, b, Nh) = dyh;
+            ATTN_AT(host, 0, 2, b, Nh) = dSb;
+            /* dVc[j, d] += sum_i probs[i, j] dy[d, i]: column-major view of probs (= probs^T) DYc */
+            ATTN_AT(host, 1, 0, b, Nh) = pb;
+            ATTN_AT(host, 1, 1, b, Nh) = dyh;
+            ATTN_AT(host, 1, 2, b, Nh) = dv;
+            /* dQc[i, d] += scale sum_j dS[i, j] k[d, j]: OP_T of dS's column-major view, times Kc */
+            ATTN_AT(host, 2, 0, b, Nh) = dSb;
+            ATTN_AT(host, 2, 1, b, Nh) = k;
+            ATTN_AT(host, 2, 2, b, Nh) = dq;
+            /* dKc[j, d] += scale sum_i dS[i, j] q[d, i]: dS's column-major view (= dS^T) times Qc */
+            ATTN_AT(host, 3, 0, b, Nh) = dSb;
+            ATTN_AT(host, 3, 1, b, Nh) = q;
+            ATTN_AT(host, 3, 2, b, Nh) = dk;
+        }
+    const void *key[ATTN_KEYS] = {dqkv, dy, qkv, probs, ws};
+    float **arr;
+    const int rc = attn_arrays_get(&arr, key, s, ATTN_BWD_PRODUCTS, host);
+    free(host);
+    DD_TRY(rc);
+    DD_TRY(attn_batched(arr, 0, Nh, CUBLAS_OP_N, CUBLAS_OP_T, P, P, D, &ONE, &ZERO, P));
+    DD_TRY(attn_batched(arr, 1, Nh, CUBLAS_OP_N, CUBLAS_OP_N, P, D, P, &ONE, &ONE, P));
+    DD_TRY(dd_cuda_softmax_rows_backward(dS, probs, (int64_t)Nh * P, P));
+    DD_TRY(attn_batched(arr, 2, Nh, CUBLAS_OP_T, CUBLAS_OP_N, P, D, P, &g.scale, &ONE, P));
+    return attn_batched(arr, 3, Nh, CUBLAS_OP_N, CUBLAS_OP_N, P, D, P, &g.scale, &ONE, P);
 }

@@ -154,10 +154,20 @@ bool op_ok(cublasOperation_t t) {
     return t == CUBLAS_OP_N || t == CUBLAS_OP_T || t == CUBLAS_OP_C;
 }
 
-cublasStatus_t gemm(cublasHandle_t h, cublasOperation_t ta, cublasOperation_t tb, int m, int n,
-                    int k, const float *alpha, const float *A, int lda, long long sa,
-                    const float *B, int ldb, long long sb, const float *beta, float *C, int ldc,
-                    long long sc, int batch, const char *name) {
+Gemm make_gemm(cublasHandle_t h, cublasOperation_t ta, cublasOperation_t tb, int m, int n, int k,
+               float alpha, const float *A, int lda, const float *B, int ldb, float beta, float *C,
+               int ldc) {
+    return Gemm{ta, tb, m, n, k, lda, ldb, ldc, 1, 0, 0, 0, alpha, beta, A, B, C,
+                (h->math & ~CUBLAS_MATH_DISALLOW_REDUCED_PRECISION_REDUCTION) ==
+                    CUBLAS_TF32_TENSOR_OP_MATH};
+}
+
+/* The call's checks (every misuse reported, the library's status returned); SUCCESS with
+ * nothing to do is CUBLAS_STATUS_SUCCESS too, so callers test m, n and batch themselves. */
+cublasStatus_t gemm_check(cublasHandle_t h, cublasOperation_t ta, cublasOperation_t tb, int m,
+                          int n, int k, const float *alpha, const float *A, int lda, long long sa,
+                          const float *B, int ldb, long long sb, const float *beta, float *C,
+                          int ldc, long long sc, int batch, const char *name) {
     if (!h) return CUBLAS_STATUS_NOT_INITIALIZED;
     /* the documented checks, in the real library's terms */
     if (m < 0 || n < 0 || k < 0 || batch < 0 || !op_ok(ta) || !op_ok(tb) ||
@@ -196,9 +206,11 @@ cublasStatus_t gemm(cublasHandle_t h, cublasOperation_t ta, cublasOperation_t tb
                    name, h->ws_bytes);
         return CUBLAS_STATUS_EXECUTION_FAILED;
     }
-    const Gemm g{ta, tb, m, n, k, lda, ldb, ldc, batch, sa, sb, sc, *alpha, *beta, A, B, C,
-                 (h->math & ~CUBLAS_MATH_DISALLOW_REDUCED_PRECISION_REDUCTION) ==
-                     CUBLAS_TF32_TENSOR_OP_MATH};
+    Gemm g = make_gemm(h, ta, tb, m, n, k, *alpha, A, lda, B, ldb, *beta, C, ldc);
+    g.batch = batch;
+    g.sa = sa;
+    g.sb = sb;
+    g.sc = sc;
     if (g.reads_ab() && (!A || !B)) {
         emu_misuse("%s: A or B is NULL", name);
         return CUBLAS_STATUS_INVALID_VALUE;
@@ -218,6 +230,21 @@ cublasStatus_t gemm(cublasHandle_t h, cublasOperation_t ta, cublasOperation_t tb
                    name, m, n, k, ldc, sc, batch);
         return CUBLAS_STATUS_INVALID_VALUE;
     }
+    return CUBLAS_STATUS_SUCCESS;
+}
+
+cublasStatus_t gemm(cublasHandle_t h, cublasOperation_t ta, cublasOperation_t tb, int m, int n,
+                    int k, const float *alpha, const float *A, int lda, long long sa,
+                    const float *B, int ldb, long long sb, const float *beta, float *C, int ldc,
+                    long long sc, int batch, const char *name) {
+    const cublasStatus_t st =
+        gemm_check(h, ta, tb, m, n, k, alpha, A, lda, sa, B, ldb, sb, beta, C, ldc, sc, batch, name);
+    if (st != CUBLAS_STATUS_SUCCESS || m == 0 || n == 0 || batch == 0) return st;
+    Gemm g = make_gemm(h, ta, tb, m, n, k, *alpha, A, lda, B, ldb, *beta, C, ldc);
+    g.batch = batch;
+    g.sa = sa;
+    g.sb = sb;
+    g.sc = sc;
     /* a capture invalidated by a refused call fails every later use of the stream */
     if (emu_enqueue(
             h->stream,
@@ -355,6 +382,68 @@ cublasStatus_t cublasSgemmStridedBatched(cublasHandle_t handle, cublasOperation_
                                          int ldc, long long int strideC, int batchCount) {
     return gemm(handle, transa, transb, m, n, k, alpha, A, lda, strideA, B, ldb, strideB, beta, C,
                 ldc, strideC, batchCount, "cublasSgemmStridedBatched");
+}
+
+/* The pointer arrays are device memory, read when the call runs (as the GPU's kernel reads
+ * them), so a capture replays whatever they hold then. Each entry is checked as one GEMM of the
+ * strided path: arguments and device ranges at the call against the arrays' contents then, and
+ * again when run; outputs must not overlap across the batch. */
+cublasStatus_t cublasSgemmBatched(cublasHandle_t handle, cublasOperation_t transa,
+                                  cublasOperation_t transb, int m, int n, int k,
+                                  const float *alpha, const float *const Aarray[], int lda,
+                                  const float *const Barray[], int ldb, const float *beta,
+                                  float *const Carray[], int ldc, int batchCount) {
+    const char *name = "cublasSgemmBatched";
+    if (!handle) return CUBLAS_STATUS_NOT_INITIALIZED;
+    if (batchCount < 0) {
+        emu_misuse("%s: batchCount %d", name, batchCount);
+        return CUBLAS_STATUS_INVALID_VALUE;
+    }
+    if (batchCount == 0 || m == 0 || n == 0) return CUBLAS_STATUS_SUCCESS;
+    const size_t bytes = (size_t)batchCount * sizeof(void *);
+    if (!emu_device_range(Aarray, bytes) || !emu_device_range(Barray, bytes) ||
+        !emu_device_range(Carray, bytes)) {
+        emu_misuse("%s: a pointer array of %d entries is not in device memory", name, batchCount);
+        return CUBLAS_STATUS_INVALID_VALUE;
+    }
+    if (!alpha || !beta) return CUBLAS_STATUS_INVALID_VALUE;
+    /* the checks of the strided path, entry by entry, against the arrays as they are now; the
+     * arrays' contents are host-visible here only because the emulated device memory is */
+    const float a = *alpha, b = *beta;
+    std::vector<Span> spans;
+    for (int i = 0; i < batchCount; i++) {
+        cublasStatus_t st = gemm_check(handle, transa, transb, m, n, k, alpha, Aarray[i], lda, 0,
+                                       Barray[i], ldb, 0, beta, Carray[i], ldc, 0, 1, name);
+        if (st != CUBLAS_STATUS_SUCCESS) return st;
+        const Gemm g = make_gemm(handle, transa, transb, m, n, k, a, Aarray[i], lda, Barray[i],
+                                 ldb, b, Carray[i], ldc);
+        if (g.reads_ab()) {
+            add_spans(spans, g.A, g.a_rows(), g.a_cols(), lda, false);
+            add_spans(spans, g.B, g.b_rows(), g.b_cols(), ldb, false);
+        }
+        add_spans(spans, g.C, m, n, ldc, true);
+    }
+    if (outputs_overlap(spans)) {
+        emu_misuse("%s: an output matrix overlaps an input or another output of the batch", name);
+        return CUBLAS_STATUS_INVALID_VALUE;
+    }
+    /* the math mode as it is at the call */
+    const Gemm proto = make_gemm(handle, transa, transb, m, n, k, a, nullptr, lda, nullptr, ldb, b,
+                                 nullptr, ldc);
+    if (emu_enqueue(
+            handle->stream,
+            [=] {
+                for (int i = 0; i < batchCount; i++) {
+                    Gemm g = proto;
+                    g.A = Aarray[i];
+                    g.B = Barray[i];
+                    g.C = Carray[i];
+                    if (in_device_memory(g, name, "when run")) run_gemm(g);
+                }
+            },
+            name) != cudaSuccess)
+        return CUBLAS_STATUS_EXECUTION_FAILED;
+    return CUBLAS_STATUS_SUCCESS;
 }
 
 } /* extern "C" */

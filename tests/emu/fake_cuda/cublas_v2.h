@@ -74,6 +74,13 @@ cublasStatus_t cublasSgemmStridedBatched(cublasHandle_t handle, cublasOperation_
                                          long long int strideB, const float *beta, float *C,
                                          int ldc, long long int strideC, int batchCount);
 
+/* Aarray, Barray, Carray: arrays of batchCount device pointers, themselves in device memory */
+cublasStatus_t cublasSgemmBatched(cublasHandle_t handle, cublasOperation_t transa,
+                                  cublasOperation_t transb, int m, int n, int k,
+                                  const float *alpha, const float *const Aarray[], int lda,
+                                  const float *const Barray[], int ldb, const float *beta,
+                                  float *const Carray[], int ldc, int batchCount);
+
 #ifdef __cplusplus
 }
 #endif
