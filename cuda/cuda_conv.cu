@@ -24,8 +24,9 @@
  * Index ranges: positions (N Ho Wo, N H W) and every per-image offset fit an int (checked by
  * dd_conv_own_supported); offsets into whole tensors are 64-bit.
  *
- * FP32 FMA math throughout, in both TF32 modes (no tensor cores yet): results match cuDNN's FP32
- * algorithms to rounding. */
+ * Two kinds of tile configuration: FP32 FMA math, whose results match cuDNN's FP32 algorithms to
+ * rounding and which run in both TF32 modes; and TF32 tensor-core math (mma.sync, sm_80 and
+ * later), chosen only where TF32 is allowed, like cuDNN's and cuBLAS's tensor-op math. */
 #include <limits.h>
 #include <math.h>
 #include <stdint.h>
@@ -66,6 +67,17 @@ Geom geometry(const dd_conv_shape *s) {
     return g;
 }
 
+/* ---------------------------------------------------------------- the two kinds of math
+ * A kernel's block computes its BM x BN tile with one of two policies, which own the
+ * accumulators and say which thread holds which element of the tile:
+ *   FmaTile<BM, BN, TM, TN>: FP32 FMA, a TM x TN register tile per thread (rows ty TM + i,
+ *     columns tx TN + j), (BM / TM) (BN / TN) threads.
+ *   MmaTile<BM, BN, WM, WN>: TF32 tensor cores (mma.sync m16n8k8, sm_80 and later), a WM x WN
+ *     tile per warp as (WM / 16) x (WN / 8) mma tiles, (BM / WM) (BN / WN) warps. Operands
+ *     are rounded to TF32 (nearest, ties away) when they are stored to shared memory; products
+ *     accumulate in FP32. Only used when TF32 is allowed (dd_conv_own_config_tf32).
+ * Shared tiles are reduction-major: a[k][m] at a + k AS + m, b[k][n] at b + k BS + n. */
+
 /* n values from shared memory at p (16-byte aligned when n % 4 == 0): float4 loads halve the
  * shared-memory wavefronts of the inner product. */
 template <int n> __device__ __forceinline__ void lds(float (&r)[n], const float *p) {
@@ -84,46 +96,178 @@ template <int n> __device__ __forceinline__ void lds(float (&r)[n], const float 
     }
 }
 
-/* acc += a b^T over one reduction step of the shared tiles (rows of a: this thread's TM rows,
- * of b: its TN columns). */
-template <int TM, int TN>
-__device__ __forceinline__ void fma_step(float (&acc)[TM][TN], const float *a, const float *b) {
-    float av[TM], bv[TN];
-    lds<TM>(av, a);
-    lds<TN>(bv, b);
+template <int BM, int BN, int TM, int TN> struct FmaTile {
+    static_assert(BM % TM == 0 && BN % TN == 0, "tile split");
+    static_assert((TM % 4 || BM % 4 == 0) && (TN % 4 || BN % 4 == 0), "float4 tile reads aligned");
+    static constexpr int T = (BM / TM) * (BN / TN), ROWS = TM, COLS = TN;
+    static constexpr bool TF32 = false;
+    float acc[TM][TN];
+    int r0, c0;
+    __device__ __forceinline__ explicit FmaTile(int tid) {
+        r0 = tid / (BN / TN) * TM;
+        c0 = tid % (BN / TN) * TN;
 #pragma unroll
-    for (int i = 0; i < TM; i++)
+        for (int i = 0; i < TM; i++)
 #pragma unroll
-        for (int j = 0; j < TN; j++) acc[i][j] = fmaf(av[i], bv[j], acc[i][j]);
+            for (int j = 0; j < TN; j++) acc[i][j] = 0.f;
+    }
+    static __device__ __forceinline__ float prep(float v) { return v; }
+    /* acc += a b over the BK reduction steps in shared memory */
+    template <int BK>
+    __device__ __forceinline__ void multiply(const float *a, int AS, const float *b, int BS) {
+#pragma unroll
+        for (int k = 0; k < BK; k++) {
+            float av[TM], bv[TN];
+            lds<TM>(av, a + k * AS + r0);
+            lds<TN>(bv, b + k * BS + c0);
+#pragma unroll
+            for (int i = 0; i < TM; i++)
+#pragma unroll
+                for (int j = 0; j < TN; j++) acc[i][j] = fmaf(av[i], bv[j], acc[i][j]);
+        }
+    }
+    __device__ __forceinline__ int row(int i) const { return r0 + i; }
+    __device__ __forceinline__ int col(int j) const { return c0 + j; }
+    __device__ __forceinline__ float val(int i, int j) const { return acc[i][j]; }
+};
+
+/* x rounded to TF32 (10 fraction bits; nearest, ties away from zero), as cvt.rna.tf32.f32 */
+__device__ __forceinline__ float to_tf32(float x) {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 800
+    unsigned int u;
+    asm("cvt.rna.tf32.f32 %0, %1;" : "=r"(u) : "f"(x));
+    return __uint_as_float(u);
+#else
+    unsigned int u = __float_as_uint(x);
+    if ((u & 0x7f800000u) != 0x7f800000u) u = (u + 0x1000u) & 0xffffe000u;
+    return __uint_as_float(u);
+#endif
 }
+
+#if !(defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 800) /* for mma_tf32's shuffle version */
+__device__ __forceinline__ unsigned long long pack2(float lo, float hi) {
+    return (unsigned long long)__float_as_uint(hi) << 32 | __float_as_uint(lo);
+}
+__device__ __forceinline__ void unpack2(unsigned long long v, float (&out)[2]) {
+    out[0] = __uint_as_float((unsigned int)v);
+    out[1] = __uint_as_float((unsigned int)(v >> 32));
+}
+#endif
+
+/* d += a b for one warp: a 16x8 (row), b 8x8 (col), d 16x8, in the PTX fragment layout of
+ * mma.m16n8k8 .tf32. With g = lane / 4, t = lane % 4: a = {A[g][t], A[g+8][t], A[g][t+4],
+ * A[g+8][t+4]}, b = {B[t][g], B[t+4][g]}, d = {D[g][2t], D[g][2t+1], D[g+8][2t], D[g+8][2t+1]}.
+ * Below sm_80 (and in the CPU emulation) the same product from warp shuffles, in that layout. */
+__device__ __forceinline__ void mma_tf32(float (&d)[4], const float (&a)[4], const float (&b)[2]) {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 800
+    asm volatile(
+        "mma.sync.aligned.m16n8k8.row.col.f32.tf32.tf32.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, "
+        "{%8,%9}, {%0,%1,%2,%3};\n"
+        : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3])
+        : "r"(__float_as_uint(a[0])), "r"(__float_as_uint(a[1])), "r"(__float_as_uint(a[2])),
+          "r"(__float_as_uint(a[3])), "r"(__float_as_uint(b[0])), "r"(__float_as_uint(b[1])));
+#else
+    /* lane g * 4 + q holds A[g][q], A[g+8][q], A[g][q+4], A[g+8][q+4]; lane n * 4 + q holds
+     * B[q][n], B[q+4][n]: four 64-bit shuffles per q fetch what this lane's four outputs need */
+    const int lane = threadIdx.x & 31, g = lane >> 2, t = lane & 3;
+    const unsigned long long a01 = pack2(a[0], a[1]), a23 = pack2(a[2], a[3]);
+    const unsigned long long b01 = pack2(b[0], b[1]);
+#pragma unroll
+    for (int q = 0; q < 4; q++) {
+        /* A rows g, g + 8 at k = q (lo) and q + 4 (hi); B columns 2t (c0), 2t + 1 (c1) */
+        float lo[2], hi[2], c0[2], c1[2];
+        unpack2(__shfl_sync(0xffffffffu, a01, g * 4 + q), lo);
+        unpack2(__shfl_sync(0xffffffffu, a23, g * 4 + q), hi);
+        unpack2(__shfl_sync(0xffffffffu, b01, 8 * t + q), c0);     /* column 2t: k = q, q + 4 */
+        unpack2(__shfl_sync(0xffffffffu, b01, 8 * t + 4 + q), c1); /* column 2t + 1 */
+        d[0] = fmaf(hi[0], c0[1], fmaf(lo[0], c0[0], d[0]));
+        d[1] = fmaf(hi[0], c1[1], fmaf(lo[0], c1[0], d[1]));
+        d[2] = fmaf(hi[1], c0[1], fmaf(lo[1], c0[0], d[2]));
+        d[3] = fmaf(hi[1], c1[1], fmaf(lo[1], c1[0], d[3]));
+    }
+#endif
+}
+
+template <int BM, int BN, int WM, int WN> struct MmaTile {
+    static_assert(BM % WM == 0 && BN % WN == 0 && WM % 16 == 0 && WN % 8 == 0, "warp split");
+    static constexpr int MT = WM / 16, NT = WN / 8;
+    static constexpr int T = (BM / WM) * (BN / WN) * 32, ROWS = 2 * MT, COLS = 2 * NT;
+    static constexpr bool TF32 = true;
+    float acc[MT][NT][4];
+    int r0, c0, g, t; /* the warp's tile origin; the lane's group and thread in group */
+    __device__ __forceinline__ explicit MmaTile(int tid) {
+        const int warp = tid >> 5, lane = tid & 31;
+        r0 = warp / (BN / WN) * WM;
+        c0 = warp % (BN / WN) * WN;
+        g = lane >> 2;
+        t = lane & 3;
+#pragma unroll
+        for (int i = 0; i < MT; i++)
+#pragma unroll
+            for (int j = 0; j < NT; j++)
+#pragma unroll
+                for (int e = 0; e < 4; e++) acc[i][j][e] = 0.f;
+    }
+    static __device__ __forceinline__ float prep(float v) { return to_tf32(v); }
+    template <int BK>
+    __device__ __forceinline__ void multiply(const float *a, int AS, const float *b, int BS) {
+        static_assert(BK % 8 == 0, "whole mma steps");
+#pragma unroll
+        for (int k = 0; k < BK; k += 8) {
+            const float *ak = a + (k + t) * AS + r0 + g, *bk = b + (k + t) * BS + c0 + g;
+            float af[MT][4], bf[NT][2];
+#pragma unroll
+            for (int i = 0; i < MT; i++) {
+                af[i][0] = ak[i * 16];
+                af[i][1] = ak[i * 16 + 8];
+                af[i][2] = ak[4 * AS + i * 16];
+                af[i][3] = ak[4 * AS + i * 16 + 8];
+            }
+#pragma unroll
+            for (int j = 0; j < NT; j++) {
+                bf[j][0] = bk[j * 8];
+                bf[j][1] = bk[4 * BS + j * 8];
+            }
+#pragma unroll
+            for (int i = 0; i < MT; i++)
+#pragma unroll
+                for (int j = 0; j < NT; j++) mma_tf32(acc[i][j], af[i], bf[j]);
+        }
+    }
+    /* row i: mma tile i / 2, upper (g) or lower (g + 8) half; column j: mma tile j / 2, 2t or
+     * 2t + 1 */
+    __device__ __forceinline__ int row(int i) const { return r0 + (i >> 1) * 16 + (i & 1) * 8 + g; }
+    __device__ __forceinline__ int col(int j) const { return c0 + (j >> 1) * 8 + 2 * t + (j & 1); }
+    __device__ __forceinline__ float val(int i, int j) const {
+        return acc[i >> 1][j >> 1][(i & 1) * 2 + (j & 1)];
+    }
+};
 
 /* ---------------------------------------------------------------- forward and backward-data */
 
 /* Both are C (M x cols) = A (M x R) B (R x cols) with A a weight gather and B an activation
  * gather; each thread loads B in one fixed column (tid % BN), so its column decode is done once.
  * A is loaded reduction-index fastest (contiguous in w for both directions) into As[r][m]
- * (rows padded by 4 floats: fewer bank conflicts on the transposing store, float4 reads stay
- * aligned). KT is K when known at compile time (3, 4), else 0 (K from g). DATA selects
- * backward-data. */
-template <bool DATA, int KT, int BM, int BN, int BK, int TM, int TN>
-__global__ void __launch_bounds__((BM / TM) * (BN / TN))
+ * (rows padded: fewer bank conflicts on the transposing store; 8 floats for the tensor cores,
+ * whose fragment reads are then conflict-free). KT is K when known at compile time (3, 4), else
+ * 0 (K from g). DATA selects backward-data. */
+template <bool DATA, int KT, int BM, int BN, int BK, class Math>
+__global__ void __launch_bounds__(Math::T)
     conv_gemm_kernel(float *__restrict__ out, const float *__restrict__ act,
                      const float *__restrict__ w, const float *__restrict__ bias, const Geom g) {
-    constexpr int NTX = BN / TN, T = (BM / TM) * NTX;
-    static_assert(BM % TM == 0 && BN % TN == 0, "tile split");
+    constexpr int T = Math::T;
     static_assert(T % BN == 0 && (BK * BN) % T == 0, "B tile: whole rows per pass");
-    static_assert((TM % 4 || BM % 4 == 0) && (TN % 4 || BN % 4 == 0), "float4 tile reads aligned");
     constexpr int NA = (BM * BK + T - 1) / T, NB = BK * BN / T, RSTEP = T / BN;
-    constexpr int AS = BM + 4;
+    constexpr int AS = BM + (Math::TF32 ? 8 : 4), BS = BN + (Math::TF32 ? 8 : 0);
     __shared__ __align__(16) float As[BK * AS];
-    __shared__ __align__(16) float Bs[BK * BN];
+    __shared__ __align__(16) float Bs[BK * BS];
 
     const int K = KT ? KT : g.K, KK = KT ? KT * KT : g.KK;
     const int M = DATA ? g.Cin : g.Cout;     /* output channels of this GEMM */
     const int R = DATA ? g.Kd : g.Kf;        /* reduction length */
     const int cols = DATA ? g.Px : g.Py;     /* output positions */
     const int plane = DATA ? g.HW : g.HoWo;  /* output plane size */
-    const int tid = threadIdx.x, tx = tid % NTX, ty = tid / NTX;
+    const int tid = threadIdx.x;
     const int m0 = blockIdx.y * BM, c0 = blockIdx.x * BN;
 
     /* this thread's B column, decoded once */
@@ -193,44 +337,36 @@ __global__ void __launch_bounds__((BM / TM) * (BN / TN))
         }
     };
 
-    float acc[TM][TN];
-#pragma unroll
-    for (int i = 0; i < TM; i++)
-#pragma unroll
-        for (int j = 0; j < TN; j++) acc[i][j] = 0.f;
-
+    Math tile(tid);
     load(0);
     for (int k0 = 0; k0 < R; k0 += BK) {
 #pragma unroll
         for (int i = 0; i < NA; i++) {
             const int e = tid + i * T;
-            if (e < BM * BK) As[(e % BK) * AS + e / BK] = ra[i];
+            if (e < BM * BK) As[(e % BK) * AS + e / BK] = Math::prep(ra[i]);
         }
 #pragma unroll
-        for (int i = 0; i < NB; i++) Bs[(br + i * RSTEP) * BN + bc] = rb[i];
+        for (int i = 0; i < NB; i++) Bs[(br + i * RSTEP) * BS + bc] = Math::prep(rb[i]);
         __syncthreads();
         if (k0 + BK < R) load(k0 + BK); /* in flight while this step multiplies */
-#pragma unroll
-        for (int kk = 0; kk < BK; kk++)
-            fma_step<TM, TN>(acc, &As[kk * AS + ty * TM], &Bs[kk * BN + tx * TN]);
+        tile.template multiply<BK>(As, AS, Bs, BS);
         __syncthreads(); /* before the next step overwrites the tiles */
     }
 
-    const int Mtot = M; /* channels of the output tensor */
 #pragma unroll
-    for (int j = 0; j < TN; j++) {
-        const int cj = c0 + tx * TN + j;
+    for (int j = 0; j < Math::COLS; j++) {
+        const int cj = c0 + tile.col(j);
         if (cj >= cols) continue;
         const int img = cj / plane, pos = cj - img * plane;
-        float *o = out + (int64_t)img * Mtot * plane + pos;
+        float *o = out + (int64_t)img * M * plane + pos;
 #pragma unroll
-        for (int i = 0; i < TM; i++) {
-            const int m = m0 + ty * TM + i;
+        for (int i = 0; i < Math::ROWS; i++) {
+            const int m = m0 + tile.row(i);
             if (m >= M) continue;
             if (DATA)
-                o[(int64_t)m * plane] += acc[i][j];
+                o[(int64_t)m * plane] += tile.val(i, j);
             else
-                o[(int64_t)m * plane] = acc[i][j] + (bias ? __ldg(bias + m) : 0.f);
+                o[(int64_t)m * plane] = tile.val(i, j) + (bias ? __ldg(bias + m) : 0.f);
         }
     }
 }
@@ -242,22 +378,21 @@ __global__ void __launch_bounds__((BM / TM) * (BN / TN))
  * position-fastest (coalesced along ow); each thread keeps one position per step (tid % BK),
  * decoded once per step. part NULL: add into dw/db directly (one split); else write the
  * partial tile to part[z][co][r]. */
-template <int KT, int BM, int BN, int BK, int TM, int TN>
-__global__ void __launch_bounds__((BM / TM) * (BN / TN))
+template <int KT, int BM, int BN, int BK, class Math>
+__global__ void __launch_bounds__(Math::T)
     conv_filter_kernel(float *__restrict__ dw, float *__restrict__ db, float *__restrict__ part,
                        const float *__restrict__ dy, const float *__restrict__ x, const Geom g,
                        int NR, int chunk) {
-    constexpr int NTX = BN / TN, T = (BM / TM) * NTX;
-    static_assert(BM % TM == 0 && BN % TN == 0, "tile split");
+    constexpr int T = Math::T;
     static_assert(T % BK == 0 && (BM * BK) % T == 0 && (BN * BK) % T == 0, "tile loads");
-    static_assert((TM % 4 || BM % 4 == 0) && (TN % 4 || BN % 4 == 0), "float4 tile reads aligned");
+    static_assert(!Math::TF32 || (BK % 8 == 0 && T >= BM), "whole mma steps; a thread per row");
     constexpr int RS = T / BK, NA = BM * BK / T, NB = BN * BK / T;
     constexpr int AS = BM + 4, BS = BN + 4;
     __shared__ __align__(16) float As[BK * AS];
     __shared__ __align__(16) float Bs[BK * BS];
 
     const int K = KT ? KT : g.K, KK = KT ? KT * KT : g.KK;
-    const int tid = threadIdx.x, tx = tid % NTX, ty = tid / NTX;
+    const int tid = threadIdx.x;
     const int n0 = blockIdx.x * BN, m0 = blockIdx.y * BM;
     const int kb = blockIdx.z * chunk;
     const int64_t kend = (int64_t)kb + chunk; /* may pass INT_MAX: the last split's end */
@@ -300,40 +435,58 @@ __global__ void __launch_bounds__((BM / TM) * (BN / TN))
         }
     };
 
-    float acc[TM][TN];
+    /* With TF32 math, db would sum dy rounded to TF32 through the ones column: instead the block
+     * that holds that column sums its dy values in FP32 on the side (rsum: this thread's rows),
+     * and its column Kf takes those sums (bsum, below). */
+    const bool side_db = Math::TF32 && db && n0 <= g.Kf && g.Kf < n0 + BN;
+    float rsum[NA];
 #pragma unroll
-    for (int i = 0; i < TM; i++)
-#pragma unroll
-        for (int j = 0; j < TN; j++) acc[i][j] = 0.f;
+    for (int i = 0; i < NA; i++) rsum[i] = 0.f;
 
+    Math tile(tid);
     if (kb < ke) load(kb);
     for (int k0 = kb; k0 < ke; k0 += BK) {
 #pragma unroll
-        for (int i = 0; i < NA; i++) As[kt * AS + rt + i * RS] = ra[i];
+        for (int i = 0; i < NA; i++) {
+            As[kt * AS + rt + i * RS] = Math::prep(ra[i]);
+            if (side_db) rsum[i] += ra[i];
+        }
 #pragma unroll
-        for (int i = 0; i < NB; i++) Bs[kt * BS + rt + i * RS] = rb[i];
+        for (int i = 0; i < NB; i++) Bs[kt * BS + rt + i * RS] = Math::prep(rb[i]);
         __syncthreads();
         if (k0 + BK < ke) load(k0 + BK);
+        tile.template multiply<BK>(As, AS, Bs, BS);
+        __syncthreads();
+    }
+    /* the side sums per row, in a fixed order (the tiles are free now): bsum[m - m0] */
+    float *const bsum = Bs;
+    if (side_db) {
 #pragma unroll
-        for (int kk = 0; kk < BK; kk++)
-            fma_step<TM, TN>(acc, &As[kk * AS + ty * TM], &Bs[kk * BS + tx * TN]);
+        for (int i = 0; i < NA; i++) As[(rt + i * RS) * BK + kt] = rsum[i];
+        __syncthreads();
+        if (tid < BM) {
+            float v = 0.f;
+            for (int k = 0; k < BK; k++) v += As[tid * BK + k];
+            bsum[tid] = v;
+        }
         __syncthreads();
     }
 
 #pragma unroll
-    for (int i = 0; i < TM; i++) {
-        const int m = m0 + ty * TM + i;
+    for (int i = 0; i < Math::ROWS; i++) {
+        const int m = m0 + tile.row(i);
         if (m >= g.Cout) continue;
 #pragma unroll
-        for (int j = 0; j < TN; j++) {
-            const int n = n0 + tx * TN + j;
+        for (int j = 0; j < Math::COLS; j++) {
+            const int n = n0 + tile.col(j);
             if (n >= NR) continue;
+            const float v = side_db && n == g.Kf ? bsum[m - m0] : tile.val(i, j);
             if (part)
-                part[((int64_t)blockIdx.z * g.Cout + m) * NR + n] = acc[i][j];
+                part[((int64_t)blockIdx.z * g.Cout + m) * NR + n] = v;
             else if (n < g.Kf) {
-                if (dw) dw[(int64_t)m * g.Kf + n] += acc[i][j];
+                if (dw) dw[(int64_t)m * g.Kf + n] += v;
             } else {
-                db[m] += acc[i][j]; /* n == Kf: only there when db is wanted */
+                db[m] += v; /* n == Kf: only there when db is wanted */
             }
         }
     }
@@ -384,21 +537,21 @@ int sm_count = 0; /* set by dd_conv_own_prepare (outside any capture) */
 
 unsigned int ceil_div(int64_t a, int64_t b) { return (unsigned int)((a + b - 1) / b); }
 
-template <bool DATA, int BM, int BN, int BK, int TM, int TN>
+template <bool DATA, int BM, int BN, int BK, class Math>
 int launch_gemm(float *out, const float *act, const float *w, const float *bias, const Geom &g) {
-    constexpr int T = (BM / TM) * (BN / TN);
+    constexpr int T = Math::T;
     const int M = DATA ? g.Cin : g.Cout, cols = DATA ? g.Px : g.Py;
     if (M <= 0 || cols <= 0) return 0;
     const dim3 grid(ceil_div(cols, BN), ceil_div(M, BM));
     if (grid.y > 65535) return dd_error("conv2d (own kernels): %d channels, too many", M);
     if (g.K == 3)
-        conv_gemm_kernel<DATA, 3, BM, BN, BK, TM, TN>
+        conv_gemm_kernel<DATA, 3, BM, BN, BK, Math>
             <<<grid, T, 0, dd_cuda_stream>>>(out, act, w, bias, g);
     else if (g.K == 4)
-        conv_gemm_kernel<DATA, 4, BM, BN, BK, TM, TN>
+        conv_gemm_kernel<DATA, 4, BM, BN, BK, Math>
             <<<grid, T, 0, dd_cuda_stream>>>(out, act, w, bias, g);
     else
-        conv_gemm_kernel<DATA, 0, BM, BN, BK, TM, TN>
+        conv_gemm_kernel<DATA, 0, BM, BN, BK, Math>
             <<<grid, T, 0, dd_cuda_stream>>>(out, act, w, bias, g);
     if (DATA)
         DD_CUDA_LAUNCHED("conv backward-data (own)");
@@ -410,10 +563,10 @@ int launch_gemm(float *out, const float *act, const float *w, const float *bias,
 /* Splits of the filter reduction: about 4 blocks per SM in all, each split at least two
  * reduction steps long, the partials within the workspace (and 16 MiB, so that the second pass
  * stays cheap). One split (no workspace needed) when that leaves fewer than two. */
-template <int BM, int BN, int BK, int TM, int TN>
+template <int BM, int BN, int BK, class Math>
 int launch_filter(float *dw, float *db, const float *dy, const float *x, const Geom &g, void *ws,
                   size_t ws_bytes) {
-    constexpr int T = (BM / TM) * (BN / TN);
+    constexpr int T = Math::T;
     const int NR = g.Kf + (db ? 1 : 0);
     if (g.Cout <= 0 || NR <= 0 || g.Py <= 0 || (!dw && !db)) return 0;
     const int64_t tiles = (int64_t)ceil_div(NR, BN) * ceil_div(g.Cout, BM);
@@ -440,13 +593,13 @@ int launch_filter(float *dw, float *db, const float *dy, const float *x, const G
     const dim3 grid(ceil_div(NR, BN), ceil_div(g.Cout, BM), (unsigned int)splits);
     if (grid.y > 65535) return dd_error("conv2d (own kernels): %d channels, too many", g.Cout);
     if (g.K == 3)
-        conv_filter_kernel<3, BM, BN, BK, TM, TN>
+        conv_filter_kernel<3, BM, BN, BK, Math>
             <<<grid, T, 0, dd_cuda_stream>>>(dw, db, part, dy, x, g, NR, (int)chunk);
     else if (g.K == 4)
-        conv_filter_kernel<4, BM, BN, BK, TM, TN>
+        conv_filter_kernel<4, BM, BN, BK, Math>
             <<<grid, T, 0, dd_cuda_stream>>>(dw, db, part, dy, x, g, NR, (int)chunk);
     else
-        conv_filter_kernel<0, BM, BN, BK, TM, TN>
+        conv_filter_kernel<0, BM, BN, BK, Math>
             <<<grid, T, 0, dd_cuda_stream>>>(dw, db, part, dy, x, g, NR, (int)chunk);
     DD_CUDA_LAUNCHED("conv backward-filter (own)");
     if (part) {
@@ -464,24 +617,39 @@ typedef int (*gemm_fn)(float *, const float *, const float *, const float *, con
 typedef int (*filter_fn)(float *, float *, const float *, const float *, const Geom &, void *,
                          size_t);
 
-/* Tile configurations, BMxBN (BK, TMxTN): all 128 threads except the first filter one (64). */
+/* Tile configurations, BMxBN: first FP32 FMA (BK, TMxTN), all 128 threads except the first
+ * filter one (64); then, named tc..., TF32 tensor-core ones (BK, warp tile WMxWN), 128 threads
+ * (4 warps). The FP32 ones come first and are the default picks: the tc ones run only where TF32
+ * is allowed (dd_conv_own_config_tf32). */
+template <int BM, int BN, int TM, int TN> using F = FmaTile<BM, BN, TM, TN>;
+template <int BM, int BN, int WM, int WN> using TC = MmaTile<BM, BN, WM, WN>;
 template <bool DATA> struct GemmConfigs {
     static constexpr gemm_fn fn[] = {
-        launch_gemm<DATA, 8, 128, 8, 2, 4>,  launch_gemm<DATA, 16, 128, 16, 4, 4>,
-        launch_gemm<DATA, 32, 64, 16, 4, 4>, launch_gemm<DATA, 64, 64, 16, 8, 4>,
-        launch_gemm<DATA, 64, 128, 8, 8, 8>,
+        launch_gemm<DATA, 8, 128, 8, F<8, 128, 2, 4>>,
+        launch_gemm<DATA, 16, 128, 16, F<16, 128, 4, 4>>,
+        launch_gemm<DATA, 32, 64, 16, F<32, 64, 4, 4>>,
+        launch_gemm<DATA, 64, 64, 16, F<64, 64, 8, 4>>,
+        launch_gemm<DATA, 64, 128, 8, F<64, 128, 8, 8>>,
+        launch_gemm<DATA, 16, 128, 16, TC<16, 128, 16, 32>>,
+        launch_gemm<DATA, 32, 64, 16, TC<32, 64, 16, 32>>,
+        launch_gemm<DATA, 64, 64, 16, TC<64, 64, 32, 32>>,
+        launch_gemm<DATA, 64, 128, 16, TC<64, 128, 32, 64>>,
     };
 };
-const char *const gemm_names[] = {"8x128", "16x128", "32x64", "64x64", "64x128"};
-constexpr int GEMM_CONFIGS = 5;
+const char *const gemm_names[] = {"8x128",    "16x128",  "32x64",   "64x64",  "64x128",
+                                  "tc16x128", "tc32x64", "tc64x64", "tc64x128"};
+constexpr int GEMM_CONFIGS = 9, GEMM_FP32_CONFIGS = 5;
 
 const filter_fn filter_fns[] = {
-    launch_filter<16, 64, 16, 4, 4>,
-    launch_filter<32, 64, 32, 4, 4>,
-    launch_filter<64, 64, 32, 8, 4>,
+    launch_filter<16, 64, 16, F<16, 64, 4, 4>>,
+    launch_filter<32, 64, 32, F<32, 64, 4, 4>>,
+    launch_filter<64, 64, 32, F<64, 64, 8, 4>>,
+    launch_filter<16, 64, 32, TC<16, 64, 16, 16>>,
+    launch_filter<32, 64, 32, TC<32, 64, 16, 32>>,
+    launch_filter<64, 64, 32, TC<64, 64, 32, 32>>,
 };
-const char *const filter_names[] = {"16x64", "32x64", "64x64"};
-constexpr int FILTER_CONFIGS = 3;
+const char *const filter_names[] = {"16x64", "32x64", "64x64", "tc16x64", "tc32x64", "tc64x64"};
+constexpr int FILTER_CONFIGS = 6, FILTER_FP32_CONFIGS = 3;
 
 /* the first configuration whose BM covers m channels (the last for more) */
 int by_channels(int m) {
@@ -506,9 +674,20 @@ const char *dd_conv_own_config_name(int dir, int cfg) {
     return dir == DD_CONV_BWD_FILTER ? filter_names[cfg] : gemm_names[cfg];
 }
 
+int dd_conv_own_config_tf32(int dir, int cfg) {
+    if (cfg < 0 || cfg >= dd_conv_own_configs(dir)) return 0;
+    return cfg >= (dir == DD_CONV_BWD_FILTER ? FILTER_FP32_CONFIGS : GEMM_FP32_CONFIGS);
+}
+
 int dd_conv_own_default(int dir, const dd_conv_shape *s) {
     if (dir == DD_CONV_BWD_FILTER) return s->Cout <= 16 ? 0 : s->Cout <= 32 ? 1 : 2;
     return by_channels(dir == DD_CONV_BWD_DATA ? s->Cin : s->Cout);
+}
+
+int dd_conv_own_default_tf32(int dir, const dd_conv_shape *s) {
+    const int m = dir == DD_CONV_BWD_FILTER ? s->Cout : dir == DD_CONV_BWD_DATA ? s->Cin : s->Cout;
+    const int i = m <= 16 ? 0 : m <= 32 ? 1 : 2;
+    return (dir == DD_CONV_BWD_FILTER ? FILTER_FP32_CONFIGS : GEMM_FP32_CONFIGS) + i;
 }
 
 int dd_conv_own_supported(const dd_conv_shape *s) {

@@ -12,13 +12,16 @@
  * later. conv2d_workspace also runs the search, so calling it for every shape (the graph's
  * memory plan does) leaves nothing to choose or allocate during a CUDA graph capture.
  *
- * Which implementation: env DIFFUSION_CONV = cudnn | own | auto (default auto). auto times, for
+ * Which implementation: env DIFFUSION_CONV = cudnn | own | own-tf32 | auto (default auto). auto times, for
  * each new shape, cuDNN's choice and every own tile configuration per direction (on scratch
  * buffers, GPU time only) and keeps the faster, but an own kernel is only kept after it matched
- * an FP32 cuDNN reference on that shape (max|own - ref| / max|ref| <= 1e-3 with TF32 on, 1e-5
- * off); on a mismatch cuDNN stays and one warning line names the shape. own uses the own kernels
- * wherever they fit, untimed and unchecked (the tests' mode). DIFFUSION_CONV_LOG=1 prints each
- * shape's timings and choices to stderr.
+ * an FP32 cuDNN reference on that shape (max|own - ref| / max|ref| <= 1e-5 with TF32 off; with
+ * TF32 on, 1e-3 for the FP32 configurations and 4e-3 for the tensor-core ones, which round
+ * their operands to TF32: unit roundoff 2^-11); on a mismatch cuDNN stays and one warning line
+ * names the shape. The tensor-core configurations are candidates only with TF32 on. own uses the
+ * own FP32 kernels wherever they fit, untimed and unchecked (the tests' mode); own-tf32 the same
+ * with the tensor-core ones where TF32 is on. DIFFUSION_CONV_LOG=1 prints each shape's timings
+ * and choices to stderr.
  *
  * With TF32 off the search keeps to the GEMM-style algorithms (no FFT or Winograd), whose FP32
  * results stay within ~1e-6 of a plain sum: that mode is the one for accuracy.
@@ -103,7 +106,7 @@ static conv_entry *conv_cache; /* grows at plan time only */
 static int conv_count, conv_capacity;
 
 /* DIFFUSION_CONV (read at the first convolution) */
-enum { POLICY_UNSET, POLICY_AUTO, POLICY_CUDNN, POLICY_OWN };
+enum { POLICY_UNSET, POLICY_AUTO, POLICY_CUDNN, POLICY_OWN, POLICY_OWN_TF32 };
 static int conv_policy = POLICY_UNSET;
 static int conv_log;                                     /* DIFFUSION_CONV_LOG set and not 0 */
 static int conv_forced[DD_CONV_DIRS] = {-1, -1, -1};     /* dd_cuda_conv_force_own */
@@ -120,8 +123,10 @@ static int read_policy(void) {
         conv_policy = POLICY_CUDNN;
     else if (!strcmp(v, "own"))
         conv_policy = POLICY_OWN;
+    else if (!strcmp(v, "own-tf32"))
+        conv_policy = POLICY_OWN_TF32;
     else
-        return dd_error("DIFFUSION_CONV=%s: use cudnn, own or auto", v);
+        return dd_error("DIFFUSION_CONV=%s: use cudnn, own, own-tf32 or auto", v);
     return 0;
 }
 
@@ -148,8 +153,10 @@ int dd_cuda_conv_set_policy(const char *policy) {
         p = POLICY_CUDNN;
     else if (!strcmp(policy, "own"))
         p = POLICY_OWN;
+    else if (!strcmp(policy, "own-tf32"))
+        p = POLICY_OWN_TF32;
     else
-        return dd_error("dd_cuda_conv_set_policy(%s): use cudnn, own or auto", policy);
+        return dd_error("dd_cuda_conv_set_policy(%s): use cudnn, own, own-tf32 or auto", policy);
     if (dd_cuda_capturing()) return dd_error("dd_cuda_conv_set_policy: not during a capture");
     (void)read_policy(); /* for DIFFUSION_CONV_LOG; the policy is overridden below */
     dd_error_clear();
@@ -521,7 +528,6 @@ static int validate(conv_entry *e, int mode, int d, int cfg, const conv_scratch 
  * (-1) the caller keeps cuDNN everywhere. */
 static int conv_autotune(conv_entry *e, int mode) {
     const dd_conv_shape *s = &e->s;
-    const double tol = mode ? 1e-3 : 1e-5;
     char shape[96], line[640], bad[256];
     shape_text(shape, sizeof shape, s);
     size_t len = (size_t)snprintf(line, sizeof line, "diffusion: conv %s (TF32 %s):", shape,
@@ -542,6 +548,7 @@ static int conv_autotune(conv_entry *e, int mode) {
         int best = -1;
         if (time_dir(e, mode, d, USE_CUDNN, &sc, ev, &t_dnn)) goto done;
         for (int c = 0; c < dd_conv_own_configs(d); c++) {
+            if (!mode && dd_conv_own_config_tf32(d, c)) continue; /* strict: no tensor cores */
             if (time_dir(e, mode, d, c, &sc, ev, &t)) goto done;
             if (t < t_best) {
                 t_best = t;
@@ -551,6 +558,7 @@ static int conv_autotune(conv_entry *e, int mode) {
         const char *verdict = "cudnn";
         double err = 0.0;
         if (best >= 0 && t_best < t_dnn) {
+            const double tol = !mode ? 1e-5 : dd_conv_own_config_tf32(d, best) ? 4e-3 : 1e-3;
             if (validate(e, mode, d, best, &sc, &err)) goto done;
             if (err <= tol) {
                 e->use[mode][d] = best;
@@ -595,14 +603,22 @@ static int conv_choose(conv_entry *e, int mode) {
     char shape[96];
     shape_text(shape, sizeof shape, &e->s);
     if (own_ok) DD_TRY(dd_conv_own_prepare());
-    if (conv_policy == POLICY_OWN && own_ok) {
-        for (int d = 0; d < DD_CONV_DIRS; d++)
-            e->use[mode][d] = conv_forced[d] >= 0 ? conv_forced[d] : dd_conv_own_default(d, &e->s);
+    if ((conv_policy == POLICY_OWN || conv_policy == POLICY_OWN_TF32) && own_ok) {
+        const int tc = conv_policy == POLICY_OWN_TF32 && mode;
+        for (int d = 0; d < DD_CONV_DIRS; d++) {
+            e->use[mode][d] = conv_forced[d] >= 0 ? conv_forced[d]
+                              : tc                ? dd_conv_own_default_tf32(d, &e->s)
+                                                  : dd_conv_own_default(d, &e->s);
+            if (!mode && dd_conv_own_config_tf32(d, e->use[mode][d]))
+                return dd_error("conv %s: own %s configuration %s uses TF32 tensor cores, and "
+                                "TF32 is off",
+                                shape, dir_name[d], dd_conv_own_config_name(d, e->use[mode][d]));
+        }
         if (conv_log)
-            fprintf(stderr, "diffusion: conv %s: own %s / %s / %s (DIFFUSION_CONV=own, untimed)\n",
+            fprintf(stderr, "diffusion: conv %s: own %s / %s / %s (DIFFUSION_CONV=%s, untimed)\n",
                     shape, dd_conv_own_config_name(0, e->use[mode][0]),
                     dd_conv_own_config_name(1, e->use[mode][1]),
-                    dd_conv_own_config_name(2, e->use[mode][2]));
+                    dd_conv_own_config_name(2, e->use[mode][2]), tc ? "own-tf32" : "own");
         return 0;
     }
     if (!e->cudnn_found[mode]) DD_TRY(conv_find(e, mode));

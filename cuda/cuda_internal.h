@@ -134,8 +134,9 @@ int dd_cuda_capturing(void);
 #endif
 
 /* ======================================================================= own convolution kernels
- * cuda/cuda_conv.cu: FP32 implicit-GEMM convolutions, correct for every dd_conv_shape, in
- * several tile configurations per direction; cuda_dnn.c chooses between them and cuDNN.
+ * cuda/cuda_conv.cu: implicit-GEMM convolutions, correct for every dd_conv_shape, in several
+ * tile configurations per direction (FP32, and TF32 tensor-core ones); cuda_dnn.c chooses
+ * between them and cuDNN.
  * Argument conventions as dd_backend's conv2d (backward ADDS, NULL = skip). */
 #ifdef __cplusplus
 extern "C" {
@@ -145,7 +146,10 @@ enum { DD_CONV_FWD, DD_CONV_BWD_DATA, DD_CONV_BWD_FILTER, DD_CONV_DIRS };
 
 int dd_conv_own_configs(int dir);                          /* tile configurations of a direction */
 const char *dd_conv_own_config_name(int dir, int cfg);     /* e.g. "64x64" (BM x BN) */
+/* 1 when configuration cfg multiplies on TF32 tensor cores ("tc..."): only for TF32 on */
+int dd_conv_own_config_tf32(int dir, int cfg);
 int dd_conv_own_default(int dir, const dd_conv_shape *s);  /* the untimed pick for a shape */
+int dd_conv_own_default_tf32(int dir, const dd_conv_shape *s); /* the same among the tc ones */
 int dd_conv_own_supported(const dd_conv_shape *s);         /* 1 when its sizes fit the kernels */
 int dd_conv_own_prepare(void); /* reads the SM count; call outside any capture first */
 /* y = conv(x, w) + b (b may be NULL); no workspace */
@@ -172,7 +176,8 @@ int dd_conv_fill(float *out, size_t n, unsigned int seed);
  * DIFFUSION_CONV=own) with these configurations per direction (-1: the default pick), and forget
  * every shape's earlier choice. Fails for a configuration out of range. */
 int dd_cuda_conv_force_own(int fwd_cfg, int bwd_data_cfg, int bwd_filter_cfg);
-/* As DIFFUSION_CONV = policy ("auto", "cudnn", "own"), from now on; forgets every choice. */
+/* As DIFFUSION_CONV = policy ("auto", "cudnn", "own", "own-tf32"), from now on; forgets every
+ * choice. */
 int dd_cuda_conv_set_policy(const char *policy);
 
 #ifdef __cplusplus

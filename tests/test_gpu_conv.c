@@ -1,8 +1,9 @@
 /* The handwritten convolution kernels (cuda/cuda_conv.cu) against the CPU backend: forward, dx,
  * dw and db, for each of the UNet's 15 convolution shapes and awkward ones (odd sizes, Cin = 1,
  * Cout = 1, K = 1, 2, 5, stride 2 and 3, no bias, dx or dw not wanted, batch 1 and 300), in every
- * tile configuration of each direction (DIFFUSION_CONV=own semantics: no cuDNN, no safety net),
- * with TF32 off (the own kernels are FP32 in both modes) to FP32_TOL. Gradients start from random
+ * tile configuration of each direction (DIFFUSION_CONV=own semantics: no cuDNN, no safety net):
+ * the FP32 ones with TF32 off to FP32_TOL, the TF32 tensor-core ones ("tc...", paired with each
+ * other) with TF32 on to TF32_TOL. Gradients start from random
  * values on both backends, so the += contract is checked; forward outputs start as NaN, so an
  * element never written fails; a NULL gradient must stay untouched. The default pick runs once
  * more without a workspace (the own kernels need none; the filter gradient is then one split).
@@ -33,7 +34,8 @@
 static const dd_backend *gpu;
 static const dd_backend *cpu = &dd_cpu_backend;
 static uint64_t seed_counter = 1;
-static int no_workspace; /* set by a variant: the GPU calls get ws = NULL */
+static int no_workspace;   /* set by a variant: the GPU calls get ws = NULL */
+static double variant_tol; /* set by a variant: its tolerance instead of run_case's (0: none) */
 
 static void fatal(const char *what) {
     fprintf(stderr, "FATAL: %s: %s\n", what, dd_error_message());
@@ -82,7 +84,7 @@ typedef struct {
 /* One shape: the CPU's results once, then the GPU in each configuration set by `configure`
  * (called with the variant index; returns 0 when the variant exists). */
 static void run_case(const conv_case *c, int variants, int (*configure)(int v, char *name, size_t n),
-                     double tol) {
+                     double case_tol) {
     dd_conv_shape s = {c->N, c->Cin, c->H, c->W, c->Cout, c->K, c->stride, c->pad, 0, 0};
     s.Ho = (c->H + 2 * c->pad - c->K) / c->stride + 1;
     s.Wo = (c->W + 2 * c->pad - c->K) / c->stride + 1;
@@ -131,6 +133,7 @@ static void run_case(const conv_case *c, int variants, int (*configure)(int v, c
                                       c->bias ? gdb : NULL, gdy, gx, gw, &s, gws) == 0 &&
                  gpu->synchronize() == 0;
         CHECKF(ok, "%s: %s", what, dd_error_message());
+        const double tol = variant_tol > 0.0 ? variant_tol : case_tol;
         if (ok) {
             char item[300];
             snprintf(item, sizeof item, "%s y", what);
@@ -201,18 +204,35 @@ static const conv_case awkward[] = {
     {300, 64, 7, 7, 64, 3, 1, 1, 1, 1, 1},
 };
 
-/* variant v: configuration v of every direction (the filter's modulo its count); then the
+/* the filter configuration that runs beside forward/backward-data configuration v: one of the
+ * same kind (FP32 or tensor cores), in turn, so that every one of them runs */
+static int paired_filter(int v) {
+    const int tc = dd_conv_own_config_tf32(DD_CONV_FWD, v);
+    int rank = 0, same[32], n = 0;
+    for (int i = 0; i < v; i++) rank += dd_conv_own_config_tf32(DD_CONV_FWD, i) == tc;
+    for (int f = 0; f < dd_conv_own_configs(DD_CONV_BWD_FILTER) && n < 32; f++)
+        if (dd_conv_own_config_tf32(DD_CONV_BWD_FILTER, f) == tc) same[n++] = f;
+    if (!n) fatal("no backward-filter configuration of the same kind");
+    return same[rank % n];
+}
+
+/* variant v: configuration v of forward and backward-data with paired_filter(v), TF32 on and
+ * TF32_TOL for the tensor-core ones (FP32 ones: TF32 off, the caller's tolerance); then the
  * default pick, with and without a workspace (the own kernels need none: the filter gradient
  * then runs as one split) */
 static int own_variant(int v, char *name, size_t n) {
-    const int ng = dd_conv_own_configs(DD_CONV_FWD), nf = dd_conv_own_configs(DD_CONV_BWD_FILTER);
+    const int ng = dd_conv_own_configs(DD_CONV_FWD);
     no_workspace = v == ng + 1;
     if (v >= ng) {
         snprintf(name, n, "own default%s", no_workspace ? ", no workspace" : "");
+        if (dd_cuda_set_tf32(0)) fatal("dd_cuda_set_tf32");
+        variant_tol = 0.0;
         if (dd_cuda_conv_force_own(-1, -1, -1)) fatal("dd_cuda_conv_force_own");
         return 0;
     }
-    const int f = v % nf;
+    const int f = paired_filter(v), tc = dd_conv_own_config_tf32(DD_CONV_FWD, v);
+    if (dd_cuda_set_tf32(tc)) fatal("dd_cuda_set_tf32");
+    variant_tol = tc ? TF32_TOL : 0.0;
     snprintf(name, n, "own %s/%s/%s", dd_conv_own_config_name(DD_CONV_FWD, v),
              dd_conv_own_config_name(DD_CONV_BWD_DATA, v),
              dd_conv_own_config_name(DD_CONV_BWD_FILTER, f));
@@ -244,8 +264,7 @@ int main(int argc, char **argv) {
     const int nu = unet_cases(unet, 3);
     const int variants = dd_conv_own_configs(DD_CONV_FWD) + 2;
 
-    /* own kernels: FP32 in both modes; TF32 off keeps cuDNN out of the CPU comparison */
-    if (dd_cuda_set_tf32(0)) fatal("dd_cuda_set_tf32");
+    /* own kernels: the FP32 ones with TF32 off, the tensor-core ones with it on (own_variant) */
     printf("== own kernels, every configuration, the UNet's shapes at batch 3\n");
     for (int i = 0; i < nu; i++) run_case(&unet[i], variants, own_variant, FP32_TOL);
     printf("== own kernels, every configuration, awkward shapes\n");
@@ -255,6 +274,7 @@ int main(int argc, char **argv) {
 
     /* auto: timing and the safety net choose per shape and direction */
     no_workspace = 0;
+    variant_tol = 0.0;
     if (dd_cuda_conv_set_policy("auto")) fatal("dd_cuda_conv_set_policy");
     const int na = unet_cases(unet, 32);
     for (int tf32 = 1; tf32 >= 0; tf32--) {

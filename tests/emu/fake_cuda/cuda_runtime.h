@@ -160,6 +160,11 @@ inline unsigned __float_as_uint(float f) {
     memcpy(&u, &f, sizeof u);
     return u;
 }
+inline float __uint_as_float(unsigned u) {
+    float f;
+    memcpy(&f, &u, sizeof f);
+    return f;
+}
 
 /* Warp shuffles: the calling thread deposits its value and waits until every lane of its warp
  * has reached a shuffle (emu_runtime.cpp checks that they are the same call: same kind, width,
