@@ -15,11 +15,12 @@
  *                    position that reads (ih, iw) through (kh, kw), when there is one
  *   backward-filter: dw[co, r] += sum over p of dy[co, p] xcol[r, p], r < Cin K K, and one more
  *                    column r = Cin K K of ones when db is wanted, giving db[co] += sum dy[co, p]
- * The filter gradient reduces over N Ho Wo, far longer than its output: the reduction is split
- * over blockIdx.z, each split writes its partial tile to the workspace, and a second kernel adds
- * the partials in split order (deterministic: no float atomics, so graph replays give the same
- * bits). Every output element is written by exactly one thread, which is what makes the
- * backward "+=" plain read-modify-writes.
+ * The filter gradient reduces over N Ho Wo, far longer than its output, and the small UNet's deep
+ * layers (7x7 at 64 to 192 channels) give forward and backward-data fewer output tiles than the
+ * GPU has SMs: then the reduction is split over blockIdx.z, each split writes its partial tile to
+ * the workspace, and a second kernel adds the partials in split order (deterministic: no float
+ * atomics, so graph replays give the same bits). Every output element is written by exactly one
+ * thread, which is what makes the backward "+=" plain read-modify-writes.
  *
  * Index ranges: positions (N Ho Wo, N H W) and every per-image offset fit an int (checked by
  * dd_conv_own_supported); offsets into whole tensors are 64-bit.
@@ -254,7 +255,8 @@ template <int BM, int BN, int WM, int WN> struct MmaTile {
 template <bool DATA, int KT, int BM, int BN, int BK, class Math>
 __global__ void __launch_bounds__(Math::T)
     conv_gemm_kernel(float *__restrict__ out, const float *__restrict__ act,
-                     const float *__restrict__ w, const float *__restrict__ bias, const Geom g) {
+                     const float *__restrict__ w, const float *__restrict__ bias, const Geom g,
+                     float *__restrict__ part, int chunk) {
     constexpr int T = Math::T;
     static_assert(T % BN == 0 && (BK * BN) % T == 0, "B tile: whole rows per pass");
     constexpr int NA = (BM * BK + T - 1) / T, NB = BK * BN / T, RSTEP = T / BN;
@@ -269,6 +271,9 @@ __global__ void __launch_bounds__(Math::T)
     const int plane = DATA ? g.HW : g.HoWo;  /* output plane size */
     const int tid = threadIdx.x;
     const int m0 = blockIdx.y * BM, c0 = blockIdx.x * BN;
+    /* this split's reduction range [kb, ke) (the whole of it without a split) */
+    const int kb = blockIdx.z * chunk;
+    const int ke = (int64_t)kb + chunk < R ? kb + chunk : R;
 
     /* this thread's B column, decoded once */
     const int bc = tid % BN, br = tid / BN;
@@ -296,7 +301,7 @@ __global__ void __launch_bounds__(Math::T)
         for (int i = 0; i < NA; i++) {
             const int e = tid + i * T, m = e / BK, k = k0 + e % BK;
             float v = 0.f;
-            if (e < BM * BK && m0 + m < M && k < R) {
+            if (e < BM * BK && m0 + m < M && k < ke) {
                 if (DATA) { /* k = (co, kh, kw): w[co, ci = m0 + m, kh, kw] */
                     const int co = k / KK, rr = k - co * KK;
                     v = __ldg(w + ((int64_t)co * g.Cin + m0 + m) * KK + rr);
@@ -310,7 +315,7 @@ __global__ void __launch_bounds__(Math::T)
         for (int i = 0; i < NB; i++) {
             const int k = k0 + br + i * RSTEP;
             float v = 0.f;
-            if (cok && k < R) {
+            if (cok && k < ke) {
                 const int ch = k / KK, rr = k - ch * KK, kh = rr / K, kw = rr - kh * K;
                 if (DATA) { /* dy[co = ch, oh, ow] with oh stride = ih + pad - kh */
                     const int nh = r0 - kh, nw = s0 - kw;
@@ -338,8 +343,8 @@ __global__ void __launch_bounds__(Math::T)
     };
 
     Math tile(tid);
-    load(0);
-    for (int k0 = 0; k0 < R; k0 += BK) {
+    if (kb < ke) load(kb);
+    for (int k0 = kb; k0 < ke; k0 += BK) {
 #pragma unroll
         for (int i = 0; i < NA; i++) {
             const int e = tid + i * T;
@@ -348,11 +353,25 @@ __global__ void __launch_bounds__(Math::T)
 #pragma unroll
         for (int i = 0; i < NB; i++) Bs[(br + i * RSTEP) * BS + bc] = Math::prep(rb[i]);
         __syncthreads();
-        if (k0 + BK < R) load(k0 + BK); /* in flight while this step multiplies */
+        if (k0 + BK < ke) load(k0 + BK); /* in flight while this step multiplies */
         tile.template multiply<BK>(As, AS, Bs, BS);
         __syncthreads(); /* before the next step overwrites the tiles */
     }
 
+    if (part) { /* a split: the partial tile to part[z][m][column] */
+        float *pz = part + (int64_t)blockIdx.z * M * cols;
+#pragma unroll
+        for (int i = 0; i < Math::ROWS; i++) {
+            const int m = m0 + tile.row(i);
+            if (m >= M) continue;
+#pragma unroll
+            for (int j = 0; j < Math::COLS; j++) {
+                const int cj = c0 + tile.col(j);
+                if (cj < cols) pz[(int64_t)m * cols + cj] = tile.val(i, j);
+            }
+        }
+        return;
+    }
 #pragma unroll
     for (int j = 0; j < Math::COLS; j++) {
         const int cj = c0 + tile.col(j);
@@ -510,6 +529,27 @@ __global__ void conv_filter_reduce_kernel(float *__restrict__ dw, float *__restr
     }
 }
 
+/* The forward / backward-data splits' partials part[z][m][c] summed in split order into the
+ * NCHW output: forward y = sum + b, backward-data dx += sum. */
+template <bool DATA>
+__global__ void conv_gemm_reduce_kernel(float *__restrict__ out, const float *__restrict__ part,
+                                        const float *__restrict__ bias, int M, int cols, int plane,
+                                        int splits) {
+    const int64_t n = (int64_t)M * cols;
+    for (int64_t i = (int64_t)blockIdx.x * blockDim.x + threadIdx.x; i < n;
+         i += (int64_t)gridDim.x * blockDim.x) {
+        float s = 0.f;
+        for (int z = 0; z < splits; z++) s += part[(int64_t)z * n + i];
+        const int m = (int)(i / cols), c = (int)(i - (int64_t)m * cols);
+        const int img = c / plane, pos = c - img * plane;
+        float *o = out + ((int64_t)img * M + m) * plane + pos;
+        if (DATA)
+            *o += s;
+        else
+            *o = s + (bias ? __ldg(bias + m) : 0.f);
+    }
+}
+
 /* max |a - b| and max |b| into out[0], out[1] (non-negative floats order as their bits; out
  * zeroed first); a NaN difference counts as infinity. */
 __global__ void maxdiff_kernel(unsigned int *out, const float *a, const float *b, size_t n) {
@@ -537,32 +577,80 @@ int sm_count = 0; /* set by dd_conv_own_prepare (outside any capture) */
 
 unsigned int ceil_div(int64_t a, int64_t b) { return (unsigned int)((a + b - 1) / b); }
 
+/* Splits of a reduction of length R into chunks (multiples of BK) when its output tiles alone
+ * leave the GPU under-filled: about 4 blocks per SM in all, each split at least two steps long,
+ * the partials (out_bytes each) within the workspace (and 16 MiB, so that the second pass stays
+ * cheap). *chunk = R and 1 split (no workspace needed) when that leaves fewer than two. */
+int64_t split_plan(int64_t tiles, int64_t R, int BK, int64_t out_bytes, const void *ws,
+                   size_t ws_bytes, int64_t *chunk) {
+    const int64_t sms = sm_count > 0 ? sm_count : 132;
+    int64_t splits = (4 * sms + tiles - 1) / tiles;
+    const int64_t by_len = (R + 2 * BK - 1) / (2 * BK);
+    const int64_t room = (int64_t)(ws_bytes < ((size_t)16 << 20) ? ws_bytes : ((size_t)16 << 20));
+    const int64_t by_ws = ws && out_bytes > 0 ? room / out_bytes : 0;
+    if (splits > by_len) splits = by_len;
+    if (splits > by_ws) splits = by_ws;
+    if (splits > 4096) splits = 4096;
+    *chunk = R;
+    if (splits >= 2) {
+        int64_t c = (R + splits - 1) / splits;
+        c = (c + BK - 1) / BK * BK;
+        splits = (R + c - 1) / c; /* no empty split */
+        if (splits >= 2) {
+            *chunk = c;
+            return splits;
+        }
+    }
+    return 1;
+}
+
+/* Forward and backward-data: split over the reduction (split_plan) when the output has fewer
+ * tiles than two per SM; the splits' partials are summed by a second kernel. */
 template <bool DATA, int BM, int BN, int BK, class Math>
-int launch_gemm(float *out, const float *act, const float *w, const float *bias, const Geom &g) {
+int launch_gemm(float *out, const float *act, const float *w, const float *bias, const Geom &g,
+                void *ws, size_t ws_bytes) {
     constexpr int T = Math::T;
-    const int M = DATA ? g.Cin : g.Cout, cols = DATA ? g.Px : g.Py;
+    const int M = DATA ? g.Cin : g.Cout, cols = DATA ? g.Px : g.Py, R = DATA ? g.Kd : g.Kf;
+    const int plane = DATA ? g.HW : g.HoWo;
     if (M <= 0 || cols <= 0) return 0;
-    const dim3 grid(ceil_div(cols, BN), ceil_div(M, BM));
+    const int64_t tiles = (int64_t)ceil_div(cols, BN) * ceil_div(M, BM);
+    const int64_t sms = sm_count > 0 ? sm_count : 132;
+    int64_t chunk = R, splits = 1;
+    if (tiles < 2 * sms)
+        splits = split_plan(tiles, R, BK, (int64_t)M * cols * (int64_t)sizeof(float), ws,
+                            ws_bytes, &chunk);
+    float *part = splits > 1 ? (float *)ws : NULL;
+    if (R <= 0) chunk = 1; /* an empty reduction: one split writes zeros (plus bias) */
+    const dim3 grid(ceil_div(cols, BN), ceil_div(M, BM), (unsigned int)splits);
     if (grid.y > 65535) return dd_error("conv2d (own kernels): %d channels, too many", M);
     if (g.K == 3)
         conv_gemm_kernel<DATA, 3, BM, BN, BK, Math>
-            <<<grid, T, 0, dd_cuda_stream>>>(out, act, w, bias, g);
+            <<<grid, T, 0, dd_cuda_stream>>>(out, act, w, bias, g, part, (int)chunk);
     else if (g.K == 4)
         conv_gemm_kernel<DATA, 4, BM, BN, BK, Math>
-            <<<grid, T, 0, dd_cuda_stream>>>(out, act, w, bias, g);
+            <<<grid, T, 0, dd_cuda_stream>>>(out, act, w, bias, g, part, (int)chunk);
     else
         conv_gemm_kernel<DATA, 0, BM, BN, BK, Math>
-            <<<grid, T, 0, dd_cuda_stream>>>(out, act, w, bias, g);
+            <<<grid, T, 0, dd_cuda_stream>>>(out, act, w, bias, g, part, (int)chunk);
     if (DATA)
         DD_CUDA_LAUNCHED("conv backward-data (own)");
     else
         DD_CUDA_LAUNCHED("conv forward (own)");
+    if (part) {
+        const int64_t n = (int64_t)M * cols;
+        int64_t blocks = (n + 255) / 256;
+        if (blocks > 4096) blocks = 4096;
+        conv_gemm_reduce_kernel<DATA><<<(unsigned int)blocks, 256, 0, dd_cuda_stream>>>(
+            out, part, bias, M, cols, plane, (int)splits);
+        if (DATA)
+            DD_CUDA_LAUNCHED("conv backward-data reduction (own)");
+        else
+            DD_CUDA_LAUNCHED("conv forward reduction (own)");
+    }
     return 0;
 }
 
-/* Splits of the filter reduction: about 4 blocks per SM in all, each split at least two
- * reduction steps long, the partials within the workspace (and 16 MiB, so that the second pass
- * stays cheap). One split (no workspace needed) when that leaves fewer than two. */
+/* Backward-filter: its reduction (N Ho Wo positions) is always split by split_plan. */
 template <int BM, int BN, int BK, class Math>
 int launch_filter(float *dw, float *db, const float *dy, const float *x, const Geom &g, void *ws,
                   size_t ws_bytes) {
@@ -570,25 +658,9 @@ int launch_filter(float *dw, float *db, const float *dy, const float *x, const G
     const int NR = g.Kf + (db ? 1 : 0);
     if (g.Cout <= 0 || NR <= 0 || g.Py <= 0 || (!dw && !db)) return 0;
     const int64_t tiles = (int64_t)ceil_div(NR, BN) * ceil_div(g.Cout, BM);
-    const int64_t out_bytes = (int64_t)g.Cout * NR * (int64_t)sizeof(float);
-    const int64_t sms = sm_count > 0 ? sm_count : 132;
-    int64_t splits = (4 * sms + tiles - 1) / tiles;
-    const int64_t by_len = ((int64_t)g.Py + 2 * BK - 1) / (2 * BK);
-    int64_t room = (int64_t)(ws_bytes < ((size_t)16 << 20) ? ws_bytes : ((size_t)16 << 20));
-    const int64_t by_ws = ws ? room / out_bytes : 0;
-    if (splits > by_len) splits = by_len;
-    if (splits > by_ws) splits = by_ws;
-    if (splits > 4096) splits = 4096;
-    int64_t chunk = g.Py;
-    if (splits >= 2) {
-        chunk = ((int64_t)g.Py + splits - 1) / splits;
-        chunk = (chunk + BK - 1) / BK * BK;
-        splits = ((int64_t)g.Py + chunk - 1) / chunk; /* no empty split */
-    }
-    if (splits < 2) {
-        splits = 1;
-        chunk = g.Py;
-    }
+    int64_t chunk;
+    const int64_t splits = split_plan(tiles, g.Py, BK, (int64_t)g.Cout * NR * (int64_t)sizeof(float),
+                                      ws, ws_bytes, &chunk);
     float *part = splits > 1 ? (float *)ws : NULL;
     const dim3 grid(ceil_div(NR, BN), ceil_div(g.Cout, BM), (unsigned int)splits);
     if (grid.y > 65535) return dd_error("conv2d (own kernels): %d channels, too many", g.Cout);
@@ -613,7 +685,8 @@ int launch_filter(float *dw, float *db, const float *dy, const float *x, const G
     return 0;
 }
 
-typedef int (*gemm_fn)(float *, const float *, const float *, const float *, const Geom &);
+typedef int (*gemm_fn)(float *, const float *, const float *, const float *, const Geom &, void *,
+                       size_t);
 typedef int (*filter_fn)(float *, float *, const float *, const float *, const Geom &, void *,
                          size_t);
 
@@ -724,16 +797,16 @@ static int bad_config(const char *what, int cfg) {
 }
 
 int dd_conv_own_forward(int cfg, float *y, const float *x, const float *w, const float *b,
-                        const dd_conv_shape *s) {
+                        const dd_conv_shape *s, void *ws, size_t ws_bytes) {
     if (cfg < 0 || cfg >= GEMM_CONFIGS) return bad_config("forward", cfg);
-    return GemmConfigs<false>::fn[cfg](y, x, w, b, geometry(s));
+    return GemmConfigs<false>::fn[cfg](y, x, w, b, geometry(s), ws, ws_bytes);
 }
 
 int dd_conv_own_backward_data(int cfg, float *dx, const float *dy, const float *w,
-                              const dd_conv_shape *s) {
+                              const dd_conv_shape *s, void *ws, size_t ws_bytes) {
     if (cfg < 0 || cfg >= GEMM_CONFIGS) return bad_config("backward-data", cfg);
     if (!dx) return 0;
-    return GemmConfigs<true>::fn[cfg](dx, dy, w, NULL, geometry(s));
+    return GemmConfigs<true>::fn[cfg](dx, dy, w, NULL, geometry(s), ws, ws_bytes);
 }
 
 int dd_conv_own_backward_filter(int cfg, float *dw, float *db, const float *dy, const float *x,

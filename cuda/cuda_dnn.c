@@ -424,10 +424,10 @@ static int run_dir(conv_entry *e, int mode, int d, int impl, const conv_scratch 
     const int own = impl != USE_CUDNN;
     switch (d) {
     case DD_CONV_FWD:
-        return own ? dd_conv_own_forward(impl, sc->yb, sc->x, sc->w, sc->b, s)
+        return own ? dd_conv_own_forward(impl, sc->yb, sc->x, sc->w, sc->b, s, sc->ws, e->cap)
                    : cudnn_forward(e, &e->fwd[mode], sc->ya, sc->x, sc->w, sc->b, sc->ws);
     case DD_CONV_BWD_DATA:
-        return own ? dd_conv_own_backward_data(impl, sc->dxb, sc->dy, sc->w, s)
+        return own ? dd_conv_own_backward_data(impl, sc->dxb, sc->dy, sc->w, s, sc->ws, e->cap)
                    : cudnn_backward_data(e, &e->bwd_data[mode], &ONE, sc->dxa, sc->dy, sc->w,
                                          sc->ws);
     default:
@@ -503,12 +503,12 @@ static int validate(conv_entry *e, int mode, int d, int cfg, const conv_scratch 
     double e1 = 0.0, e2 = 0.0;
     if (d == DD_CONV_FWD) {
         DD_TRY(cudnn_forward(e, &ref, sc->ya, sc->x, sc->w, sc->b, sc->ws));
-        DD_TRY(dd_conv_own_forward(cfg, sc->yb, sc->x, sc->w, sc->b, s));
+        DD_TRY(dd_conv_own_forward(cfg, sc->yb, sc->x, sc->w, sc->b, s, sc->ws, e->cap));
         DD_TRY(rel_diff(sc->yb, sc->ya, sc->ny, sc->diff, &e1));
     } else if (d == DD_CONV_BWD_DATA) {
         DD_TRY(cudnn_backward_data(e, &ref, &ZERO, sc->dxa, sc->dy, sc->w, sc->ws));
         DD_CUDA_CHECK(cudaMemsetAsync(sc->dxb, 0, sc->nx * sizeof(float), dd_cuda_stream));
-        DD_TRY(dd_conv_own_backward_data(cfg, sc->dxb, sc->dy, sc->w, s));
+        DD_TRY(dd_conv_own_backward_data(cfg, sc->dxb, sc->dy, sc->w, s, sc->ws, e->cap));
         DD_TRY(rel_diff(sc->dxb, sc->dxa, sc->nx, sc->diff, &e1));
     } else {
         DD_TRY(cudnn_backward_filter(e, &ref, &ZERO, sc->dwa, sc->dba, sc->dy, sc->x, sc->ws));
@@ -696,7 +696,8 @@ int dd_cuda_conv2d_forward(float *y, const float *x, const float *w, const float
     conv_entry *e;
     DD_TRY(conv_ready(s, &e));
     const int mode = dd_cuda_tf32_on ? 1 : 0, use = e->use[mode][DD_CONV_FWD];
-    if (use != USE_CUDNN) return dd_conv_own_forward(use, y, x, w, b, s);
+    /* the own kernels keep any split partials within the workspace the caller was told about */
+    if (use != USE_CUDNN) return dd_conv_own_forward(use, y, x, w, b, s, ws, ws ? e->cap : 0);
     return cudnn_forward(e, &e->fwd[mode], y, x, w, b, ws);
 }
 
@@ -709,13 +710,12 @@ int dd_cuda_conv2d_backward(float *dx, float *dw, float *db, const float *dy, co
     if (dx) {
         const int use = e->use[mode][DD_CONV_BWD_DATA];
         if (use != USE_CUDNN)
-            DD_TRY(dd_conv_own_backward_data(use, dx, dy, w, s));
+            DD_TRY(dd_conv_own_backward_data(use, dx, dy, w, s, ws, ws ? e->cap : 0));
         else
             DD_TRY(cudnn_backward_data(e, &e->bwd_data[mode], &ONE, dx, dy, w, ws));
     }
     if (dw || db) {
         const int use = e->use[mode][DD_CONV_BWD_FILTER];
-        /* the own kernel keeps its partials within the workspace the caller was told about */
         if (use != USE_CUDNN)
             DD_TRY(dd_conv_own_backward_filter(use, dw, db, dy, x, s, ws, ws ? e->cap : 0));
         else

@@ -152,15 +152,15 @@ int dd_conv_own_default(int dir, const dd_conv_shape *s);  /* the untimed pick f
 int dd_conv_own_default_tf32(int dir, const dd_conv_shape *s); /* the same among the tc ones */
 int dd_conv_own_supported(const dd_conv_shape *s);         /* 1 when its sizes fit the kernels */
 int dd_conv_own_prepare(void); /* reads the SM count; call outside any capture first */
-/* y = conv(x, w) + b (b may be NULL); no workspace */
+/* y = conv(x, w) + b (b may be NULL); dx += conv^T(dy, w) (dx may be NULL); dw += (may be NULL),
+ * db += (may be NULL). When the output alone has too few tiles to fill the GPU (always, for the
+ * filter gradient), the reduction is split and the splits' partials use up to ws_bytes of ws (ws
+ * NULL or small: fewer splits, or one, and no workspace). Results depend only on the shape, the
+ * configuration, ws_bytes and the GPU's SM count (deterministic: no float atomics). */
 int dd_conv_own_forward(int cfg, float *y, const float *x, const float *w, const float *b,
-                        const dd_conv_shape *s);
-/* dx += conv^T(dy, w); no workspace */
+                        const dd_conv_shape *s, void *ws, size_t ws_bytes);
 int dd_conv_own_backward_data(int cfg, float *dx, const float *dy, const float *w,
-                              const dd_conv_shape *s);
-/* dw += (may be NULL), db += (may be NULL); the split reduction uses up to ws_bytes of ws
- * (ws NULL or small: one split, slower, no workspace). Results depend only on the shape, the
- * configuration, ws_bytes and the GPU's SM count (deterministic). */
+                              const dd_conv_shape *s, void *ws, size_t ws_bytes);
 int dd_conv_own_backward_filter(int cfg, float *dw, float *db, const float *dy, const float *x,
                                 const dd_conv_shape *s, void *ws, size_t ws_bytes);
 /* out[0] = max |a - b| (infinity if any difference is NaN), out[1] = max |b| over n values;

@@ -4,8 +4,9 @@
  * reference, for the UNet's shapes (3x3 at 28x28, 14x14, 7x7, the 4x4 stride-2 downsample) at
  * small batch and channel counts, and for awkward ones (the generic-K kernels, stride = K,
  * padding wider than the kernel, more channels than one tile, odd sizes, NULL gradients).
- * The filter gradient runs without a workspace (one split adding directly), with one too small
- * for a split, and with a large one (split partials and the reduction kernel). Checks launch
+ * Every direction runs without a workspace (one split adding directly), with one too small for
+ * a split, and with a large one (split partials and the reduction kernels: these small outputs
+ * leave the 132 emulated SMs under-filled, so forward and backward-data split too). Checks launch
  * configurations, __ldg reads inside the buffers, writes inside them (guard zones), barriers that
  * every thread reaches, and that nothing is written where a NULL gradient says skip. This is
  * about indexing, barriers and reductions, not speed: the emulator is slow, so shapes are small.
@@ -171,9 +172,9 @@ void run_case(const Case &c, Workspace wsm) {
         memcpy(gdw, dw0.data(), nw * sizeof(float));
         memcpy(gdb, db0.data(), nb * sizeof(float));
         const int failed = emu_failures();
-        if (dd_conv_own_forward(v, gy, x, w, c.bias ? b : NULL, &s))
+        if (dd_conv_own_forward(v, gy, x, w, c.bias ? b : NULL, &s, ws, ws_bytes))
             emu_fail("%s: forward returned an error", tag.c_str());
-        if (dd_conv_own_backward_data(v, c.dx ? gdx : NULL, dy, w, &s))
+        if (dd_conv_own_backward_data(v, c.dx ? gdx : NULL, dy, w, &s, ws, ws_bytes))
             emu_fail("%s: backward-data returned an error", tag.c_str());
         if (dd_conv_own_backward_filter(f, c.dw ? gdw : NULL, c.bias ? gdb : NULL, dy, x, &s, ws,
                                         ws_bytes))
