@@ -252,8 +252,9 @@ else
     if [ -s "$LOGS/conv_choices.txt" ]; then
         OWN=$(grep -o -- "-> own" "$LOGS/conv_choices.txt" | wc -l)
         CUD=$(grep -o -- "-> cudnn" "$LOGS/conv_choices.txt" | wc -l)
+        TCS=$(grep -oE -- "own tc[0-9x]+ [0-9.]+ us -> own" "$LOGS/conv_choices.txt" | wc -l)
         BAD=$(grep -c "disagree" "$LOGS/conv_choices.txt" || true)
-        record "conv choices" "info" "$OWN handwritten, $CUD cuDNN, $BAD disagreeing (conv_choices.txt)"
+        record "conv choices" "info" "$OWN handwritten ($TCS on tensor cores), $CUD cuDNN, $BAD disagreeing (conv_choices.txt)"
     fi
 fi
 
@@ -279,21 +280,23 @@ else
 fi
 
 # ---------------------------------------------------------------- the bar rows, other settings
-# train step at batch 128 and DDIM-20 at batch 256 with cuDNN for every convolution, then with
-# CUDA graphs off: beside the main bench run, what each of the two is worth; --profile adds each
+# train step at batch 128 and DDIM-20 at batch 256 with cuDNN for every convolution, with the
+# handwritten tensor-core convolutions for every one (untimed picks), then with CUDA graphs off:
+# beside the main bench run (auto: the faster per shape), what each is worth; --profile adds each
 # row's time by op (every node timed between synchronizes) to bench_*.log
 if [ -n "$BENCH_JSON" ] && [ "$(limit 120)" != 0 ]; then
-    for setting in "DIFFUSION_CONV=cudnn" "DIFFUSION_CUDA_GRAPHS=0"; do
+    for setting in "DIFFUSION_CONV=cudnn" "DIFFUSION_CONV=own-tf32" "DIFFUSION_CUDA_GRAPHS=0"; do
         L=$(limit 60)
         [ "$L" = 0 ] && break
+        LOGF="$LOGS/bench_$(echo "$setting" | tr '=-' '__').log"
         say "diffusion bench (bar rows) with $setting (limit ${L}s)"
         if env "$setting" timeout "$L" "$BUILD/diffusion" bench --device cuda --min-time 0.3 \
-                --train 128 --forward 64 --ddim 256 --profile > "$LOGS/bench_${setting%%=*}.log" 2>&1; then
-            ROWS=$(grep -E "^(train_step|ddim20_loop) " "$LOGS/bench_${setting%%=*}.log" |
+                --train 128 --forward 64 --ddim 256 --profile > "$LOGF" 2>&1; then
+            ROWS=$(grep -E "^(train_step|ddim20_loop) " "$LOGF" |
                    awk '{ printf "%s %s: %s ms; ", $1, $2, $3 }')
             record "bench $setting" "info" "$ROWS"
         else
-            record "bench $setting" "FAILED" "rc $?: $(tail -n 1 "$LOGS/bench_${setting%%=*}.log" | cut -c1-90)"
+            record "bench $setting" "FAILED" "rc $?: $(tail -n 1 "$LOGF" | cut -c1-90)"
         fi
     done
 fi
