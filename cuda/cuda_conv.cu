@@ -692,7 +692,8 @@ typedef int (*filter_fn)(float *, float *, const float *, const float *, const G
 
 /* Tile configurations, BMxBN: first FP32 FMA (BK, TMxTN), all 128 threads except the first
  * filter one (64); then, named tc..., TF32 tensor-core ones (BK, warp tile WMxWN), 128 threads
- * (4 warps). The FP32 ones come first and are the default picks: the tc ones run only where TF32
+ * (4 warps); k32: BK = 32, half the steps (each step waits once for its global loads) for more
+ * registers. The FP32 ones come first and are the default picks: the tc ones run only where TF32
  * is allowed (dd_conv_own_config_tf32). */
 template <int BM, int BN, int TM, int TN> using F = FmaTile<BM, BN, TM, TN>;
 template <int BM, int BN, int WM, int WN> using TC = MmaTile<BM, BN, WM, WN>;
@@ -707,11 +708,14 @@ template <bool DATA> struct GemmConfigs {
         launch_gemm<DATA, 32, 64, 16, TC<32, 64, 16, 32>>,
         launch_gemm<DATA, 64, 64, 16, TC<64, 64, 32, 32>>,
         launch_gemm<DATA, 64, 128, 16, TC<64, 128, 32, 64>>,
+        launch_gemm<DATA, 32, 64, 32, TC<32, 64, 16, 32>>,
+        launch_gemm<DATA, 64, 64, 32, TC<64, 64, 32, 32>>,
     };
 };
-const char *const gemm_names[] = {"8x128",    "16x128",  "32x64",   "64x64",  "64x128",
-                                  "tc16x128", "tc32x64", "tc64x64", "tc64x128"};
-constexpr int GEMM_CONFIGS = 9, GEMM_FP32_CONFIGS = 5;
+const char *const gemm_names[] = {"8x128",      "16x128",     "32x64",   "64x64",
+                                  "64x128",     "tc16x128",   "tc32x64", "tc64x64",
+                                  "tc64x128",   "tc32x64k32", "tc64x64k32"};
+constexpr int GEMM_CONFIGS = 11, GEMM_FP32_CONFIGS = 5;
 
 const filter_fn filter_fns[] = {
     launch_filter<16, 64, 16, F<16, 64, 4, 4>>,
