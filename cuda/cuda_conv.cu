@@ -659,8 +659,8 @@ int launch_filter(float *dw, float *db, const float *dy, const float *x, const G
     if (g.Cout <= 0 || NR <= 0 || g.Py <= 0 || (!dw && !db)) return 0;
     const int64_t tiles = (int64_t)ceil_div(NR, BN) * ceil_div(g.Cout, BM);
     int64_t chunk;
-    const int64_t splits = split_plan(tiles, g.Py, BK, (int64_t)g.Cout * NR * (int64_t)sizeof(float),
-                                      ws, ws_bytes, &chunk);
+    const int64_t out_bytes = (int64_t)g.Cout * NR * (int64_t)sizeof(float);
+    const int64_t splits = split_plan(tiles, g.Py, BK, out_bytes, ws, ws_bytes, &chunk);
     float *part = splits > 1 ? (float *)ws : NULL;
     const dim3 grid(ceil_div(NR, BN), ceil_div(g.Cout, BM), (unsigned int)splits);
     if (grid.y > 65535) return dd_error("conv2d (own kernels): %d channels, too many", g.Cout);
