@@ -528,7 +528,7 @@ static int validate(conv_entry *e, int mode, int d, int cfg, const conv_scratch 
  * (-1) the caller keeps cuDNN everywhere. */
 static int conv_autotune(conv_entry *e, int mode) {
     const dd_conv_shape *s = &e->s;
-    char shape[96], line[640], bad[256];
+    char shape[96], line[1024], bad[256];
     shape_text(shape, sizeof shape, s);
     size_t len = (size_t)snprintf(line, sizeof line, "diffusion: conv %s (TF32 %s):", shape,
                                   mode ? "on" : "off");
@@ -559,13 +559,17 @@ static int conv_autotune(conv_entry *e, int mode) {
         /* the fastest configuration that beats cuDNN and agrees with the reference; one that
          * disagrees is reported and the next fastest tried */
         int chosen = -1, fastest = -1, rejected = 0;
+        float t_fastest = INFINITY; /* for the log: the fastest own one, rejected or not */
         double err = 0.0;
         for (;;) {
             int best = -1;
             for (int c = 0; c < nc; c++)
                 if (t_own[c] < t_dnn && (best < 0 || t_own[c] < t_own[best])) best = c;
-            if (fastest < 0) fastest = best;
             if (best < 0) break;
+            if (fastest < 0) {
+                fastest = best;
+                t_fastest = t_own[best];
+            }
             const double tol = !mode ? 1e-5 : dd_conv_own_config_tf32(d, best) ? 4e-3 : 1e-3;
             if (validate(e, mode, d, best, &sc, &err)) goto done;
             if (err <= tol) {
@@ -580,7 +584,10 @@ static int conv_autotune(conv_entry *e, int mode) {
         }
         if (fastest < 0) /* none beat cuDNN: name the fastest for the log */
             for (int c = 0; c < nc; c++)
-                if (t_own[c] < INFINITY && (fastest < 0 || t_own[c] < t_own[fastest])) fastest = c;
+                if (t_own[c] < t_fastest) {
+                    fastest = c;
+                    t_fastest = t_own[c];
+                }
         if (chosen >= 0) e->use[mode][d] = chosen;
         if (len < sizeof line) {
             if (chosen >= 0)
@@ -593,8 +600,7 @@ static int conv_autotune(conv_entry *e, int mode) {
                 len += (size_t)snprintf(line + len, sizeof line - len,
                                         "%s %s cudnn %.1f us, own %s %.1f us -> cudnn%s",
                                         d ? ";" : "", dir_name[d], 1e3 * t_dnn,
-                                        dd_conv_own_config_name(d, fastest),
-                                        fastest >= 0 ? 1e3 * t_own[fastest] : INFINITY,
+                                        dd_conv_own_config_name(d, fastest), 1e3 * t_fastest,
                                         rejected ? " (own disagrees)" : "");
         }
     }
