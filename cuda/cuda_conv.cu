@@ -33,6 +33,8 @@
 #include <stdint.h>
 #include <string.h>
 
+#include <cuda_pipeline_primitives.h>
+
 #include "cuda_internal.h"
 
 namespace {
@@ -113,8 +115,9 @@ template <int BM, int BN, int TM, int TN> struct FmaTile {
             for (int j = 0; j < TN; j++) acc[i][j] = 0.f;
     }
     static __device__ __forceinline__ float prep(float v) { return v; }
-    /* acc += a b over the BK reduction steps in shared memory */
-    template <int BK>
+    /* acc += a b over the BK reduction steps in shared memory (RAW: the values as copied, not
+     * through prep; FP32 math takes them as they are) */
+    template <int BK, bool RAW>
     __device__ __forceinline__ void multiply(const float *a, int AS, const float *b, int BS) {
 #pragma unroll
         for (int k = 0; k < BK; k++) {
@@ -189,6 +192,18 @@ __device__ __forceinline__ void mma_tf32(float (&d)[4], const float (&a)[4], con
 #endif
 }
 
+/* dst (shared) = ok ? *src (global) : 0, asynchronously: lands by the __pipeline_wait_prior
+ * that covers its commit group. src must be a valid address even when !ok (it is not read). */
+__device__ __forceinline__ void cp_async4(float *dst, const float *src, bool ok) {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 800
+    asm volatile("cp.async.ca.shared.global [%0], [%1], 4, %2;\n" ::"r"(
+                     (unsigned int)__cvta_generic_to_shared(dst)),
+                 "l"(src), "r"(ok ? 4 : 0));
+#else
+    __pipeline_memcpy_async(dst, src, 4, ok ? 0 : 4);
+#endif
+}
+
 template <int BM, int BN, int WM, int WN> struct MmaTile {
     static_assert(BM % WM == 0 && BN % WN == 0 && WM % 16 == 0 && WN % 8 == 0, "warp split");
     static constexpr int MT = WM / 16, NT = WN / 8;
@@ -210,7 +225,8 @@ template <int BM, int BN, int WM, int WN> struct MmaTile {
                 for (int e = 0; e < 4; e++) acc[i][j][e] = 0.f;
     }
     static __device__ __forceinline__ float prep(float v) { return to_tf32(v); }
-    template <int BK>
+    /* RAW: the tiles hold the values as copied, rounded here as the fragments are read */
+    template <int BK, bool RAW>
     __device__ __forceinline__ void multiply(const float *a, int AS, const float *b, int BS) {
         static_assert(BK % 8 == 0, "whole mma steps");
 #pragma unroll
@@ -228,6 +244,16 @@ template <int BM, int BN, int WM, int WN> struct MmaTile {
             for (int j = 0; j < NT; j++) {
                 bf[j][0] = bk[j * 8];
                 bf[j][1] = bk[4 * BS + j * 8];
+            }
+            if constexpr (RAW) {
+#pragma unroll
+                for (int i = 0; i < MT; i++)
+#pragma unroll
+                    for (int e = 0; e < 4; e++) af[i][e] = to_tf32(af[i][e]);
+#pragma unroll
+                for (int j = 0; j < NT; j++)
+#pragma unroll
+                    for (int e = 0; e < 2; e++) bf[j][e] = to_tf32(bf[j][e]);
             }
 #pragma unroll
             for (int i = 0; i < MT; i++)
@@ -252,17 +278,18 @@ template <int BM, int BN, int WM, int WN> struct MmaTile {
  * (rows padded: fewer bank conflicts on the transposing store; 8 floats for the tensor cores,
  * whose fragment reads are then conflict-free). KT is K when known at compile time (3, 4), else
  * 0 (K from g). DATA selects backward-data. */
-template <bool DATA, int KT, int BM, int BN, int BK, class Math>
+template <bool DATA, int KT, int BM, int BN, int BK, class Math, int STAGES>
 __global__ void __launch_bounds__(Math::T)
     conv_gemm_kernel(float *__restrict__ out, const float *__restrict__ act,
                      const float *__restrict__ w, const float *__restrict__ bias, const Geom g,
                      float *__restrict__ part, int chunk) {
     constexpr int T = Math::T;
     static_assert(T % BN == 0 && (BK * BN) % T == 0, "B tile: whole rows per pass");
+    static_assert(STAGES >= 1 && STAGES <= 4, "pipeline depth");
     constexpr int NA = (BM * BK + T - 1) / T, NB = BK * BN / T, RSTEP = T / BN;
     constexpr int AS = BM + (Math::TF32 ? 8 : 4), BS = BN + (Math::TF32 ? 8 : 0);
-    __shared__ __align__(16) float As[BK * AS];
-    __shared__ __align__(16) float Bs[BK * BS];
+    __shared__ __align__(16) float As[STAGES * BK * AS];
+    __shared__ __align__(16) float Bs[STAGES * BK * BS];
 
     const int K = KT ? KT : g.K, KK = KT ? KT * KT : g.KK;
     const int M = DATA ? g.Cin : g.Cout;     /* output channels of this GEMM */
@@ -295,67 +322,102 @@ __global__ void __launch_bounds__(Math::T)
         }
     }
 
-    float ra[NA], rb[NB];
-    auto load = [&](int k0) {
-#pragma unroll
-        for (int i = 0; i < NA; i++) {
-            const int e = tid + i * T, m = e / BK, k = k0 + e % BK;
-            float v = 0.f;
-            if (e < BM * BK && m0 + m < M && k < ke) {
-                if (DATA) { /* k = (co, kh, kw): w[co, ci = m0 + m, kh, kw] */
-                    const int co = k / KK, rr = k - co * KK;
-                    v = __ldg(w + ((int64_t)co * g.Cin + m0 + m) * KK + rr);
-                } else {
-                    v = __ldg(w + (int64_t)(m0 + m) * R + k);
-                }
-            }
-            ra[i] = v;
+    /* the global address of this thread's i-th element of the A / B tile at step k0, or NULL
+     * where the element is zero (padding, past the tile's edge, past the reduction) */
+    auto a_src = [&](int i, int k0) -> const float * {
+        const int e = tid + i * T, m = e / BK, k = k0 + e % BK;
+        if (e >= BM * BK || m0 + m >= M || k >= ke) return nullptr;
+        if (DATA) { /* k = (co, kh, kw): w[co, ci = m0 + m, kh, kw] */
+            const int co = k / KK, rr = k - co * KK;
+            return w + ((int64_t)co * g.Cin + m0 + m) * KK + rr;
         }
-#pragma unroll
-        for (int i = 0; i < NB; i++) {
-            const int k = k0 + br + i * RSTEP;
-            float v = 0.f;
-            if (cok && k < ke) {
-                const int ch = k / KK, rr = k - ch * KK, kh = rr / K, kw = rr - kh * K;
-                if (DATA) { /* dy[co = ch, oh, ow] with oh stride = ih + pad - kh */
-                    const int nh = r0 - kh, nw = s0 - kw;
-                    int oh, ow;
-                    bool ok;
-                    if (g.stride == 1) {
-                        oh = nh;
-                        ow = nw;
-                        ok = true;
-                    } else {
-                        ok = nh >= 0 && nw >= 0 && nh % g.stride == 0 && nw % g.stride == 0;
-                        oh = nh / g.stride;
-                        ow = nw / g.stride;
-                    }
-                    if (ok && (unsigned)oh < (unsigned)g.Ho && (unsigned)ow < (unsigned)g.Wo)
-                        v = __ldg(src + ch * g.HoWo + oh * g.Wo + ow);
-                } else { /* x[ci = ch, ih, iw] */
-                    const int ih = r0 + kh, iw = s0 + kw;
-                    if ((unsigned)ih < (unsigned)g.H && (unsigned)iw < (unsigned)g.W)
-                        v = __ldg(src + ch * g.HW + ih * g.W + iw);
-                }
-            }
-            rb[i] = v;
-        }
+        return w + (int64_t)(m0 + m) * R + k;
     };
+    auto b_src = [&](int i, int k0) -> const float * {
+        const int k = k0 + br + i * RSTEP;
+        if (!cok || k >= ke) return nullptr;
+        const int ch = k / KK, rr = k - ch * KK, kh = rr / K, kw = rr - kh * K;
+        if (DATA) { /* dy[co = ch, oh, ow] with oh stride = ih + pad - kh */
+            const int nh = r0 - kh, nw = s0 - kw;
+            int oh = nh, ow = nw;
+            if (g.stride != 1) {
+                if (nh < 0 || nw < 0 || nh % g.stride || nw % g.stride) return nullptr;
+                oh = nh / g.stride;
+                ow = nw / g.stride;
+            }
+            if ((unsigned)oh < (unsigned)g.Ho && (unsigned)ow < (unsigned)g.Wo)
+                return src + ch * g.HoWo + oh * g.Wo + ow;
+            return nullptr;
+        }
+        const int ih = r0 + kh, iw = s0 + kw; /* x[ci = ch, ih, iw] */
+        if ((unsigned)ih < (unsigned)g.H && (unsigned)iw < (unsigned)g.W)
+            return src + ch * g.HW + ih * g.W + iw;
+        return nullptr;
+    };
+    /* where element i of each tile goes in shared memory */
+    auto a_dst = [&](int i) { const int e = tid + i * T; return (e % BK) * AS + e / BK; };
+    auto b_dst = [&](int i) { return (br + i * RSTEP) * BS + bc; };
 
     Math tile(tid);
-    if (kb < ke) load(kb);
-    for (int k0 = kb; k0 < ke; k0 += BK) {
+    if constexpr (STAGES == 1) {
+        /* one tile in shared memory; the next step's loads wait in registers meanwhile */
+        float ra[NA], rb[NB];
+        auto load = [&](int k0) {
 #pragma unroll
-        for (int i = 0; i < NA; i++) {
-            const int e = tid + i * T;
-            if (e < BM * BK) As[(e % BK) * AS + e / BK] = Math::prep(ra[i]);
+            for (int i = 0; i < NA; i++) {
+                const float *p = a_src(i, k0);
+                ra[i] = p ? __ldg(p) : 0.f;
+            }
+#pragma unroll
+            for (int i = 0; i < NB; i++) {
+                const float *p = b_src(i, k0);
+                rb[i] = p ? __ldg(p) : 0.f;
+            }
+        };
+        if (kb < ke) load(kb);
+        for (int k0 = kb; k0 < ke; k0 += BK) {
+#pragma unroll
+            for (int i = 0; i < NA; i++)
+                if (tid + i * T < BM * BK) As[a_dst(i)] = Math::prep(ra[i]);
+#pragma unroll
+            for (int i = 0; i < NB; i++) Bs[b_dst(i)] = Math::prep(rb[i]);
+            __syncthreads();
+            if (k0 + BK < ke) load(k0 + BK); /* in flight while this step multiplies */
+            tile.template multiply<BK, false>(As, AS, Bs, BS);
+            __syncthreads(); /* before the next step overwrites the tiles */
         }
+    } else {
+        /* STAGES tiles in shared memory, filled by asynchronous copies STAGES - 1 steps ahead
+         * (one commit group per step, empty past the end); operands are rounded to TF32 as the
+         * fragments are read */
+        const int steps = kb < ke ? (ke - kb + BK - 1) / BK : 0;
+        auto issue = [&](int step) {
+            if (step < steps) {
+                const int k0 = kb + step * BK, st = step % STAGES;
 #pragma unroll
-        for (int i = 0; i < NB; i++) Bs[(br + i * RSTEP) * BS + bc] = Math::prep(rb[i]);
-        __syncthreads();
-        if (k0 + BK < ke) load(k0 + BK); /* in flight while this step multiplies */
-        tile.template multiply<BK>(As, AS, Bs, BS);
-        __syncthreads(); /* before the next step overwrites the tiles */
+                for (int i = 0; i < NA; i++)
+                    if (tid + i * T < BM * BK) {
+                        const float *p = a_src(i, k0);
+                        cp_async4(&As[st * BK * AS + a_dst(i)], p ? p : w, p != nullptr);
+                    }
+#pragma unroll
+                for (int i = 0; i < NB; i++) {
+                    const float *p = b_src(i, k0);
+                    cp_async4(&Bs[st * BK * BS + b_dst(i)], p ? p : act, p != nullptr);
+                }
+            }
+            __pipeline_commit();
+        };
+#pragma unroll
+        for (int st = 0; st < STAGES - 1; st++) issue(st);
+        for (int step = 0; step < steps; step++) {
+            __pipeline_wait_prior(STAGES - 2); /* this thread's copies for `step` have landed */
+            __syncthreads(); /* everyone's have; and everyone is done with step - 1's stage */
+            issue(step + STAGES - 1);      /* into step - 1's stage */
+            const int st = step % STAGES;
+            tile.template multiply<BK, true>(As + st * BK * AS, AS, Bs + st * BK * BS, BS);
+        }
+        __pipeline_wait_prior(0);
     }
 
     if (part) { /* a split: the partial tile to part[z][m][column] */
@@ -474,7 +536,7 @@ __global__ void __launch_bounds__(Math::T)
         for (int i = 0; i < NB; i++) Bs[kt * BS + rt + i * RS] = Math::prep(rb[i]);
         __syncthreads();
         if (k0 + BK < ke) load(k0 + BK);
-        tile.template multiply<BK>(As, AS, Bs, BS);
+        tile.template multiply<BK, false>(As, AS, Bs, BS);
         __syncthreads();
     }
     /* the side sums per row, in a fixed order (the tiles are free now): bsum[m - m0] */
@@ -606,7 +668,7 @@ int64_t split_plan(int64_t tiles, int64_t R, int BK, int64_t out_bytes, const vo
 
 /* Forward and backward-data: split over the reduction (split_plan) when the output has fewer
  * tiles than two per SM; the splits' partials are summed by a second kernel. */
-template <bool DATA, int BM, int BN, int BK, class Math>
+template <bool DATA, int BM, int BN, int BK, class Math, int STAGES = 1>
 int launch_gemm(float *out, const float *act, const float *w, const float *bias, const Geom &g,
                 void *ws, size_t ws_bytes) {
     constexpr int T = Math::T;
@@ -624,13 +686,13 @@ int launch_gemm(float *out, const float *act, const float *w, const float *bias,
     const dim3 grid(ceil_div(cols, BN), ceil_div(M, BM), (unsigned int)splits);
     if (grid.y > 65535) return dd_error("conv2d (own kernels): %d channels, too many", M);
     if (g.K == 3)
-        conv_gemm_kernel<DATA, 3, BM, BN, BK, Math>
+        conv_gemm_kernel<DATA, 3, BM, BN, BK, Math, STAGES>
             <<<grid, T, 0, dd_cuda_stream>>>(out, act, w, bias, g, part, (int)chunk);
     else if (g.K == 4)
-        conv_gemm_kernel<DATA, 4, BM, BN, BK, Math>
+        conv_gemm_kernel<DATA, 4, BM, BN, BK, Math, STAGES>
             <<<grid, T, 0, dd_cuda_stream>>>(out, act, w, bias, g, part, (int)chunk);
     else
-        conv_gemm_kernel<DATA, 0, BM, BN, BK, Math>
+        conv_gemm_kernel<DATA, 0, BM, BN, BK, Math, STAGES>
             <<<grid, T, 0, dd_cuda_stream>>>(out, act, w, bias, g, part, (int)chunk);
     if (DATA)
         DD_CUDA_LAUNCHED("conv backward-data (own)");
@@ -693,7 +755,8 @@ typedef int (*filter_fn)(float *, float *, const float *, const float *, const G
 /* Tile configurations, BMxBN: first FP32 FMA (BK, TMxTN), all 128 threads except the first
  * filter one (64); then, named tc..., TF32 tensor-core ones (BK, warp tile WMxWN), 128 threads
  * (4 warps); k32: BK = 32, half the steps (each step waits once for its global loads) for more
- * registers. The FP32 ones come first and are the default picks: the tc ones run only where TF32
+ * registers; s3: three tiles in shared memory filled by asynchronous copies (cp.async) two steps
+ * ahead, instead of one tile and the next step's loads in registers. The FP32 ones come first and are the default picks: the tc ones run only where TF32
  * is allowed (dd_conv_own_config_tf32). */
 template <int BM, int BN, int TM, int TN> using F = FmaTile<BM, BN, TM, TN>;
 template <int BM, int BN, int WM, int WN> using TC = MmaTile<BM, BN, WM, WN>;
@@ -710,12 +773,15 @@ template <bool DATA> struct GemmConfigs {
         launch_gemm<DATA, 64, 128, 16, TC<64, 128, 32, 64>>,
         launch_gemm<DATA, 32, 64, 32, TC<32, 64, 16, 32>>,
         launch_gemm<DATA, 64, 64, 32, TC<64, 64, 32, 32>>,
+        launch_gemm<DATA, 32, 64, 16, TC<32, 64, 16, 32>, 3>,
+        launch_gemm<DATA, 64, 64, 16, TC<64, 64, 32, 32>, 3>,
     };
 };
 const char *const gemm_names[] = {"8x128",      "16x128",     "32x64",   "64x64",
                                   "64x128",     "tc16x128",   "tc32x64", "tc64x64",
-                                  "tc64x128",   "tc32x64k32", "tc64x64k32"};
-constexpr int GEMM_CONFIGS = 11, GEMM_FP32_CONFIGS = 5;
+                                  "tc64x128",   "tc32x64k32", "tc64x64k32", "tc32x64s3",
+                                  "tc64x64s3"};
+constexpr int GEMM_CONFIGS = 13, GEMM_FP32_CONFIGS = 5;
 
 const filter_fn filter_fns[] = {
     launch_filter<16, 64, 16, F<16, 64, 4, 4>>,

@@ -2,7 +2,9 @@
  * shuffles the switch points, the runnable threads of a block resumed in a seeded shuffled order
  * at every round (so a missing barrier or a shared-memory race shows as wrong results), guard
  * zones around every buffer. A shuffle waits for the 32 lanes of its warp only; a barrier for
- * the whole block. Deterministic: one fixed seed for the thread order. */
+ * the whole block. Asynchronous copies to shared memory (fake_cuda/cuda_pipeline_primitives.h)
+ * land at once or only at their wait, drawn per copy. Deterministic: fixed seeds. */
+#include <cuda_pipeline_primitives.h>
 #include <cuda_runtime.h>
 
 #include <cstdarg>
@@ -216,6 +218,15 @@ struct Fiber {
     uint64_t val, res;    /* a shuffle's deposited value and its result */
     EmuShfl kind;
     int arg, width;
+    /* asynchronous copies issued and not landed yet, in issue order; groups committed so far */
+    struct Copy {
+        void *dst;
+        size_t n;
+        long group;
+        unsigned char bytes[16];
+    };
+    std::vector<Copy> copies;
+    long committed;
 };
 const size_t STACK = 256 << 10;
 Ctx scheduler;
@@ -223,10 +234,15 @@ std::vector<Fiber> fibers;
 int current;
 const std::function<void()> *kernel_body;
 EmuRng order_rng(1);
+EmuRng copy_rng(2); /* whether an asynchronous copy lands at once or at its wait */
 
 /* a fiber's first frame: never returns (its last switch is never resumed) */
 void fiber_entry() {
     (*kernel_body)();
+    if (!fibers[current].copies.empty())
+        emu_fail("a thread ended with %zu asynchronous copies never waited for",
+                 fibers[current].copies.size());
+    fibers[current].copies.clear();
     fibers[current].state = DONE;
     ctx_switch(&fibers[current].ctx, &scheduler);
     abort();
@@ -239,6 +255,8 @@ __attribute__((noinline)) void start_fiber(Fiber &f, dim3 tid) {
     f.state = RUNNABLE;
     f.barriers = 0;
     f.shfls = 0;
+    f.copies.clear();
+    f.committed = 0;
 }
 
 /* Releases warp [lo, lo + 32) if every lane waits at the same shuffle: computes each lane's
@@ -309,6 +327,42 @@ uint64_t emu_shfl(unsigned mask, uint64_t bits, EmuShfl kind, int arg, int width
     f.state = AT_SHFL;
     ctx_switch(&f.ctx, &scheduler);
     return fibers[current].res;
+}
+
+void emu_cp_async(void *dst, const void *src, size_t size, size_t zfill) {
+    if (size != 4 && size != 8 && size != 16)
+        fatal("an asynchronous copy of other than 4, 8 or 16 bytes");
+    if (zfill > size) fatal("an asynchronous copy with more zero fill than bytes");
+    if (((uintptr_t)dst | (uintptr_t)src) & (size - 1)) fatal("a misaligned asynchronous copy");
+    if (zfill < size && !emu_in_buffer(src, size - zfill))
+        fatal("an asynchronous copy from outside every buffer");
+    Fiber &f = fibers[current];
+    Fiber::Copy c;
+    c.dst = dst;
+    c.n = size;
+    c.group = f.committed;
+    memset(c.bytes, 0, sizeof c.bytes);
+    if (zfill < size) memcpy(c.bytes, src, size - zfill);
+    if (copy_rng.next() & 1)
+        memcpy(dst, c.bytes, size); /* lands at once */
+    else
+        f.copies.push_back(c);
+}
+
+void emu_cp_commit() { fibers[current].committed++; }
+
+void emu_cp_wait(size_t prior) {
+    Fiber &f = fibers[current];
+    const long limit = f.committed - (long)prior; /* groups below it must have landed */
+    size_t keep = 0;
+    for (size_t i = 0; i < f.copies.size(); i++) {
+        Fiber::Copy &c = f.copies[i];
+        if (c.group < limit)
+            memcpy(c.dst, c.bytes, c.n);
+        else
+            f.copies[keep++] = c;
+    }
+    f.copies.resize(keep);
 }
 
 void emu_run_grid(dim3 grid, dim3 block, size_t smem, const std::function<void()> &body) {
