@@ -21,7 +21,8 @@
  * next fastest configuration is tried, down to cuDNN. The tensor-core configurations are
  * candidates only with TF32 on. own uses the own FP32 kernels wherever they fit, untimed and
  * unchecked (the tests' mode); own-tf32 the same with the tensor-core ones where TF32 is on.
- * DIFFUSION_CONV_LOG=1 prints each shape's timings and choices to stderr.
+ * DIFFUSION_CONV_LOG=1 prints each shape's timings and choices to stderr;
+ * DIFFUSION_CONV_TIMING_REPS (default 8) is how many timed calls each candidate gets.
  *
  * With TF32 off the search keeps to the GEMM-style algorithms (no FFT or Winograd), whose FP32
  * results stay within ~1e-6 of a plain sum: that mode is the one for accuracy.
@@ -109,6 +110,7 @@ static int conv_count, conv_capacity;
 enum { POLICY_UNSET, POLICY_AUTO, POLICY_CUDNN, POLICY_OWN, POLICY_OWN_TF32 };
 static int conv_policy = POLICY_UNSET;
 static int conv_log;                                     /* DIFFUSION_CONV_LOG set and not 0 */
+static int timing_reps = 8; /* DIFFUSION_CONV_TIMING_REPS: timed calls per candidate */
 static int conv_forced[DD_CONV_DIRS] = {-1, -1, -1};     /* dd_cuda_conv_force_own */
 static const char *const dir_name[DD_CONV_DIRS] = {"forward", "backward-data", "backward-filter"};
 
@@ -116,6 +118,14 @@ static int read_policy(void) {
     if (conv_policy != POLICY_UNSET) return 0;
     const char *l = getenv("DIFFUSION_CONV_LOG");
     conv_log = l && *l && strcmp(l, "0") != 0;
+    const char *r = getenv("DIFFUSION_CONV_TIMING_REPS");
+    if (r && *r) {
+        char *end;
+        const long n = strtol(r, &end, 10);
+        if (*end || n < 1 || n > 1000)
+            return dd_error("DIFFUSION_CONV_TIMING_REPS=%s: a count from 1 to 1000", r);
+        timing_reps = (int)n;
+    }
     const char *v = getenv("DIFFUSION_CONV");
     if (!v || !*v || !strcmp(v, "auto"))
         conv_policy = POLICY_AUTO;
@@ -438,7 +448,6 @@ static int run_dir(conv_entry *e, int mode, int d, int impl, const conv_scratch 
     }
 }
 
-#define TIMING_REPS 8
 #define TIMING_SPIN 4000000LL /* clocks (~2 ms): longer than enqueuing the timed calls */
 
 /* Mean GPU time of one call in ms (after a warm-up call, which also loads lazy kernels). */
@@ -447,12 +456,12 @@ static int time_dir(conv_entry *e, int mode, int d, int impl, const conv_scratch
     DD_TRY(run_dir(e, mode, d, impl, sc));
     DD_TRY(dd_conv_spin(TIMING_SPIN));
     DD_CUDA_CHECK(cudaEventRecord(ev[0], dd_cuda_stream));
-    for (int r = 0; r < TIMING_REPS; r++) DD_TRY(run_dir(e, mode, d, impl, sc));
+    for (int r = 0; r < timing_reps; r++) DD_TRY(run_dir(e, mode, d, impl, sc));
     DD_CUDA_CHECK(cudaEventRecord(ev[1], dd_cuda_stream));
     DD_CUDA_CHECK(cudaEventSynchronize(ev[1]));
     float t = 0.0f;
     DD_CUDA_CHECK(cudaEventElapsedTime(&t, ev[0], ev[1]));
-    *ms = t / TIMING_REPS;
+    *ms = t / timing_reps;
     return 0;
 }
 

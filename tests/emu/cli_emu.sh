@@ -152,6 +152,13 @@ assert all(r["ms"] > 0 and r["batch"] == 2 for r in j["rows"]), j
 EOF
 grep -q "profile of train_step" out.log && grep -q "conv2d" out.log && ok || bad "bench --profile printed no per-op profile: $(head -5 out.log)"
 
+# a bad setting for the convolution autotuner: one clear line and a non-zero exit
+DIFFUSION_CONV_TIMING_REPS=0 "$D" bench --device cuda --channels 8 --size 12x12 --groups 4 \
+  --train 2 --forward 2 --ddim 2 --min-time 0.01 >out.log 2>err.log
+rc=$?
+[ $rc -ne 0 ] && grep -q "DIFFUSION_CONV_TIMING_REPS=0: a count from 1 to 1000" err.log && ok ||
+  bad "DIFFUSION_CONV_TIMING_REPS=0: exit $rc, $(tail -3 err.log)"
+
 # no GPU: --device cuda fails with one clear line; auto falls back to the CPU
 EMU_NO_GPU=1 "$D" "${S[@]}" --n 8 --device cuda --out x.png >out.log 2>err.log
 rc=$?
