@@ -459,7 +459,7 @@ __global__ void __launch_bounds__(Math::T)
  * position-fastest (coalesced along ow); each thread keeps one position per step (tid % BK),
  * decoded once per step. part NULL: add into dw/db directly (one split); else write the
  * partial tile to part[z][co][r]. */
-template <int KT, int BM, int BN, int BK, class Math>
+template <int KT, int BM, int BN, int BK, class Math, int STAGES>
 __global__ void __launch_bounds__(Math::T)
     conv_filter_kernel(float *__restrict__ dw, float *__restrict__ db, float *__restrict__ part,
                        const float *__restrict__ dy, const float *__restrict__ x, const Geom g,
@@ -467,10 +467,11 @@ __global__ void __launch_bounds__(Math::T)
     constexpr int T = Math::T;
     static_assert(T % BK == 0 && (BM * BK) % T == 0 && (BN * BK) % T == 0, "tile loads");
     static_assert(!Math::TF32 || (BK % 8 == 0 && T >= BM), "whole mma steps; a thread per row");
+    static_assert(STAGES == 1 || (Math::TF32 && STAGES <= 4), "pipelines: tensor cores only");
     constexpr int RS = T / BK, NA = BM * BK / T, NB = BN * BK / T;
     constexpr int AS = BM + 4, BS = BN + 4;
-    __shared__ __align__(16) float As[BK * AS];
-    __shared__ __align__(16) float Bs[BK * BS];
+    __shared__ __align__(16) float As[STAGES * BK * AS];
+    __shared__ __align__(16) float Bs[STAGES * BK * BS];
 
     const int K = KT ? KT : g.K, KK = KT ? KT * KT : g.KK;
     const int tid = threadIdx.x;
@@ -480,40 +481,39 @@ __global__ void __launch_bounds__(Math::T)
     const int ke = kend < g.Py ? (int)kend : g.Py;
     const int kt = tid % BK, rt = tid / BK;
 
-    float ra[NA], rb[NB];
-    auto load = [&](int k0) {
+    /* this thread's position at step k0 (one per step: tid % BK), decoded once per step */
+    struct Pos {
+        bool ok;
+        const float *dyb, *xb;
+        int ih0, iw0;
+    };
+    auto pos_at = [&](int k0) {
+        Pos q = {false, dy, x, 0, 0};
         const int p = k0 + kt;
-        const bool pok = p < ke;
-        const float *dyb = dy, *xb = x;
-        int ih0 = 0, iw0 = 0;
-        if (pok) {
+        if (p < ke) {
             const int img = p / g.HoWo, hw = p - img * g.HoWo, oh = hw / g.Wo, ow = hw - oh * g.Wo;
-            dyb = dy + (int64_t)img * g.Cout * g.HoWo + hw;
-            xb = x + (int64_t)img * g.Cin * g.HW;
-            ih0 = oh * g.stride - g.pad;
-            iw0 = ow * g.stride - g.pad;
+            q.ok = true;
+            q.dyb = dy + (int64_t)img * g.Cout * g.HoWo + hw;
+            q.xb = x + (int64_t)img * g.Cin * g.HW;
+            q.ih0 = oh * g.stride - g.pad;
+            q.iw0 = ow * g.stride - g.pad;
         }
-#pragma unroll
-        for (int i = 0; i < NA; i++) {
-            const int m = m0 + rt + i * RS;
-            ra[i] = pok && m < g.Cout ? __ldg(dyb + m * g.HoWo) : 0.f;
-        }
-#pragma unroll
-        for (int i = 0; i < NB; i++) {
-            const int n = n0 + rt + i * RS;
-            float v = 0.f;
-            if (pok && n < NR) {
-                if (n < g.Kf) {
-                    const int ci = n / KK, rr = n - ci * KK, kh = rr / K, kw = rr - kh * K;
-                    const int ih = ih0 + kh, iw = iw0 + kw;
-                    if ((unsigned)ih < (unsigned)g.H && (unsigned)iw < (unsigned)g.W)
-                        v = __ldg(xb + ci * g.HW + ih * g.W + iw);
-                } else {
-                    v = 1.f; /* the bias column */
-                }
-            }
-            rb[i] = v;
-        }
+        return q;
+    };
+    /* global addresses of this thread's i-th element of each tile, NULL where it is zero; the
+     * bias column (n = Kf) has none: its ones are put in by the register path */
+    auto a_src = [&](int i, const Pos &q) -> const float * {
+        const int m = m0 + rt + i * RS;
+        return q.ok && m < g.Cout ? q.dyb + m * g.HoWo : nullptr;
+    };
+    auto b_src = [&](int i, const Pos &q) -> const float * {
+        const int n = n0 + rt + i * RS;
+        if (!q.ok || n >= g.Kf) return nullptr;
+        const int ci = n / KK, rr = n - ci * KK, kh = rr / K, kw = rr - kh * K;
+        const int ih = q.ih0 + kh, iw = q.iw0 + kw;
+        if ((unsigned)ih < (unsigned)g.H && (unsigned)iw < (unsigned)g.W)
+            return q.xb + ci * g.HW + ih * g.W + iw;
+        return nullptr;
     };
 
     /* With TF32 math, db would sum dy rounded to TF32 through the ones column: instead the block
@@ -525,19 +525,71 @@ __global__ void __launch_bounds__(Math::T)
     for (int i = 0; i < NA; i++) rsum[i] = 0.f;
 
     Math tile(tid);
-    if (kb < ke) load(kb);
-    for (int k0 = kb; k0 < ke; k0 += BK) {
+    if constexpr (STAGES == 1) {
+        float ra[NA], rb[NB];
+        auto load = [&](int k0) {
+            const Pos q = pos_at(k0);
 #pragma unroll
-        for (int i = 0; i < NA; i++) {
-            As[kt * AS + rt + i * RS] = Math::prep(ra[i]);
-            if (side_db) rsum[i] += ra[i];
+            for (int i = 0; i < NA; i++) {
+                const float *p = a_src(i, q);
+                ra[i] = p ? __ldg(p) : 0.f;
+            }
+#pragma unroll
+            for (int i = 0; i < NB; i++) {
+                const float *p = b_src(i, q);
+                const bool ones = q.ok && n0 + rt + i * RS == g.Kf && g.Kf < NR; /* db's */
+                rb[i] = p ? __ldg(p) : ones ? 1.f : 0.f;
+            }
+        };
+        if (kb < ke) load(kb);
+        for (int k0 = kb; k0 < ke; k0 += BK) {
+#pragma unroll
+            for (int i = 0; i < NA; i++) {
+                As[kt * AS + rt + i * RS] = Math::prep(ra[i]);
+                if (side_db) rsum[i] += ra[i];
+            }
+#pragma unroll
+            for (int i = 0; i < NB; i++) Bs[kt * BS + rt + i * RS] = Math::prep(rb[i]);
+            __syncthreads();
+            if (k0 + BK < ke) load(k0 + BK);
+            tile.template multiply<BK, false>(As, AS, Bs, BS);
+            __syncthreads();
         }
+    } else {
+        /* as conv_gemm_kernel's pipeline; the bias column stays zero in the tiles (side_db
+         * gives that column its value), and the side sums read this thread's own copies */
+        const int steps = kb < ke ? (ke - kb + BK - 1) / BK : 0;
+        auto issue = [&](int step) {
+            if (step < steps) {
+                const Pos q = pos_at(kb + step * BK);
+                float *as = As + step % STAGES * BK * AS, *bs = Bs + step % STAGES * BK * BS;
 #pragma unroll
-        for (int i = 0; i < NB; i++) Bs[kt * BS + rt + i * RS] = Math::prep(rb[i]);
-        __syncthreads();
-        if (k0 + BK < ke) load(k0 + BK);
-        tile.template multiply<BK, false>(As, AS, Bs, BS);
-        __syncthreads();
+                for (int i = 0; i < NA; i++) {
+                    const float *p = a_src(i, q);
+                    cp_async4(&as[kt * AS + rt + i * RS], p ? p : dy, p != nullptr);
+                }
+#pragma unroll
+                for (int i = 0; i < NB; i++) {
+                    const float *p = b_src(i, q);
+                    cp_async4(&bs[kt * BS + rt + i * RS], p ? p : x, p != nullptr);
+                }
+            }
+            __pipeline_commit();
+        };
+#pragma unroll
+        for (int st = 0; st < STAGES - 1; st++) issue(st);
+        for (int step = 0; step < steps; step++) {
+            __pipeline_wait_prior(STAGES - 2);
+            __syncthreads();
+            issue(step + STAGES - 1);
+            const float *as = As + step % STAGES * BK * AS, *bs = Bs + step % STAGES * BK * BS;
+            if (side_db)
+#pragma unroll
+                for (int i = 0; i < NA; i++) rsum[i] += as[kt * AS + rt + i * RS];
+            tile.template multiply<BK, true>(as, AS, bs, BS);
+        }
+        __pipeline_wait_prior(0);
+        __syncthreads(); /* the stages are reused below */
     }
     /* the side sums per row, in a fixed order (the tiles are free now): bsum[m - m0] */
     float *const bsum = Bs;
@@ -713,7 +765,7 @@ int launch_gemm(float *out, const float *act, const float *w, const float *bias,
 }
 
 /* Backward-filter: its reduction (N Ho Wo positions) is always split by split_plan. */
-template <int BM, int BN, int BK, class Math>
+template <int BM, int BN, int BK, class Math, int STAGES = 1>
 int launch_filter(float *dw, float *db, const float *dy, const float *x, const Geom &g, void *ws,
                   size_t ws_bytes) {
     constexpr int T = Math::T;
@@ -727,13 +779,13 @@ int launch_filter(float *dw, float *db, const float *dy, const float *x, const G
     const dim3 grid(ceil_div(NR, BN), ceil_div(g.Cout, BM), (unsigned int)splits);
     if (grid.y > 65535) return dd_error("conv2d (own kernels): %d channels, too many", g.Cout);
     if (g.K == 3)
-        conv_filter_kernel<3, BM, BN, BK, Math>
+        conv_filter_kernel<3, BM, BN, BK, Math, STAGES>
             <<<grid, T, 0, dd_cuda_stream>>>(dw, db, part, dy, x, g, NR, (int)chunk);
     else if (g.K == 4)
-        conv_filter_kernel<4, BM, BN, BK, Math>
+        conv_filter_kernel<4, BM, BN, BK, Math, STAGES>
             <<<grid, T, 0, dd_cuda_stream>>>(dw, db, part, dy, x, g, NR, (int)chunk);
     else
-        conv_filter_kernel<0, BM, BN, BK, Math>
+        conv_filter_kernel<0, BM, BN, BK, Math, STAGES>
             <<<grid, T, 0, dd_cuda_stream>>>(dw, db, part, dy, x, g, NR, (int)chunk);
     DD_CUDA_LAUNCHED("conv backward-filter (own)");
     if (part) {
@@ -790,9 +842,12 @@ const filter_fn filter_fns[] = {
     launch_filter<16, 64, 32, TC<16, 64, 16, 16>>,
     launch_filter<32, 64, 32, TC<32, 64, 16, 32>>,
     launch_filter<64, 64, 32, TC<64, 64, 32, 32>>,
+    launch_filter<32, 64, 16, TC<32, 64, 16, 32>, 3>,
+    launch_filter<64, 64, 16, TC<64, 64, 32, 32>, 3>,
 };
-const char *const filter_names[] = {"16x64", "32x64", "64x64", "tc16x64", "tc32x64", "tc64x64"};
-constexpr int FILTER_CONFIGS = 6, FILTER_FP32_CONFIGS = 3;
+const char *const filter_names[] = {"16x64",   "32x64",   "64x64",     "tc16x64",
+                                    "tc32x64", "tc64x64", "tc32x64s3", "tc64x64s3"};
+constexpr int FILTER_CONFIGS = 8, FILTER_FP32_CONFIGS = 3;
 
 /* the first configuration whose BM covers m channels (the last for more) */
 int by_channels(int m) {
