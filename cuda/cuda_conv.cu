@@ -1,13 +1,15 @@
-/* Handwritten convolution kernels (FP32), an alternative to cuDNN that cuda_dnn.c chooses per
- * shape and direction (DIFFUSION_CONV=cudnn|own|auto there). Every entry is correct for any
- * dd_conv_shape (any K, stride, pad, odd sizes, no bias); the tile configurations are tuned for
- * the small UNet's convolutions (1 to 192 channels, 28x28 down to 7x7).
+/* Handwritten convolution kernels (FP32 and TF32 tensor cores), an alternative to cuDNN that
+ * cuda_dnn.c chooses per shape and direction (DIFFUSION_CONV=cudnn|own|own-tf32|auto there).
+ * Every entry is correct for any dd_conv_shape (any K, stride, pad, odd sizes, no bias); the
+ * tile configurations are tuned for the small UNet's convolutions (1 to 192 channels, 28x28
+ * down to 7x7).
  *
  * All three directions are one implicit GEMM (no im2col buffer: the tile loaders gather from
  * the NCHW tensors, zero outside the image) with the same block structure: a BM x BN tile of
- * the output per block, BK reduction steps at a time through shared memory, a TM x TN register
- * tile per thread, and the next step's global loads issued into registers while the current
- * step is multiplied (one buffer in shared memory, two __syncthreads per step).
+ * the output per block, BK reduction steps at a time through shared memory, and either the next
+ * step's global loads issued into registers while the current step is multiplied (one buffer in
+ * shared memory, two __syncthreads per step) or, in the s3 configurations, three buffers filled
+ * by asynchronous copies two steps ahead (one __syncthreads per step).
  *   forward:         y[co, p] = sum over r of w[co, r] xcol[r, p] + b[co]
  *                    co < Cout, p = (n, oh, ow) < N Ho Wo, r = (ci, kh, kw) < Cin K K
  *   backward-data:   dx[ci, q] += sum over r of w[co, ci, kh, kw] dy[n, co, oh, ow]
