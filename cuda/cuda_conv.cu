@@ -79,8 +79,9 @@ Geom geometry(const dd_conv_shape *s) {
  *     columns tx TN + j), (BM / TM) (BN / TN) threads.
  *   MmaTile<BM, BN, WM, WN>: TF32 tensor cores (mma.sync m16n8k8, sm_80 and later), a WM x WN
  *     tile per warp as (WM / 16) x (WN / 8) mma tiles, (BM / WM) (BN / WN) warps. Operands
- *     are rounded to TF32 (nearest, ties away) when they are stored to shared memory; products
- *     accumulate in FP32. Only used when TF32 is allowed (dd_conv_own_config_tf32).
+ *     are rounded to TF32 (nearest, ties away) when they are stored to shared memory, or, when
+ *     asynchronous copies put them there, as the fragments are read; products accumulate in
+ *     FP32. Only used when TF32 is allowed (dd_conv_own_config_tf32).
  * Shared tiles are reduction-major: a[k][m] at a + k AS + m, b[k][n] at b + k BS + n. */
 
 /* n values from shared memory at p (16-byte aligned when n % 4 == 0): float4 loads halve the
@@ -198,9 +199,10 @@ __device__ __forceinline__ void mma_tf32(float (&d)[4], const float (&a)[4], con
  * that covers its commit group. src must be a valid address even when !ok (it is not read). */
 __device__ __forceinline__ void cp_async4(float *dst, const float *src, bool ok) {
 #if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 800
-    asm volatile("cp.async.ca.shared.global [%0], [%1], 4, %2;\n" ::"r"(
-                     (unsigned int)__cvta_generic_to_shared(dst)),
-                 "l"(src), "r"(ok ? 4 : 0));
+    asm volatile("cp.async.ca.shared.global [%0], [%1], 4, %2;\n"
+                 :
+                 : "r"((unsigned int)__cvta_generic_to_shared(dst)), "l"(src), "r"(ok ? 4 : 0)
+                 : "memory");
 #else
     __pipeline_memcpy_async(dst, src, 4, ok ? 0 : 4);
 #endif
