@@ -629,6 +629,13 @@ __global__ void __launch_bounds__(Math::T)
     }
 }
 
+/* element i of the splits' partials part[z][i] (n each), summed in split order */
+__device__ __forceinline__ float split_sum(const float *part, int64_t n, int64_t i, int splits) {
+    float s = 0.f;
+    for (int z = 0; z < splits; z++) s += part[(int64_t)z * n + i];
+    return s;
+}
+
 /* dw/db += the sum of the splits' partials, in split order. */
 __global__ void conv_filter_reduce_kernel(float *__restrict__ dw, float *__restrict__ db,
                                           const float *__restrict__ part, int Cout, int NR, int Kf,
@@ -636,8 +643,7 @@ __global__ void conv_filter_reduce_kernel(float *__restrict__ dw, float *__restr
     const int64_t n = (int64_t)Cout * NR;
     for (int64_t i = (int64_t)blockIdx.x * blockDim.x + threadIdx.x; i < n;
          i += (int64_t)gridDim.x * blockDim.x) {
-        float s = 0.f;
-        for (int z = 0; z < splits; z++) s += part[(int64_t)z * n + i];
+        const float s = split_sum(part, n, i, splits);
         const int m = (int)(i / NR), r = (int)(i - (int64_t)m * NR);
         if (r < Kf) {
             if (dw) dw[(int64_t)m * Kf + r] += s;
@@ -656,8 +662,7 @@ __global__ void conv_gemm_reduce_kernel(float *__restrict__ out, const float *__
     const int64_t n = (int64_t)M * cols;
     for (int64_t i = (int64_t)blockIdx.x * blockDim.x + threadIdx.x; i < n;
          i += (int64_t)gridDim.x * blockDim.x) {
-        float s = 0.f;
-        for (int z = 0; z < splits; z++) s += part[(int64_t)z * n + i];
+        const float s = split_sum(part, n, i, splits);
         const int m = (int)(i / cols), c = (int)(i - (int64_t)m * cols);
         const int img = c / plane, pos = c - img * plane;
         float *o = out + ((int64_t)img * M + m) * plane + pos;
@@ -694,6 +699,9 @@ __global__ void maxdiff_kernel(unsigned int *out, const float *a, const float *b
 int sm_count = 0; /* set by dd_conv_own_prepare (outside any capture) */
 
 unsigned int ceil_div(int64_t a, int64_t b) { return (unsigned int)((a + b - 1) / b); }
+
+/* blocks of 256 threads for a split reduction of n outputs (grid-stride beyond 4096) */
+unsigned int reduce_blocks(int64_t n) { return n > 4096 * 256 ? 4096u : ceil_div(n, 256); }
 
 /* Splits of a reduction of length R into chunks (multiples of BK) when its output tiles alone
  * leave the GPU under-filled: about 4 blocks per SM in all, each split at least two steps long,
@@ -755,10 +763,7 @@ int launch_gemm(float *out, const float *act, const float *w, const float *bias,
     else
         DD_CUDA_LAUNCHED("conv forward (own)");
     if (part) {
-        const int64_t n = (int64_t)M * cols;
-        int64_t blocks = (n + 255) / 256;
-        if (blocks > 4096) blocks = 4096;
-        conv_gemm_reduce_kernel<DATA><<<(unsigned int)blocks, 256, 0, dd_cuda_stream>>>(
+        conv_gemm_reduce_kernel<DATA><<<reduce_blocks((int64_t)M * cols), 256, 0, dd_cuda_stream>>>(
             out, part, bias, M, cols, plane, (int)splits);
         if (DATA)
             DD_CUDA_LAUNCHED("conv backward-data reduction (own)");
@@ -793,10 +798,7 @@ int launch_filter(float *dw, float *db, const float *dy, const float *x, const G
             <<<grid, T, 0, dd_cuda_stream>>>(dw, db, part, dy, x, g, NR, (int)chunk);
     DD_CUDA_LAUNCHED("conv backward-filter (own)");
     if (part) {
-        const int64_t n = (int64_t)g.Cout * NR;
-        int64_t blocks = (n + 255) / 256;
-        if (blocks > 4096) blocks = 4096;
-        conv_filter_reduce_kernel<<<(unsigned int)blocks, 256, 0, dd_cuda_stream>>>(
+        conv_filter_reduce_kernel<<<reduce_blocks((int64_t)g.Cout * NR), 256, 0, dd_cuda_stream>>>(
             dw, db, part, g.Cout, NR, g.Kf, (int)splits);
         DD_CUDA_LAUNCHED("conv backward-filter reduction (own)");
     }
@@ -812,8 +814,9 @@ typedef int (*filter_fn)(float *, float *, const float *, const float *, const G
  * filter one (64); then, named tc..., TF32 tensor-core ones (BK, warp tile WMxWN), 128 threads
  * (4 warps); k32: BK = 32, half the steps (each step waits once for its global loads) for more
  * registers; s3: three tiles in shared memory filled by asynchronous copies (cp.async) two steps
- * ahead, instead of one tile and the next step's loads in registers. The FP32 ones come first and are the default picks: the tc ones run only where TF32
- * is allowed (dd_conv_own_config_tf32). */
+ * ahead, instead of one tile and the next step's loads in registers. The FP32 ones come first
+ * and are the default picks: the tc ones run only where TF32 is allowed
+ * (dd_conv_own_config_tf32). */
 template <int BM, int BN, int TM, int TN> using F = FmaTile<BM, BN, TM, TN>;
 template <int BM, int BN, int WM, int WN> using TC = MmaTile<BM, BN, WM, WN>;
 template <bool DATA> struct GemmConfigs {
