@@ -1,7 +1,9 @@
 #!/usr/bin/env python3
 """Rewrite CUDA kernel launches `kernel<T...><<<grid, block, smem, stream>>>(args)` into calls
-`emu_launch(grid, block, smem, stream, kernel<T...>, args)` of the CPU emulator
-(fake_cuda/cuda_runtime.h), so that an unmodified .cu file compiles as C++.
+`emu_launch(grid, block, smem, stream, kernel<T...>, "kernel<T...>", args)` of the CPU emulator
+(fake_cuda/cuda_runtime.h), so that an unmodified .cu file compiles as C++. The string literal
+is the kernel expression as written in the source (whitespace runs collapsed to one space): the
+emulator's fault injection (EMU_FAULT_KERNEL, tests/emu/emu_api.cpp) matches launches by it.
 
 Usage: cuda_launch_rewrite.py IN.cu OUT.cpp
 
@@ -40,6 +42,11 @@ def match_fwd(text, open_, open_ch, close_ch):
     raise ValueError("unbalanced %s%s" % (open_ch, close_ch))
 
 
+def c_string(s):
+    """s as a C string literal (on one line: s has no newline)"""
+    return '"%s"' % s.replace("\\", "\\\\").replace('"', '\\"')
+
+
 def rewrite(text):
     out, pos, count = [], 0, 0
     while True:
@@ -69,7 +76,8 @@ def rewrite(text):
             raise ValueError("no argument list after >>> at offset %d" % gt)
         close = match_fwd(text, paren, "(", ")")
         args = text[paren + 1:close].strip()
-        call = "emu_launch(%s, %s%s)" % (config, kernel, ", " + args if args else "")
+        call = "emu_launch(%s, %s, %s%s)" % (config, kernel, c_string(" ".join(kernel.split())),
+                                               ", " + args if args else "")
         call += "\n" * max(0, text.count("\n", start, close + 1) - call.count("\n"))
         out.append(text[pos:start])
         out.append(call)

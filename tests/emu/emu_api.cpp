@@ -17,7 +17,23 @@
  * - cudaFree synchronises; a freed buffer is never handed out again here, and it reads as NaN, so
  *   a graph replayed over freed memory produces NaN rather than silently working;
  * - copies and memsets are checked against the live buffers (a device range out of bounds, or a
- *   direction that does not match the pointers, is a misuse: the test fails).
+ *   direction that does not match the pointers, is a misuse: the test fails);
+ * - a device fault is sticky. EMU_FAULT_KERNEL=SUBSTRING injects one: the first launch whose
+ *   kernel name (the kernel expression as the source writes it, template arguments included:
+ *   "conv_gemm_kernel<DATA, 3, BM, BN, BK, Math, STAGES>") contains SUBSTRING queues, instead
+ *   of its grid, an illegal memory access (cudaErrorIllegalAddress, 700); EMU_FAULT_KERNEL_SKIP=N
+ *   lets the first N matching launches run (default 0; a captured launch counts once, however
+ *   often its graph is replayed); at most one fault per process, both variables read at each
+ *   launch. When the faulting work runs (at the next synchronisation, or at once without
+ *   emu_defer; in a graph, when the graph is launched), the rest of the graph and everything
+ *   still queued are dropped, and from then on every call that touches the device (launches,
+ *   copies, memsets, allocations, synchronisations, event records, captures, graph launches, the
+ *   fake libraries' queued calls) fails with 700, and cudaGetLastError returns 700 without
+ *   clearing it. cudaFree, cudaFreeHost, cudaStreamDestroy and cudaEventDestroy still release their
+ *   object but return 700; the pure host queries (device count and properties, versions,
+ *   cudaStreamIsCapturing) keep working. Misuse reports after the fault do not fail the process
+ *   at exit (they follow from the fault): a program that reports the error exits with its own
+ *   code.
  * Not modelled: several streams running concurrently (there is one queue), the legacy default
  * stream's implicit synchronisation, timing (events measure the emulation's own time). */
 #include <cuda_runtime.h>
@@ -65,6 +81,11 @@ bool flushing;
 CUstream_st legacy_stream; /* stream 0 */
 std::vector<CUstream_st *> streams;
 cudaError_t last_error = cudaSuccess;
+/* the sticky device fault (EMU_FAULT_KERNEL): set when the faulting work runs */
+bool faulted;
+int failures_at_fault; /* emu_failures() then: later reports follow from the fault */
+int fault_matches;     /* launches whose name matched EMU_FAULT_KERNEL so far */
+bool fault_queued;     /* the one fault of the process has been queued */
 size_t device_bytes;                    /* live cudaMalloc bytes */
 std::map<uintptr_t, size_t> pinned;     /* cudaMallocHost: base -> bytes */
 std::map<void *, size_t> device_allocs; /* cudaMalloc: base -> bytes asked */
@@ -85,6 +106,31 @@ cudaError_t set_error(cudaError_t e) {
     if (e != cudaSuccess) last_error = e;
     return e;
 }
+
+/* the error of every device call after the fault (kept as the last error too) */
+cudaError_t fault_error() { return set_error(cudaErrorIllegalAddress); }
+
+void enter_fault(const std::string &kernel) {
+    if (faulted) return;
+    faulted = true;
+    failures_at_fault = emu_failures();
+    last_error = cudaErrorIllegalAddress;
+    printf("emulated CUDA: injected fault (EMU_FAULT_KERNEL): %s made an illegal memory access; "
+           "every later device call fails with error 700\n",
+           kernel.c_str());
+    fflush(stdout);
+}
+
+/* true when this launch is the one EMU_FAULT_KERNEL (and EMU_FAULT_KERNEL_SKIP) pick */
+bool fault_pick(const char *name) {
+    if (fault_queued || !name) return false;
+    const char *sub = getenv("EMU_FAULT_KERNEL");
+    if (!sub || !*sub || !strstr(name, sub)) return false;
+    const char *skip = getenv("EMU_FAULT_KERNEL_SKIP");
+    if (fault_matches++ < (skip ? atoi(skip) : 0)) return false;
+    fault_queued = true;
+    return true;
+}
 } /* namespace */
 
 void emu_misuse(const char *fmt, ...) {
@@ -97,6 +143,7 @@ void emu_misuse(const char *fmt, ...) {
 }
 
 cudaError_t emu_enqueue(cudaStream_t s, std::function<void()> op, const char *what) {
+    if (faulted) return cudaErrorIllegalAddress;
     CUstream_st *st = stream_of(s);
     if (st->capturing) {
         if (st->invalidated) return cudaErrorStreamCaptureInvalidated;
@@ -119,6 +166,7 @@ void emu_flush() {
         Op op = std::move(queue.front());
         queue.pop_front();
         op.run();
+        if (faulted) queue.clear(); /* as on a GPU: nothing after the fault runs */
     }
     flushing = false;
 }
@@ -154,10 +202,16 @@ bool emu_pinned(const void *p) {
 /* A misuse is a bug however the caller handles the error code: fail the process at exit. */
 namespace {
 void report_at_exit() {
+    const int before_guards = emu_failures();
     emu_check_guards("at exit");
-    if (emu_failures()) {
-        printf("emulated CUDA: %d failed check(s) of the emulation: the test fails\n",
-               emu_failures());
+    /* after a device fault, the reports that followed it are its consequences */
+    const int failures = faulted ? failures_at_fault + (emu_failures() - before_guards)
+                                 : emu_failures();
+    if (faulted && failures != emu_failures())
+        printf("emulated CUDA: %d report(s) after the injected fault, not counted\n",
+               emu_failures() - failures);
+    if (failures) {
+        printf("emulated CUDA: %d failed check(s) of the emulation: the test fails\n", failures);
         fflush(stdout);
         _exit(1);
     }
@@ -170,6 +224,10 @@ struct AtExit {
 /* ---------------------------------------------------------------- launches */
 
 bool emu_launch_check(dim3 grid, dim3 block, size_t smem, cudaStream_t s) {
+    if (faulted) {
+        fault_error();
+        return false;
+    }
     const unsigned long nt = (unsigned long)block.x * block.y * block.z;
     if (!grid.x || !grid.y || !grid.z || grid.y > 65535 || grid.z > 65535 || !nt || nt > 1024 ||
         block.z > 64 || smem > 48 * 1024) {
@@ -186,7 +244,12 @@ bool emu_launch_check(dim3 grid, dim3 block, size_t smem, cudaStream_t s) {
     return true;
 }
 
-void emu_launch_queue(cudaStream_t s, std::function<void()> run) {
+void emu_launch_queue(cudaStream_t s, std::function<void()> run, const char *name) {
+    if (fault_pick(name)) {
+        const std::string kernel = name;
+        (void)emu_enqueue(s, [kernel] { enter_fault(kernel); }, "kernel");
+        return;
+    }
     (void)emu_enqueue(s, std::move(run), "kernel");
 }
 
@@ -205,6 +268,7 @@ const char *cudaGetErrorString(cudaError_t e) {
     case cudaErrorNoDevice: return "no CUDA-capable device is detected";
     case cudaErrorInvalidResourceHandle: return "invalid resource handle";
     case cudaErrorIllegalState: return "the operation cannot be performed in the present state";
+    case cudaErrorIllegalAddress: return "an illegal memory access was encountered";
     case cudaErrorStreamCaptureUnsupported:
         return "operation not permitted when stream is capturing";
     case cudaErrorStreamCaptureInvalidated:
@@ -215,11 +279,14 @@ const char *cudaGetErrorString(cudaError_t e) {
 }
 
 cudaError_t cudaGetLastError(void) {
+    if (faulted) return cudaErrorIllegalAddress; /* sticky: not cleared */
     const cudaError_t e = last_error;
     last_error = cudaSuccess;
     return e;
 }
-cudaError_t cudaPeekAtLastError(void) { return last_error; }
+cudaError_t cudaPeekAtLastError(void) {
+    return faulted ? cudaErrorIllegalAddress : last_error;
+}
 
 /* EMU_NO_GPU=1: the machine has no GPU (the backend's error path) */
 cudaError_t cudaGetDeviceCount(int *n) {
@@ -252,6 +319,7 @@ cudaError_t cudaGetDeviceProperties(struct cudaDeviceProp *p, int d) {
     return cudaSuccess;
 }
 cudaError_t cudaMemGetInfo(size_t *free_b, size_t *total_b) {
+    if (faulted) return fault_error();
     *total_b = memory_limit();
     *free_b = memory_limit() - device_bytes;
     return cudaSuccess;
@@ -265,15 +333,17 @@ cudaError_t cudaDriverGetVersion(int *v) {
     return cudaSuccess;
 }
 cudaError_t cudaDeviceSynchronize(void) {
+    if (faulted) return fault_error();
     if (emu_prohibited(nullptr, "cudaDeviceSynchronize")) return cudaErrorStreamCaptureUnsupported;
     emu_flush();
-    return cudaSuccess;
+    return faulted ? fault_error() : cudaSuccess;
 }
 
 /* ---- memory */
 
 cudaError_t cudaMalloc(void **p, size_t bytes) {
     *p = nullptr;
+    if (faulted) return fault_error();
     if (emu_prohibited(nullptr, "cudaMalloc")) return cudaErrorStreamCaptureUnsupported;
     if (bytes == 0) return cudaSuccess; /* as CUDA: a null pointer, no error */
     const size_t rounded = (bytes + 255) / 256 * 256;
@@ -288,6 +358,15 @@ cudaError_t cudaMalloc(void **p, size_t bytes) {
 }
 
 cudaError_t cudaFree(void *p) {
+    if (faulted) { /* the buffer is released (nothing queued can still use it); 700 as CUDA */
+        auto it = device_allocs.find(p);
+        if (it != device_allocs.end()) {
+            device_bytes -= it->second;
+            device_allocs.erase(it);
+            emu_retire((float *)p);
+        }
+        return fault_error();
+    }
     if (!p) return cudaSuccess;
     if (emu_prohibited(nullptr, "cudaFree")) return cudaErrorStreamCaptureUnsupported;
     auto it = device_allocs.find(p);
@@ -299,11 +378,12 @@ cudaError_t cudaFree(void *p) {
     device_bytes -= it->second;
     device_allocs.erase(it);
     emu_retire((float *)p);
-    return cudaSuccess;
+    return faulted ? fault_error() : cudaSuccess;
 }
 
 cudaError_t cudaMallocHost(void **p, size_t bytes) {
     *p = nullptr;
+    if (faulted) return fault_error();
     if (emu_prohibited(nullptr, "cudaMallocHost")) return cudaErrorStreamCaptureUnsupported;
     const size_t n = bytes ? bytes : 1;
     void *b = aligned_alloc(4096, (n + 4095) / 4096 * 4096);
@@ -314,6 +394,14 @@ cudaError_t cudaMallocHost(void **p, size_t bytes) {
 }
 
 cudaError_t cudaFreeHost(void *p) {
+    if (faulted) {
+        auto it = pinned.find((uintptr_t)p);
+        if (it != pinned.end()) {
+            pinned.erase(it);
+            free(p);
+        }
+        return fault_error();
+    }
     if (!p) return cudaSuccess;
     if (emu_prohibited(nullptr, "cudaFreeHost")) return cudaErrorStreamCaptureUnsupported;
     auto it = pinned.find((uintptr_t)p);
@@ -324,10 +412,11 @@ cudaError_t cudaFreeHost(void *p) {
     emu_flush(); /* synchronises: a queued copy may still read it */
     pinned.erase(it);
     free(p);
-    return cudaSuccess;
+    return faulted ? fault_error() : cudaSuccess;
 }
 
 cudaError_t cudaMemsetAsync(void *p, int v, size_t bytes, cudaStream_t s) {
+    if (faulted) return fault_error();
     if (!bytes) return cudaSuccess;
     if (!emu_device_range(p, bytes)) {
         emu_misuse("cudaMemsetAsync of %zu bytes outside device memory", bytes);
@@ -338,6 +427,7 @@ cudaError_t cudaMemsetAsync(void *p, int v, size_t bytes, cudaStream_t s) {
 
 cudaError_t cudaMemcpyAsync(void *dst, const void *src, size_t bytes, enum cudaMemcpyKind k,
                             cudaStream_t s) {
+    if (faulted) return fault_error();
     if (!bytes) return cudaSuccess;
     const bool dev_dst = emu_device_range(dst, bytes), dev_src = emu_device_range(src, bytes);
     const bool host_dst = !emu_in_buffer(dst, 1) || emu_pinned(dst);
@@ -374,6 +464,7 @@ cudaError_t cudaMemcpyAsync(void *dst, const void *src, size_t bytes, enum cudaM
         }
         /* returns once the copy is done: everything queued before it first */
         emu_flush();
+        if (faulted) return fault_error();
         memcpy(dst, src, bytes);
         return cudaSuccess;
     }
@@ -383,6 +474,8 @@ cudaError_t cudaMemcpyAsync(void *dst, const void *src, size_t bytes, enum cudaM
 /* ---- streams and graphs */
 
 cudaError_t cudaStreamCreateWithFlags(cudaStream_t *s, unsigned int) {
+    *s = nullptr;
+    if (faulted) return fault_error();
     *s = new CUstream_st;
     streams.push_back(*s);
     return cudaSuccess;
@@ -394,16 +487,17 @@ cudaError_t cudaStreamDestroy(cudaStream_t s) {
             emu_flush();
             streams.erase(streams.begin() + (ptrdiff_t)i);
             delete s;
-            return cudaSuccess;
+            return faulted ? fault_error() : cudaSuccess;
         }
     return set_error(cudaErrorInvalidResourceHandle);
 }
 
 cudaError_t cudaStreamSynchronize(cudaStream_t s) {
+    if (faulted) return fault_error();
     if (stream_of(s)->capturing) return emu_prohibited(s, "cudaStreamSynchronize");
     if (emu_prohibited(nullptr, "cudaStreamSynchronize")) return cudaErrorStreamCaptureUnsupported;
     emu_flush();
-    return cudaSuccess;
+    return faulted ? fault_error() : cudaSuccess;
 }
 
 cudaError_t cudaStreamIsCapturing(cudaStream_t s, enum cudaStreamCaptureStatus *status) {
@@ -415,6 +509,7 @@ cudaError_t cudaStreamIsCapturing(cudaStream_t s, enum cudaStreamCaptureStatus *
 }
 
 cudaError_t cudaStreamBeginCapture(cudaStream_t s, enum cudaStreamCaptureMode mode) {
+    if (faulted) return fault_error();
     CUstream_st *st = stream_of(s);
     if (!s) {
         emu_misuse("capturing the legacy default stream");
@@ -435,10 +530,15 @@ cudaError_t cudaStreamBeginCapture(cudaStream_t s, enum cudaStreamCaptureMode mo
 cudaError_t cudaStreamEndCapture(cudaStream_t s, cudaGraph_t *g) {
     *g = nullptr;
     CUstream_st *st = stream_of(s);
-    if (!st->capturing) return set_error(cudaErrorIllegalState);
+    if (!st->capturing) return faulted ? fault_error() : set_error(cudaErrorIllegalState);
     st->capturing = false;
     std::vector<std::function<void()>> ops;
     ops.swap(st->captured);
+    if (faulted) { /* the capture ends, without a graph */
+        st->invalidated = false;
+        st->counts.clear();
+        return fault_error();
+    }
     if (st->invalidated) {
         st->invalidated = false;
         return set_error(cudaErrorStreamCaptureInvalidated);
@@ -458,18 +558,23 @@ cudaError_t cudaStreamEndCapture(cudaStream_t s, cudaGraph_t *g) {
 
 cudaError_t cudaGraphInstantiate(cudaGraphExec_t *e, cudaGraph_t g, unsigned long long) {
     *e = nullptr;
+    if (faulted) return fault_error();
     if (!g) return set_error(cudaErrorInvalidValue);
     *e = new CUgraphExec_st{std::make_shared<const std::vector<std::function<void()>>>(g->ops)};
     return cudaSuccess;
 }
 
 cudaError_t cudaGraphLaunch(cudaGraphExec_t e, cudaStream_t s) {
+    if (faulted) return fault_error();
     if (!e) return set_error(cudaErrorInvalidValue);
     auto ops = e->ops; /* the exec may be destroyed before the launch runs, as on a GPU */
     return set_error(emu_enqueue(
         s,
         [ops] {
-            for (const auto &op : *ops) op();
+            for (const auto &op : *ops) {
+                if (faulted) return; /* a node faulted: the rest does not run */
+                op();
+            }
         },
         "cudaGraphLaunch"));
 }
@@ -487,15 +592,18 @@ cudaError_t cudaGraphExecDestroy(cudaGraphExec_t e) {
 /* ---- events */
 
 cudaError_t cudaEventCreate(cudaEvent_t *e) {
+    *e = nullptr;
+    if (faulted) return fault_error();
     *e = new CUevent_st;
     return cudaSuccess;
 }
 cudaError_t cudaEventDestroy(cudaEvent_t e) {
     emu_flush(); /* a queued record may still write it */
     delete e;
-    return cudaSuccess;
+    return faulted ? fault_error() : cudaSuccess;
 }
 cudaError_t cudaEventRecord(cudaEvent_t e, cudaStream_t s) {
+    if (faulted) return fault_error();
     return set_error(emu_enqueue(
         s,
         [e] {
@@ -506,11 +614,13 @@ cudaError_t cudaEventRecord(cudaEvent_t e, cudaStream_t s) {
         "cudaEventRecord"));
 }
 cudaError_t cudaEventSynchronize(cudaEvent_t) {
+    if (faulted) return fault_error();
     if (emu_prohibited(nullptr, "cudaEventSynchronize")) return cudaErrorStreamCaptureUnsupported;
     emu_flush();
-    return cudaSuccess;
+    return faulted ? fault_error() : cudaSuccess;
 }
 cudaError_t cudaEventElapsedTime(float *ms, cudaEvent_t a, cudaEvent_t b) {
+    if (faulted) return fault_error();
     if (!a->recorded || !b->recorded) return set_error(cudaErrorInvalidResourceHandle);
     *ms = (float)(b->ms - a->ms);
     return cudaSuccess;

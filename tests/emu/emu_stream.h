@@ -24,8 +24,10 @@ extern bool emu_defer;
 /* Queues op on stream s (NULL: the legacy default stream; there is one in-order queue for all
  * streams, as the backend uses one stream). `what` names it in messages. Returns cudaSuccess, or
  * cudaErrorStreamCaptureInvalidated when s's capture was invalidated by a forbidden call (the op
- * is dropped; as on a GPU, every use of the stream fails until the capture is ended): a fake
- * library then returns its own execution-failed status (CUBLAS_STATUS_EXECUTION_FAILED,
+ * is dropped; as on a GPU, every use of the stream fails until the capture is ended), or
+ * cudaErrorIllegalAddress after a device fault (EMU_FAULT_KERNEL in emu_api.cpp: the op is
+ * dropped, and so is everything still queued when the fault runs): a fake library then returns
+ * its own execution-failed status (CUBLAS_STATUS_EXECUTION_FAILED,
  * CUDNN_STATUS_EXECUTION_FAILED). */
 cudaError_t emu_enqueue(cudaStream_t s, std::function<void()> op, const char *what);
 

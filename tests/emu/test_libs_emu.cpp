@@ -22,7 +22,11 @@
  * - BAD_PARAM for a y descriptor of the wrong dims, mismatched channels, too small a workspace,
  *   a bad bias descriptor, a non-broadcastable AddTensor, host memory, a destroyed descriptor;
  * - values read at the call (alpha, descriptors) are not affected by later host changes, and
- *   nothing runs before a synchronisation.
+ *   nothing runs before a synchronisation;
+ * - last (nothing works after it), the emulator's sticky device fault (EMU_FAULT_KERNEL, set by
+ *   the test itself): the picked launch and everything queued after it do not run, the
+ *   synchronisation returns 700, cudaGetLastError returns it without clearing it, and every
+ *   later device call fails with it.
  * Each expected misuse must raise the emulator's failure count by exactly one; the test exits by
  * itself (before the emulator's at-exit report, which would count those as failures). */
 #include <cublas_v2.h>
@@ -754,6 +758,68 @@ void find_in_capture(cudnnHandle_t h) {
           "cudnnGetErrorString(BAD_PARAM) = %s", cudnnGetErrorString(CUDNN_STATUS_BAD_PARAM));
 }
 
+/* ---------------------------------------------------------------- the sticky device fault */
+
+/* writes V into p[threadIdx.x] */
+template <int V> __global__ void fault_probe_kernel(float *p) { p[threadIdx.x] = (float)V; }
+
+/* EMU_FAULT_KERNEL picks the second launch of fault_probe_kernel<1> (SKIP 1); <2> never matches.
+ * Launched as the rewrite of a .cu file launches (the name as the source writes it). */
+void sticky_fault() {
+    setenv("EMU_FAULT_KERNEL", "probe_kernel<1>", 1);
+    setenv("EMU_FAULT_KERNEL_SKIP", "1", 1);
+    (void)cudaGetLastError(); /* the earlier tests' refused calls */
+    float *d = dev(32);
+    emu_launch(dim3(1), dim3(32), 0, stream, fault_probe_kernel<2>, "fault_probe_kernel<2>", d);
+    CHECK(cudaStreamSynchronize(stream) == cudaSuccess && d[31] == 2.0f,
+          "a launch EMU_FAULT_KERNEL does not match did not run");
+    emu_launch(dim3(1), dim3(32), 0, stream, fault_probe_kernel<1>, "fault_probe_kernel<1>", d);
+    CHECK(cudaStreamSynchronize(stream) == cudaSuccess && d[31] == 1.0f,
+          "the matching launch EMU_FAULT_KERNEL_SKIP skips did not run");
+    CHECK(cudaMemsetAsync(d, 0, 32 * sizeof(float), stream) == cudaSuccess, "memset");
+    emu_launch(dim3(1), dim3(32), 0, stream, fault_probe_kernel<1>, "fault_probe_kernel<1>", d);
+    CHECK(cudaGetLastError() == cudaSuccess, "the faulting launch failed at the call");
+    emu_launch(dim3(1), dim3(32), 0, stream, fault_probe_kernel<2>, "fault_probe_kernel<2>", d);
+    CHECK(cudaPeekAtLastError() == cudaSuccess,
+          "a launch after the queued fault failed at the call");
+    int e = cudaStreamSynchronize(stream);
+    CHECK(e == cudaErrorIllegalAddress, "synchronisation after the fault returned %d, expected 700",
+          e);
+    CHECK(d[0] == 0.0f && d[31] == 0.0f,
+          "after the fault: %g %g, expected 0 (the memset before it ran, nothing after it)", d[0],
+          d[31]);
+    for (int i = 0; i < 2; i++) {
+        e = cudaGetLastError();
+        CHECK(e == cudaErrorIllegalAddress, "cudaGetLastError #%d after the fault returned %d",
+              i + 1, e);
+    }
+    CHECK(cudaPeekAtLastError() == cudaErrorIllegalAddress, "cudaPeekAtLastError after the fault");
+    CHECK(std::string(cudaGetErrorString(cudaErrorIllegalAddress)) ==
+              "an illegal memory access was encountered",
+          "cudaGetErrorString(700) = %s", cudaGetErrorString(cudaErrorIllegalAddress));
+    e = cudaMemsetAsync(d, 0, 32 * sizeof(float), stream);
+    CHECK(e == cudaErrorIllegalAddress, "cudaMemsetAsync after the fault returned %d", e);
+    emu_launch(dim3(1), dim3(32), 0, stream, fault_probe_kernel<2>, "fault_probe_kernel<2>", d);
+    e = cudaGetLastError();
+    CHECK(e == cudaErrorIllegalAddress, "a launch after the fault: cudaGetLastError %d", e);
+    float h = 5.0f;
+    e = cudaMemcpyAsync(d, &h, sizeof h, cudaMemcpyHostToDevice, stream);
+    CHECK(e == cudaErrorIllegalAddress, "cudaMemcpyAsync after the fault returned %d", e);
+    void *p = &h;
+    e = cudaMalloc(&p, 64);
+    CHECK(e == cudaErrorIllegalAddress && !p, "cudaMalloc after the fault returned %d", e);
+    e = cudaStreamBeginCapture(stream, cudaStreamCaptureModeThreadLocal);
+    CHECK(e == cudaErrorIllegalAddress, "cudaStreamBeginCapture after the fault returned %d", e);
+    e = cudaDeviceSynchronize();
+    CHECK(e == cudaErrorIllegalAddress, "cudaDeviceSynchronize after the fault returned %d", e);
+    CHECK(d[31] == 0.0f, "a launch after the fault ran");
+    e = cudaFree(d);
+    CHECK(e == cudaErrorIllegalAddress || e == cudaSuccess, "cudaFree after the fault returned %d",
+          e);
+    unsetenv("EMU_FAULT_KERNEL");
+    unsetenv("EMU_FAULT_KERNEL_SKIP");
+}
+
 } /* namespace */
 
 int main() {
@@ -793,7 +859,8 @@ int main() {
     CHECK(cudnnDestroy(dnn) == CUDNN_STATUS_SUCCESS, "cudnnDestroy");
     CHECK(cublasDestroy(blas) == CUBLAS_STATUS_SUCCESS, "cublasDestroy");
     cudaFree(ws);
-    cudaStreamSynchronize(stream);
+    CHECK(cudaStreamSynchronize(stream) == cudaSuccess, "final synchronisation");
+    sticky_fault();
 
     emu_check_guards("test_libs_emu");
     const int unexpected = emu_failures() - misuse_expected;

@@ -31,6 +31,7 @@ enum {
     cudaErrorNoDevice = 100,
     cudaErrorInvalidResourceHandle = 400,
     cudaErrorIllegalState = 401,
+    cudaErrorIllegalAddress = 700, /* sticky: see EMU_FAULT_KERNEL in tests/emu/emu_api.cpp */
     cudaErrorStreamCaptureUnsupported = 900,
     cudaErrorStreamCaptureInvalidated = 901,
     cudaErrorStreamCaptureUnmatched = 903
@@ -234,20 +235,21 @@ inline void __threadfence_block() {}
  * grid.y or grid.z above 65535, more than 1024 threads, an empty grid, divergent barriers). */
 void emu_run_grid(dim3 grid, dim3 block, size_t smem, const std::function<void()> &body);
 /* A launch: the configuration is checked at once (a bad one sets the error cudaGetLastError
- * returns, as on a GPU); the arguments are converted to the kernel's parameter types and copied,
- * and the grid runs when the stream's queue does (emu_api.cpp). */
+ * returns, as on a GPU; after a device fault every launch fails); the arguments are converted to
+ * the kernel's parameter types and copied, and the grid runs when the stream's queue does
+ * (emu_api.cpp). `name` is the kernel expression as the source writes it (the rewrite passes it):
+ * the launch EMU_FAULT_KERNEL picks queues the fault instead of the grid. */
 extern int emu_sms; /* the SM count the emulated device reports */
 
 bool emu_launch_check(dim3 grid, dim3 block, size_t smem, cudaStream_t s);
-void emu_launch_queue(cudaStream_t s, std::function<void()> run);
+void emu_launch_queue(cudaStream_t s, std::function<void()> run, const char *name);
 template <typename... KA, typename... A>
 void emu_launch(dim3 grid, dim3 block, size_t smem, cudaStream_t s, void (*k)(KA...),
-                A &&...args) {
+                const char *name, A &&...args) {
     if (!emu_launch_check(grid, block, smem, s)) return;
     std::tuple<typename std::decay<KA>::type...> params(std::forward<A>(args)...);
-    emu_launch_queue(s, [=] {
-        emu_run_grid(grid, block, smem, [&] { std::apply(k, params); });
-    });
+    emu_launch_queue(
+        s, [=] { emu_run_grid(grid, block, smem, [&] { std::apply(k, params); }); }, name);
 }
 
 #endif /* __cplusplus */
