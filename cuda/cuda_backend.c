@@ -22,7 +22,18 @@ const char *dd_cuda_base(const char *path) {
     return s ? s + 1 : path;
 }
 
+/* Set when the GPU faulted where the backend knew what was running (dd_cuda_note_fault): the
+ * context is lost, and the calls that fail afterwards are rarely the one that caused it. */
+static char fault_note[768];
+
+void dd_cuda_note_fault(const char *what) {
+    if (!fault_note[0]) snprintf(fault_note, sizeof fault_note, "%s", what); /* the first one */
+}
+
 int dd_cuda_fail(const char *file, int line, const char *call, cudaError_t err) {
+    if (fault_note[0])
+        return dd_error("%s:%d: %s: %s (the GPU faulted earlier: %s)", dd_cuda_base(file), line,
+                        call, cudaGetErrorString(err), fault_note);
     return dd_error("%s:%d: %s: %s", dd_cuda_base(file), line, call, cudaGetErrorString(err));
 }
 
@@ -124,6 +135,8 @@ static void cu_host_free(void *p) {
 
 static int cu_to_device_async(void *dst, const void *src, size_t bytes) {
     if (!bytes) return 0;
+    /* in a capture the copy would become a graph node that re-reads src at every replay */
+    DD_TRY(refuse_in_capture("to_device_async"));
     DD_CUDA_CHECK(cudaMemcpyAsync(dst, src, bytes, cudaMemcpyHostToDevice, dd_cuda_stream));
     return 0;
 }

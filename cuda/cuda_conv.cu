@@ -416,12 +416,15 @@ __global__ void __launch_bounds__(Math::T)
         for (int st = 0; st < STAGES - 1; st++) issue(st);
         for (int step = 0; step < steps; step++) {
             __pipeline_wait_prior(STAGES - 2); /* this thread's copies for `step` have landed */
-            __syncthreads(); /* everyone's have; and everyone is done with step - 1's stage */
-            issue(step + STAGES - 1);      /* into step - 1's stage */
+            /* everyone's have; and everyone is done with step - 1's stage. The barrier is also
+             * what keeps the compiler from moving shared reads above the wait (CUDA's
+             * __pipeline_wait_prior has no memory clobber): no stage is read between the two. */
+            __syncthreads();
+            issue(step + STAGES - 1); /* into step - 1's stage */
             const int st = step % STAGES;
             tile.template multiply<BK, true>(As + st * BK * AS, AS, Bs + st * BK * BS, BS);
         }
-        __pipeline_wait_prior(0);
+        __pipeline_wait_prior(0); /* only empty groups are left; shared memory is not reused */
     }
 
     if (part) { /* a split: the partial tile to part[z][m][column] */

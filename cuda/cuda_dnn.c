@@ -10,7 +10,9 @@
  * conv2d_workspace reports exactly that cap: the answer depends on the shape alone, so a graph
  * planned in one mode stays safe when the switch flips and the other mode's algorithms are found
  * later. conv2d_workspace also runs the search, so calling it for every shape (the graph's
- * memory plan does) leaves nothing to choose or allocate during a CUDA graph capture.
+ * memory plan does) leaves nothing to choose or allocate during a CUDA graph capture. Where
+ * cudnnFind fails (it allocates buffers of its own: no room on the GPU, say), cuDNN's heuristic
+ * ranking stands in, with a warning.
  *
  * Which implementation: env DIFFUSION_CONV = cudnn | own | own-tf32 | auto (default auto). auto
  * times, for each new shape, cuDNN's choice and every own tile configuration per direction (on
@@ -22,7 +24,9 @@
  * candidates only with TF32 on. own uses the own FP32 kernels wherever they fit, untimed and
  * unchecked (the tests' mode); own-tf32 the same with the tensor-core ones where TF32 is on.
  * DIFFUSION_CONV_LOG=1 prints each shape's timings and choices to stderr;
- * DIFFUSION_CONV_TIMING_REPS (default 8) is how many timed calls each candidate gets.
+ * DIFFUSION_CONV_TIMING_REPS (default 8) is how many timed calls each candidate gets. A timing
+ * that fails falls back to cuDNN for the shape, unless the GPU faulted (a sticky error that
+ * leaves the CUDA context unusable): then the run stops, naming the shape and configuration.
  *
  * With TF32 off the search keeps to the GEMM-style algorithms (no FFT or Winograd), whose FP32
  * results stay within ~1e-6 of a plain sum: that mode is the one for accuracy.
@@ -65,6 +69,22 @@ static int blas_fail(const char *file, int line, const char *call, cublasStatus_
     } while (0)
 
 int dd_cuda_dnn_init(void) {
+#if CUDNN_MAJOR >= 9
+    /* cuDNN 9 loads its sub-libraries at their first call: load the two this backend uses now,
+     * so that a missing or mismatched libcudnn_ops / libcudnn_cnn is a clear error at start and
+     * not one in the middle of planning the first convolution */
+    const size_t v = cudnnGetVersion();
+    if (v / 10000 != CUDNN_MAJOR)
+        return dd_error("the cuDNN library is version %zu.%zu.%zu, this program was built against "
+                        "cuDNN %d's headers",
+                        v / 10000, v / 100 % 100, v % 100, CUDNN_MAJOR);
+    cudnnStatus_t st = cudnnOpsVersionCheck();
+    if (st == CUDNN_STATUS_SUCCESS) st = cudnnCnnVersionCheck();
+    if (st != CUDNN_STATUS_SUCCESS)
+        return dd_error("cuDNN %zu.%zu.%zu: its sub-libraries libcudnn_ops and libcudnn_cnn are "
+                        "missing, cannot be loaded or do not match it (%s)",
+                        v / 10000, v / 100 % 100, v % 100, cudnnGetErrorString(st));
+#endif
     DNN_CHECK(cudnnCreate(&dnn));
     DNN_CHECK(cudnnSetStream(dnn, dd_cuda_stream));
     BLAS_CHECK(cublasCreate(&blas));
@@ -265,12 +285,16 @@ typedef struct {
 /* From cudnnFind's results (fastest first): the first that ran, fits the cap and, in strict
  * mode, is GEMM-style (failing that, the first that ran and fits); then, if that one is not
  * deterministic, a deterministic one within 10% (+2 us) of its time instead: reproducible
- * gradients (and bit-identical graph replays) nearly for free. */
+ * gradients (and bit-identical graph replays) nearly for free. In strict mode (TF32 off) only
+ * results with FMA math count: the math type is applied to the descriptor before every call,
+ * and a result of another math type (whose workspace size is that variant's) would bring
+ * tensor cores back. With the descriptor at FMA, cuDNN reports FMA (PyTorch asserts as much). */
 static int pick(conv_choice *out, const conv_candidate *c, int n, size_t cap, int strict,
                 int (*plain)(int), const char *what, const dd_conv_shape *s) {
     for (int pass = strict ? 0 : 1; pass < 2; pass++) {
 #define USABLE(i)                                                                                 \
-    (c[i].status == CUDNN_STATUS_SUCCESS && c[i].bytes <= cap && (pass || plain(c[i].algo)))
+    (c[i].status == CUDNN_STATUS_SUCCESS && c[i].bytes <= cap &&                                  \
+     (!strict || c[i].math == CUDNN_FMA_MATH) && (pass || plain(c[i].algo)))
         int best = -1;
         for (int i = 0; i < n && best < 0; i++)
             if (USABLE(i)) best = i;
@@ -284,16 +308,14 @@ static int pick(conv_choice *out, const conv_candidate *c, int n, size_t cap, in
         }
 #undef USABLE
         out->algo = c[chosen].algo;
-        /* strict (TF32 off): FMA whatever the result says. cudnnFind may report another math
-         * type than the descriptor's, and the choice is applied to the descriptor before every
-         * call: a TENSOR_OP result would silently bring TF32 back. */
-        out->math = strict ? CUDNN_FMA_MATH : c[chosen].math;
+        out->math = c[chosen].math;
         out->bytes = c[chosen].bytes;
         return 0;
     }
-    return dd_error("conv2d %s: cuDNN found no algorithm within %zu bytes of workspace for "
+    return dd_error("conv2d %s: cuDNN found no algorithm%s within %zu bytes of workspace for "
                     "N=%d Cin=%d %dx%d -> Cout=%d K=%d stride=%d pad=%d",
-                    what, cap, s->N, s->Cin, s->H, s->W, s->Cout, s->K, s->stride, s->pad);
+                    what, strict ? " with FMA math (TF32 off)" : "", cap, s->N, s->Cin, s->H,
+                    s->W, s->Cout, s->K, s->stride, s->pad);
 }
 
 #define MAX_ALGOS 16
@@ -305,8 +327,29 @@ static int pick(conv_choice *out, const conv_candidate *c, int n, size_t cap, in
                                    (perf)[i_].mathType, (perf)[i_].time,                          \
                                    (perf)[i_].determinism == CUDNN_DETERMINISTIC}
 
+/* One direction's search into perf (n results): cudnnFind, which times every algorithm on
+ * buffers and workspaces it allocates itself; where that fails (no room for them on the GPU, say),
+ * cuDNN's heuristic ranking (cudnnGet*_v7: no allocation, no timing) instead, with a warning
+ * (one per shape). */
+#define SEARCH(find, get, perf, ...)                                                              \
+    do {                                                                                          \
+        cudnnStatus_t st_ = find(dnn, __VA_ARGS__, MAX_ALGOS, &n, perf);                          \
+        if (st_ != CUDNN_STATUS_SUCCESS) {                                                        \
+            (void)cudaGetLastError(); /* whatever it left behind must not fail the next launch */ \
+            if (!warned++) {                                                                      \
+                char shape_[96];                                                                  \
+                shape_text(shape_, sizeof shape_, &e->s);                                         \
+                fprintf(stderr,                                                                   \
+                        "diffusion: warning: conv %s: %s failed (%s); cuDNN's heuristic choices " \
+                        "are used there\n",                                                       \
+                        shape_, #find, cudnnGetErrorString(st_));                                 \
+            }                                                                                     \
+            DNN_CHECK(get(dnn, __VA_ARGS__, MAX_ALGOS, &n, perf));                                \
+        }                                                                                         \
+    } while (0)
+
 static int conv_find(conv_entry *e, int mode) {
-    int n;
+    int n, warned = 0;
     conv_candidate c[MAX_ALGOS];
     const int strict = !mode;
     /* FP32 data: DEFAULT math permits TF32 tensor cores on sm_80+, FMA forbids them (the
@@ -314,26 +357,27 @@ static int conv_find(conv_entry *e, int mode) {
     DNN_CHECK(cudnnSetConvolutionMathType(e->conv, mode ? CUDNN_DEFAULT_MATH : CUDNN_FMA_MATH));
 
     cudnnConvolutionFwdAlgoPerf_t pf[MAX_ALGOS];
-    DNN_CHECK(cudnnFindConvolutionForwardAlgorithm(dnn, e->x, e->w, e->conv, e->y, MAX_ALGOS, &n,
-                                                   pf));
+    SEARCH(cudnnFindConvolutionForwardAlgorithm, cudnnGetConvolutionForwardAlgorithm_v7, pf, e->x,
+           e->w, e->conv, e->y);
     TO_CANDIDATES(pf, n, c);
     DD_TRY(pick(&e->fwd[mode], c, n, e->cap, strict, fwd_plain, "forward", &e->s));
 
     cudnnConvolutionBwdDataAlgoPerf_t pd[MAX_ALGOS];
-    DNN_CHECK(cudnnFindConvolutionBackwardDataAlgorithm(dnn, e->w, e->y, e->conv, e->x, MAX_ALGOS,
-                                                        &n, pd));
+    SEARCH(cudnnFindConvolutionBackwardDataAlgorithm, cudnnGetConvolutionBackwardDataAlgorithm_v7,
+           pd, e->w, e->y, e->conv, e->x);
     TO_CANDIDATES(pd, n, c);
     DD_TRY(pick(&e->bwd_data[mode], c, n, e->cap, strict, bwd_data_plain, "backward-data", &e->s));
 
     cudnnConvolutionBwdFilterAlgoPerf_t pw[MAX_ALGOS];
-    DNN_CHECK(cudnnFindConvolutionBackwardFilterAlgorithm(dnn, e->x, e->y, e->conv, e->w,
-                                                          MAX_ALGOS, &n, pw));
+    SEARCH(cudnnFindConvolutionBackwardFilterAlgorithm,
+           cudnnGetConvolutionBackwardFilterAlgorithm_v7, pw, e->x, e->y, e->conv, e->w);
     TO_CANDIDATES(pw, n, c);
     DD_TRY(pick(&e->bwd_filter[mode], c, n, e->cap, strict, bwd_filter_plain, "backward-filter",
                 &e->s));
     e->cudnn_found[mode] = 1;
     return 0;
 }
+#undef SEARCH
 
 /* ---------------------------------------------------------------- running one direction */
 
@@ -563,7 +607,11 @@ static int conv_autotune(conv_entry *e, int mode) {
         for (int c = 0; c < nc; c++) {
             t_own[c] = INFINITY;
             if (!mode && dd_conv_own_config_tf32(d, c)) continue; /* strict: no tensor cores */
-            if (time_dir(e, mode, d, c, &sc, ev, &t_own[c])) goto done;
+            if (time_dir(e, mode, d, c, &sc, ev, &t_own[c])) {
+                dd_error_prefix("timing the own %s configuration %s", dir_name[d],
+                                dd_conv_own_config_name(d, c));
+                goto done;
+            }
         }
         /* the fastest configuration that beats cuDNN and agrees with the reference; one that
          * disagrees is reported and the next fastest tried */
@@ -580,7 +628,11 @@ static int conv_autotune(conv_entry *e, int mode) {
                 t_fastest = t_own[best];
             }
             const double tol = !mode ? 1e-5 : dd_conv_own_config_tf32(d, best) ? 4e-3 : 1e-3;
-            if (validate(e, mode, d, best, &sc, &err)) goto done;
+            if (validate(e, mode, d, best, &sc, &err)) {
+                dd_error_prefix("checking the own %s configuration %s", dir_name[d],
+                                dd_conv_own_config_name(d, best));
+                goto done;
+            }
             if (err <= tol) {
                 chosen = best;
                 break;
@@ -665,10 +717,21 @@ static int conv_choose(conv_entry *e, int mode) {
         return 0;
     }
     if (conv_autotune(e, mode)) {
+        /* A failed launch (a bad configuration) is cleared by cudaGetLastError and cuDNN can take
+         * over. A fault inside a kernel (an illegal address, say) is not: it stays with the CUDA
+         * context, every later call fails with it, and the run cannot go on. */
+        (void)cudaGetLastError();
+        const cudaError_t st = cudaStreamSynchronize(dd_cuda_stream);
+        if (st != cudaSuccess) {
+            dd_error_prefix("conv %s: the GPU faulted (%s) while the own conv kernels were timed, "
+                            "and the CUDA context is lost (DIFFUSION_CONV=cudnn leaves them out)",
+                            shape, cudaGetErrorString(st));
+            dd_cuda_note_fault(dd_error_message());
+            return -1;
+        }
         fprintf(stderr, "diffusion: warning: timing the own conv kernels on %s failed (%s); cuDNN "
                         "is used there\n",
                 shape, dd_error_message());
-        (void)cudaGetLastError(); /* a failed launch is not sticky: clear it */
         dd_error_clear();
         for (int d = 0; d < DD_CONV_DIRS; d++) e->use[mode][d] = USE_CUDNN;
     }
@@ -852,6 +915,7 @@ static int attn_arrays_get(float ***out, const void *const key[ATTN_KEYS], const
         err = cudaMemcpyAsync(e->dev, host, bytes, cudaMemcpyHostToDevice, dd_cuda_stream);
     if (err == cudaSuccess) err = cudaStreamSynchronize(dd_cuda_stream);
     if (err != cudaSuccess) {
+        (void)cudaGetLastError(); /* a failed allocation must not fail the next launch check */
         if (e->dev) cudaFree(e->dev);
         free(e);
         return dd_cuda_fail(__FILE__, __LINE__, "attention pointer arrays", err);

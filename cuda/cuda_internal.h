@@ -33,6 +33,9 @@ const char *dd_cuda_base(const char *path);
 
 /* A failed CUDA runtime call: "file:line: call: message", returns -1. */
 int dd_cuda_fail(const char *file, int line, const char *call, cudaError_t err);
+/* After a sticky error (a fault in a kernel: the CUDA context is lost): what was running, which
+ * every later dd_cuda_fail message names (the first note stays). */
+void dd_cuda_note_fault(const char *what);
 
 #define DD_CUDA_CHECK(call)                                                                       \
     do {                                                                                          \

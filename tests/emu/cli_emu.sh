@@ -6,7 +6,8 @@
 # counter read back into the checkpoint), resumed, and sampled with DDPM, guided DDIM and in
 # batches; then the LeNet classifier and FLD, a tiny conditional UNet's guided samples with the
 # animation, and `bench --profile`. Every number is compared with the same commands on
-# --device cpu. Then the error paths: no GPU, out of GPU memory.
+# --device cpu. Then the error paths: no GPU, no cuDNN convolution library, cudnnFind failing, a
+# fault in an own convolution kernel, out of GPU memory.
 # Usage: cli_emu.sh DIFFUSION_EMU_BINARY   (run by CTest as emu_cli)
 set -u
 D=$(realpath "${1:?diffusion-emu binary}")
@@ -165,6 +166,36 @@ rc=$?
 [ $rc -ne 0 ] && grep -q "no usable CUDA GPU" err.log && ok || bad "no GPU, --device cuda: exit $rc, $(cat err.log)"
 EMU_NO_GPU=1 "$D" "${S[@]}" --n 8 --device auto --out x.png --raw x.raw >out.log 2>err.log &&
   [ -s x.raw ] && ok || bad "no GPU, --device auto did not fall back to the CPU: $(cat err.log)"
+
+# cuDNN's convolution library cannot be loaded: one clear line at start with --device cuda; auto
+# falls back to the CPU
+EMU_CUDNN_NO_CNN=1 "$D" "${S[@]}" --n 8 --device cuda --out x.png >out.log 2>err.log
+rc=$?
+[ $rc -ne 0 ] && grep -q "libcudnn_cnn .*CUDNN_STATUS_SUBLIBRARY_LOADING_FAILED" err.log && ok ||
+  bad "no libcudnn_cnn, --device cuda: exit $rc, $(cat err.log)"
+rm -f x.raw
+EMU_CUDNN_NO_CNN=1 "$D" "${S[@]}" --n 8 --device auto --out x.png --raw x.raw >out.log 2>err.log &&
+  [ -s x.raw ] && ok || bad "no libcudnn_cnn, --device auto did not fall back to the CPU: $(cat err.log)"
+
+# cudnnFind fails (no room for its buffers): cuDNN's heuristic ranking stands in, one warning a
+# shape, and the run goes on
+B=(bench --device cuda --channels 8 --size 12x12 --groups 4 --train 2 --forward 2 --ddim 2
+  --min-time 0.01)
+EMU_CUDNN_FIND_FAIL=1 DIFFUSION_CONV=cudnn "$D" "${B[@]}" >out.log 2>err.log
+rc=$?
+grep "cudnnFindConvolution.*failed .*heuristic" err.log | sed 's/: cudnnFind.*//' > warned.txt
+[ $rc -eq 0 ] && grep -q "^train_step " out.log && [ "$(wc -l < warned.txt)" -ge 3 ] &&
+  [ -z "$(sort warned.txt | uniq -d)" ] && ok || bad "cudnnFind failing: exit $rc, $(head -3 err.log)"
+
+# a fault in an own conv kernel while it is timed (a sticky error: the CUDA context is lost): the
+# run stops, and its error names the shape and configuration that faulted; with
+# DIFFUSION_CONV=cudnn that kernel never runs
+EMU_FAULT_KERNEL=conv_gemm_kernel "$D" "${B[@]}" >out.log 2>err.log
+rc=$?
+[ $rc -ne 0 ] && [ "$(wc -l < err.log)" = 1 ] &&
+  grep -q "GPU faulted earlier: conv N=2 1->8 12x12 .*timing the own forward configuration" err.log &&
+  ok || bad "a fault in an own conv kernel: exit $rc, $(cat err.log)"
+EMU_FAULT_KERNEL=conv_gemm_kernel DIFFUSION_CONV=cudnn must "$D" "${B[@]}"
 
 # out of GPU memory: the size asked and what is free, no crash, nothing written
 EMU_GPU_MEMORY_MB=40 "$D" "${S[@]}" --n 400000 --device cuda --out oom.png >out.log 2>err.log

@@ -29,7 +29,10 @@
  * sorted fastest first by a modelled time (FFT and Winograd fastest, so the caller's workspace
  * cap matters), the unsupported ones last with CUDNN_STATUS_NOT_SUPPORTED; backward-data ALGO_0
  * and backward-filter ALGO_0/ALGO_3 are NON_DETERMINISTIC and a little faster than the
- * deterministic ALGO_1, which is within 10% of them for some shapes and not for others. A
+ * deterministic ALGO_1, which is within 10% of them for some shapes and not for others.
+ * cudnnGet*Algorithm_v7 gives the same ranking untimed (no flush, no allocation).
+ * EMU_CUDNN_FIND_FAIL=1 makes cudnnFind* fail as with no room for its buffers, and
+ * EMU_CUDNN_NO_CNN=1 cudnnCnnVersionCheck as when libcudnn_cnn cannot be loaded. A
  * non-deterministic algorithm's results change in the last bit from one execution to the next
  * (jitter below), so a test that expects bit-identical results from one fails here too. */
 #include <cudnn.h>
@@ -254,17 +257,26 @@ cudnnStatus_t workspace_size(Dir d, const char *call, cudnnTensorDescriptor_t x,
     return CUDNN_STATUS_SUCCESS;
 }
 
-/* The perf results of cudnnFind*, fastest first, unsupported last. */
+bool env_on(const char *name) {
+    const char *v = getenv(name);
+    return v && *v && strcmp(v, "0");
+}
+
+/* The perf results of cudnnFind* (timed: times fastest first) or, heuristic, of
+ * cudnnGet*Algorithm_v7 (the same order, no times: -1), unsupported last.
+ * EMU_CUDNN_FIND_FAIL=1: cudnnFind* fails as when the GPU has no room for its buffers. */
 template <typename Perf>
 cudnnStatus_t find(Dir d, const char *call, cudnnHandle_t h, cudnnTensorDescriptor_t x,
                    cudnnFilterDescriptor_t w, cudnnConvolutionDescriptor_t conv,
-                   cudnnTensorDescriptor_t y, int requested, int *returned, Perf *perf) {
+                   cudnnTensorDescriptor_t y, int requested, int *returned, Perf *perf,
+                   bool heuristic = false) {
     if (!alive(h)) {
         emu_misuse("%s: the handle is NULL or destroyed", call);
         return CUDNN_STATUS_BAD_PARAM;
     }
-    /* it allocates its own buffers and synchronises the device: refused by a capture */
-    if (emu_prohibited(nullptr, call) != cudaSuccess) return CUDNN_STATUS_EXECUTION_FAILED_CUDART;
+    /* Find allocates its own buffers and synchronises the device: refused by a capture */
+    if (!heuristic && emu_prohibited(nullptr, call) != cudaSuccess)
+        return CUDNN_STATUS_EXECUTION_FAILED_CUDART;
     if (!returned || !perf || requested <= 0) {
         emu_misuse("%s: requestedAlgoCount %d, returnedAlgoCount %p, perfResults %p", call,
                    requested, (void *)returned, (void *)perf);
@@ -273,7 +285,9 @@ cudnnStatus_t find(Dir d, const char *call, cudnnHandle_t h, cudnnTensorDescript
     Geom g;
     const cudnnStatus_t st = check_conv(call, x, w, conv, y, &g);
     if (st != CUDNN_STATUS_SUCCESS) return st;
-    emu_flush(); /* cudaDeviceSynchronize before timing */
+    if (!heuristic && env_on("EMU_CUDNN_FIND_FAIL"))
+        return CUDNN_STATUS_INTERNAL_ERROR_DEVICE_ALLOCATION_FAILED;
+    if (!heuristic) emu_flush(); /* cudaDeviceSynchronize before timing */
     const double base_ms = 0.02 + g.flops() / 2e10; /* launch overhead + 20 TFLOP/s */
     std::vector<Perf> ok, failed;
     for (int a = 0; a < algo_count[d]; a++) {
@@ -285,7 +299,7 @@ cudnnStatus_t find(Dir d, const char *call, cudnnHandle_t h, cudnnTensorDescript
         p.determinism = info.deterministic ? CUDNN_DETERMINISTIC : CUDNN_NON_DETERMINISTIC;
         if (info.supported) {
             p.status = CUDNN_STATUS_SUCCESS;
-            p.time = (float)(info.factor * base_ms);
+            p.time = heuristic ? -1.0f : (float)(info.factor * base_ms);
             p.memory = info.bytes;
             ok.push_back(p);
         } else {
@@ -633,10 +647,24 @@ extern "C" {
 
 size_t cudnnGetVersion(void) { return CUDNN_VERSION; }
 
+/* EMU_CUDNN_NO_CNN=1: libcudnn_cnn cannot be loaded */
+cudnnStatus_t cudnnOpsVersionCheck(void) { return CUDNN_STATUS_SUCCESS; }
+cudnnStatus_t cudnnCnnVersionCheck(void) {
+    return env_on("EMU_CUDNN_NO_CNN") ? CUDNN_STATUS_SUBLIBRARY_LOADING_FAILED
+                                      : CUDNN_STATUS_SUCCESS;
+}
+
 const char *cudnnGetErrorString(cudnnStatus_t status) {
     switch (status) {
     case CUDNN_STATUS_SUCCESS: return "CUDNN_STATUS_SUCCESS";
     case CUDNN_STATUS_NOT_INITIALIZED: return "CUDNN_STATUS_NOT_INITIALIZED";
+    case CUDNN_STATUS_SUBLIBRARY_VERSION_MISMATCH:
+        return "CUDNN_STATUS_SUBLIBRARY_VERSION_MISMATCH";
+    case CUDNN_STATUS_SUBLIBRARY_LOADING_FAILED: return "CUDNN_STATUS_SUBLIBRARY_LOADING_FAILED";
+    case CUDNN_STATUS_INTERNAL_ERROR_HOST_ALLOCATION_FAILED:
+        return "CUDNN_STATUS_INTERNAL_ERROR_HOST_ALLOCATION_FAILED";
+    case CUDNN_STATUS_INTERNAL_ERROR_DEVICE_ALLOCATION_FAILED:
+        return "CUDNN_STATUS_INTERNAL_ERROR_DEVICE_ALLOCATION_FAILED";
     case CUDNN_STATUS_BAD_PARAM: return "CUDNN_STATUS_BAD_PARAM";
     case CUDNN_STATUS_INVALID_VALUE: return "CUDNN_STATUS_INVALID_VALUE";
     case CUDNN_STATUS_BAD_PARAM_NULL_POINTER: return "CUDNN_STATUS_BAD_PARAM_NULL_POINTER";
@@ -829,6 +857,35 @@ cudnnStatus_t cudnnFindConvolutionBackwardFilterAlgorithm(
     cudnnConvolutionBwdFilterAlgoPerf_t *perfResults) {
     return find(BWD_FILTER, "cudnnFindConvolutionBackwardFilterAlgorithm", handle, xDesc, dwDesc,
                 convDesc, dyDesc, requestedAlgoCount, returnedAlgoCount, perfResults);
+}
+
+cudnnStatus_t cudnnGetConvolutionForwardAlgorithm_v7(
+    cudnnHandle_t handle, const cudnnTensorDescriptor_t srcDesc,
+    const cudnnFilterDescriptor_t filterDesc, const cudnnConvolutionDescriptor_t convDesc,
+    const cudnnTensorDescriptor_t destDesc, const int requestedAlgoCount, int *returnedAlgoCount,
+    cudnnConvolutionFwdAlgoPerf_t *perfResults) {
+    return find(FWD, "cudnnGetConvolutionForwardAlgorithm_v7", handle, srcDesc, filterDesc,
+                convDesc, destDesc, requestedAlgoCount, returnedAlgoCount, perfResults, true);
+}
+
+cudnnStatus_t cudnnGetConvolutionBackwardDataAlgorithm_v7(
+    cudnnHandle_t handle, const cudnnFilterDescriptor_t filterDesc,
+    const cudnnTensorDescriptor_t diffDesc, const cudnnConvolutionDescriptor_t convDesc,
+    const cudnnTensorDescriptor_t gradDesc, const int requestedAlgoCount, int *returnedAlgoCount,
+    cudnnConvolutionBwdDataAlgoPerf_t *perfResults) {
+    return find(BWD_DATA, "cudnnGetConvolutionBackwardDataAlgorithm_v7", handle, gradDesc,
+                filterDesc, convDesc, diffDesc, requestedAlgoCount, returnedAlgoCount,
+                perfResults, true);
+}
+
+cudnnStatus_t cudnnGetConvolutionBackwardFilterAlgorithm_v7(
+    cudnnHandle_t handle, const cudnnTensorDescriptor_t srcDesc,
+    const cudnnTensorDescriptor_t diffDesc, const cudnnConvolutionDescriptor_t convDesc,
+    const cudnnFilterDescriptor_t gradDesc, const int requestedAlgoCount, int *returnedAlgoCount,
+    cudnnConvolutionBwdFilterAlgoPerf_t *perfResults) {
+    return find(BWD_FILTER, "cudnnGetConvolutionBackwardFilterAlgorithm_v7", handle, srcDesc,
+                gradDesc, convDesc, diffDesc, requestedAlgoCount, returnedAlgoCount, perfResults,
+                true);
 }
 
 cudnnStatus_t cudnnGetConvolutionForwardWorkspaceSize(
