@@ -206,10 +206,22 @@ int cmd_bench(int argc, char **argv) {
         fwd_b[0] = 64, fwd_b[1] = 1024;
     }
     if (ddim_b < 0) ddim_b = gpu ? 256 : 16;
-    char devname[256];
+    char devname[256], detail[256] = "";
     snprintf(devname, sizeof devname, "cpu");
     dd_cuda_info info;
-    if (gpu && !dd_cuda_device_info(&info)) snprintf(devname, sizeof devname, "%s", info.name);
+    if (gpu && !dd_cuda_device_info(&info)) {
+        snprintf(devname, sizeof devname, "%s", info.name);
+        /* what a GPU timing depends on besides the card */
+        snprintf(detail, sizeof detail,
+                 "compute %d.%d, %d SMs, %.1f GiB; CUDA runtime %d.%d, driver %d.%d, cuDNN "
+                 "%zu.%zu.%zu; TF32 %s",
+                 info.cc_major, info.cc_minor, info.sm_count,
+                 (double)info.total_bytes / (1024.0 * 1024.0 * 1024.0),
+                 info.runtime_version / 1000, info.runtime_version % 1000 / 10,
+                 info.driver_version / 1000, info.driver_version % 1000 / 10,
+                 info.cudnn_version / 10000, info.cudnn_version / 100 % 100,
+                 info.cudnn_version % 100, dd_cuda_tf32() == 1 ? "on" : "off");
+    }
     dd_schedule s;
     if (dd_schedule_init(&s, DD_SCHEDULE_COSINE, cfg.timesteps, 0, 0)) return cli_error("%s", dd_error_message());
     size_t per = (size_t)cfg.in_channels * cfg.height * cfg.width;
@@ -220,6 +232,7 @@ int cmd_bench(int argc, char **argv) {
     }
     printf("diffusion bench on %s (%s backend), %zu parameters, %dx%dx%d, T = %d\n", devname, be->name,
            dd_model_count_trainable(r.params), cfg.in_channels, cfg.height, cfg.width, cfg.timesteps);
+    if (detail[0]) printf("  %s\n", detail);
     printf("%-12s %6s %10s %12s\n", "work", "batch", "ms", "per second");
     cJSON *rows = cJSON_CreateArray();
     struct { const char *name; int (*fn)(job *); int *b; int n; } work[3] = {
@@ -276,6 +289,7 @@ int cmd_bench(int argc, char **argv) {
     if (!rc && json) {
         cJSON *root = cJSON_CreateObject();
         cJSON_AddStringToObject(root, "device", devname);
+        if (detail[0]) cJSON_AddStringToObject(root, "device_detail", detail);
         cJSON_AddStringToObject(root, "backend", be->name);
         cJSON_AddNumberToObject(root, "parameters", (double)dd_model_count_trainable(r.params));
         cJSON_AddItemToObject(root, "rows", rows);

@@ -150,6 +150,7 @@ j = json.load(open(sys.argv[1]))
 assert j["backend"] == "cuda" and "emulated" in j["device"], j
 assert sorted(r["task"] for r in j["rows"]) == ["ddim20_loop", "denoise_fwd", "train_step"], j
 assert all(r["ms"] > 0 and r["batch"] == 2 for r in j["rows"]), j
+assert "SMs" in j["device_detail"] and "cuDNN 9.0.0; TF32 on" in j["device_detail"], j
 EOF
 grep -q "profile of train_step" out.log && grep -q "conv2d" out.log && ok || bad "bench --profile printed no per-op profile: $(head -5 out.log)"
 
