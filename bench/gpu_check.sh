@@ -200,8 +200,11 @@ if [ "$BUILT" = 0 ]; then
 else
     L=$(at_least_1 "$(limit 300)")
     say "GPU tests (ctest -L gpu, limit ${L}s)"
-    # -V: every test's output goes to the log, the passing ones' too (their errors are read below)
-    timeout "$L" ctest --test-dir "$BUILD" -L gpu -V --timeout "$L" > "$LOGS/ctest_gpu.log" 2>&1
+    # -V: every test's output goes to the log, the passing ones' too (their errors are read
+    # below); DIFFUSION_CONV_LOG=1: which convolution (cuDNN algorithm and math, or own
+    # configuration) each shape got, for reading a failure
+    DIFFUSION_CONV_LOG=1 timeout "$L" ctest --test-dir "$BUILD" -L gpu -V --timeout "$L" \
+        > "$LOGS/ctest_gpu.log" 2>&1
     RC=$?
     SUMMARY=$(grep -E "tests passed|tests failed" "$LOGS/ctest_gpu.log" | tail -n 1)
     # every failed check, naming its op and shape ("FAIL file:line: what"); ctest -V prefixes
@@ -267,7 +270,7 @@ else
     if [ -s "$LOGS/conv_choices.txt" ]; then
         OWN=$(grep -o -- "-> own" "$LOGS/conv_choices.txt" | wc -l)
         CUD=$(grep -o -- "-> cudnn" "$LOGS/conv_choices.txt" | wc -l)
-        TCS=$(grep -oE -- "own tc[0-9xk]+ [0-9.]+ us -> own" "$LOGS/conv_choices.txt" | wc -l)
+        TCS=$(grep -oE -- "own tc[0-9a-z]+ [0-9.]+ us -> own" "$LOGS/conv_choices.txt" | wc -l)
         BAD=$(grep -c "disagree" "$LOGS/conv_choices.txt" || true)
         record "conv choices" "info" "$OWN handwritten ($TCS on tensor cores), $CUD cuDNN, $BAD disagreeing (conv_choices.txt)"
     fi

@@ -379,6 +379,33 @@ static int conv_find(conv_entry *e, int mode) {
 }
 #undef SEARCH
 
+/* The mode's cuDNN choice for direction d */
+static const conv_choice *dir_choice(const conv_entry *e, int mode, int d) {
+    return d == DD_CONV_FWD ? &e->fwd[mode] : d == DD_CONV_BWD_DATA ? &e->bwd_data[mode]
+                                                                    : &e->bwd_filter[mode];
+}
+
+/* "winograd-nonfused/default": the algorithm and math type of a cuDNN choice, for the log */
+static const char *choice_text(char *buf, size_t n, int d, const conv_choice *c) {
+    static const char *const fwd[] = {"implicit-gemm", "implicit-precomp-gemm", "gemm", "direct",
+                                      "fft", "fft-tiling", "winograd", "winograd-nonfused"};
+    static const char *const bwd_data[] = {"algo0", "algo1", "fft", "fft-tiling", "winograd",
+                                           "winograd-nonfused"};
+    static const char *const bwd_filter[] = {"algo0", "algo1", "fft", "algo3", "winograd",
+                                             "winograd-nonfused", "fft-tiling"};
+    const char *const *names = d == DD_CONV_FWD ? fwd : d == DD_CONV_BWD_DATA ? bwd_data : bwd_filter;
+    const int count = d == DD_CONV_FWD ? 8 : d == DD_CONV_BWD_DATA ? 6 : 7;
+    const char *math = c->math == CUDNN_FMA_MATH         ? "fma"
+                       : c->math == CUDNN_TENSOR_OP_MATH ? "tensor-op"
+                       : c->math == CUDNN_DEFAULT_MATH   ? "default"
+                                                         : "other";
+    if (c->algo >= 0 && c->algo < count)
+        snprintf(buf, n, "%s/%s", names[c->algo], math);
+    else
+        snprintf(buf, n, "algo%d/%s", c->algo, math);
+    return buf;
+}
+
 /* ---------------------------------------------------------------- running one direction */
 
 static const float ONE = 1.0f, ZERO = 0.0f;
@@ -541,8 +568,7 @@ static void reference_choice(conv_entry *e, int mode, int d, size_t ws_limit, co
         c->math = CUDNN_FMA_MATH;
         c->bytes = bytes;
     } else {
-        *c = d == DD_CONV_FWD ? e->fwd[mode] : d == DD_CONV_BWD_DATA ? e->bwd_data[mode]
-                                                                     : e->bwd_filter[mode];
+        *c = *dir_choice(e, mode, d);
     }
 }
 
@@ -651,16 +677,18 @@ static int conv_autotune(conv_entry *e, int mode) {
                 }
         if (chosen >= 0) e->use[mode][d] = chosen;
         if (len < sizeof line) {
+            char algo[48];
+            choice_text(algo, sizeof algo, d, dir_choice(e, mode, d));
             if (chosen >= 0)
-                len += (size_t)snprintf(line + len, sizeof line - len,
-                                        "%s %s cudnn %.1f us, own %s %.1f us -> own (err %.1e%s)",
-                                        d ? ";" : "", dir_name[d], 1e3 * t_dnn,
-                                        dd_conv_own_config_name(d, chosen), 1e3 * t_own[chosen],
-                                        err, rejected ? ", faster ones disagreed" : "");
+                len += (size_t)snprintf(
+                    line + len, sizeof line - len,
+                    "%s %s cudnn %s %.1f us, own %s %.1f us -> own (err %.1e%s)", d ? ";" : "",
+                    dir_name[d], algo, 1e3 * t_dnn, dd_conv_own_config_name(d, chosen),
+                    1e3 * t_own[chosen], err, rejected ? ", faster ones disagreed" : "");
             else
                 len += (size_t)snprintf(line + len, sizeof line - len,
-                                        "%s %s cudnn %.1f us, own %s %.1f us -> cudnn%s",
-                                        d ? ";" : "", dir_name[d], 1e3 * t_dnn,
+                                        "%s %s cudnn %s %.1f us, own %s %.1f us -> cudnn%s",
+                                        d ? ";" : "", dir_name[d], algo, 1e3 * t_dnn,
                                         dd_conv_own_config_name(d, fastest), 1e3 * t_fastest,
                                         rejected ? " (own disagrees)" : "");
         }
@@ -711,9 +739,14 @@ static int conv_choose(conv_entry *e, int mode) {
     if (!e->cudnn_found[mode]) DD_TRY(conv_find(e, mode));
     for (int d = 0; d < DD_CONV_DIRS; d++) e->use[mode][d] = USE_CUDNN;
     if (conv_policy != POLICY_AUTO || !own_ok) {
-        if (conv_log)
-            fprintf(stderr, "diffusion: conv %s: cudnn (%s)\n", shape,
+        if (conv_log) {
+            char a[3][48];
+            fprintf(stderr, "diffusion: conv %s (TF32 %s): cudnn %s / %s / %s (%s)\n", shape,
+                    mode ? "on" : "off", choice_text(a[0], sizeof a[0], 0, dir_choice(e, mode, 0)),
+                    choice_text(a[1], sizeof a[1], 1, dir_choice(e, mode, 1)),
+                    choice_text(a[2], sizeof a[2], 2, dir_choice(e, mode, 2)),
                     own_ok ? "DIFFUSION_CONV=cudnn" : "too large for the own kernels");
+        }
         return 0;
     }
     if (conv_autotune(e, mode)) {

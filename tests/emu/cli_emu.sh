@@ -154,6 +154,23 @@ assert "SMs" in j["device_detail"] and "cuDNN 9.0.0; TF32 on" in j["device_detai
 EOF
 grep -q "profile of train_step" out.log && grep -q "conv2d" out.log && ok || bad "bench --profile printed no per-op profile: $(head -5 out.log)"
 
+# DIFFUSION_CONV_LOG=1: per shape and direction the cuDNN algorithm and math type, the timings
+# and the choice; with TF32 off (and cuDNN forced) every cuDNN choice has FMA math
+B=(bench --device cuda --channels 8 --size 12x12 --groups 4 --train 2 --forward 2 --ddim 2
+  --min-time 0.01)
+DIFFUSION_CONV_LOG=1 "$D" "${B[@]}" >out.log 2>err.log
+rc=$?
+n=$(grep -c "^diffusion: conv N=2 " err.log)
+re="forward cudnn [a-z0-9-]+/[a-z-]+ [0-9.]+ us, own [a-z0-9]+ [0-9.]+ us -> (own|cudnn).*; backward-data cudnn .* -> (own|cudnn).*; backward-filter cudnn .* -> (own|cudnn)"
+[ $rc -eq 0 ] && [ "$n" -ge 3 ] && [ "$(grep -c -E "\(TF32 on\): $re" err.log)" = "$n" ] && ok ||
+  bad "DIFFUSION_CONV_LOG=1 (auto): exit $rc, $n lines, $(head -2 err.log)"
+DIFFUSION_CONV_LOG=1 DIFFUSION_CONV=cudnn DIFFUSION_TF32=0 "$D" "${B[@]}" >out.log 2>err.log
+rc=$?
+n=$(grep -c "^diffusion: conv N=2 " err.log)
+[ $rc -eq 0 ] && [ "$n" -ge 3 ] &&
+  [ "$(grep -c -E "\(TF32 off\): cudnn [a-z0-9-]+/fma / [a-z0-9-]+/fma / [a-z0-9-]+/fma " err.log)" = "$n" ] &&
+  ok || bad "DIFFUSION_CONV_LOG=1 (cudnn, TF32 off): exit $rc, $n lines, $(head -2 err.log)"
+
 # a bad setting for the convolution autotuner: one clear line and a non-zero exit
 DIFFUSION_CONV_TIMING_REPS=0 "$D" bench --device cuda --channels 8 --size 12x12 --groups 4 \
   --train 2 --forward 2 --ddim 2 --min-time 0.01 >out.log 2>err.log
@@ -180,8 +197,6 @@ EMU_CUDNN_NO_CNN=1 "$D" "${S[@]}" --n 8 --device auto --out x.png --raw x.raw >o
 
 # cudnnFind fails (no room for its buffers): cuDNN's heuristic ranking stands in, one warning a
 # shape, and the run goes on
-B=(bench --device cuda --channels 8 --size 12x12 --groups 4 --train 2 --forward 2 --ddim 2
-  --min-time 0.01)
 EMU_CUDNN_FIND_FAIL=1 DIFFUSION_CONV=cudnn "$D" "${B[@]}" >out.log 2>err.log
 rc=$?
 grep "cudnnFindConvolution.*failed .*heuristic" err.log | sed 's/: cudnnFind.*//' > warned.txt
