@@ -8,15 +8,18 @@
 #     --build-dir DIR    build folder (default: build-gpucheck in the source tree)
 #     --build-only       configure and build, then stop (works without a GPU)
 #     --no-sanitizer     skip the compute-sanitizer run
+#     --no-peer-compile  skip the peer's torch.compile pass
 #     --quick-bench      shorter timings (0.3 s per measurement instead of 1 s)
 #     --budget S         seconds for the whole run (default 480): each stage gets its own limit,
 #                        cut to what is left; a stage with under 20 s left is skipped
 #
 # Logs and JSON go to $OUT when it is set, else to BUILD_DIR/gpu_check. Order: build, GPU tests,
 # diffusion bench (with DIFFUSION_CONV_LOG=1: each convolution shape's timings and the kernel
-# chosen, summed in conv_choices.txt; if it fails, once more with cuDNN only), PyTorch peer, the two bar rows again with cuDNN only and
-# with CUDA graphs off (what the handwritten convolutions and the recorded steps are worth), then
-# compute-sanitizer (optional and slow, so last). A stage that
+# chosen, summed in conv_choices.txt; if it fails, once more with cuDNN only), PyTorch peer
+# (eager and CUDA graphs), the two bar rows again with cuDNN only, with the handwritten
+# tensor-core convolutions only and with CUDA graphs off (what each is worth), the peer under
+# torch.compile (slow to start: whatever rows finish in the time left), then compute-sanitizer
+# (optional and slow, so last). A stage that
 # fails or times out is reported in the table and the script carries on (a failed build skips
 # the stages that need it, not the peer); the table is printed on every way out, with the GPU
 # tests' failed checks (each names its op and shape). Exit status: 0 when the build and the GPU
@@ -28,6 +31,7 @@ BUILD="$SRC/build-gpucheck"
 PEER=""
 BUILD_ONLY=0
 SANITIZER=1
+PEER_COMPILE=1
 MIN_S=1
 BUDGET=480
 while [ $# -gt 0 ]; do
@@ -35,9 +39,10 @@ while [ $# -gt 0 ]; do
     --build-dir) BUILD="${2:?--build-dir needs a folder}"; shift 2 ;;
     --build-only) BUILD_ONLY=1; shift ;;
     --no-sanitizer) SANITIZER=0; shift ;;
+    --no-peer-compile) PEER_COMPILE=0; shift ;;
     --quick-bench) MIN_S=0.3; shift ;;
     --budget) BUDGET="${2:?--budget needs seconds}"; shift 2 ;;
-    -h|--help) sed -n '2,21p' "$0"; exit 0 ;;
+    -h|--help) sed -n '2,24p' "$0"; exit 0 ;;
     -*) echo "gpu_check: unknown option $1" >&2; exit 2 ;;
     *) PEER="$1"; shift ;;
     esac
@@ -48,7 +53,8 @@ esac
 LOGS="${OUT:-$BUILD/gpu_check}"
 mkdir -p "$LOGS" || { echo "gpu_check: cannot create $LOGS" >&2; exit 2; }
 # a rerun in the same folder must not show the last run's failures or errors
-rm -f "$LOGS/gpu_failures.txt" "$LOGS/worst_errors.txt" "$LOGS/bench.json" "$LOGS/peer.json"
+rm -f "$LOGS/gpu_failures.txt" "$LOGS/worst_errors.txt" "$LOGS/bench.json" "$LOGS/peer.json" \
+    "$LOGS/peer_compile.log"
 T0=$(date +%s)
 elapsed() { echo $(( $(date +%s) - T0 )); }
 say() { echo "[gpu_check $(elapsed)s] $*"; }
@@ -96,8 +102,8 @@ finish() {
             sed 's/^/  /' "$LOGS/worst_errors.txt"
         fi
         if [ -n "$BENCH_JSON$PEER_JSON" ] && "$PY" -c "import json" > /dev/null 2>&1; then
-            "$PY" - "$BENCH_JSON" "$PEER_JSON" << 'EOF'
-import json, sys
+            "$PY" - "$BENCH_JSON" "$PEER_JSON" "$LOGS/peer_compile.log" << 'EOF'
+import json, os, re, sys
 def load(p):
     try:
         return json.load(open(p)) if p else None
@@ -109,6 +115,12 @@ for r in (ours or {}).get("rows", []):
     rows.setdefault((r["task"], r["batch"]), {})["diffusion"] = r["ms"]
 for r in (peer or {}).get("rows", []):
     rows.setdefault((r["task"], r["batch"]), {})["torch " + r["mode"]] = r["ms"]
+# the torch.compile pass: the rows its log printed (it may have run out of time part way)
+if os.path.exists(sys.argv[3]):
+    for line in open(sys.argv[3]):
+        m = re.match(r"compile\s+(\w+)\s+B=\s*(\d+)\s+([0-9.]+) ms", line)
+        if m:
+            rows.setdefault((m.group(1), int(m.group(2))), {})["torch compile"] = float(m.group(3))
 cols = ["diffusion", "torch eager", "torch graphs", "torch compile"]
 cols = [c for c in cols if any(c in v for v in rows.values())]
 print("times in ms (median of five; lower is better), card: %s" %
@@ -126,6 +138,8 @@ for (task, b) in sorted(rows, key=lambda k: (order.get(k[0], 9), k[1])):
     if "diffusion" in v and tb:
         line += "   %6.2fx" % (min(tb) / v["diffusion"])
     print(line)
+if peer and not any("torch compile" in v for v in rows.values()):
+    print("torch.compile was not timed in this run: 'best torch' is eager or CUDA graphs")
 EOF
         fi
         echo "logs: $LOGS"
@@ -317,6 +331,32 @@ if [ -n "$BENCH_JSON" ] && [ "$(limit 120)" != 0 ]; then
             record "bench $setting" "FAILED" "rc $?: $(tail -n 1 "$LOGF" | cut -c1-90)"
         fi
     done
+fi
+
+# ---------------------------------------------------------------- PyTorch peer, torch.compile
+# Slow to start (it compiles per batch size), so after everything else but the sanitizer; the rows
+# it prints before its limit go into the table (peer_compile.log).
+if [ "$PEER_COMPILE" = 0 ]; then
+    record "peer compile" "skipped" "--no-peer-compile"
+elif [ -z "$PEER_JSON" ]; then
+    record "peer compile" "not run" "no peer run"
+elif [ "$(limit 150)" = 0 ]; then
+    record "peer compile" "skipped" "no time left in the budget"
+else
+    L=$(limit 150)
+    say "PyTorch peer under torch.compile (limit ${L}s)"
+    timeout "$L" "$PY" "$PEER" --modes compile --min-s "$MIN_S" > "$LOGS/peer_compile.log" 2>&1
+    RC=$?
+    N=$(grep -c -E "^compile +[a-z_0-9]+ +B=" "$LOGS/peer_compile.log" || true)
+    if [ $RC -eq 0 ] && [ "$N" -gt 0 ]; then
+        record "peer compile" "ok" "$N rows (peer_compile.log)"
+    elif [ $RC -eq 0 ]; then # the peer reports a mode that fails and exits 0
+        record "peer compile" "FAILED" "no rows: $(grep -m1 "failed:" "$LOGS/peer_compile.log" | cut -c1-90)"
+    elif [ $RC -eq 124 ]; then
+        record "peer compile" "timeout" "over ${L}s: the $N rows it finished are in the table"
+    else
+        record "peer compile" "FAILED" "rc $RC, $N rows: $(tail -n 1 "$LOGS/peer_compile.log" | cut -c1-80)"
+    fi
 fi
 
 # ---------------------------------------------------------------- compute-sanitizer (optional)
