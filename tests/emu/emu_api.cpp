@@ -250,7 +250,12 @@ void emu_launch_queue(cudaStream_t s, std::function<void()> run, const char *nam
         (void)emu_enqueue(s, [kernel] { enter_fault(kernel); }, "kernel");
         return;
     }
-    (void)emu_enqueue(s, std::move(run), "kernel");
+    /* EMU_STATS=2: a recording's launches counted by kernel (name: a string literal) */
+    static const int by_name = [] {
+        const char *v = getenv("EMU_STATS");
+        return v && !strcmp(v, "2");
+    }();
+    (void)emu_enqueue(s, std::move(run), by_name ? name : "kernel");
 }
 
 /* ---------------------------------------------------------------- the C API */
@@ -544,7 +549,7 @@ cudaError_t cudaStreamEndCapture(cudaStream_t s, cudaGraph_t *g) {
         return set_error(cudaErrorStreamCaptureInvalidated);
     }
     /* EMU_STATS=1: what each recording holds (how many launches and library calls a replayed
-     * step costs the GPU) */
+     * step costs the GPU); EMU_STATS=2 counts the launches by kernel */
     const char *stats = getenv("EMU_STATS");
     if (stats && *stats && strcmp(stats, "0")) {
         printf("emulated CUDA: a graph of %zu operations:", ops.size());
