@@ -14,8 +14,9 @@
 #                        cut to what is left; a stage with under 20 s left is skipped
 #
 # Logs and JSON go to $OUT when it is set, else to BUILD_DIR/gpu_check. Order: build, GPU tests,
-# diffusion bench (with DIFFUSION_CONV_LOG=1: each convolution shape's timings and the kernel
-# chosen, summed in conv_choices.txt; if it fails, once more with cuDNN only), PyTorch peer
+# diffusion bench (with DIFFUSION_CONV_LOG=2: each convolution shape's timings, every
+# candidate's, and the kernel chosen, in conv_choices.txt; if it fails, once more with cuDNN
+# only), PyTorch peer
 # (eager and CUDA graphs), the two bar rows again with cuDNN only, with the handwritten
 # tensor-core convolutions only and with CUDA graphs off (what each is worth), the peer under
 # torch.compile (slow to start: whatever rows finish in the time left), then compute-sanitizer
@@ -257,7 +258,7 @@ elif [ "$(limit 240)" = 0 ]; then
 else
     L=$(limit 240)
     say "diffusion bench --device cuda (limit ${L}s)"
-    if DIFFUSION_CONV_LOG=1 timeout "$L" "$BUILD/diffusion" bench --device cuda --min-time "$MIN_S" \
+    if DIFFUSION_CONV_LOG=2 timeout "$L" "$BUILD/diffusion" bench --device cuda --min-time "$MIN_S" \
             --json "$LOGS/bench.json" > "$LOGS/bench.log" 2>&1; then
         BENCH_JSON="$LOGS/bench.json"
         record "diffusion bench" "ok" "bench.json"
@@ -278,8 +279,9 @@ else
         fi
     fi
     grep -v "^diffusion: conv" "$LOGS/bench.log"
-    # which convolution kernel each shape and direction got (handwritten or cuDNN), and any
-    # handwritten kernel that disagreed with cuDNN and was dropped
+    # which convolution kernel each shape and direction got (handwritten or cuDNN), every
+    # candidate's time (DIFFUSION_CONV_LOG=2: what tuning the kernels further can start from), and
+    # any handwritten kernel that disagreed with cuDNN and was dropped
     grep -E "^diffusion: conv|disagree" "$LOGS/bench.log" > "$LOGS/conv_choices.txt" || true
     if [ -s "$LOGS/conv_choices.txt" ]; then
         OWN=$(grep -o -- "-> own" "$LOGS/conv_choices.txt" | wc -l)

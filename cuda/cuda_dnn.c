@@ -23,7 +23,8 @@
  * next fastest configuration is tried, down to cuDNN. The tensor-core configurations are
  * candidates only with TF32 on. own uses the own FP32 kernels wherever they fit, untimed and
  * unchecked (the tests' mode); own-tf32 the same with the tensor-core ones where TF32 is on.
- * DIFFUSION_CONV_LOG=1 prints each shape's timings and choices to stderr;
+ * DIFFUSION_CONV_LOG=1 prints each shape's timings and choices to stderr (=2 also every
+ * candidate configuration's time);
  * DIFFUSION_CONV_TIMING_REPS (default 8) is how many timed calls each candidate gets. A timing
  * that fails falls back to cuDNN for the shape, unless the GPU faulted (a sticky error that
  * leaves the CUDA context unusable): then the run stops, naming the shape and configuration.
@@ -129,7 +130,7 @@ static int conv_count, conv_capacity;
 /* DIFFUSION_CONV (read at the first convolution) */
 enum { POLICY_UNSET, POLICY_AUTO, POLICY_CUDNN, POLICY_OWN, POLICY_OWN_TF32 };
 static int conv_policy = POLICY_UNSET;
-static int conv_log;                                     /* DIFFUSION_CONV_LOG set and not 0 */
+static int conv_log; /* DIFFUSION_CONV_LOG: 0 (unset), 1 choices, 2 also every timing */
 static int timing_reps = 8; /* DIFFUSION_CONV_TIMING_REPS: timed calls per candidate */
 static int conv_forced[DD_CONV_DIRS] = {-1, -1, -1};     /* dd_cuda_conv_force_own */
 static const char *const dir_name[DD_CONV_DIRS] = {"forward", "backward-data", "backward-filter"};
@@ -137,7 +138,7 @@ static const char *const dir_name[DD_CONV_DIRS] = {"forward", "backward-data", "
 static int read_policy(void) {
     if (conv_policy != POLICY_UNSET) return 0;
     const char *l = getenv("DIFFUSION_CONV_LOG");
-    conv_log = l && *l && strcmp(l, "0") != 0;
+    conv_log = !l || !*l || !strcmp(l, "0") ? 0 : !strcmp(l, "2") ? 2 : 1;
     const char *r = getenv("DIFFUSION_CONV_TIMING_REPS");
     if (r && *r) {
         char *end;
@@ -607,7 +608,7 @@ static int validate(conv_entry *e, int mode, int d, int cfg, const conv_scratch 
  * (-1) the caller keeps cuDNN everywhere. */
 static int conv_autotune(conv_entry *e, int mode) {
     const dd_conv_shape *s = &e->s;
-    char shape[96], line[1024], bad[256];
+    char shape[96], line[1024], bad[256], times[DD_CONV_DIRS][1024] = {{0}};
     shape_text(shape, sizeof shape, s);
     size_t len = (size_t)snprintf(line, sizeof line, "diffusion: conv %s (TF32 %s):", shape,
                                   mode ? "on" : "off");
@@ -638,6 +639,19 @@ static int conv_autotune(conv_entry *e, int mode) {
                                 dd_conv_own_config_name(d, c));
                 goto done;
             }
+        }
+        char algo[48];
+        choice_text(algo, sizeof algo, d, dir_choice(e, mode, d));
+        if (conv_log >= 2) { /* every candidate's time ("-": not a candidate in this mode) */
+            size_t k = (size_t)snprintf(times[d], sizeof times[d],
+                                        "diffusion: conv %s (TF32 %s) %s times, us: cudnn %s %.1f",
+                                        shape, mode ? "on" : "off", dir_name[d], algo, 1e3 * t_dnn);
+            for (int c = 0; c < nc && k < sizeof times[d]; c++)
+                k += (size_t)(isinf(t_own[c])
+                                  ? snprintf(times[d] + k, sizeof times[d] - k, ", %s -",
+                                             dd_conv_own_config_name(d, c))
+                                  : snprintf(times[d] + k, sizeof times[d] - k, ", %s %.1f",
+                                             dd_conv_own_config_name(d, c), 1e3 * t_own[c]));
         }
         /* the fastest configuration that beats cuDNN and agrees with the reference; one that
          * disagrees is reported and the next fastest tried */
@@ -677,8 +691,6 @@ static int conv_autotune(conv_entry *e, int mode) {
                 }
         if (chosen >= 0) e->use[mode][d] = chosen;
         if (len < sizeof line) {
-            char algo[48];
-            choice_text(algo, sizeof algo, d, dir_choice(e, mode, d));
             if (chosen >= 0)
                 len += (size_t)snprintf(
                     line + len, sizeof line - len,
@@ -703,6 +715,8 @@ done:
     if (sc.base) (void)cudaFree(sc.base);
     if (rc == 0) {
         if (conv_log) fprintf(stderr, "%s\n", line);
+        for (int d = 0; d < DD_CONV_DIRS; d++)
+            if (times[d][0]) fprintf(stderr, "%s\n", times[d]);
         if (bad[0])
             fprintf(stderr,
                     "diffusion: warning: own conv kernels disagree with cuDNN on %s (%s); the "

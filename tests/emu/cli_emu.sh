@@ -155,15 +155,17 @@ EOF
 grep -q "profile of train_step" out.log && grep -q "conv2d" out.log && ok || bad "bench --profile printed no per-op profile: $(head -5 out.log)"
 
 # DIFFUSION_CONV_LOG=1: per shape and direction the cuDNN algorithm and math type, the timings
-# and the choice; with TF32 off (and cuDNN forced) every cuDNN choice has FMA math
+# and the choice (=2: and a line per direction with every candidate's time); with TF32 off (and
+# cuDNN forced) every cuDNN choice has FMA math
 B=(bench --device cuda --channels 8 --size 12x12 --groups 4 --train 2 --forward 2 --ddim 2
   --min-time 0.01)
-DIFFUSION_CONV_LOG=1 "$D" "${B[@]}" >out.log 2>err.log
+DIFFUSION_CONV_LOG=2 "$D" "${B[@]}" >out.log 2>err.log
 rc=$?
-n=$(grep -c "^diffusion: conv N=2 " err.log)
+n=$(grep -c "^diffusion: conv N=2 .*-> " err.log)
+nt=$(grep -c -E "^diffusion: conv N=2 .* (forward|backward-data|backward-filter) times, us: cudnn [a-z0-9-]+/[a-z-]+ [0-9.]+(, [a-z0-9]+ ([0-9.]+|-))+\$" err.log)
 re="forward cudnn [a-z0-9-]+/[a-z-]+ [0-9.]+ us, own [a-z0-9]+ [0-9.]+ us -> (own|cudnn).*; backward-data cudnn .* -> (own|cudnn).*; backward-filter cudnn .* -> (own|cudnn)"
-[ $rc -eq 0 ] && [ "$n" -ge 3 ] && [ "$(grep -c -E "\(TF32 on\): $re" err.log)" = "$n" ] && ok ||
-  bad "DIFFUSION_CONV_LOG=1 (auto): exit $rc, $n lines, $(head -2 err.log)"
+[ $rc -eq 0 ] && [ "$n" -ge 3 ] && [ "$(grep -c -E "\(TF32 on\): $re" err.log)" = "$n" ] &&
+  [ "$nt" = $((3 * n)) ] && ok || bad "DIFFUSION_CONV_LOG=2 (auto): exit $rc, $n + $nt lines, $(head -4 err.log)"
 DIFFUSION_CONV_LOG=1 DIFFUSION_CONV=cudnn DIFFUSION_TF32=0 "$D" "${B[@]}" >out.log 2>err.log
 rc=$?
 n=$(grep -c "^diffusion: conv N=2 " err.log)
