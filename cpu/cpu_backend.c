@@ -73,6 +73,7 @@ const dd_backend dd_cpu_backend = {
     .dense_backward = dd_cpu_dense_backward,
 
     .group_norm_forward = dd_cpu_group_norm_forward,
+    .group_norm_workspace = dd_cpu_group_norm_workspace,
     .group_norm_backward = dd_cpu_group_norm_backward,
 
     .act_forward = dd_cpu_act_forward,

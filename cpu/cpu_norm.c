@@ -145,10 +145,16 @@ DD_CPU_CLONES static void gn_dx_finish(float *dx, const float *x, float m, float
     }
 }
 
+size_t dd_cpu_group_norm_workspace(const dd_gn_shape *s) {
+    (void)s;
+    return 0;
+}
+
 int dd_cpu_group_norm_backward(float *dx, float *dgamma, float *dbeta, float *dadd, const float *dy,
                                const float *x, const float *mean, const float *rstd,
                                const float *gamma, const float *beta, const float *add,
-                               const dd_gn_shape *s) {
+                               const dd_gn_shape *s, void *ws) {
+    (void)ws; /* none needed */
     const int N = s->N, C = s->C, G = s->G, HW = s->HW, Cg = C / G;
     const size_t M = (size_t)Cg * HW;
     const int par = (size_t)N * C * HW > DD_CPU_PAR_MIN;

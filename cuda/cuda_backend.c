@@ -172,6 +172,7 @@ static const dd_backend cuda_backend = {
     .dense_backward = dd_cuda_dense_backward,
 
     .group_norm_forward = dd_cuda_group_norm_forward,
+    .group_norm_workspace = dd_cuda_group_norm_workspace,
     .group_norm_backward = dd_cuda_group_norm_backward,
 
     .act_forward = dd_cuda_act_forward,

@@ -383,9 +383,11 @@ static __global__ void gn_forward_kernel(float *y, float *mean, float *rstd, con
     }
 }
 
-/* Parameter gradients, one block per channel c: warp w takes samples n = w, w + warps, ...;
- * each warp reduces its (n, c) row over HW, adds it to dadd[n, c] and keeps its share of the
- * channel's sums; the warps' shares are then added in warp order (deterministic, no atomics).
+/* The backward without its workspace (or with more than GN_FUSED_CG_MAX channels a group): two
+ * kernels, each reading x and dy. Parameter gradients, one block per channel c: warp w takes
+ * samples n = w, w + warps, ...; each warp reduces its (n, c) row over HW, adds it to dadd[n, c]
+ * and keeps its share of the channel's sums; the warps' shares are then added in warp order
+ * (deterministic, no atomics).
  * Only C blocks (16 to 192 in the UNet) each reduce N * HW values (400k at batch 512, 28x28),
  * so a block is as large as it can be (32 warps, 32 shares: shg/shb hold them) to keep more
  * loads in flight; __launch_bounds__ holds the registers to what 1024 threads may use. */
@@ -459,6 +461,118 @@ static __global__ void gn_backward_dx_kernel(float *dx, const float *dy, const f
     }
 }
 
+/* The backward in one pass over each (n, g), as cpu/cpu_norm.c does it: one block per (n, g)
+ * takes every channel's row sums sn = sum dz and sx = sum dz xhat (each element's dz, and
+ * swish's exponential, computed once) while adding the dz part of dx (dx += rstd gamma dz); the
+ * group sums s1 = sum_c gamma_c sn_c and s2 = sum_c gamma_c sx_c (in channel order) then give
+ * dx -= rstd (s1 / M + xhat s2 / M). The row sums go to dadd[n, c] and, for dgamma and dbeta,
+ * to the workspace (sx, then sn, N C doubles each), which gn_param_sums_kernel adds over n.
+ * So the parameter gradients cost no second read of x and dy, and the reading is spread over
+ * N G blocks instead of C (16 to 64 in the UNet, far fewer than the SMs).
+ * Warps share a channel's row when there are fewer channels than warps (Cg = 2 at 16 channels
+ * and 8 groups); the shares meet in shared memory and are added in order, so the results do not
+ * depend on timing. */
+
+/* the most channels per group the fused backward takes (its shares fit 4 KiB of shared memory;
+ * the UNets have 2 to 8); more go to the two-kernel path below */
+#define GN_FUSED_CG_MAX 256
+
+static __global__ void gn_backward_fused_kernel(float *dx, double *ws, float *dadd,
+                                                const float *dy, const float *x,
+                                                const float *mean, const float *rstd,
+                                                const float *gamma, const float *beta,
+                                                const float *add, int N, int C, int HW, int G,
+                                                int swish) {
+    /* [Cg][wpc] sn shares, [Cg][wpc] sx shares, s1, s2; Cg wpc <= max(Cg, warps) */
+    __shared__ double gn_sh[2 * GN_FUSED_CG_MAX + 2];
+    const int ng = blockIdx.x, n = ng / G, g = ng % G, Cg = C / G;
+    const int lane = threadIdx.x & 31, wid = threadIdx.x >> 5, nw = blockDim.x >> 5;
+    const int wpc = Cg >= nw ? 1 : nw / Cg, cpp = nw / wpc; /* warps a channel, channels a pass */
+    const int wc = wid / wpc, wp = wid % wpc;
+    double *shn = gn_sh, *shx = gn_sh + (size_t)Cg * wpc, *s12 = shx + (size_t)Cg * wpc;
+    const size_t M = (size_t)Cg * HW, base = ((size_t)n * C + (size_t)g * Cg) * HW;
+    const float m = mean[ng], r = rstd[ng];
+
+    for (int c0 = 0; c0 < Cg; c0 += cpp) {
+        const int cc = c0 + wc;
+        if (wc >= cpp || cc >= Cg) continue; /* whole warps: the shuffles below stay converged */
+        const int c = g * Cg + cc;
+        const float gm = gamma[c];
+        const float sh = beta[c] + (add ? add[(size_t)n * C + c] : 0.0f);
+        const size_t o = base + (size_t)cc * HW;
+        double sn = 0.0, sx = 0.0;
+        for (int p = wp * 32 + lane; p < HW; p += wpc * 32) {
+            const float xh = (x[o + p] - m) * r;
+            const float dz = gn_dz(dy[o + p], xh, gm, sh, swish);
+            sn += dz;
+            sx += (double)dz * xh;
+            if (dx) dx[o + p] += r * (gm * dz);
+        }
+        sn = warp_sum(sn);
+        sx = warp_sum(sx);
+        if (lane == 0) {
+            shn[cc * wpc + wp] = sn;
+            shx[cc * wpc + wp] = sx;
+        }
+    }
+    __syncthreads();
+    for (int cc = threadIdx.x; cc < Cg; cc += blockDim.x) { /* each channel's shares, in order */
+        double sn = 0.0, sx = 0.0;
+        for (int k = 0; k < wpc; k++) sn += shn[cc * wpc + k], sx += shx[cc * wpc + k];
+        shn[cc * wpc] = sn;
+        shx[cc * wpc] = sx;
+        const size_t nc = (size_t)n * C + (size_t)(g * Cg + cc);
+        if (dadd) dadd[nc] += (float)sn;
+        if (ws) {
+            ws[nc] = sx;
+            ws[(size_t)N * C + nc] = sn;
+        }
+    }
+    if (!dx) return; /* uniform: the rest is dx's */
+    __syncthreads();
+    if (threadIdx.x == 0) { /* the group sums, in channel order (as the CPU) */
+        double s1 = 0.0, s2 = 0.0;
+        for (int cc = 0; cc < Cg; cc++) {
+            const double gm = gamma[g * Cg + cc];
+            s1 += gm * shn[cc * wpc];
+            s2 += gm * shx[cc * wpc];
+        }
+        s12[0] = s1;
+        s12[1] = s2;
+    }
+    __syncthreads(); /* also orders this block's dx writes above before the reads below */
+    const float a1 = (float)(s12[0] / (double)M), a2 = (float)(s12[1] / (double)M);
+    for (size_t i = threadIdx.x; i < M; i += blockDim.x) {
+        const float xh = (x[base + i] - m) * r;
+        dx[base + i] -= r * (a1 + xh * a2);
+    }
+}
+
+/* dgamma[c] += sum over n of sx[n, c], dbeta[c] += sum of sn[n, c]: a warp per channel, lanes
+ * over n, added in lane order */
+static __global__ void gn_param_sums_kernel(float *dgamma, float *dbeta, const double *ws, int N,
+                                            int C) {
+    const int lane = threadIdx.x & 31;
+    const int c = blockIdx.x * (blockDim.x >> 5) + (threadIdx.x >> 5);
+    if (c >= C) return; /* whole warps */
+    double sg = 0.0, sb = 0.0;
+    for (int n = lane; n < N; n += 32) {
+        sg += ws[(size_t)n * C + c];
+        sb += ws[(size_t)N * C + (size_t)n * C + c];
+    }
+    sg = warp_sum(sg);
+    sb = warp_sum(sb);
+    if (lane == 0) {
+        if (dgamma) dgamma[c] += (float)sg;
+        if (dbeta) dbeta[c] += (float)sb;
+    }
+}
+
+size_t dd_cuda_group_norm_workspace(const dd_gn_shape *s) {
+    if (s->G <= 0 || s->C / s->G > GN_FUSED_CG_MAX) return 0;
+    return (size_t)2 * s->N * s->C * sizeof(double);
+}
+
 int dd_cuda_group_norm_forward(float *y, float *mean, float *rstd, const float *x,
                                const float *gamma, const float *beta, const float *add,
                                const dd_gn_shape *s) {
@@ -472,8 +586,24 @@ int dd_cuda_group_norm_forward(float *y, float *mean, float *rstd, const float *
 int dd_cuda_group_norm_backward(float *dx, float *dgamma, float *dbeta, float *dadd,
                                 const float *dy, const float *x, const float *mean,
                                 const float *rstd, const float *gamma, const float *beta,
-                                const float *add, const dd_gn_shape *s) {
+                                const float *add, const dd_gn_shape *s, void *ws) {
     if (s->N * s->G == 0) return 0;
+    const int Cg = s->C / s->G, params = dgamma || dbeta;
+    if (Cg <= GN_FUSED_CG_MAX && (ws || !params)) {
+        static_assert(THREADS / 32 <= GN_FUSED_CG_MAX, "shares fit gn_sh");
+        gn_backward_fused_kernel<<<s->N * s->G, THREADS, 0, dd_cuda_stream>>>(
+            dx, params ? (double *)ws : NULL, dadd, dy, x, mean, rstd, gamma, beta, add, s->N,
+            s->C, s->HW, s->G, s->swish);
+        DD_CUDA_LAUNCHED("group_norm_backward");
+        if (params) {
+            const int per = THREADS / 32;
+            gn_param_sums_kernel<<<(s->C + per - 1) / per, THREADS, 0, dd_cuda_stream>>>(
+                dgamma, dbeta, (const double *)ws, s->N, s->C);
+            DD_CUDA_LAUNCHED("group_norm_backward (parameter sums)");
+        }
+        return 0;
+    }
+    /* no workspace (or a huge group): the parameter gradients by a kernel of their own */
     if (dgamma || dbeta || dadd) {
         gn_backward_params_kernel<<<s->C, GN_PARAM_THREADS, 0, dd_cuda_stream>>>(
             dgamma, dbeta, dadd, dy, x, mean, rstd, gamma, beta, add, s->N, s->C, s->HW, s->G,

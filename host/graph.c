@@ -554,6 +554,7 @@ int dd_graph_plan(dd_graph *g, int with_grad) {
         size_t w = 0;
         if (n->op == DD_OP_CONV2D) w = g->be->conv2d_workspace(&n->p.conv);
         if (n->op == DD_OP_ATTENTION && with_grad) w = g->be->attention_workspace(&n->p.attn);
+        if (n->op == DD_OP_GROUP_NORM && with_grad) w = g->be->group_norm_workspace(&n->p.gn);
         if (w > ws) ws = w;
     }
     if (g->be->alloc((void **)&g->arena, (off ? off : DD_ALIGN_FLOATS) * sizeof(float)))
@@ -660,7 +661,7 @@ static int backward_node(dd_graph *g, const dd_node *n) {
     case DD_OP_GROUP_NORM:
         return be->group_norm_backward(G(n->in[0]), G(n->in[1]), G(n->in[2]), G(n->in[3]), dy,
                                        D(n->in[0]), D(n->aux[0]), D(n->aux[1]), D(n->in[1]),
-                                       D(n->in[2]), D(n->in[3]), &n->p.gn);
+                                       D(n->in[2]), D(n->in[3]), &n->p.gn, g->ws);
     case DD_OP_ACT:
         return be->act_backward(G(n->in[0]), dy, D(n->in[0]), g->t[n->out].numel, n->p.act.act);
     case DD_OP_ADD:

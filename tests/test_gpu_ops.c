@@ -276,12 +276,15 @@ static void test_dense(void) {
 
 /* ---------------------------------------------------------------- group norm */
 
-/* params 0: dgamma, dbeta and dadd NULL (only dx wanted), which must leave them untouched */
-static void case_gn(int N, int C, int HW, int G, int swish, int with_add, int params) {
+/* params 0: dgamma, dbeta and dadd NULL (only dx wanted), which must leave them untouched;
+ * with_ws 0: backward without its workspace (the backend's slower path for the parameters) */
+static void case_gn_ws(int N, int C, int HW, int G, int swish, int with_add, int params,
+                       int with_ws) {
     dd_gn_shape s = {N, C, HW, G, swish, 1e-5f};
-    char tag[96];
-    snprintf(tag, sizeof tag, "group_norm N%d C%d HW%d G%d%s%s%s", N, C, HW, G,
-             swish ? " swish" : "", with_add ? " +add" : "", params ? "" : " (dx only)");
+    char tag[112];
+    snprintf(tag, sizeof tag, "group_norm N%d C%d HW%d G%d%s%s%s%s", N, C, HW, G,
+             swish ? " swish" : "", with_add ? " +add" : "", params ? "" : " (dx only)",
+             with_ws ? "" : " (no workspace)");
     begin(tag);
     const size_t n = (size_t)N * C * HW, nng = (size_t)N * G, nnc = (size_t)N * C;
     /* an offset and scale so the mean and variance matter */
@@ -296,7 +299,7 @@ static void case_gn(int N, int C, int HW, int G, int swish, int with_add, int pa
     OK(cpu->group_norm_forward(y, mean, rstd, x, gamma, beta, a, &s));
     OK(cpu->group_norm_backward(dx, params ? dg : NULL, params ? db : NULL,
                                 params && with_add ? da : NULL, dy, x, mean, rstd, gamma, beta, a,
-                                &s));
+                                &s, NULL));
 
     float *gx = dup(x, n), *gg = dup(gamma, C), *gb = dup(beta, C);
     float *ga = with_add ? dup(add, nnc) : NULL;
@@ -305,9 +308,11 @@ static void case_gn(int N, int C, int HW, int G, int swish, int with_add, int pa
     OK(gpu->group_norm_forward(gy, gmean, grstd, gx, gg, gb, ga, &s));
     /* backward from the CPU's statistics, so the comparison isolates backward */
     float *cm = dup(mean, nng), *cr = dup(rstd, nng);
+    const size_t wsb = gpu->group_norm_workspace(&s);
+    void *gws = with_ws && wsb ? (void *)dpoison(wsb / sizeof(float) + 1) : NULL;
     OK(gpu->group_norm_backward(gdx, params ? gdg : NULL, params ? gdb : NULL,
                                 params && with_add ? gda : NULL, dup(dy, n), gx, cm, cr, gg, gb,
-                                ga, &s));
+                                ga, &s, gws));
     sync_or_fail(tag);
     char what[160];
 #define GN_EXPECT(name, ref, dev, cnt, tol)                                                       \
@@ -324,6 +329,11 @@ static void case_gn(int N, int C, int HW, int G, int swish, int with_add, int pa
     release();
 }
 
+static void case_gn(int N, int C, int HW, int G, int swish, int with_add, int params) {
+    case_gn_ws(N, C, HW, G, swish, with_add, params, 1);
+    case_gn_ws(N, C, HW, G, swish, with_add, params, 0);
+}
+
 static void test_group_norm(void) {
     case_gn(2, 8, 9, 4, 0, 0, 1);
     case_gn(2, 8, 9, 4, 1, 1, 1);
@@ -331,6 +341,9 @@ static void test_group_norm(void) {
     case_gn(2, 6, 1, 1, 0, 1, 1);    /* 1x1 spatial, one group */
     case_gn(9, 32, 196, 8, 1, 0, 1); /* more samples than warps per block */
     case_gn(3, 24, 49, 8, 1, 1, 0);  /* dx only */
+    case_gn(2, 40, 20, 2, 1, 1, 1);  /* 20 channels a group: passes of 8 warps */
+    case_gn(3, 7, 33, 1, 0, 1, 1);   /* 7 channels a group: a warp each, one idle */
+    case_gn(2, 300, 5, 1, 1, 1, 1);  /* 300 channels a group: beyond the one-pass kernel */
     if (!big || tf32_pass) return;   /* no products: the large shape once */
     case_gn(1024, 64, 784, 8, 1, 1, 1); /* batch 1024 of 28x28x64: 51M values */
     case_gn(2, 192, 3000, 8, 1, 1, 1);  /* 72000 values per group */

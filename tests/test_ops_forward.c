@@ -181,7 +181,7 @@ static void check_group_norm(const char *name) {
         compare(&r, "group_norm forward", "mean", mean, ng, REF_TOL);
         compare(&r, "group_norm forward", "rstd", rstd, ng, REF_TOL);
         CHECK_OK(B->group_norm_backward(dx, dgamma, dbeta, add ? dadd : NULL, V(&r, "r"), x, mean,
-                                        rstd, gamma, beta, a, &s));
+                                        rstd, gamma, beta, a, &s, NULL));
         compare(&r, "group_norm backward", "dx", dx, n, REF_TOL);
         compare(&r, "group_norm backward", "dgamma", dgamma, s.C, REF_TOL);
         compare(&r, "group_norm backward", "dbeta", dbeta, s.C, REF_TOL);
@@ -551,7 +551,7 @@ static void check_batch_paths(void) {
         memset(gdg[k], 0, sizeof gdg[k]), memset(gdb[k], 0, sizeof gdb[k]);
         memset(gda[k], 0, sizeof gda[k]);
         CHECK_OK(B->group_norm_backward(gdx[k], gdg[k], gdb[k], gda[k], gdy, gx, mean, rstd, gm, gb,
-                                        ga, &g));
+                                        ga, &g, NULL));
     }
     omp_set_num_threads(saved);
     CHECKF(tu_rel_err(gdx[1], gdx[0], n) < 1e-6, "group_norm dx: schedules differ (%g)",

@@ -302,7 +302,7 @@ static void gn_fwd(gc_case *c) {
 static void gn_bwd(gc_case *c, float **g, const float *dy) {
     CHECK_OK(B->group_norm_backward(g[0], g[1], g[2], c->nt > 3 ? g[3] : NULL, dy, c->t[0].v,
                                     c->s1, c->s2, c->t[1].v, c->t[2].v,
-                                    c->nt > 3 ? c->t[3].v : NULL, &c->gn));
+                                    c->nt > 3 ? c->t[3].v : NULL, &c->gn, NULL));
 }
 
 static void gn_case(int N, int C, int HW, int G, int add, int swish) {

@@ -23,7 +23,7 @@
 
 enum {
     OP_ALLOC, OP_FREE, OP_ZERO, OP_TO_DEVICE, OP_TO_HOST, OP_COPY, OP_SYNC, OP_CONV_WS,
-    OP_CONV_F, OP_CONV_B, OP_DENSE_F, OP_DENSE_B, OP_GN_F, OP_GN_B, OP_ACT_F, OP_ACT_B, OP_ADD_F,
+    OP_CONV_F, OP_CONV_B, OP_DENSE_F, OP_DENSE_B, OP_GN_F, OP_GN_WS, OP_GN_B, OP_ACT_F, OP_ACT_B, OP_ADD_F,
     OP_ADD_B, OP_CAT_F, OP_CAT_B, OP_UP_F, OP_UP_B, OP_POOL_F, OP_POOL_B, OP_ATT_WS, OP_ATT_F,
     OP_ATT_B, OP_EMB_F, OP_EMB_B, OP_MSE_F, OP_MSE_B, OP_XENT_F, OP_XENT_B, OP_ADAM, OP_EMA,
     OP_COUNTER, OP_INDEX_FILL, OP_NORMAL, OP_TRAIN_DRAW, OP_Q_SAMPLE, OP_SAMPLER, OP_COUNT
@@ -82,9 +82,9 @@ static int w_gn_f(float *y, float *m, float *r, const float *x, const float *g, 
     return C->group_norm_forward(y, m, r, x, g, b, a, s);
 }
 static int w_gn_b(float *dx, float *dg, float *db, float *da, const float *dy, const float *x, const float *m, const float *r,
-                  const float *g, const float *b, const float *a, const dd_gn_shape *s) {
-    BEGIN(OP_GN_B); H(dx); H(dg); H(db); H(da); H(dy); H(x); H(m); H(r); H(g); H(b); H(a); H(*s); END(OP_GN_B);
-    return C->group_norm_backward(dx, dg, db, da, dy, x, m, r, g, b, a, s);
+                  const float *g, const float *b, const float *a, const dd_gn_shape *s, void *ws) {
+    BEGIN(OP_GN_B); H(dx); H(dg); H(db); H(da); H(dy); H(x); H(m); H(r); H(g); H(b); H(a); H(*s); H(ws); END(OP_GN_B);
+    return C->group_norm_backward(dx, dg, db, da, dy, x, m, r, g, b, a, s, ws);
 }
 static int w_act_f(float *y, const float *x, size_t n, dd_act a) { BEGIN(OP_ACT_F); H(y); H(x); H(n); H(a); END(OP_ACT_F); return C->act_forward(y, x, n, a); }
 static int w_act_b(float *dx, const float *dy, const float *x, size_t n, dd_act a) {
@@ -108,6 +108,7 @@ static int w_pool_b(float *dx, const float *dy, const float *x, int N, int Cc, i
     BEGIN(OP_POOL_B); H(dx); H(dy); H(x); H(N); H(Cc); H(Hh); H(W); END(OP_POOL_B);
     return C->maxpool2x2_backward(dx, dy, x, N, Cc, Hh, W);
 }
+static size_t w_gn_ws(const dd_gn_shape *s) { BEGIN(OP_GN_WS); H(*s); END(OP_GN_WS); return C->group_norm_workspace(s); }
 static size_t w_att_ws(const dd_attn_shape *s) { BEGIN(OP_ATT_WS); H(*s); END(OP_ATT_WS); return C->attention_workspace(s); }
 static int w_att_f(float *y, float *p, const float *qkv, const dd_attn_shape *s) { BEGIN(OP_ATT_F); H(y); H(p); H(qkv); H(*s); END(OP_ATT_F); return C->attention_forward(y, p, qkv, s); }
 static int w_att_b(float *dq, const float *dy, const float *qkv, const float *p, const dd_attn_shape *s, void *ws) {
@@ -155,7 +156,7 @@ static const dd_backend logbe = {
     .to_host = w_to_host, .copy = w_copy, .synchronize = w_sync,
     .conv2d_workspace = w_conv_ws, .conv2d_forward = w_conv_f, .conv2d_backward = w_conv_b,
     .dense_forward = w_dense_f, .dense_backward = w_dense_b,
-    .group_norm_forward = w_gn_f, .group_norm_backward = w_gn_b,
+    .group_norm_forward = w_gn_f, .group_norm_workspace = w_gn_ws, .group_norm_backward = w_gn_b,
     .act_forward = w_act_f, .act_backward = w_act_b, .add_forward = w_add_f,
     .add_backward = w_add_b, .concat_forward = w_cat_f, .concat_backward = w_cat_b,
     .upsample2x_forward = w_up_f, .upsample2x_backward = w_up_b,

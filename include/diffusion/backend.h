@@ -106,10 +106,13 @@ typedef struct dd_backend {
     int (*group_norm_forward)(float *y, float *mean, float *rstd, const float *x,
                               const float *gamma, const float *beta, const float *add,
                               const dd_gn_shape *s);
+    /* backward: dx, dgamma, dbeta, dadd each NULL when not wanted; ws: group_norm_workspace(s)
+     * bytes (may be NULL when that is 0; a backend may also accept NULL and run slower) */
+    size_t (*group_norm_workspace)(const dd_gn_shape *s); /* bytes, backward */
     int (*group_norm_backward)(float *dx, float *dgamma, float *dbeta, float *dadd,
                                const float *dy, const float *x, const float *mean,
                                const float *rstd, const float *gamma, const float *beta,
-                               const float *add, const dd_gn_shape *s);
+                               const float *add, const dd_gn_shape *s, void *ws);
 
     /* elementwise activation over n values */
     int (*act_forward)(float *y, const float *x, size_t n, dd_act act);

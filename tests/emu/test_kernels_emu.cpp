@@ -224,13 +224,15 @@ void case_embedding(int N, int rows, int dim) {
 
 /* ---------------------------------------------------------------- group norm */
 
-/* params 0: dgamma, dbeta, dadd NULL; dx 0: dx NULL. Backward from the CPU's statistics, as
- * tests/test_gpu_ops.c, so that the comparison isolates backward. */
-void case_gn(int N, int C, int HW, int G, int swish, int with_add, int params, int want_dx) {
-    char t[128];
-    snprintf(t, sizeof t, "group_norm N%d C%d HW%d G%d%s%s%s%s", N, C, HW, G,
+/* params 0: dgamma, dbeta, dadd NULL; dx 0: dx NULL; ws 0: no workspace (the two-kernel path
+ * for the parameters). Backward from the CPU's statistics, as tests/test_gpu_ops.c, so that the
+ * comparison isolates backward. */
+void case_gn_ws(int N, int C, int HW, int G, int swish, int with_add, int params, int want_dx,
+                int ws) {
+    char t[144];
+    snprintf(t, sizeof t, "group_norm N%d C%d HW%d G%d%s%s%s%s%s", N, C, HW, G,
              swish ? " swish" : "", with_add ? " +add" : "", params ? "" : " (no params)",
-             want_dx ? "" : " (no dx)");
+             want_dx ? "" : " (no dx)", ws ? "" : " (no workspace)");
     begin(t);
     dd_gn_shape s = {N, C, HW, G, swish, 1e-5f};
     const size_t n = (size_t)N * C * HW, nng = (size_t)N * G, nnc = (size_t)N * C;
@@ -245,13 +247,15 @@ void case_gn(int N, int C, int HW, int G, int swish, int with_add, int params, i
     OK(cpu->group_norm_backward(want_dx ? dx.data() : NULL, params ? dg.data() : NULL,
                                 params ? db.data() : NULL, params && with_add ? da.data() : NULL,
                                 dy.data(), x.data(), mean.data(), rstd.data(), gamma.data(),
-                                beta.data(), a, &s));
+                                beta.data(), a, &s, NULL));
     auto gx = dup(x), gg = dup(gamma), gb = dup(beta), ga = with_add ? dup(add) : nullptr;
     auto gy = dout(n), gmean = dout(nng), grstd = dout(nng);
     OK(dd_cuda_group_norm_forward(gy, gmean, grstd, gx, gg, gb, ga, &s));
+    const size_t wsb = dd_cuda_group_norm_workspace(&s);
+    void *gws = ws && wsb ? (void *)dout(wsb / sizeof(float) + 1) : nullptr;
     OK(dd_cuda_group_norm_backward(want_dx ? gdx : NULL, params ? gdg : NULL, params ? gdb : NULL,
                                    params && with_add ? gda : NULL, dup(dy), gx, dup(mean),
-                                   dup(rstd), gg, gb, ga, &s));
+                                   dup(rstd), gg, gb, ga, &s, gws));
     expect("y", y, gy, FP32_TOL);
     expect("mean", mean, gmean, FP32_TOL);
     expect("rstd", rstd, grstd, FP32_TOL);
@@ -260,6 +264,11 @@ void case_gn(int N, int C, int HW, int G, int swish, int with_add, int params, i
     expect("dbeta", db, gdb, params ? FP32_TOL : 0.0);
     expect("dadd", da, gda, params && with_add ? FP32_TOL : 0.0);
     end();
+}
+
+void case_gn(int N, int C, int HW, int G, int swish, int with_add, int params, int want_dx) {
+    case_gn_ws(N, C, HW, G, swish, with_add, params, want_dx, 1);
+    case_gn_ws(N, C, HW, G, swish, with_add, params, want_dx, 0);
 }
 
 /* ---------------------------------------------------------------- softmax rows, dense helpers */
@@ -485,6 +494,10 @@ int main() {
     case_gn(33, 2, 3, 2, 1, 1, 1, 1);  /* more samples than the parameter kernel's warps */
     case_gn(2, 3, 40, 3, 0, 1, 1, 0);  /* parameters only */
     case_gn(1, 2, 1, 1, 1, 1, 1, 1);
+    case_gn(2, 40, 20, 2, 1, 1, 1, 1); /* 20 channels a group: passes of 8 warps */
+    case_gn(3, 7, 33, 1, 0, 1, 1, 1);  /* a warp a channel, one idle */
+    case_gn(2, 3, 70, 1, 1, 1, 0, 1);  /* dx only, 3 channels: two warps a channel */
+    case_gn(1, 300, 2, 1, 1, 1, 1, 1); /* beyond the one-pass kernel: the two-kernel path */
 
     case_softmax(1, 1);
     case_softmax(9, 31);
