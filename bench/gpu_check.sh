@@ -20,7 +20,8 @@
 # (eager and CUDA graphs), the two bar rows again with cuDNN only, with the handwritten
 # tensor-core convolutions only and with CUDA graphs off (what each is worth), the peer under
 # torch.compile (slow to start: whatever rows finish in the time left), then compute-sanitizer
-# (optional and slow, so last). A stage that
+# (optional and slow, so last: memcheck on the GPU tests, then racecheck on the convolution
+# kernels and synccheck on the others, in what time is left). A stage that
 # fails or times out is reported in the table and the script carries on (a failed build skips
 # the stages that need it, not the peer); the table is printed on every way out, with the GPU
 # tests' failed checks (each names its op and shape). Exit status: 0 when the build and the GPU
@@ -43,7 +44,7 @@ while [ $# -gt 0 ]; do
     --no-peer-compile) PEER_COMPILE=0; shift ;;
     --quick-bench) MIN_S=0.3; shift ;;
     --budget) BUDGET="${2:?--budget needs seconds}"; shift 2 ;;
-    -h|--help) sed -n '2,24p' "$0"; exit 0 ;;
+    -h|--help) awk 'NR > 1 && /^#/ { print; next } NR > 1 { exit }' "$0"; exit 0 ;;
     -*) echo "gpu_check: unknown option $1" >&2; exit 2 ;;
     *) PEER="$1"; shift ;;
     esac
@@ -382,7 +383,7 @@ else
           timeout "$L" "$SAN" --tool memcheck --error-exitcode 86 ./test_gpu_conv --quick; }) \
         > "$LOGS/sanitizer.log" 2>&1
     RC=$?
-    ERRS=$(grep -m1 "ERROR SUMMARY" "$LOGS/sanitizer.log" || true)
+    ERRS=$(grep -m1 "ERROR SUMMARY" "$LOGS/sanitizer.log" | sed 's/^=* *//' || true)
     if [ $RC -eq 0 ]; then
         record "compute-sanitizer" "ok" "${ERRS:-clean}"
     elif [ $RC -eq 86 ]; then
@@ -393,6 +394,42 @@ else
     else
         # refused by the machine (no permission, unsupported driver...) or the test failed under it
         record "compute-sanitizer" "not run" "rc $RC: $(grep -m1 -i -E "error|fail" "$LOGS/sanitizer.log" | cut -c1-100)"
+    fi
+    # Shared-memory hazards and barriers, which the CPU emulation cannot show on real hardware
+    # (the emulation runs a block's threads one at a time, and lands each cp.async at once or
+    # at its wait): racecheck on the convolution kernels (cp.async pipelines, one barrier per
+    # step), synccheck on the other kernels (block reductions, GroupNorm). Whatever time is left;
+    # a timeout is not counted. Only when memcheck ran: the tool works on this machine.
+    san_extra() { # NAME TOOL BINARY LIMIT
+        local name="$1" tool="$2" bin="$3" lim
+        lim=$(limit "$4")
+        if [ ! -x "$BUILD/$bin" ]; then
+            record "$name" "skipped" "no $bin binary"
+            return
+        elif [ "$lim" = 0 ]; then
+            record "$name" "skipped" "no time left in the budget"
+            return
+        fi
+        say "$bin --quick under compute-sanitizer $tool (limit ${lim}s)"
+        (cd "$BUILD" && timeout "$lim" "$SAN" --tool "$tool" --error-exitcode 86 "./$bin" --quick) \
+            > "$LOGS/sanitizer_$tool.log" 2>&1
+        local rc=$? errs
+        errs=$(grep -m1 -E "ERROR SUMMARY|RACECHECK SUMMARY" "$LOGS/sanitizer_$tool.log" |
+            sed 's/^=* *//' || true)
+        if [ $rc -eq 0 ]; then
+            record "$name" "ok" "${errs:-clean}"
+        elif [ $rc -eq 86 ]; then
+            record "$name" "FAILED" "${errs:-$tool errors} (sanitizer_$tool.log)"
+            STATUS=1
+        elif [ $rc -eq 124 ]; then
+            record "$name" "timeout" "over ${lim}s; not counted"
+        else
+            record "$name" "not run" "rc $rc: $(grep -m1 -i -E "error|fail" "$LOGS/sanitizer_$tool.log" | cut -c1-100)"
+        fi
+    }
+    if [ $RC -eq 0 ] || [ $RC -eq 86 ]; then
+        san_extra "racecheck" racecheck test_gpu_conv 120
+        san_extra "synccheck" synccheck test_gpu_ops 60
     fi
 fi
 
