@@ -62,10 +62,10 @@ int dd_cpu_dense_backward(float *dx, float *dw, float *db, const float *dy, cons
 
 int dd_cpu_group_norm_forward(float *y, float *mean, float *rstd, const float *x,
                               const float *gamma, const float *beta, const float *add,
-                              const dd_gn_shape *s);
+                              const float *res, const dd_gn_shape *s);
 size_t dd_cpu_group_norm_workspace(const dd_gn_shape *s);
 int dd_cpu_group_norm_backward(float *dx, float *dgamma, float *dbeta, float *dadd,
-                               const float *dy, const float *x, const float *mean,
+                               float *dres, const float *dy, const float *x, const float *mean,
                                const float *rstd, const float *gamma, const float *beta,
                                const float *add, const dd_gn_shape *s, void *ws);
 

@@ -1,7 +1,8 @@
 /* group_norm on the CPU, with the per-channel add and swish of the UNet's ConvEmbed fused in.
  *
  * x (N, C, HW), G groups of Cg = C/G channels, statistics per (n, g) over Cg*HW values:
- *   xhat = (x - mean) rstd,  z = gamma[c] xhat + beta[c] + add[n, c],  y = swish(z) or z.
+ *   xhat = (x - mean) rstd,  z = gamma[c] xhat + beta[c] + add[n, c],  y = swish(z) or z,
+ *   then y += res (a ResBlock's skip; its gradient is dy) when res is given.
  * Backward recomputes xhat and z from x, mean and rstd (nothing else is saved), with
  * dz = dy swish'(z) (or dy), and over each group of M = Cg*HW values:
  *   dgamma[c] += sum dz xhat,  dbeta[c] += sum dz,  dadd[n, c] += sum over HW of dz,
@@ -53,11 +54,15 @@ DD_CPU_CLONES static void group_moments(const float *x, size_t M, double *mean, 
     *var = v > 0.0 ? v : 0.0;
 }
 
-/* one channel's row: y = swish(gm xhat + sh) or gm xhat + sh */
-DD_CPU_CLONES static void gn_row(float *y, const float *x, int HW, float m, float r, float gm,
-                                 float sh, int swish) {
-    if (swish) {
+/* one channel's row: y = swish(gm xhat + sh) or gm xhat + sh, then + res when res is given */
+DD_CPU_CLONES static void gn_row(float *y, const float *x, const float *res, int HW, float m,
+                                 float r, float gm, float sh, int swish) {
+    if (swish && res) {
+        for (int p = 0; p < HW; p++) y[p] = dd_cpu_swish(gm * ((x[p] - m) * r) + sh) + res[p];
+    } else if (swish) {
         for (int p = 0; p < HW; p++) y[p] = dd_cpu_swish(gm * ((x[p] - m) * r) + sh);
+    } else if (res) {
+        for (int p = 0; p < HW; p++) y[p] = (gm * ((x[p] - m) * r) + sh) + res[p];
     } else {
         for (int p = 0; p < HW; p++) y[p] = gm * ((x[p] - m) * r) + sh;
     }
@@ -65,14 +70,13 @@ DD_CPU_CLONES static void gn_row(float *y, const float *x, int HW, float m, floa
 
 int dd_cpu_group_norm_forward(float *y, float *mean, float *rstd, const float *x,
                               const float *gamma, const float *beta, const float *add,
-                              const dd_gn_shape *s) {
+                              const float *res, const dd_gn_shape *s) {
     const int N = s->N, C = s->C, G = s->G, HW = s->HW, Cg = C / G;
     const size_t M = (size_t)Cg * HW; /* values per group */
 #pragma omp parallel for schedule(static) if ((size_t)N * C * HW > DD_CPU_PAR_MIN)
     for (int ng = 0; ng < N * G; ng++) {
         const int n = ng / G, g = ng % G;
         const float *xg = x + ((size_t)n * C + (size_t)g * Cg) * HW;
-        float *yg = y + ((size_t)n * C + (size_t)g * Cg) * HW;
         double mu, var;
         group_moments(xg, M, &mu, &var);
         float m = (float)mu;
@@ -82,7 +86,8 @@ int dd_cpu_group_norm_forward(float *y, float *mean, float *rstd, const float *x
         for (int cc = 0; cc < Cg; cc++) {
             const int c = g * Cg + cc;
             const float sh = beta[c] + (add ? add[(size_t)n * C + c] : 0.0f);
-            gn_row(yg + (size_t)cc * HW, xg + (size_t)cc * HW, HW, m, r, gamma[c], sh, s->swish);
+            const size_t o = ((size_t)n * C + (size_t)c) * HW;
+            gn_row(y + o, x + o, res ? res + o : NULL, HW, m, r, gamma[c], sh, s->swish);
         }
     }
     return 0;
@@ -150,15 +155,20 @@ size_t dd_cpu_group_norm_workspace(const dd_gn_shape *s) {
     return 0;
 }
 
-int dd_cpu_group_norm_backward(float *dx, float *dgamma, float *dbeta, float *dadd, const float *dy,
-                               const float *x, const float *mean, const float *rstd,
-                               const float *gamma, const float *beta, const float *add,
-                               const dd_gn_shape *s, void *ws) {
+int dd_cpu_group_norm_backward(float *dx, float *dgamma, float *dbeta, float *dadd, float *dres,
+                               const float *dy, const float *x, const float *mean,
+                               const float *rstd, const float *gamma, const float *beta,
+                               const float *add, const dd_gn_shape *s, void *ws) {
     (void)ws; /* none needed */
     const int N = s->N, C = s->C, G = s->G, HW = s->HW, Cg = C / G;
     const size_t M = (size_t)Cg * HW;
     const int par = (size_t)N * C * HW > DD_CPU_PAR_MIN;
     const int threads = par ? omp_get_max_threads() : 1;
+    if (dres) { /* the residual is added after everything else: its gradient is dy */
+        const size_t n = (size_t)N * C * HW;
+#pragma omp parallel for schedule(static) if (par)
+        for (size_t i = 0; i < n; i++) dres[i] += dy[i];
+    }
 
     if (G >= threads) {
         /* Enough groups to go round: a thread owns group g for every sample, hence its channels'

@@ -351,10 +351,12 @@ static __device__ __forceinline__ float gn_dz(float dy, float xhat, float gm, fl
 }
 
 /* One block per (n, g) over its M = Cg*HW values: mean, then the centred sum of squares (two
- * passes, sums in double, as on the CPU), then y. */
+ * passes, sums in double, as on the CPU), then y (+ res: a rounded add of its own, as the CPU's,
+ * not contracted into the swish's product). */
 static __global__ void gn_forward_kernel(float *y, float *mean, float *rstd, const float *x,
                                          const float *gamma, const float *beta, const float *add,
-                                         int C, int HW, int G, int swish, float eps) {
+                                         const float *res, int C, int HW, int G, int swish,
+                                         float eps) {
     __shared__ double sh[32];
     const int ng = blockIdx.x, n = ng / G, g = ng % G, Cg = C / G;
     const size_t M = (size_t)Cg * HW, base = ((size_t)n * C + (size_t)g * Cg) * HW;
@@ -379,7 +381,8 @@ static __global__ void gn_forward_kernel(float *y, float *mean, float *rstd, con
         const int c = g * Cg + (int)(i / HW);
         const float shift = beta[c] + (add ? add[(size_t)n * C + c] : 0.0f);
         const float z = gamma[c] * ((xg[i] - m) * r) + shift;
-        yg[i] = swish ? dd_swish(z) : z;
+        const float v = swish ? dd_swish(z) : z;
+        yg[i] = res ? __fadd_rn(v, res[base + i]) : v;
     }
 }
 
@@ -468,7 +471,8 @@ static __global__ void gn_backward_dx_kernel(float *dx, const float *dy, const f
  * dx -= rstd (s1 / M + xhat s2 / M). The row sums go to dadd[n, c] and, for dgamma and dbeta,
  * to the workspace (sx, then sn, N C doubles each), which gn_param_sums_kernel adds over n.
  * So the parameter gradients cost no second read of x and dy, and the reading is spread over
- * N G blocks instead of C (16 to 64 in the UNet, far fewer than the SMs).
+ * N G blocks instead of C (16 to 64 in the UNet, far fewer than the SMs). A residual's
+ * gradient (dres += dy) is added from the same read of dy.
  * Warps share a channel's row when there are fewer channels than warps (Cg = 2 at 16 channels
  * and 8 groups); the shares meet in shared memory and are added in order, so the results do not
  * depend on timing. */
@@ -477,7 +481,7 @@ static __global__ void gn_backward_dx_kernel(float *dx, const float *dy, const f
  * the UNets have 2 to 8); more go to the two-kernel path below */
 #define GN_FUSED_CG_MAX 256
 
-static __global__ void gn_backward_fused_kernel(float *dx, double *ws, float *dadd,
+static __global__ void gn_backward_fused_kernel(float *dx, double *ws, float *dadd, float *dres,
                                                 const float *dy, const float *x,
                                                 const float *mean, const float *rstd,
                                                 const float *gamma, const float *beta,
@@ -502,8 +506,9 @@ static __global__ void gn_backward_fused_kernel(float *dx, double *ws, float *da
         const size_t o = base + (size_t)cc * HW;
         double sn = 0.0, sx = 0.0;
         for (int p = wp * 32 + lane; p < HW; p += wpc * 32) {
-            const float xh = (x[o + p] - m) * r;
-            const float dz = gn_dz(dy[o + p], xh, gm, sh, swish);
+            const float xh = (x[o + p] - m) * r, d = dy[o + p];
+            if (dres) dres[o + p] += d;
+            const float dz = gn_dz(d, xh, gm, sh, swish);
             sn += dz;
             sx += (double)dz * xh;
             if (dx) dx[o + p] += r * (gm * dz);
@@ -575,16 +580,16 @@ size_t dd_cuda_group_norm_workspace(const dd_gn_shape *s) {
 
 int dd_cuda_group_norm_forward(float *y, float *mean, float *rstd, const float *x,
                                const float *gamma, const float *beta, const float *add,
-                               const dd_gn_shape *s) {
+                               const float *res, const dd_gn_shape *s) {
     if (s->N * s->G == 0) return 0;
     gn_forward_kernel<<<s->N * s->G, THREADS, 0, dd_cuda_stream>>>(
-        y, mean, rstd, x, gamma, beta, add, s->C, s->HW, s->G, s->swish, s->eps);
+        y, mean, rstd, x, gamma, beta, add, res, s->C, s->HW, s->G, s->swish, s->eps);
     DD_CUDA_LAUNCHED("group_norm_forward");
     return 0;
 }
 
 int dd_cuda_group_norm_backward(float *dx, float *dgamma, float *dbeta, float *dadd,
-                                const float *dy, const float *x, const float *mean,
+                                float *dres, const float *dy, const float *x, const float *mean,
                                 const float *rstd, const float *gamma, const float *beta,
                                 const float *add, const dd_gn_shape *s, void *ws) {
     if (s->N * s->G == 0) return 0;
@@ -592,8 +597,8 @@ int dd_cuda_group_norm_backward(float *dx, float *dgamma, float *dbeta, float *d
     if (Cg <= GN_FUSED_CG_MAX && (ws || !params)) {
         static_assert(THREADS / 32 <= GN_FUSED_CG_MAX, "shares fit gn_sh");
         gn_backward_fused_kernel<<<s->N * s->G, THREADS, 0, dd_cuda_stream>>>(
-            dx, params ? (double *)ws : NULL, dadd, dy, x, mean, rstd, gamma, beta, add, s->N,
-            s->C, s->HW, s->G, s->swish);
+            dx, params ? (double *)ws : NULL, dadd, dres, dy, x, mean, rstd, gamma, beta, add,
+            s->N, s->C, s->HW, s->G, s->swish);
         DD_CUDA_LAUNCHED("group_norm_backward");
         if (params) {
             const int per = THREADS / 32;
@@ -603,7 +608,9 @@ int dd_cuda_group_norm_backward(float *dx, float *dgamma, float *dbeta, float *d
         }
         return 0;
     }
-    /* no workspace (or a huge group): the parameter gradients by a kernel of their own */
+    /* no workspace (or a huge group): the parameter gradients by a kernel of their own, and
+     * dres += dy by another */
+    if (dres) DD_TRY(dd_cuda_add_backward(dres, NULL, dy, (size_t)s->N * s->C * s->HW));
     if (dgamma || dbeta || dadd) {
         gn_backward_params_kernel<<<s->C, GN_PARAM_THREADS, 0, dd_cuda_stream>>>(
             dgamma, dbeta, dadd, dy, x, mean, rstd, gamma, beta, add, s->N, s->C, s->HW, s->G,

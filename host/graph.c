@@ -222,11 +222,13 @@ int dd_dense(dd_graph *g, int x, int w, int b) {
     return out;
 }
 
-int dd_group_norm(dd_graph *g, int x, int gamma, int beta, int groups, int add, int swish) {
+int dd_group_norm(dd_graph *g, int x, int gamma, int beta, int groups, int add, int swish,
+                  int res) {
     NEED(x);
     NEED(gamma);
     NEED(beta);
     if (add != -1) NEED(add);
+    if (res != -1) NEED(res);
     char s1[64];
     const dd_tensor *X = T(x);
     if (!is_act4(X)) return dd_error("group_norm %s: input %s", T(gamma)->name, shp(X, s1, 64));
@@ -240,6 +242,11 @@ int dd_group_norm(dd_graph *g, int x, int gamma, int beta, int groups, int add, 
                      T(add)->shape[2] * T(add)->shape[3] != 1))
         return dd_error("group_norm %s: per-channel add has shape %s, expected (%lld, %lld, 1, 1)",
                         T(gamma)->name, shp(T(add), s1, 64), (long long)X->shape[0], (long long)C);
+    if (res >= 0 && !same_act4(T(res), X)) {
+        char s2[64];
+        return dd_error("group_norm %s: residual %s does not match the input %s", T(gamma)->name,
+                        shp(T(res), s1, 64), shp(X, s2, 64));
+    }
     char name[DD_NAME_MAX];
     snprintf(name, sizeof name, "%.80s:out", T(gamma)->name);
     int out = act_tensor(g, name, X->shape[0], C, X->shape[2], X->shape[3]);
@@ -248,7 +255,7 @@ int dd_group_norm(dd_graph *g, int x, int gamma, int beta, int groups, int add, 
     snprintf(name, sizeof name, "%.80s:rstd", T(gamma)->name);
     int rstd = act_tensor(g, name, X->shape[0], groups, 1, 1);
     if (out < 0 || mean < 0 || rstd < 0) return -1;
-    dd_node *n = emit(g, DD_OP_GROUP_NORM, out, (const int[]){x, gamma, beta, add}, 4);
+    dd_node *n = emit(g, DD_OP_GROUP_NORM, out, (const int[]){x, gamma, beta, add, res}, 5);
     if (!n) return -1;
     n->p.gn = (dd_gn_shape){.N = (int)X->shape[0], .C = (int)C,
                             .HW = (int)(X->shape[2] * X->shape[3]), .G = groups,
@@ -618,7 +625,7 @@ static int forward_node(dd_graph *g, const dd_node *n) {
                                  n->p.dense.Cin, n->p.dense.Cout);
     case DD_OP_GROUP_NORM:
         return be->group_norm_forward(y, D(n->aux[0]), D(n->aux[1]), D(n->in[0]), D(n->in[1]),
-                                      D(n->in[2]), D(n->in[3]), &n->p.gn);
+                                      D(n->in[2]), D(n->in[3]), D(n->in[4]), &n->p.gn);
     case DD_OP_ACT:
         return be->act_forward(y, D(n->in[0]), g->t[n->out].numel, n->p.act.act);
     case DD_OP_ADD:
@@ -659,7 +666,8 @@ static int backward_node(dd_graph *g, const dd_node *n) {
         return be->dense_backward(G(n->in[0]), G(n->in[1]), G(n->in[2]), dy, D(n->in[0]),
                                   D(n->in[1]), n->p.dense.N, n->p.dense.Cin, n->p.dense.Cout);
     case DD_OP_GROUP_NORM:
-        return be->group_norm_backward(G(n->in[0]), G(n->in[1]), G(n->in[2]), G(n->in[3]), dy,
+        return be->group_norm_backward(G(n->in[0]), G(n->in[1]), G(n->in[2]), G(n->in[3]),
+                                       G(n->in[4]), dy,
                                        D(n->in[0]), D(n->aux[0]), D(n->aux[1]), D(n->in[1]),
                                        D(n->in[2]), D(n->in[3]), &n->p.gn, g->ws);
     case DD_OP_ACT:

@@ -58,14 +58,21 @@ int mb_time_mlp(dd_graph *g, int emb, int dim) {
     return dd_dense_layer(g, "t2", h, dim, 1);
 }
 
-int mb_group_norm(dd_graph *g, const char *prefix, int x, int groups, int add, int swish) {
+/* a GroupNorm's scale and shift parameters, for x's channels */
+static int gn_params(dd_graph *g, const char *prefix, int x, int *gamma, int *beta) {
     char nm[DD_NAME_MAX];
     int C = mb_channels(g, x);
     if (C < 0) return -1;
     int64_t shape[1] = {C};
-    int gamma = dd_param(g, mb_name(nm, sizeof nm, prefix, "weight"), 1, shape, DD_INIT_ONE);
-    int beta = dd_param(g, mb_name(nm, sizeof nm, prefix, "bias"), 1, shape, DD_INIT_ZERO);
-    return dd_group_norm(g, x, gamma, beta, groups, add, swish);
+    *gamma = dd_param(g, mb_name(nm, sizeof nm, prefix, "weight"), 1, shape, DD_INIT_ONE);
+    *beta = dd_param(g, mb_name(nm, sizeof nm, prefix, "bias"), 1, shape, DD_INIT_ZERO);
+    return *gamma < 0 || *beta < 0 ? -1 : 0;
+}
+
+int mb_group_norm(dd_graph *g, const char *prefix, int x, int groups, int add, int swish) {
+    int gamma, beta;
+    if (gn_params(g, prefix, x, &gamma, &beta)) return -1;
+    return dd_group_norm(g, x, gamma, beta, groups, add, swish, -1);
 }
 
 int mb_conv_embed(dd_graph *g, const char *prefix, int x, int cout, int emb_swish, int groups) {
@@ -82,11 +89,16 @@ int mb_res_block(dd_graph *g, const char *prefix, int x, int cout, int emb_swish
     if (cin < 0) return -1;
     int h = mb_conv_embed(g, mb_name(nm, sizeof nm, prefix, "inl"), x, cout, emb_swish, groups);
     h = dd_conv2d_layer(g, mb_name(nm, sizeof nm, prefix, "conv"), h, cout, 3, 1, 1, 1);
-    h = mb_group_norm(g, mb_name(nm, sizeof nm, prefix, "norm"), h, groups, -1, 1);
+    /* GroupNorm, swish, + skip (no activation after the sum): one fused op, which comes after
+     * the skip convolution; its parameters are made before the skip's, as the modules are
+     * ordered (the order gives each parameter its initial values' random stream) */
+    int gamma, beta;
+    if (gn_params(g, mb_name(nm, sizeof nm, prefix, "norm"), h, &gamma, &beta)) return -1;
     int skip = cin == cout
                    ? x
                    : dd_conv2d_layer(g, mb_name(nm, sizeof nm, prefix, "skip"), x, cout, 3, 1, 1, 1);
-    return dd_add(g, h, skip); /* no activation after the sum */
+    if (skip < 0) return -1;
+    return dd_group_norm(g, h, gamma, beta, groups, -1, 1, skip);
 }
 
 int mb_attention(dd_graph *g, const char *prefix, int x, int heads) {

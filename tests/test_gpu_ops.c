@@ -277,14 +277,15 @@ static void test_dense(void) {
 /* ---------------------------------------------------------------- group norm */
 
 /* params 0: dgamma, dbeta and dadd NULL (only dx wanted), which must leave them untouched;
- * with_ws 0: backward without its workspace (the backend's slower path for the parameters) */
+ * with_ws 0: backward without its workspace (the backend's slower path for the parameters);
+ * with_res: a residual added to y, whose gradient dres += dy */
 static void case_gn_ws(int N, int C, int HW, int G, int swish, int with_add, int params,
-                       int with_ws) {
+                       int with_ws, int with_res) {
     dd_gn_shape s = {N, C, HW, G, swish, 1e-5f};
-    char tag[112];
-    snprintf(tag, sizeof tag, "group_norm N%d C%d HW%d G%d%s%s%s%s", N, C, HW, G,
-             swish ? " swish" : "", with_add ? " +add" : "", params ? "" : " (dx only)",
-             with_ws ? "" : " (no workspace)");
+    char tag[120];
+    snprintf(tag, sizeof tag, "group_norm N%d C%d HW%d G%d%s%s%s%s%s", N, C, HW, G,
+             swish ? " swish" : "", with_add ? " +add" : "", with_res ? " +res" : "",
+             params ? "" : " (dx only)", with_ws ? "" : " (no workspace)");
     begin(tag);
     const size_t n = (size_t)N * C * HW, nng = (size_t)N * G, nnc = (size_t)N * C;
     /* an offset and scale so the mean and variance matter */
@@ -295,24 +296,26 @@ static void case_gn_ws(int N, int C, int HW, int G, int swish, int with_add, int
     float *y = halloc(n * sizeof(float)), *mean = halloc(nng * sizeof(float)),
           *rstd = halloc(nng * sizeof(float));
     float *dx = hcopy(dx0, n), *dg = hcopy(dg0, C), *db = hcopy(db0, C), *da = hcopy(da0, nnc);
-    const float *a = with_add ? add : NULL;
-    OK(cpu->group_norm_forward(y, mean, rstd, x, gamma, beta, a, &s));
+    float *res = hrand(n, -1, 1), *dr0 = hrand(n, -1, 1), *dr = hcopy(dr0, n);
+    const float *a = with_add ? add : NULL, *rs = with_res ? res : NULL;
+    OK(cpu->group_norm_forward(y, mean, rstd, x, gamma, beta, a, rs, &s));
     OK(cpu->group_norm_backward(dx, params ? dg : NULL, params ? db : NULL,
-                                params && with_add ? da : NULL, dy, x, mean, rstd, gamma, beta, a,
-                                &s, NULL));
+                                params && with_add ? da : NULL, with_res ? dr : NULL, dy, x, mean,
+                                rstd, gamma, beta, a, &s, NULL));
 
     float *gx = dup(x, n), *gg = dup(gamma, C), *gb = dup(beta, C);
     float *ga = with_add ? dup(add, nnc) : NULL;
     float *gy = dpoison(n), *gmean = dpoison(nng), *grstd = dpoison(nng);
     float *gdx = dup(dx0, n), *gdg = dup(dg0, C), *gdb = dup(db0, C), *gda = dup(da0, nnc);
-    OK(gpu->group_norm_forward(gy, gmean, grstd, gx, gg, gb, ga, &s));
+    float *gres = with_res ? dup(res, n) : NULL, *gdr = dup(dr0, n);
+    OK(gpu->group_norm_forward(gy, gmean, grstd, gx, gg, gb, ga, gres, &s));
     /* backward from the CPU's statistics, so the comparison isolates backward */
     float *cm = dup(mean, nng), *cr = dup(rstd, nng);
     const size_t wsb = gpu->group_norm_workspace(&s);
     void *gws = with_ws && wsb ? (void *)dpoison(wsb / sizeof(float) + 1) : NULL;
     OK(gpu->group_norm_backward(gdx, params ? gdg : NULL, params ? gdb : NULL,
-                                params && with_add ? gda : NULL, dup(dy, n), gx, cm, cr, gg, gb,
-                                ga, &s, gws));
+                                params && with_add ? gda : NULL, with_res ? gdr : NULL, dup(dy, n),
+                                gx, cm, cr, gg, gb, ga, &s, gws));
     sync_or_fail(tag);
     char what[160];
 #define GN_EXPECT(name, ref, dev, cnt, tol)                                                       \
@@ -325,13 +328,17 @@ static void case_gn_ws(int N, int C, int HW, int G, int swish, int with_add, int
     GN_EXPECT("dgamma", dg, gdg, C, params ? FP32_TOL : 0.0);
     GN_EXPECT("dbeta", db, gdb, C, params ? FP32_TOL : 0.0);
     GN_EXPECT("dadd", da, gda, nnc, params && with_add ? FP32_TOL : 0.0);
+    GN_EXPECT("dres", dr, gdr, n, with_res ? FP32_TOL : 0.0);
 #undef GN_EXPECT
     release();
 }
 
+/* each shape with and without the workspace, and with a residual (both backward paths) */
 static void case_gn(int N, int C, int HW, int G, int swish, int with_add, int params) {
-    case_gn_ws(N, C, HW, G, swish, with_add, params, 1);
-    case_gn_ws(N, C, HW, G, swish, with_add, params, 0);
+    case_gn_ws(N, C, HW, G, swish, with_add, params, 1, 0);
+    case_gn_ws(N, C, HW, G, swish, with_add, params, 0, 0);
+    case_gn_ws(N, C, HW, G, swish, with_add, params, 1, 1);
+    case_gn_ws(N, C, HW, G, swish, with_add, params, 0, 1);
 }
 
 static void test_group_norm(void) {
@@ -803,7 +810,8 @@ typedef struct {
 static int run_seq(const seq *q) {
     const dd_backend *g = gpu;
     DD_TRY(g->conv2d_forward(q->h, q->x, q->w, q->b, &q->cs, q->ws));
-    DD_TRY(g->group_norm_forward(q->h, q->mean, q->rstd, q->h, q->gamma, q->beta, NULL, &q->gs));
+    DD_TRY(g->group_norm_forward(q->h, q->mean, q->rstd, q->h, q->gamma, q->beta, NULL, NULL,
+                                 &q->gs));
     DD_TRY(g->mse_forward(q->loss, q->h, q->target, q->nh));
     DD_TRY(g->zero(q->dh, q->nh * sizeof(float)));
     DD_TRY(g->mse_backward(q->dh, q->dloss, q->h, q->target, q->nh));

@@ -176,16 +176,38 @@ static void check_group_norm(const char *name) {
     const float *x = V(&r, "x"), *gamma = V(&r, "gamma"), *beta = V(&r, "beta");
     const float *a = add ? V(&r, "add") : NULL;
     if (x && gamma && beta && (a || !add) && V(&r, "r")) {
-        CHECK_OK(B->group_norm_forward(y, mean, rstd, x, gamma, beta, a, &s));
+        CHECK_OK(B->group_norm_forward(y, mean, rstd, x, gamma, beta, a, NULL, &s));
         compare(&r, "group_norm forward", "y", y, n, REF_TOL);
         compare(&r, "group_norm forward", "mean", mean, ng, REF_TOL);
         compare(&r, "group_norm forward", "rstd", rstd, ng, REF_TOL);
-        CHECK_OK(B->group_norm_backward(dx, dgamma, dbeta, add ? dadd : NULL, V(&r, "r"), x, mean,
-                                        rstd, gamma, beta, a, &s, NULL));
+        CHECK_OK(B->group_norm_backward(dx, dgamma, dbeta, add ? dadd : NULL, NULL, V(&r, "r"), x,
+                                        mean, rstd, gamma, beta, a, &s, NULL));
         compare(&r, "group_norm backward", "dx", dx, n, REF_TOL);
         compare(&r, "group_norm backward", "dgamma", dgamma, s.C, REF_TOL);
         compare(&r, "group_norm backward", "dbeta", dbeta, s.C, REF_TOL);
         if (add) compare(&r, "group_norm backward", "dadd", dadd, (size_t)s.N * s.C, REF_TOL);
+
+        /* with a residual (a ResBlock's skip): y + res to the bit, the same dx, dres += dy */
+        float *res = malloc(n * sizeof(float)), *yr = filled_nan(n), *dxr = zeros(n);
+        float *dres = malloc(n * sizeof(float)), *dres0 = malloc(n * sizeof(float));
+        tu_fill_uniform(res, n, -1, 1, 61);
+        tu_fill_uniform(dres0, n, -1, 1, 62);
+        memcpy(dres, dres0, n * sizeof(float));
+        float *mr = filled_nan(ng), *rr = filled_nan(ng);
+        CHECK_OK(B->group_norm_forward(yr, mr, rr, x, gamma, beta, a, res, &s));
+        CHECK_OK(B->group_norm_backward(dxr, NULL, NULL, NULL, dres, V(&r, "r"), x, mr, rr, gamma,
+                                        beta, a, &s, NULL));
+        size_t bad_y = 0, bad_dx = 0, bad_dres = 0;
+        const float *dy = V(&r, "r");
+        for (size_t i = 0; i < n; i++) {
+            bad_y += yr[i] != y[i] + res[i];
+            bad_dx += dxr[i] != dx[i];
+            bad_dres += dres[i] != dres0[i] + dy[i];
+        }
+        CHECKF(!bad_y && !bad_dx && !bad_dres,
+               "%s with a residual: %zu of y, %zu of dx, %zu of dres differ from the op without it",
+               name, bad_y, bad_dx, bad_dres);
+        free(res), free(yr), free(dxr), free(dres), free(dres0), free(mr), free(rr);
     }
     free(y), free(mean), free(rstd), free(dx), free(dgamma), free(dbeta), free(dadd);
     ref_free(&r);
@@ -541,7 +563,7 @@ static void check_batch_paths(void) {
     tu_fill_uniform(gb, 6, -0.5f, 0.5f, 44);
     tu_fill_uniform(ga, 18, -0.5f, 0.5f, 45);
     float *gy = malloc(n * sizeof(float)), mean[6], rstd[6];
-    CHECK_OK(B->group_norm_forward(gy, mean, rstd, gx, gm, gb, ga, &g));
+    CHECK_OK(B->group_norm_forward(gy, mean, rstd, gx, gm, gb, ga, NULL, &g));
     float *gdx[2], gdg[2][6], gdb[2][6], gda[2][18];
     const int threads[2] = {1, 4};
     const int saved = omp_get_max_threads();
@@ -550,8 +572,8 @@ static void check_batch_paths(void) {
         gdx[k] = zeros(n);
         memset(gdg[k], 0, sizeof gdg[k]), memset(gdb[k], 0, sizeof gdb[k]);
         memset(gda[k], 0, sizeof gda[k]);
-        CHECK_OK(B->group_norm_backward(gdx[k], gdg[k], gdb[k], gda[k], gdy, gx, mean, rstd, gm, gb,
-                                        ga, &g, NULL));
+        CHECK_OK(B->group_norm_backward(gdx[k], gdg[k], gdb[k], gda[k], NULL, gdy, gx, mean, rstd,
+                                        gm, gb, ga, &g, NULL));
     }
     omp_set_num_threads(saved);
     CHECKF(tu_rel_err(gdx[1], gdx[0], n) < 1e-6, "group_norm dx: schedules differ (%g)",
@@ -574,7 +596,7 @@ static void check_group_norm_moments(void) {
     for (int i = 0; i < 2 * HW; i++) x[i] += 1000.0f; /* group 0: 1000 +- 0.05 */
     x[2 * HW + 7] = 300.0f;                            /* group 1: one outlier */
     float mean[2], rstd[2];
-    CHECK_OK(B->group_norm_forward(y, mean, rstd, x, gamma, beta, NULL, &s));
+    CHECK_OK(B->group_norm_forward(y, mean, rstd, x, gamma, beta, NULL, NULL, &s));
     for (int g = 0; g < 2; g++) {
         const float *xg = x + g * 2 * HW;
         double mu = 0, var = 0;

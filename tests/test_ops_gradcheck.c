@@ -295,19 +295,22 @@ static void dense_case(int N, int Cin, int Cout, int bias) {
 
 /* ---------------------------------------------------------------- group_norm */
 
+/* tensors x, gamma, beta, then add (at index C1, or C1 = -1) and res (at C2, or -1) */
+#define GN_OPT(c, k) ((c)->k >= 0 ? (c)->t[(c)->k].v : NULL)
 static void gn_fwd(gc_case *c) {
     CHECK_OK(B->group_norm_forward(c->y, c->s1, c->s2, c->t[0].v, c->t[1].v, c->t[2].v,
-                                   c->nt > 3 ? c->t[3].v : NULL, &c->gn));
+                                   GN_OPT(c, C1), GN_OPT(c, C2), &c->gn));
 }
 static void gn_bwd(gc_case *c, float **g, const float *dy) {
-    CHECK_OK(B->group_norm_backward(g[0], g[1], g[2], c->nt > 3 ? g[3] : NULL, dy, c->t[0].v,
-                                    c->s1, c->s2, c->t[1].v, c->t[2].v,
-                                    c->nt > 3 ? c->t[3].v : NULL, &c->gn, NULL));
+    CHECK_OK(B->group_norm_backward(g[0], g[1], g[2], c->C1 >= 0 ? g[c->C1] : NULL,
+                                    c->C2 >= 0 ? g[c->C2] : NULL, dy, c->t[0].v, c->s1, c->s2,
+                                    c->t[1].v, c->t[2].v, GN_OPT(c, C1), &c->gn, NULL));
 }
 
-static void gn_case(int N, int C, int HW, int G, int add, int swish) {
-    gc_case *c = new_case((size_t)N * C * HW, 1e-3f, "group_norm N=%d C=%d HW=%d G=%d%s%s", N, C,
-                          HW, G, add ? " +add" : "", swish ? " +swish" : "");
+static void gn_case_res(int N, int C, int HW, int G, int add, int swish, int res) {
+    gc_case *c = new_case((size_t)N * C * HW, 1e-3f, "group_norm N=%d C=%d HW=%d G=%d%s%s%s", N,
+                          C, HW, G, add ? " +add" : "", swish ? " +swish" : "",
+                          res ? " +res" : "");
     c->gn = (dd_gn_shape){N, C, HW, G, swish, 1e-5f};
     float *x = add_tensor(c, "x", (size_t)N * C * HW, -1.5f, 1.5f, 1);
     /* a different offset per channel, so the group statistics are not all alike */
@@ -316,12 +319,24 @@ static void gn_case(int N, int C, int HW, int G, int add, int swish) {
             for (int p = 0; p < HW; p++) x[((size_t)n * C + ch) * HW + p] += 0.3f * (ch % 4) - 0.4f;
     add_tensor(c, "gamma", (size_t)C, 0.5f, 1.5f, 1);
     add_tensor(c, "beta", (size_t)C, -0.5f, 0.5f, 1);
-    if (add) add_tensor(c, "add", (size_t)N * C, -0.5f, 0.5f, 1);
+    c->C1 = c->C2 = -1;
+    if (add) {
+        c->C1 = c->nt;
+        add_tensor(c, "add", (size_t)N * C, -0.5f, 0.5f, 1);
+    }
+    if (res) {
+        c->C2 = c->nt;
+        add_tensor(c, "res", (size_t)N * C * HW, -1.0f, 1.0f, 1);
+    }
     c->s1 = malloc((size_t)N * G * sizeof(float));
     c->s2 = malloc((size_t)N * G * sizeof(float));
     c->fwd = gn_fwd;
     c->bwd = gn_bwd;
     run_case(c);
+}
+
+static void gn_case(int N, int C, int HW, int G, int add, int swish) {
+    gn_case_res(N, C, HW, G, add, swish, 0);
 }
 
 /* ---------------------------------------------------------------- activations, add */
@@ -538,6 +553,8 @@ int main(int argc, char **argv) {
         gn_case(2, 9, 2, 3, 1, 1); /* odd channels */
         gn_case(3, 6, 1, 2, 1, 1); /* 1x1 spatial: 3 values per group */
         gn_case(1, 5, 3, 5, 0, 1); /* odd channels, G=C, batch 1 */
+        gn_case_res(2, 6, 5, 3, 0, 1, 1); /* + swish + residual (a ResBlock's end) */
+        gn_case_res(2, 6, 5, 3, 1, 0, 1); /* + add + residual, no swish */
     }
     if (WANT("act")) {
         act_case(DD_ACT_RELU, "relu", 37);

@@ -77,14 +77,15 @@ static int w_dense_b(float *dx, float *dw, float *db, const float *dy, const flo
     BEGIN(OP_DENSE_B); H(dx); H(dw); H(db); H(dy); H(x); H(w); H(N); H(Ci); H(Co); END(OP_DENSE_B);
     return C->dense_backward(dx, dw, db, dy, x, w, N, Ci, Co);
 }
-static int w_gn_f(float *y, float *m, float *r, const float *x, const float *g, const float *b, const float *a, const dd_gn_shape *s) {
-    BEGIN(OP_GN_F); H(y); H(m); H(r); H(x); H(g); H(b); H(a); H(*s); END(OP_GN_F);
-    return C->group_norm_forward(y, m, r, x, g, b, a, s);
+static int w_gn_f(float *y, float *m, float *r, const float *x, const float *g, const float *b, const float *a,
+                  const float *res, const dd_gn_shape *s) {
+    BEGIN(OP_GN_F); H(y); H(m); H(r); H(x); H(g); H(b); H(a); H(res); H(*s); END(OP_GN_F);
+    return C->group_norm_forward(y, m, r, x, g, b, a, res, s);
 }
-static int w_gn_b(float *dx, float *dg, float *db, float *da, const float *dy, const float *x, const float *m, const float *r,
-                  const float *g, const float *b, const float *a, const dd_gn_shape *s, void *ws) {
-    BEGIN(OP_GN_B); H(dx); H(dg); H(db); H(da); H(dy); H(x); H(m); H(r); H(g); H(b); H(a); H(*s); H(ws); END(OP_GN_B);
-    return C->group_norm_backward(dx, dg, db, da, dy, x, m, r, g, b, a, s, ws);
+static int w_gn_b(float *dx, float *dg, float *db, float *da, float *dres, const float *dy, const float *x, const float *m,
+                  const float *r, const float *g, const float *b, const float *a, const dd_gn_shape *s, void *ws) {
+    BEGIN(OP_GN_B); H(dx); H(dg); H(db); H(da); H(dres); H(dy); H(x); H(m); H(r); H(g); H(b); H(a); H(*s); H(ws); END(OP_GN_B);
+    return C->group_norm_backward(dx, dg, db, da, dres, dy, x, m, r, g, b, a, s, ws);
 }
 static int w_act_f(float *y, const float *x, size_t n, dd_act a) { BEGIN(OP_ACT_F); H(y); H(x); H(n); H(a); END(OP_ACT_F); return C->act_forward(y, x, n, a); }
 static int w_act_b(float *dx, const float *dy, const float *x, size_t n, dd_act a) {

@@ -41,9 +41,11 @@ typedef struct {
     int N, Cin, H, W, Cout, K, stride, pad, Ho, Wo;
 } dd_conv_shape;
 
-/* group_norm: x (N, C, HW), gamma/beta (C), add (N, C) or NULL, per-sample per-group statistics
- * mean/rstd (N, G). y = act(gamma * (x - mean) * rstd + beta + add), act = swish if swish else
- * identity. Variance is biased (as PyTorch), eps inside the square root. */
+/* group_norm: x (N, C, HW), gamma/beta (C), add (N, C) or NULL, res (N, C, HW) or NULL,
+ * per-sample per-group statistics mean/rstd (N, G).
+ * y = act(gamma * (x - mean) * rstd + beta + add) + res, act = swish if swish else identity:
+ * res is a ResBlock's skip, added after the activation. Variance is biased (as PyTorch), eps
+ * inside the square root. */
 typedef struct {
     int N, C, HW, G, swish;
     float eps;
@@ -102,14 +104,15 @@ typedef struct dd_backend {
     int (*dense_backward)(float *dx, float *dw, float *db, const float *dy, const float *x,
                           const float *w, int N, int Cin, int Cout);
 
-    /* group_norm with optional per-channel add and swish fused (see dd_gn_shape) */
+    /* group_norm with optional per-channel add, swish and residual fused (see dd_gn_shape) */
     int (*group_norm_forward)(float *y, float *mean, float *rstd, const float *x,
                               const float *gamma, const float *beta, const float *add,
-                              const dd_gn_shape *s);
-    /* backward: dx, dgamma, dbeta, dadd each NULL when not wanted; ws: group_norm_workspace(s)
-     * bytes (may be NULL when that is 0; a backend may also accept NULL and run slower) */
+                              const float *res, const dd_gn_shape *s);
+    /* backward: dx, dgamma, dbeta, dadd, dres each NULL when not wanted (dres += dy);
+     * ws: group_norm_workspace(s) bytes (may be NULL when that is 0; a backend may also accept
+     * NULL and run slower) */
     size_t (*group_norm_workspace)(const dd_gn_shape *s); /* bytes, backward */
-    int (*group_norm_backward)(float *dx, float *dgamma, float *dbeta, float *dadd,
+    int (*group_norm_backward)(float *dx, float *dgamma, float *dbeta, float *dadd, float *dres,
                                const float *dy, const float *x, const float *mean,
                                const float *rstd, const float *gamma, const float *beta,
                                const float *add, const dd_gn_shape *s, void *ws);

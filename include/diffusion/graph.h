@@ -192,8 +192,10 @@ int dd_param(dd_graph *g, const char *name, int ndim, const int64_t *shape, dd_i
 /* Ops. Each validates shapes and returns the output tensor id or -1 with a message. */
 int dd_conv2d(dd_graph *g, int x, int w, int b /* -1: none */, int stride, int pad);
 int dd_dense(dd_graph *g, int x, int w, int b /* -1: none */);
+/* y = swish?(GroupNorm(x) + add per channel) + res: add (N, C, 1, 1) and res (shape of x)
+ * optional (-1) */
 int dd_group_norm(dd_graph *g, int x, int gamma, int beta, int groups, int add /* -1 */,
-                  int swish);
+                  int swish, int res /* -1 */);
 int dd_activation(dd_graph *g, int x, dd_act act);
 int dd_add(dd_graph *g, int a, int b);
 int dd_concat(dd_graph *g, int a, int b);

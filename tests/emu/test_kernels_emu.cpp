@@ -225,37 +225,39 @@ void case_embedding(int N, int rows, int dim) {
 /* ---------------------------------------------------------------- group norm */
 
 /* params 0: dgamma, dbeta, dadd NULL; dx 0: dx NULL; ws 0: no workspace (the two-kernel path
- * for the parameters). Backward from the CPU's statistics, as tests/test_gpu_ops.c, so that the
- * comparison isolates backward. */
+ * for the parameters); res: a residual added to y (its gradient dres += dy). Backward from the
+ * CPU's statistics, as tests/test_gpu_ops.c, so that the comparison isolates backward. */
 void case_gn_ws(int N, int C, int HW, int G, int swish, int with_add, int params, int want_dx,
-                int ws) {
-    char t[144];
-    snprintf(t, sizeof t, "group_norm N%d C%d HW%d G%d%s%s%s%s%s", N, C, HW, G,
-             swish ? " swish" : "", with_add ? " +add" : "", params ? "" : " (no params)",
-             want_dx ? "" : " (no dx)", ws ? "" : " (no workspace)");
+                int ws, int res) {
+    char t[160];
+    snprintf(t, sizeof t, "group_norm N%d C%d HW%d G%d%s%s%s%s%s%s", N, C, HW, G,
+             swish ? " swish" : "", with_add ? " +add" : "", res ? " +res" : "",
+             params ? "" : " (no params)", want_dx ? "" : " (no dx)",
+             ws ? "" : " (no workspace)");
     begin(t);
     dd_gn_shape s = {N, C, HW, G, swish, 1e-5f};
     const size_t n = (size_t)N * C * HW, nng = (size_t)N * G, nnc = (size_t)N * C;
     auto x = rnd(n, -2, 3), gamma = rnd(C, 0.5f, 1.5f), beta = rnd(C, -0.5f, 0.5f),
          add = rnd(nnc, -1, 1), dy = rnd(n, -1, 1);
     auto dx = rnd(n, -1, 1), dg = rnd(C, -1, 1), db = rnd(C, -1, 1), da = rnd(nnc, -1, 1);
+    auto r = rnd(n, -1, 1), dr = rnd(n, -1, 1);
     std::vector<float> y(n), mean(nng), rstd(nng);
-    auto gdx = dup(dx), gdg = dup(dg), gdb = dup(db), gda = dup(da);
+    auto gdx = dup(dx), gdg = dup(dg), gdb = dup(db), gda = dup(da), gdr = dup(dr);
     const float *a = with_add ? add.data() : NULL;
     OK(cpu->group_norm_forward(y.data(), mean.data(), rstd.data(), x.data(), gamma.data(),
-                               beta.data(), a, &s));
+                               beta.data(), a, res ? r.data() : NULL, &s));
     OK(cpu->group_norm_backward(want_dx ? dx.data() : NULL, params ? dg.data() : NULL,
                                 params ? db.data() : NULL, params && with_add ? da.data() : NULL,
-                                dy.data(), x.data(), mean.data(), rstd.data(), gamma.data(),
-                                beta.data(), a, &s, NULL));
+                                res ? dr.data() : NULL, dy.data(), x.data(), mean.data(),
+                                rstd.data(), gamma.data(), beta.data(), a, &s, NULL));
     auto gx = dup(x), gg = dup(gamma), gb = dup(beta), ga = with_add ? dup(add) : nullptr;
     auto gy = dout(n), gmean = dout(nng), grstd = dout(nng);
-    OK(dd_cuda_group_norm_forward(gy, gmean, grstd, gx, gg, gb, ga, &s));
+    OK(dd_cuda_group_norm_forward(gy, gmean, grstd, gx, gg, gb, ga, res ? dup(r) : nullptr, &s));
     const size_t wsb = dd_cuda_group_norm_workspace(&s);
     void *gws = ws && wsb ? (void *)dout(wsb / sizeof(float) + 1) : nullptr;
     OK(dd_cuda_group_norm_backward(want_dx ? gdx : NULL, params ? gdg : NULL, params ? gdb : NULL,
-                                   params && with_add ? gda : NULL, dup(dy), gx, dup(mean),
-                                   dup(rstd), gg, gb, ga, &s, gws));
+                                   params && with_add ? gda : NULL, res ? gdr : NULL, dup(dy), gx,
+                                   dup(mean), dup(rstd), gg, gb, ga, &s, gws));
     expect("y", y, gy, FP32_TOL);
     expect("mean", mean, gmean, FP32_TOL);
     expect("rstd", rstd, grstd, FP32_TOL);
@@ -263,12 +265,15 @@ void case_gn_ws(int N, int C, int HW, int G, int swish, int with_add, int params
     expect("dgamma", dg, gdg, params ? FP32_TOL : 0.0);
     expect("dbeta", db, gdb, params ? FP32_TOL : 0.0);
     expect("dadd", da, gda, params && with_add ? FP32_TOL : 0.0);
+    expect("dres", dr, gdr, res ? FP32_TOL : 0.0);
     end();
 }
 
 void case_gn(int N, int C, int HW, int G, int swish, int with_add, int params, int want_dx) {
-    case_gn_ws(N, C, HW, G, swish, with_add, params, want_dx, 1);
-    case_gn_ws(N, C, HW, G, swish, with_add, params, want_dx, 0);
+    for (int res = 0; res < 2; res++) {
+        case_gn_ws(N, C, HW, G, swish, with_add, params, want_dx, 1, res);
+        case_gn_ws(N, C, HW, G, swish, with_add, params, want_dx, 0, res);
+    }
 }
 
 /* ---------------------------------------------------------------- softmax rows, dense helpers */
@@ -498,6 +503,7 @@ int main() {
     case_gn(3, 7, 33, 1, 0, 1, 1, 1);  /* a warp a channel, one idle */
     case_gn(2, 3, 70, 1, 1, 1, 0, 1);  /* dx only, 3 channels: two warps a channel */
     case_gn(1, 300, 2, 1, 1, 1, 1, 1); /* beyond the one-pass kernel: the two-kernel path */
+    case_gn(2, 4, 9, 2, 1, 1, 0, 0);   /* nothing but the residual's gradient */
 
     case_softmax(1, 1);
     case_softmax(9, 31);

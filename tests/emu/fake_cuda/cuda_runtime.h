@@ -166,6 +166,9 @@ inline float __uint_as_float(unsigned u) {
     memcpy(&f, &u, sizeof f);
     return f;
 }
+/* a float add rounded on its own, never contracted into a neighbouring product (the emulation,
+ * built for baseline x86-64, has no FMA instruction to contract into) */
+inline float __fadd_rn(float a, float b) { return a + b; }
 
 /* Warp shuffles: the calling thread deposits its value and waits until every lane of its warp
  * has reached a shuffle (emu_runtime.cpp checks that they are the same call: same kind, width,
