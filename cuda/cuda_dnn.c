@@ -1,6 +1,7 @@
 /* The CUDA backend's library-call ops: convolutions by cuDNN (legacy API), dense layers and the
  * attention products by cuBLAS (strided batched GEMM), with the attention softmax from
- * cuda_kernels.cu in between.
+ * cuda_kernels.cu in between. (A dense forward of up to DD_CUDA_DENSE_SMALL_CIN inputs, the
+ * UNets' time MLP and embedding projections, is one kernel of cuda_kernels.cu instead.)
  *
  * Convolutions: one cache entry per dd_conv_shape holds the cuDNN descriptors and, for each math
  * mode (TF32 allowed or not), the algorithm found by cudnnFind for forward, backward-data and
@@ -871,11 +872,14 @@ int dd_cuda_conv2d_backward(float *dx, float *dw, float *db, const float *dy, co
 
 /* ---------------------------------------------------------------- dense */
 
-/* y (N, Cout) = x (N, Cin) w^T + b. Column-major: y^T (Cout x N) = w (Cout x Cin) x^T, where w's
- * buffer read column-major is w^T (Cin x Cout), hence OP_T. */
+/* y (N, Cout) = x (N, Cin) w^T + b: up to DD_CUDA_DENSE_SMALL_CIN inputs by one kernel
+ * (cuda_kernels.cu), beyond by cuBLAS: the bias rows, then the GEMM adding into them.
+ * Column-major: y^T (Cout x N) = w (Cout x Cin) x^T, where w's buffer read column-major is
+ * w^T (Cin x Cout), hence OP_T. */
 int dd_cuda_dense_forward(float *y, const float *x, const float *w, const float *b, int N, int Cin,
                           int Cout) {
     if (N <= 0 || Cout <= 0) return 0;
+    if (Cin <= DD_CUDA_DENSE_SMALL_CIN) return dd_cuda_dense_small_forward(y, x, w, b, N, Cin, Cout);
     if (b) DD_TRY(dd_cuda_fill_rows(y, b, N, Cout));
     BLAS_CHECK(cublasSgemm(blas, CUBLAS_OP_T, CUBLAS_OP_N, Cout, N, Cin, &ONE, w, Cin, x, Cin,
                            b ? &ONE : &ZERO, y, Cout));

@@ -105,9 +105,14 @@ int dd_cuda_sampler_step(float *x, float *x0_out, const float *out, const float 
 /* Helpers for the library-call ops in cuda_dnn.c:
  * y (R, Ccols) row-major: every row = b (Ccols)   [dense bias before the GEMM accumulates]
  * colsum: out[c] += sum over r of m[r, c], m (R, Ccols) row-major   [dense bias gradient]
+ * dense_small: y (N, Cout) = x (N, Cin) w^T + b (b may be NULL) in one kernel, FP32 FMA, for
+ *   Cin <= DD_CUDA_DENSE_SMALL_CIN (a dot product per thread)
  * softmax_rows: in place over `rows` rows of length L
  * softmax_rows_backward: d (rows, L) holds dL/dprobs on entry and dL/dscores on return:
  *   d = p (d - sum_j d p) */
+#define DD_CUDA_DENSE_SMALL_CIN 1024
+int dd_cuda_dense_small_forward(float *y, const float *x, const float *w, const float *b, int N,
+                                int Cin, int Cout);
 int dd_cuda_fill_rows(float *y, const float *b, int R, int Ccols);
 int dd_cuda_colsum_add(float *out, const float *m, int R, int Ccols);
 int dd_cuda_softmax_rows(float *p, int64_t rows, int L);

@@ -680,6 +680,35 @@ int dd_cuda_softmax_rows_backward(float *d, const float *p, int64_t rows, int L)
 
 /* ---------------------------------------------------------------- dense helpers */
 
+/* The UNet's dense layers (time MLP, the blocks' embedding projections: 64 to 256 inputs, a row
+ * per sample) are far too small for a GEMM to pay: one thread per output does the dot product
+ * and adds the bias, one graph node where cuBLAS needed two (the bias rows, then the GEMM).
+ * Consecutive threads take consecutive outputs of a row: x's value is the same across a warp,
+ * w's rows are small enough to stay in L1. */
+static __global__ void dense_small_kernel(float *y, const float *x, const float *w, const float *b,
+                                          int Cin, size_t n, int Cout) {
+    GRID_STRIDE(i, n) {
+        const size_t r = i / Cout;
+        const int co = (int)(i % Cout);
+        const float *xr = x + r * Cin, *wr = w + (size_t)co * Cin;
+        float acc = 0.0f;
+        for (int k = 0; k < Cin; k++) acc = fmaf(xr[k], wr[k], acc);
+        y[i] = b ? acc + b[co] : acc;
+    }
+}
+
+int dd_cuda_dense_small_forward(float *y, const float *x, const float *w, const float *b, int N,
+                                int Cin, int Cout) {
+    const size_t n = (size_t)N * Cout;
+    if (!n) return 0;
+    if (Cin > DD_CUDA_DENSE_SMALL_CIN)
+        return dd_error("dense (small kernel): %d inputs, at most %d", Cin,
+                        DD_CUDA_DENSE_SMALL_CIN);
+    dense_small_kernel<<<blocks_for(n), THREADS, 0, dd_cuda_stream>>>(y, x, w, b, Cin, n, Cout);
+    DD_CUDA_LAUNCHED("dense_forward");
+    return 0;
+}
+
 static __global__ void fill_rows_kernel(float *y, const float *b, int R, int Ccols) {
     const size_t n = (size_t)R * Ccols;
     GRID_STRIDE(i, n) y[i] = b[i % Ccols];

@@ -269,6 +269,8 @@ static void test_dense(void) {
     case_dense(33, 64, 128, 1, 1);
     case_dense(3, 84, 10, 0, 1);
     case_dense(5, 64, 16, 1, 0); /* a first layer: no dx */
+    case_dense(3, 1100, 5, 1, 1); /* over 1024 inputs: cuBLAS, not the one-kernel forward */
+    case_dense(2, 1024, 3, 0, 1); /* the one-kernel forward's largest */
     if (!big) return;
     case_dense(1024, 1000, 77, 1, 1);
     case_dense(37, 3136, 10, 1, 1); /* LeNet-like flatten of 7x7x64 */
