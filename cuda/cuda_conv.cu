@@ -33,6 +33,7 @@
 #include <limits.h>
 #include <math.h>
 #include <stdint.h>
+#include <stdlib.h>
 #include <string.h>
 
 #include <cuda_pipeline_primitives.h>
@@ -282,11 +283,38 @@ template <int BM, int BN, int WM, int WN> struct MmaTile {
  * (rows padded: fewer bank conflicts on the transposing store; 8 floats for the tensor cores,
  * whose fragment reads are then conflict-free). KT is K when known at compile time (3, 4), else
  * 0 (K from g). DATA selects backward-data. */
+/* The split reductions' second pass without a second kernel: each split's block writes its
+ * partial tile, and the last of an output tile's splits to finish (a counter per tile, which
+ * that block sets back to zero for the next launch) adds the partials in split order, the same
+ * sums as conv_*_reduce_kernel's, bit for bit, whichever block is last. The partials are read
+ * through L2 (__ldcg): they were written by other SMs during this launch. One stream runs the
+ * kernels, so one launch at a time uses the counters. */
+constexpr int TILE_COUNTERS = 1 << 16; /* more output tiles than this: the second kernel */
+__device__ unsigned int conv_tile_counters[TILE_COUNTERS];
+
+/* Called by every thread of the block after its partial is written; true in every thread of the
+ * block that is its tile's last split. */
+__device__ __forceinline__ bool last_split(int *flag) {
+    __threadfence(); /* this thread's partial is visible to the whole GPU... */
+    __syncthreads(); /* ...for every thread of the block, before the count */
+    if (threadIdx.x == 0) {
+        unsigned int *cnt = &conv_tile_counters[blockIdx.y * gridDim.x + blockIdx.x];
+        const bool last = atomicAdd(cnt, 1u) == gridDim.z - 1;
+        if (last) {
+            atomicExch(cnt, 0u);
+            __threadfence(); /* the other splits' partials are read after the count */
+        }
+        *flag = last;
+    }
+    __syncthreads();
+    return *flag != 0;
+}
+
 template <bool DATA, int KT, int BM, int BN, int BK, class Math, int STAGES>
 __global__ void __launch_bounds__(Math::T)
     conv_gemm_kernel(float *__restrict__ out, const float *__restrict__ act,
                      const float *__restrict__ w, const float *__restrict__ bias, const Geom g,
-                     float *__restrict__ part, int chunk) {
+                     float *__restrict__ part, int chunk, int fused) {
     constexpr int T = Math::T;
     static_assert(T % BN == 0 && (BK * BN) % T == 0, "B tile: whole rows per pass");
     static_assert(STAGES >= 1 && STAGES <= 4, "pipeline depth");
@@ -428,7 +456,8 @@ __global__ void __launch_bounds__(Math::T)
     }
 
     if (part) { /* a split: the partial tile to part[z][m][column] */
-        float *pz = part + (int64_t)blockIdx.z * M * cols;
+        const int64_t n = (int64_t)M * cols;
+        float *pz = part + (int64_t)blockIdx.z * n;
 #pragma unroll
         for (int i = 0; i < Math::ROWS; i++) {
             const int m = m0 + tile.row(i);
@@ -438,6 +467,22 @@ __global__ void __launch_bounds__(Math::T)
                 const int cj = c0 + tile.col(j);
                 if (cj < cols) pz[(int64_t)m * cols + cj] = tile.val(i, j);
             }
+        }
+        __shared__ int last;
+        if (!fused || !last_split(&last)) return;
+        /* the tile's last split: its sums, in split order, as conv_gemm_reduce_kernel */
+        for (int e = tid; e < BM * BN; e += T) {
+            const int m = m0 + e / BN, cj = c0 + e % BN;
+            if (m >= M || cj >= cols) continue;
+            const int64_t i = (int64_t)m * cols + cj;
+            float s = 0.f;
+            for (int z = 0; z < (int)gridDim.z; z++) s += __ldcg(part + (int64_t)z * n + i);
+            const int img = cj / plane, pos = cj - img * plane;
+            float *o = out + ((int64_t)img * M + m) * plane + pos;
+            if (DATA)
+                *o += s;
+            else
+                *o = s + (bias ? __ldg(bias + m) : 0.f);
         }
         return;
     }
@@ -470,7 +515,7 @@ template <int KT, int BM, int BN, int BK, class Math, int STAGES>
 __global__ void __launch_bounds__(Math::T)
     conv_filter_kernel(float *__restrict__ dw, float *__restrict__ db, float *__restrict__ part,
                        const float *__restrict__ dy, const float *__restrict__ x, const Geom g,
-                       int NR, int chunk) {
+                       int NR, int chunk, int fused) {
     constexpr int T = Math::T;
     static_assert(T % BK == 0 && (BM * BK) % T == 0 && (BN * BK) % T == 0, "tile loads");
     static_assert(!Math::TF32 || (BK % 8 == 0 && T >= BM), "whole mma steps; a thread per row");
@@ -630,6 +675,22 @@ __global__ void __launch_bounds__(Math::T)
             }
         }
     }
+    __shared__ int last;
+    if (!part || !fused || !last_split(&last)) return;
+    /* the tile's last split: its sums, in split order, as conv_filter_reduce_kernel */
+    const int64_t nall = (int64_t)g.Cout * NR;
+    for (int e = tid; e < BM * BN; e += T) {
+        const int m = m0 + e / BN, n = n0 + e % BN;
+        if (m >= g.Cout || n >= NR) continue;
+        const int64_t i = (int64_t)m * NR + n;
+        float s = 0.f;
+        for (int z = 0; z < (int)gridDim.z; z++) s += __ldcg(part + (int64_t)z * nall + i);
+        if (n < g.Kf) {
+            if (dw) dw[(int64_t)m * g.Kf + n] += s;
+        } else {
+            db[m] += s;
+        }
+    }
 }
 
 /* element i of the splits' partials part[z][i] (n each), summed in split order */
@@ -700,6 +761,9 @@ __global__ void maxdiff_kernel(unsigned int *out, const float *a, const float *b
 /* ---------------------------------------------------------------- launchers */
 
 int sm_count = 0; /* set by dd_conv_own_prepare (outside any capture) */
+/* 1: a split's sums by the last block of each output tile (last_split); 0: by a second kernel
+ * (DIFFUSION_CONV_SPLIT_REDUCE=kernel, dd_conv_own_set_fused_reduce) */
+int fused_reduce = 1;
 
 unsigned int ceil_div(int64_t a, int64_t b) { return (unsigned int)((a + b - 1) / b); }
 
@@ -734,7 +798,8 @@ int64_t split_plan(int64_t tiles, int64_t R, int BK, int64_t out_bytes, const vo
 }
 
 /* Forward and backward-data: split over the reduction (split_plan) when the output has fewer
- * tiles than two per SM; the splits' partials are summed by a second kernel. */
+ * tiles than two per SM; the splits' partials are summed by each tile's last split, or by a
+ * second kernel (fused_reduce 0, or more tiles than there are counters). */
 template <bool DATA, int BM, int BN, int BK, class Math, int STAGES = 1>
 int launch_gemm(float *out, const float *act, const float *w, const float *bias, const Geom &g,
                 void *ws, size_t ws_bytes) {
@@ -752,20 +817,21 @@ int launch_gemm(float *out, const float *act, const float *w, const float *bias,
     if (R <= 0) chunk = 1; /* an empty reduction: one split writes zeros (plus bias) */
     const dim3 grid(ceil_div(cols, BN), ceil_div(M, BM), (unsigned int)splits);
     if (grid.y > 65535) return dd_error("conv2d (own kernels): %d channels, too many", M);
+    const int fused = part && fused_reduce && tiles <= TILE_COUNTERS;
     if (g.K == 3)
         conv_gemm_kernel<DATA, 3, BM, BN, BK, Math, STAGES>
-            <<<grid, T, 0, dd_cuda_stream>>>(out, act, w, bias, g, part, (int)chunk);
+            <<<grid, T, 0, dd_cuda_stream>>>(out, act, w, bias, g, part, (int)chunk, fused);
     else if (g.K == 4)
         conv_gemm_kernel<DATA, 4, BM, BN, BK, Math, STAGES>
-            <<<grid, T, 0, dd_cuda_stream>>>(out, act, w, bias, g, part, (int)chunk);
+            <<<grid, T, 0, dd_cuda_stream>>>(out, act, w, bias, g, part, (int)chunk, fused);
     else
         conv_gemm_kernel<DATA, 0, BM, BN, BK, Math, STAGES>
-            <<<grid, T, 0, dd_cuda_stream>>>(out, act, w, bias, g, part, (int)chunk);
+            <<<grid, T, 0, dd_cuda_stream>>>(out, act, w, bias, g, part, (int)chunk, fused);
     if (DATA)
         DD_CUDA_LAUNCHED("conv backward-data (own)");
     else
         DD_CUDA_LAUNCHED("conv forward (own)");
-    if (part) {
+    if (part && !fused) {
         conv_gemm_reduce_kernel<DATA><<<reduce_blocks((int64_t)M * cols), 256, 0, dd_cuda_stream>>>(
             out, part, bias, M, cols, plane, (int)splits);
         if (DATA)
@@ -776,7 +842,8 @@ int launch_gemm(float *out, const float *act, const float *w, const float *bias,
     return 0;
 }
 
-/* Backward-filter: its reduction (N Ho Wo positions) is always split by split_plan. */
+/* Backward-filter: its reduction (N Ho Wo positions) is always split by split_plan; the sums as
+ * launch_gemm's. */
 template <int BM, int BN, int BK, class Math, int STAGES = 1>
 int launch_filter(float *dw, float *db, const float *dy, const float *x, const Geom &g, void *ws,
                   size_t ws_bytes) {
@@ -790,17 +857,18 @@ int launch_filter(float *dw, float *db, const float *dy, const float *x, const G
     float *part = splits > 1 ? (float *)ws : NULL;
     const dim3 grid(ceil_div(NR, BN), ceil_div(g.Cout, BM), (unsigned int)splits);
     if (grid.y > 65535) return dd_error("conv2d (own kernels): %d channels, too many", g.Cout);
+    const int fused = part && fused_reduce && tiles <= TILE_COUNTERS;
     if (g.K == 3)
         conv_filter_kernel<3, BM, BN, BK, Math, STAGES>
-            <<<grid, T, 0, dd_cuda_stream>>>(dw, db, part, dy, x, g, NR, (int)chunk);
+            <<<grid, T, 0, dd_cuda_stream>>>(dw, db, part, dy, x, g, NR, (int)chunk, fused);
     else if (g.K == 4)
         conv_filter_kernel<4, BM, BN, BK, Math, STAGES>
-            <<<grid, T, 0, dd_cuda_stream>>>(dw, db, part, dy, x, g, NR, (int)chunk);
+            <<<grid, T, 0, dd_cuda_stream>>>(dw, db, part, dy, x, g, NR, (int)chunk, fused);
     else
         conv_filter_kernel<0, BM, BN, BK, Math, STAGES>
-            <<<grid, T, 0, dd_cuda_stream>>>(dw, db, part, dy, x, g, NR, (int)chunk);
+            <<<grid, T, 0, dd_cuda_stream>>>(dw, db, part, dy, x, g, NR, (int)chunk, fused);
     DD_CUDA_LAUNCHED("conv backward-filter (own)");
-    if (part) {
+    if (part && !fused) {
         conv_filter_reduce_kernel<<<reduce_blocks((int64_t)g.Cout * NR), 256, 0, dd_cuda_stream>>>(
             dw, db, part, g.Cout, NR, g.Kf, (int)splits);
         DD_CUDA_LAUNCHED("conv backward-filter reduction (own)");
@@ -918,8 +986,19 @@ int dd_conv_own_supported(const dd_conv_shape *s) {
     return 1;
 }
 
+int dd_conv_own_set_fused_reduce(int on) {
+    const int was = fused_reduce;
+    fused_reduce = on != 0;
+    return was;
+}
+
 int dd_conv_own_prepare(void) {
     if (sm_count > 0) return 0;
+    const char *v = getenv("DIFFUSION_CONV_SPLIT_REDUCE");
+    if (v && *v && strcmp(v, "last-block") && strcmp(v, "kernel"))
+        return dd_error("DIFFUSION_CONV_SPLIT_REDUCE=%s: use last-block (the default) or kernel",
+                        v);
+    if (v && !strcmp(v, "kernel")) fused_reduce = 0;
     int dev = 0, n = 0;
     DD_CUDA_CHECK(cudaGetDevice(&dev));
     DD_CUDA_CHECK(cudaDeviceGetAttribute(&n, cudaDevAttrMultiProcessorCount, dev));

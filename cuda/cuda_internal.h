@@ -161,6 +161,10 @@ int dd_conv_own_default(int dir, const dd_conv_shape *s);  /* the untimed pick f
 int dd_conv_own_default_tf32(int dir, const dd_conv_shape *s); /* the same among the tc ones */
 int dd_conv_own_supported(const dd_conv_shape *s);         /* 1 when its sizes fit the kernels */
 int dd_conv_own_prepare(void); /* reads the SM count; call outside any capture first */
+/* How a split reduction's partials are summed: on (the default) by the last block of each output
+ * tile to finish, off by a second kernel (also DIFFUSION_CONV_SPLIT_REDUCE=kernel, read by
+ * dd_conv_own_prepare). The same sums in the same order either way. Returns the old setting. */
+int dd_conv_own_set_fused_reduce(int on);
 /* y = conv(x, w) + b (b may be NULL); dx += conv^T(dy, w) (dx may be NULL); dw += (may be NULL),
  * db += (may be NULL). When the output alone has too few tiles to fill the GPU (always, for the
  * filter gradient), the reduction is split and the splits' partials use up to ws_bytes of ws (ws

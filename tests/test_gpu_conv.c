@@ -6,7 +6,9 @@
  * other) with TF32 on to TF32_TOL. Gradients start from random
  * values on both backends, so the += contract is checked; forward outputs start as NaN, so an
  * element never written fails; a NULL gradient must stay untouched. The default pick runs once
- * more without a workspace (the own kernels need none; the filter gradient is then one split).
+ * more without a workspace (the own kernels need none; the filter gradient is then one split),
+ * and once with the split reductions summed by a second kernel instead of by each output tile's
+ * last split (the results must not change).
  *
  * Then DIFFUSION_CONV=auto on the UNet's shapes in both TF32 modes (timing, the safety net, and
  * whichever implementation wins, against the CPU). Set DIFFUSION_CONV_LOG=1 to see each shape's
@@ -219,12 +221,16 @@ static int paired_filter(int v) {
 /* variant v: configuration v of forward and backward-data with paired_filter(v), TF32 on and
  * TF32_TOL for the tensor-core ones (FP32 ones: TF32 off, the caller's tolerance); then the
  * default pick, with and without a workspace (the own kernels need none: the filter gradient
- * then runs as one split) */
+ * then runs as one split), and with the splits' sums by a second kernel instead of each output
+ * tile's last split (dd_conv_own_set_fused_reduce) */
 static int own_variant(int v, char *name, size_t n) {
     const int ng = dd_conv_own_configs(DD_CONV_FWD);
     no_workspace = v == ng + 1;
+    dd_conv_own_set_fused_reduce(v != ng + 2);
     if (v >= ng) {
-        snprintf(name, n, "own default%s", no_workspace ? ", no workspace" : "");
+        snprintf(name, n, "own default%s", no_workspace   ? ", no workspace"
+                                           : v == ng + 2 ? ", split sums by a second kernel"
+                                                         : "");
         if (dd_cuda_set_tf32(0)) fatal("dd_cuda_set_tf32");
         variant_tol = 0.0;
         if (dd_cuda_conv_force_own(-1, -1, -1)) fatal("dd_cuda_conv_force_own");
@@ -262,7 +268,7 @@ int main(int argc, char **argv) {
                info.cc_minor, info.sm_count, info.cudnn_version);
     conv_case unet[32];
     const int nu = unet_cases(unet, 3);
-    const int variants = dd_conv_own_configs(DD_CONV_FWD) + 2;
+    const int variants = dd_conv_own_configs(DD_CONV_FWD) + 3;
 
     /* own kernels: the FP32 ones with TF32 off, the tensor-core ones with it on (own_variant) */
     printf("== own kernels, every configuration, the UNet's shapes at batch 3\n");
@@ -274,6 +280,7 @@ int main(int argc, char **argv) {
 
     /* auto: timing and the safety net choose per shape and direction */
     no_workspace = 0;
+    dd_conv_own_set_fused_reduce(1);
     variant_tol = 0.0;
     if (dd_cuda_conv_set_policy("auto")) fatal("dd_cuda_conv_set_policy");
     const int na = unet_cases(unet, 32);

@@ -387,67 +387,77 @@ void emu_run_grid(dim3 grid, dim3 block, size_t smem, const std::function<void()
     std::vector<int> warps(nw);
     for (unsigned w = 0; w < nw; w++) warps[w] = (int)w;
     int lanes[32];
-    for (unsigned bz = 0; bz < grid.z; bz++)
-        for (unsigned by = 0; by < grid.y; by++)
-            for (unsigned bx = 0; bx < grid.x; bx++) {
-                emu_blockIdx = dim3(bx, by, bz);
-                for (unsigned t = 0; t < nt; t++)
-                    start_fiber(fibers[t],
-                                dim3(t % block.x, t / block.x % block.y, t / (block.x * block.y)));
-                /* Two schedules, drawn per block: threads interleaved across the block (a
-                 * warp at a shuffle goes on once no thread is runnable), or warp by warp in a
-                 * shuffled warp order, each warp run on through its shuffles until it waits at
-                 * a barrier or ends (so one warp gets far ahead of the others: a missing
-                 * barrier between warps shows). One round: every runnable thread runs to its
-                 * next barrier, shuffle or end. */
-                const bool by_warp = order_rng.next() & 1;
-                for (;;) {
-                    if (!by_warp) {
-                        shuffle(order.data(), nt);
-                        for (int t : order)
-                            if (fibers[t].state == RUNNABLE) resume(t);
-                    } else {
-                        shuffle(warps.data(), nw);
-                        for (int w : warps) {
-                            const unsigned lo = 32 * (unsigned)w;
-                            const unsigned n = nt - lo < 32 ? (unsigned)(nt - lo) : 32;
-                            for (;;) {
-                                for (unsigned i = 0; i < n; i++) lanes[i] = (int)(lo + i);
-                                shuffle(lanes, n);
-                                bool at_shfl = false;
-                                for (unsigned i = 0; i < n; i++)
-                                    if (fibers[lanes[i]].state == RUNNABLE) resume(lanes[i]);
-                                for (unsigned i = 0; i < n; i++)
-                                    if (fibers[lo + i].state == AT_SHFL) at_shfl = true;
-                                if (!at_shfl || !release_warp(lo, (unsigned)nt)) break;
-                            }
-                        }
+    /* Blocks run one after another, in a shuffled order (up to 2^20 blocks; beyond, in index
+     * order): a kernel must not depend on which block runs first or finishes last. */
+    const unsigned long nb = (unsigned long)grid.x * grid.y * grid.z;
+    std::vector<int> blocks;
+    if (nb <= (1ul << 20)) {
+        blocks.resize(nb);
+        for (unsigned long b = 0; b < nb; b++) blocks[b] = (int)b;
+        shuffle(blocks.data(), nb);
+    }
+    for (unsigned long k = 0; k < nb; k++) {
+        const unsigned long b = blocks.empty() ? k : (unsigned long)blocks[k];
+        const unsigned bx = (unsigned)(b % grid.x), by = (unsigned)(b / grid.x % grid.y),
+                       bz = (unsigned)(b / ((unsigned long)grid.x * grid.y));
+        emu_blockIdx = dim3(bx, by, bz);
+        for (unsigned t = 0; t < nt; t++)
+            start_fiber(fibers[t],
+                        dim3(t % block.x, t / block.x % block.y, t / (block.x * block.y)));
+        /* Two schedules, drawn per block: threads interleaved across the block (a
+         * warp at a shuffle goes on once no thread is runnable), or warp by warp in a
+         * shuffled warp order, each warp run on through its shuffles until it waits at
+         * a barrier or ends (so one warp gets far ahead of the others: a missing
+         * barrier between warps shows). One round: every runnable thread runs to its
+         * next barrier, shuffle or end. */
+        const bool by_warp = order_rng.next() & 1;
+        for (;;) {
+            if (!by_warp) {
+                shuffle(order.data(), nt);
+                for (int t : order)
+                    if (fibers[t].state == RUNNABLE) resume(t);
+            } else {
+                shuffle(warps.data(), nw);
+                for (int w : warps) {
+                    const unsigned lo = 32 * (unsigned)w;
+                    const unsigned n = nt - lo < 32 ? (unsigned)(nt - lo) : 32;
+                    for (;;) {
+                        for (unsigned i = 0; i < n; i++) lanes[i] = (int)(lo + i);
+                        shuffle(lanes, n);
+                        bool at_shfl = false;
+                        for (unsigned i = 0; i < n; i++)
+                            if (fibers[lanes[i]].state == RUNNABLE) resume(lanes[i]);
+                        for (unsigned i = 0; i < n; i++)
+                            if (fibers[lo + i].state == AT_SHFL) at_shfl = true;
+                        if (!at_shfl || !release_warp(lo, (unsigned)nt)) break;
                     }
-                    unsigned done = 0, at_shfl = 0;
-                    for (unsigned t = 0; t < nt; t++) {
-                        if (fibers[t].state == DONE) done++;
-                        if (fibers[t].state == AT_SHFL) at_shfl++;
-                    }
-                    if (done == nt) break;
-                    if (at_shfl) { /* warps complete at a shuffle go on, barriers wait */
-                        int released = 0;
-                        for (unsigned lo = 0; lo < nt; lo += 32)
-                            for (unsigned t = lo; t < lo + 32 && t < nt; t++)
-                                if (fibers[t].state == AT_SHFL) {
-                                    released |= release_warp(lo, (unsigned)nt);
-                                    break;
-                                }
-                        if (released) continue;
-                        fatal("a warp shuffle that not every lane of its warp reaches (lanes at a "
-                              "barrier, finished, or divergent)");
-                    }
-                    /* every live thread at a barrier: the same one, and none finished */
-                    bool same = true;
-                    for (unsigned t = 0; t < nt; t++)
-                        if (fibers[t].barriers != fibers[0].barriers) same = false;
-                    if (done || !same)
-                        fatal("divergent __syncthreads (threads at different barriers or ended)");
-                    for (unsigned t = 0; t < nt; t++) fibers[t].state = RUNNABLE;
                 }
             }
+            unsigned done = 0, at_shfl = 0;
+            for (unsigned t = 0; t < nt; t++) {
+                if (fibers[t].state == DONE) done++;
+                if (fibers[t].state == AT_SHFL) at_shfl++;
+            }
+            if (done == nt) break;
+            if (at_shfl) { /* warps complete at a shuffle go on, barriers wait */
+                int released = 0;
+                for (unsigned lo = 0; lo < nt; lo += 32)
+                    for (unsigned t = lo; t < lo + 32 && t < nt; t++)
+                        if (fibers[t].state == AT_SHFL) {
+                            released |= release_warp(lo, (unsigned)nt);
+                            break;
+                        }
+                if (released) continue;
+                fatal("a warp shuffle that not every lane of its warp reaches (lanes at a "
+                      "barrier, finished, or divergent)");
+            }
+            /* every live thread at a barrier: the same one, and none finished */
+            bool same = true;
+            for (unsigned t = 0; t < nt; t++)
+                if (fibers[t].barriers != fibers[0].barriers) same = false;
+            if (done || !same)
+                fatal("divergent __syncthreads (threads at different barriers or ended)");
+            for (unsigned t = 0; t < nt; t++) fibers[t].state = RUNNABLE;
+        }
+    }
 }

@@ -147,6 +147,7 @@ void emu_syncthreads();
 /* a read through the read-only path: checked to lie inside a registered buffer */
 float emu_ldg(const float *p);
 #define __ldg(p) emu_ldg(p)
+#define __ldcg(p) emu_ldg(p) /* a load through L2 only: one memory here */
 [[noreturn]] void emu_unsupported(const char *what);
 
 inline int min(int a, int b) { return a < b ? a : b; }
