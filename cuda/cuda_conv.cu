@@ -310,6 +310,43 @@ __device__ __forceinline__ bool last_split(int *flag) {
     return *flag != 0;
 }
 
+/* element i of the splits' partials part[z][i] (n each), summed in split order; read through L2
+ * (other SMs wrote them, possibly during this launch) */
+__device__ __forceinline__ float split_sum(const float *part, int64_t n, int64_t i, int splits) {
+    float s = 0.f;
+    for (int z = 0; z < splits; z++) s += __ldcg(part + (int64_t)z * n + i);
+    return s;
+}
+
+/* Forward / backward-data: element i = (m, c) of the splits' partials part[z][m][c], summed and
+ * stored into the NCHW output: forward y = sum + b, backward-data dx += sum. */
+template <bool DATA>
+__device__ __forceinline__ void gemm_split_store(float *out, const float *part, const float *bias,
+                                                 int M, int cols, int plane, int splits,
+                                                 int64_t i) {
+    const float s = split_sum(part, (int64_t)M * cols, i, splits);
+    const int m = (int)(i / cols), c = (int)(i - (int64_t)m * cols);
+    const int img = c / plane, pos = c - img * plane;
+    float *o = out + ((int64_t)img * M + m) * plane + pos;
+    if (DATA)
+        *o += s;
+    else
+        *o = s + (bias ? __ldg(bias + m) : 0.f);
+}
+
+/* Backward-filter: element i = (m, r) of the splits' partials part[z][m][r], summed and added to
+ * dw[m][r] (r < Kf) or db[m] (r = Kf, the bias column). */
+__device__ __forceinline__ void filter_split_store(float *dw, float *db, const float *part, int Cout,
+                                                   int NR, int Kf, int splits, int64_t i) {
+    const float s = split_sum(part, (int64_t)Cout * NR, i, splits);
+    const int m = (int)(i / NR), r = (int)(i - (int64_t)m * NR);
+    if (r < Kf) {
+        if (dw) dw[(int64_t)m * Kf + r] += s;
+    } else {
+        db[m] += s;
+    }
+}
+
 template <bool DATA, int KT, int BM, int BN, int BK, class Math, int STAGES>
 __global__ void __launch_bounds__(Math::T)
     conv_gemm_kernel(float *__restrict__ out, const float *__restrict__ act,
@@ -470,19 +507,12 @@ __global__ void __launch_bounds__(Math::T)
         }
         __shared__ int last;
         if (!fused || !last_split(&last)) return;
-        /* the tile's last split: its sums, in split order, as conv_gemm_reduce_kernel */
+        /* the tile's last split: its sums, as conv_gemm_reduce_kernel's */
         for (int e = tid; e < BM * BN; e += T) {
             const int m = m0 + e / BN, cj = c0 + e % BN;
-            if (m >= M || cj >= cols) continue;
-            const int64_t i = (int64_t)m * cols + cj;
-            float s = 0.f;
-            for (int z = 0; z < (int)gridDim.z; z++) s += __ldcg(part + (int64_t)z * n + i);
-            const int img = cj / plane, pos = cj - img * plane;
-            float *o = out + ((int64_t)img * M + m) * plane + pos;
-            if (DATA)
-                *o += s;
-            else
-                *o = s + (bias ? __ldg(bias + m) : 0.f);
+            if (m < M && cj < cols)
+                gemm_split_store<DATA>(out, part, bias, M, cols, plane, (int)gridDim.z,
+                                       (int64_t)m * cols + cj);
         }
         return;
     }
@@ -677,64 +707,34 @@ __global__ void __launch_bounds__(Math::T)
     }
     __shared__ int last;
     if (!part || !fused || !last_split(&last)) return;
-    /* the tile's last split: its sums, in split order, as conv_filter_reduce_kernel */
-    const int64_t nall = (int64_t)g.Cout * NR;
+    /* the tile's last split: its sums, as conv_filter_reduce_kernel's */
     for (int e = tid; e < BM * BN; e += T) {
         const int m = m0 + e / BN, n = n0 + e % BN;
-        if (m >= g.Cout || n >= NR) continue;
-        const int64_t i = (int64_t)m * NR + n;
-        float s = 0.f;
-        for (int z = 0; z < (int)gridDim.z; z++) s += __ldcg(part + (int64_t)z * nall + i);
-        if (n < g.Kf) {
-            if (dw) dw[(int64_t)m * g.Kf + n] += s;
-        } else {
-            db[m] += s;
-        }
+        if (m < g.Cout && n < NR)
+            filter_split_store(dw, db, part, g.Cout, NR, g.Kf, (int)gridDim.z, (int64_t)m * NR + n);
     }
 }
 
-/* element i of the splits' partials part[z][i] (n each), summed in split order */
-__device__ __forceinline__ float split_sum(const float *part, int64_t n, int64_t i, int splits) {
-    float s = 0.f;
-    for (int z = 0; z < splits; z++) s += part[(int64_t)z * n + i];
-    return s;
-}
-
-/* dw/db += the sum of the splits' partials, in split order. */
+/* dw/db += the sum of the splits' partials, in split order (when the last split does not). */
 __global__ void conv_filter_reduce_kernel(float *__restrict__ dw, float *__restrict__ db,
                                           const float *__restrict__ part, int Cout, int NR, int Kf,
                                           int splits) {
     const int64_t n = (int64_t)Cout * NR;
     for (int64_t i = (int64_t)blockIdx.x * blockDim.x + threadIdx.x; i < n;
-         i += (int64_t)gridDim.x * blockDim.x) {
-        const float s = split_sum(part, n, i, splits);
-        const int m = (int)(i / NR), r = (int)(i - (int64_t)m * NR);
-        if (r < Kf) {
-            if (dw) dw[(int64_t)m * Kf + r] += s;
-        } else {
-            db[m] += s;
-        }
-    }
+         i += (int64_t)gridDim.x * blockDim.x)
+        filter_split_store(dw, db, part, Cout, NR, Kf, splits, i);
 }
 
-/* The forward / backward-data splits' partials part[z][m][c] summed in split order into the
- * NCHW output: forward y = sum + b, backward-data dx += sum. */
+/* The forward / backward-data splits' partials summed in split order into the NCHW output (when
+ * the last split does not). */
 template <bool DATA>
 __global__ void conv_gemm_reduce_kernel(float *__restrict__ out, const float *__restrict__ part,
                                         const float *__restrict__ bias, int M, int cols, int plane,
                                         int splits) {
     const int64_t n = (int64_t)M * cols;
     for (int64_t i = (int64_t)blockIdx.x * blockDim.x + threadIdx.x; i < n;
-         i += (int64_t)gridDim.x * blockDim.x) {
-        const float s = split_sum(part, n, i, splits);
-        const int m = (int)(i / cols), c = (int)(i - (int64_t)m * cols);
-        const int img = c / plane, pos = c - img * plane;
-        float *o = out + ((int64_t)img * M + m) * plane + pos;
-        if (DATA)
-            *o += s;
-        else
-            *o = s + (bias ? __ldg(bias + m) : 0.f);
-    }
+         i += (int64_t)gridDim.x * blockDim.x)
+        gemm_split_store<DATA>(out, part, bias, M, cols, plane, splits, i);
 }
 
 /* max |a - b| and max |b| into out[0], out[1] (non-negative floats order as their bits; out
