@@ -365,71 +365,57 @@ fi
 # ---------------------------------------------------------------- compute-sanitizer (optional)
 SAN="$(command -v compute-sanitizer || true)"
 [ -z "$SAN" ] && [ -x /usr/local/cuda/bin/compute-sanitizer ] && SAN=/usr/local/cuda/bin/compute-sanitizer
+# Runs each BIN that was built with --quick under compute-sanitizer TOOL (each at most LIMIT
+# seconds, cut to the budget), one after another while they pass, into $LOGS/LOG, and records
+# the outcome as NAME; returns 0 (clean), 86 (errors found), 124 (timeout) or another status
+# (refused by the machine, or a test failed under the tool).
+san_run() { # NAME TOOL LOG LIMIT BIN...
+    local name="$1" tool="$2" log="$3" lim rc=0 errs b
+    local bins=()
+    lim=$(limit "$4")
+    shift 4
+    for b in "$@"; do [ -x "$BUILD/$b" ] && bins+=("$b"); done
+    if [ ${#bins[@]} = 0 ]; then
+        record "$name" "skipped" "no $1 binary"
+        return 1
+    elif [ "$lim" = 0 ]; then
+        record "$name" "skipped" "no time left in the budget"
+        return 1
+    fi
+    say "${bins[*]/%/ --quick} under compute-sanitizer $tool (limit ${lim}s each)"
+    : > "$LOGS/$log"
+    for b in "${bins[@]}"; do
+        (cd "$BUILD" && timeout "$lim" "$SAN" --tool "$tool" --error-exitcode 86 "./$b" --quick) \
+            >> "$LOGS/$log" 2>&1
+        rc=$?
+        [ $rc -eq 0 ] || break
+    done
+    errs=$(grep -m1 -E "ERROR SUMMARY|RACECHECK SUMMARY" "$LOGS/$log" | sed 's/^=* *//' || true)
+    case $rc in
+    0) record "$name" "ok" "${errs:-clean}" ;;
+    86) record "$name" "FAILED" "${errs:-$tool errors} ($log)"; STATUS=1 ;;
+    124) record "$name" "timeout" "over ${lim}s; not counted" ;;
+    *) record "$name" "not run" "rc $rc: $(grep -m1 -i -E "error|fail" "$LOGS/$log" | cut -c1-100)" ;;
+    esac
+    return $rc
+}
 if [ "$SANITIZER" = 0 ]; then
     record "compute-sanitizer" "skipped" "--no-sanitizer"
 elif [ "$BUILT" = 0 ]; then
     record "compute-sanitizer" "not run" "no build"
 elif [ -z "$SAN" ]; then
     record "compute-sanitizer" "skipped" "not installed"
-elif [ ! -x "$BUILD/test_gpu_ops" ]; then
-    record "compute-sanitizer" "skipped" "no test_gpu_ops binary"
-elif [ "$(limit 150)" = 0 ]; then
-    record "compute-sanitizer" "skipped" "no time left in the budget"
 else
-    L=$(limit 150)
-    say "test_gpu_ops --quick and test_gpu_conv --quick under compute-sanitizer memcheck (limit ${L}s)"
-    (cd "$BUILD" && timeout "$L" "$SAN" --tool memcheck --error-exitcode 86 ./test_gpu_ops --quick &&
-        { [ ! -x ./test_gpu_conv ] ||
-          timeout "$L" "$SAN" --tool memcheck --error-exitcode 86 ./test_gpu_conv --quick; }) \
-        > "$LOGS/sanitizer.log" 2>&1
+    san_run "compute-sanitizer" memcheck sanitizer.log 150 test_gpu_ops test_gpu_conv
     RC=$?
-    ERRS=$(grep -m1 "ERROR SUMMARY" "$LOGS/sanitizer.log" | sed 's/^=* *//' || true)
-    if [ $RC -eq 0 ]; then
-        record "compute-sanitizer" "ok" "${ERRS:-clean}"
-    elif [ $RC -eq 86 ]; then
-        record "compute-sanitizer" "FAILED" "${ERRS:-memcheck errors} (sanitizer.log)"
-        STATUS=1
-    elif [ $RC -eq 124 ]; then
-        record "compute-sanitizer" "timeout" "over ${L}s; not counted"
-    else
-        # refused by the machine (no permission, unsupported driver...) or the test failed under it
-        record "compute-sanitizer" "not run" "rc $RC: $(grep -m1 -i -E "error|fail" "$LOGS/sanitizer.log" | cut -c1-100)"
-    fi
     # Shared-memory hazards and barriers, which the CPU emulation cannot show on real hardware
     # (the emulation runs a block's threads one at a time, and lands each cp.async at once or
     # at its wait): racecheck on the convolution kernels (cp.async pipelines, one barrier per
     # step), synccheck on the other kernels (block reductions, GroupNorm). Whatever time is left;
     # a timeout is not counted. Only when memcheck ran: the tool works on this machine.
-    san_extra() { # NAME TOOL BINARY LIMIT
-        local name="$1" tool="$2" bin="$3" lim
-        lim=$(limit "$4")
-        if [ ! -x "$BUILD/$bin" ]; then
-            record "$name" "skipped" "no $bin binary"
-            return
-        elif [ "$lim" = 0 ]; then
-            record "$name" "skipped" "no time left in the budget"
-            return
-        fi
-        say "$bin --quick under compute-sanitizer $tool (limit ${lim}s)"
-        (cd "$BUILD" && timeout "$lim" "$SAN" --tool "$tool" --error-exitcode 86 "./$bin" --quick) \
-            > "$LOGS/sanitizer_$tool.log" 2>&1
-        local rc=$? errs
-        errs=$(grep -m1 -E "ERROR SUMMARY|RACECHECK SUMMARY" "$LOGS/sanitizer_$tool.log" |
-            sed 's/^=* *//' || true)
-        if [ $rc -eq 0 ]; then
-            record "$name" "ok" "${errs:-clean}"
-        elif [ $rc -eq 86 ]; then
-            record "$name" "FAILED" "${errs:-$tool errors} (sanitizer_$tool.log)"
-            STATUS=1
-        elif [ $rc -eq 124 ]; then
-            record "$name" "timeout" "over ${lim}s; not counted"
-        else
-            record "$name" "not run" "rc $rc: $(grep -m1 -i -E "error|fail" "$LOGS/sanitizer_$tool.log" | cut -c1-100)"
-        fi
-    }
     if [ $RC -eq 0 ] || [ $RC -eq 86 ]; then
-        san_extra "racecheck" racecheck test_gpu_conv 120
-        san_extra "synccheck" synccheck test_gpu_ops 60
+        san_run "racecheck" racecheck sanitizer_racecheck.log 120 test_gpu_conv
+        san_run "synccheck" synccheck sanitizer_synccheck.log 60 test_gpu_ops
     fi
 fi
 
