@@ -6,6 +6,9 @@
 #   bench/gpu_check.sh [options] [PEER_SCRIPT]
 #     PEER_SCRIPT        the PyTorch peer (torch_unet_peer.py); skipped when not given or absent
 #     --build-dir DIR    build folder (default: build-gpucheck in the source tree)
+#     --deps ARCHIVE     build against the libraries and headers packed by bench/gpu_deps.sh
+#                        (for a GPU machine without OpenBLAS, cairo, cJSON, ... and no way to
+#                        install them): unpacked into the build folder, found through RPATH
 #     --build-only       configure and build, then stop (works without a GPU)
 #     --no-sanitizer     skip the compute-sanitizer run
 #     --no-peer-compile  skip the peer's torch.compile pass
@@ -31,6 +34,7 @@ set -u
 SRC="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 BUILD="$SRC/build-gpucheck"
 PEER=""
+DEPS=""
 BUILD_ONLY=0
 SANITIZER=1
 PEER_COMPILE=1
@@ -39,6 +43,7 @@ BUDGET=480
 while [ $# -gt 0 ]; do
     case "$1" in
     --build-dir) BUILD="${2:?--build-dir needs a folder}"; shift 2 ;;
+    --deps) DEPS="${2:?--deps needs an archive from bench/gpu_deps.sh}"; shift 2 ;;
     --build-only) BUILD_ONLY=1; shift ;;
     --no-sanitizer) SANITIZER=0; shift ;;
     --no-peer-compile) PEER_COMPILE=0; shift ;;
@@ -176,6 +181,21 @@ say "card: ${CARD:-none (build only)}; nvcc: $("$NVCC" --version | tail -n 1)"
 } > "$LOGS/machine.txt" 2>&1
 
 # ---------------------------------------------------------------- configure and build
+DEPS_ARGS=()
+if [ -n "$DEPS" ]; then
+    # the archive's libraries: headers and pkg-config files for the build, DT_RPATH (not RUNPATH,
+    # so that the libraries they load in turn come from there too) for the programs it makes
+    mkdir -p "$BUILD" && D="$(cd "$BUILD" && pwd)/deps" && rm -rf "$D" && tar -C "$BUILD" -xJf "$DEPS" || {
+        echo "gpu_check: cannot unpack $DEPS into $BUILD" >&2
+        record "build" "FAILED" "cannot unpack --deps $DEPS"
+        finish 1
+    }
+    export PKG_CONFIG_PATH="$D/lib/pkgconfig${PKG_CONFIG_PATH:+:$PKG_CONFIG_PATH}"
+    command -v pkg-config > /dev/null 2>&1 || export PKG_CONFIG="$D/bin/pkg-config"
+    DEPS_ARGS=(-DCMAKE_PREFIX_PATH="$D"
+               -DCMAKE_EXE_LINKER_FLAGS="-Wl,--disable-new-dtags -Wl,-rpath,$D/lib -Wl,-rpath-link,$D/lib")
+    say "libraries and headers from $DEPS ($(ls "$D/lib" | wc -l) files in $D/lib)"
+fi
 GEN=()
 command -v ninja > /dev/null 2>&1 && GEN=(-G Ninja)
 # A build folder configured with another generator cannot be reused: start it afresh.
@@ -184,7 +204,7 @@ if [ -f "$BUILD/CMakeCache.txt" ] && ! grep -q "CMAKE_GENERATOR:INTERNAL=${GEN[1
 fi
 say "configuring ($BUILD)"
 if ! timeout "$(at_least_1 "$(limit 120)")" cmake -S "$SRC" -B "$BUILD" "${GEN[@]}" -DDIFFUSION_CUDA=ON -DDIFFUSION_EMU=OFF \
-        -DCMAKE_CUDA_COMPILER="$NVCC" -DCMAKE_BUILD_TYPE=Release > "$LOGS/configure.log" 2>&1; then
+        -DCMAKE_CUDA_COMPILER="$NVCC" -DCMAKE_BUILD_TYPE=Release "${DEPS_ARGS[@]}" > "$LOGS/configure.log" 2>&1; then
     tail -n 30 "$LOGS/configure.log"
     echo "gpu_check: configure failed (cuDNN is looked for in /usr/local/cuda/{include,lib64} and" \
          "/usr/{include,lib}/x86_64-linux-gnu; log: $LOGS/configure.log)" >&2
