@@ -534,6 +534,163 @@ __global__ void __launch_bounds__(Math::T)
     }
 }
 
+/* ---------------------------------------------------------------- stride-1 3x3: staged input
+ * Forward and backward-data of a stride-1 3x3 convolution (any padding up to 2) as an implicit
+ * GEMM whose activation operand is read from a tile of the input staged in shared memory, instead
+ * of gathered element by element from global memory: each block takes one image, th whole output
+ * rows (th Wout <= BN columns) and BM output channels; per group of CK input channels it copies
+ * the th + 2 input rows its outputs read, with their zero halo, into shared memory with
+ * asynchronous copies (a warp per row, coalesced), beside the weights, while the tensor cores
+ * work on the previous group. An element (k = (ci, kh, kw), p = (oh, ow)) of the activation
+ * operand is then xs[koff[k] + noff(p)]: the k offsets are a table in shared memory and each
+ * lane's p offsets are computed once, the same for every group. Backward-data is the forward
+ * convolution of dy with the weights transposed and flipped (w'[ci][co][kh][kw] =
+ * w[co][ci][2 - kh][2 - kw], padding 2 - pad), done in the weight loads. TF32 tensor cores,
+ * operands rounded as the fragments are read, as the s3 configurations do. Registers are capped
+ * for 24 warps per SM (80 a thread, no spills under ptxas for sm_90): the copies are latency-
+ * bound, and more blocks in flight hide them. Shapes it does not cover (other strides and kernel
+ * sizes, rows wider than BN, tiles larger than the shared buffers) go to the tc32x64s3
+ * configuration. */
+constexpr int ST_CK = 8; /* input channels per staged group: 72 reduction steps, 9 mma k-steps */
+
+template <int MT, int NT, int WMW, int WNW> struct StageShape {
+    static constexpr int BM = 16 * MT * WMW, BN = 8 * NT * WNW, T = 32 * WMW * WNW;
+    static constexpr int XC = BN + 64; /* staged floats per channel: (th + 2) (Wout + 2) */
+    static constexpr int AS = BM + 8;  /* weight rows padded: conflict-free fragment reads */
+    static constexpr int KC = ST_CK * 9;
+};
+
+template <bool DATA, int MT, int NT, int WMW, int WNW>
+__global__ void __launch_bounds__(32 * WMW * WNW, 768 / (32 * WMW * WNW))
+    conv_stage_kernel(float *__restrict__ out, const float *__restrict__ in,
+                      const float *__restrict__ w, const float *__restrict__ bias, const Geom g,
+                      int th, int tiles_h) {
+    using S = StageShape<MT, NT, WMW, WNW>;
+    constexpr int BM = S::BM, T = S::T, XC = S::XC, AS = S::AS, KC = S::KC, CK = ST_CK;
+    static_assert(KC % 8 == 0, "whole mma k-steps per group");
+    __shared__ __align__(16) float xs[2][CK * XC];
+    __shared__ __align__(16) float ws[2][KC * AS];
+
+    const int Ci = DATA ? g.Cout : g.Cin, Co = DATA ? g.Cin : g.Cout; /* GEMM in / out channels */
+    const int Hi = DATA ? g.Ho : g.H, Wi = DATA ? g.Wo : g.W;
+    const int Hout = DATA ? g.H : g.Ho, Wout = DATA ? g.W : g.Wo;
+    const int pp = DATA ? 2 - g.pad : g.pad;
+    const int Wp = Wout + 2, cs = (th + 2) * Wp; /* staged row width, floats per channel */
+    const int img = blockIdx.x / tiles_h, oh0 = (blockIdx.x - img * tiles_h) * th;
+    const int m0 = blockIdx.y * BM;
+    const int tid = threadIdx.x, warp = tid >> 5, lane = tid & 31, gq = lane >> 2, tq = lane & 3;
+    const int wm = warp / WNW * (16 * MT), wn = warp % WNW * (8 * NT);
+    const int rows_here = Hout - oh0 < th ? Hout - oh0 : th;
+    const int npos = rows_here * Wout; /* this block's output positions, contiguous in the plane */
+    const float *src = in + (int64_t)img * Ci * Hi * Wi;
+
+    /* this lane's activation columns (p = wn + 8 j + gq) and reduction rows (k = 8 s + tq, + 4) */
+    int noff[NT];
+#pragma unroll
+    for (int j = 0; j < NT; j++) {
+        const int p = wn + j * 8 + gq;
+        noff[j] = p < npos ? (p / Wout) * Wp + p % Wout : 0;
+    }
+    __shared__ int koff[KC]; /* k's offset in the staged tile, the same for every group */
+    for (int k = tid; k < KC; k += T) {
+        const int cl = k / 9, rr = k - cl * 9;
+        koff[k] = cl * cs + (rr / 3) * Wp + rr % 3;
+    } /* read after the first group's barrier */
+
+    /* group c (input channels [8 c, 8 c + 8)) into buffer b: input rows, then weights */
+    auto issue = [&](int c, int b) {
+        const int ci0 = c * CK;
+        for (int rw = warp; rw < CK * (th + 2); rw += T / 32) {
+            const int cl = rw / (th + 2), r = rw - cl * (th + 2);
+            const int ci = ci0 + cl, ih = oh0 - pp + r;
+            const bool rok = ci < Ci && (unsigned)ih < (unsigned)Hi;
+            const float *rowp = rok ? src + ((int64_t)ci * Hi + ih) * Wi : in;
+            for (int col = lane; col < Wp; col += 32) {
+                const int iw = col - pp;
+                const bool ok = rok && (unsigned)iw < (unsigned)Wi;
+                cp_async4(&xs[b][cl * cs + r * Wp + col], ok ? rowp + iw : in, ok);
+            }
+        }
+        for (int e = tid; e < KC * BM; e += T) {
+            const int m = e / KC, k = e - m * KC, cl = k / 9, rr = k - cl * 9;
+            const int ci = ci0 + cl, co = m0 + m;
+            const bool ok = ci < Ci && co < Co;
+            /* forward: w[co][ci][rr]; backward-data: w[ci][co][8 - rr] (original out, in) */
+            const int64_t idx = DATA ? ((int64_t)ci * g.Cin + co) * 9 + (8 - rr)
+                                     : ((int64_t)co * g.Cin + ci) * 9 + rr;
+            cp_async4(&ws[b][k * AS + m], ok ? w + idx : w, ok);
+        }
+        __pipeline_commit();
+    };
+
+    float acc[MT][NT][4];
+#pragma unroll
+    for (int i = 0; i < MT; i++)
+#pragma unroll
+        for (int j = 0; j < NT; j++)
+#pragma unroll
+            for (int e = 0; e < 4; e++) acc[i][j][e] = 0.f;
+
+    const int groups = (Ci + CK - 1) / CK;
+    if (groups > 0) issue(0, 0);
+    for (int c = 0; c < groups; c++) {
+        if (c + 1 < groups) {
+            issue(c + 1, (c + 1) & 1); /* into the buffer group c - 1 used */
+            __pipeline_wait_prior(1);  /* group c's copies have landed (this thread's) */
+        } else {
+            __pipeline_wait_prior(0);
+        }
+        __syncthreads(); /* everyone's have */
+        const float *xb = xs[c & 1], *wb = ws[c & 1];
+#pragma unroll
+        for (int st = 0; st < KC / 8; st++) {
+            const float *ak = wb + (st * 8 + tq) * AS + wm + gq;
+            float af[MT][4], bf[NT][2];
+#pragma unroll
+            for (int i = 0; i < MT; i++) {
+                af[i][0] = to_tf32(ak[i * 16]);
+                af[i][1] = to_tf32(ak[i * 16 + 8]);
+                af[i][2] = to_tf32(ak[4 * AS + i * 16]);
+                af[i][3] = to_tf32(ak[4 * AS + i * 16 + 8]);
+            }
+            const int k0 = koff[st * 8 + tq], k1 = koff[st * 8 + tq + 4];
+#pragma unroll
+            for (int j = 0; j < NT; j++) {
+                bf[j][0] = to_tf32(xb[k0 + noff[j]]);
+                bf[j][1] = to_tf32(xb[k1 + noff[j]]);
+            }
+#pragma unroll
+            for (int i = 0; i < MT; i++)
+#pragma unroll
+                for (int j = 0; j < NT; j++) mma_tf32(acc[i][j], af[i], bf[j]);
+        }
+        __syncthreads(); /* before the next issue overwrites this buffer */
+    }
+
+    /* D[g][2t], D[g][2t+1], D[g+8][2t], D[g+8][2t+1] of each mma tile */
+    float *ob = out + (int64_t)img * Co * Hout * Wout + (int64_t)oh0 * Wout;
+#pragma unroll
+    for (int i = 0; i < MT; i++)
+#pragma unroll
+        for (int e2 = 0; e2 < 2; e2++) {
+            const int m = m0 + wm + i * 16 + gq + e2 * 8;
+            if (m >= Co) continue;
+            const float bv = !DATA && bias ? __ldg(bias + m) : 0.f;
+            float *o = ob + (int64_t)m * Hout * Wout;
+#pragma unroll
+            for (int j = 0; j < NT; j++)
+#pragma unroll
+                for (int e1 = 0; e1 < 2; e1++) {
+                    const int p = wn + j * 8 + 2 * tq + e1;
+                    if (p >= npos) continue;
+                    if (DATA)
+                        o[p] += acc[i][j][e2 * 2 + e1];
+                    else
+                        o[p] = acc[i][j][e2 * 2 + e1] + bv;
+                }
+        }
+}
+
 /* ---------------------------------------------------------------- backward-filter */
 
 /* C (Cout x NR) = dy (Cout x P) xcol^T (P x NR), NR = Kf (+1 for the bias column), over the
@@ -715,6 +872,172 @@ __global__ void __launch_bounds__(Math::T)
     }
 }
 
+/* Backward-filter of a stride-1 3x3 convolution from staged tiles, the counterpart of
+ * conv_stage_kernel: dw[co][(ci, kh, kw)] += sum over positions p of dy[co][p] x[ci][p + (kh, kw)
+ * - pad]. A block owns BM output channels and a group of 8 input channels (72 columns: 9 mma
+ * n-tiles) and runs over `chunk` (image, th-row tile) pieces of the reduction: per piece it stages
+ * the BM channels' dy rows (the A operand, position-major) and the 8 channels' th + 2 input rows
+ * with their zero halo, double-buffered with asynchronous copies. The 4 warps take turns over the
+ * piece's 8-position mma k-steps, each summing into its own accumulators; at the end they are
+ * added in warp order through shared memory (deterministic). Blocks with blockIdx.x = 0 also sum
+ * dy's rows for db, in FP32 as they come. Splits write partials and the last one sums them, as in
+ * conv_filter_kernel, in the same layout part[z][co][r] (r = Kf: db). */
+template <int MT> struct FilterStage {
+    static constexpr int BM = 16 * MT, T = 128, NW = 4, CK = ST_CK, KC = ST_CK * 9;
+    static constexpr int BP = 128;     /* positions per piece: th Wo */
+    static constexpr int XC = BP + 64; /* staged input floats per channel: (th + 2) (Wo + 2) */
+    static constexpr int DS = BP + 4;  /* dy rows padded: conflict-free fragment reads */
+    static constexpr int STAGE = 2 * CK * XC + 2 * BM * DS, RED = NW * BM * KC;
+    static constexpr int SM = STAGE > RED ? STAGE : RED;
+};
+
+template <int MT>
+__global__ void __launch_bounds__(128, MT == 1 ? 6 : 4)
+    conv_filter_stage_kernel(float *__restrict__ dw, float *__restrict__ db,
+                             float *__restrict__ part, const float *__restrict__ dy,
+                             const float *__restrict__ x, const Geom g, int NR, int th,
+                             int tiles_h, int chunk, int fused) {
+    using F = FilterStage<MT>;
+    constexpr int BM = F::BM, T = F::T, NW = F::NW, CK = F::CK, KC = F::KC, BP = F::BP;
+    constexpr int XC = F::XC, DS = F::DS;
+    __shared__ __align__(16) float sm[F::SM];
+    __shared__ int noff[BP];
+    __shared__ int last;
+    float *const xs0 = sm, *const ds0 = sm + 2 * CK * XC;
+
+    const int tid = threadIdx.x, warp = tid >> 5, lane = tid & 31, gq = lane >> 2, tq = lane & 3;
+    const int Wp = g.Wo + 2, cs = (th + 2) * Wp, tp = th * g.Wo;
+    const int ci0 = blockIdx.x * CK, m0 = blockIdx.y * BM;
+    const int total = g.N * tiles_h;
+    const int cb = blockIdx.z * chunk;
+    const int ce = (int64_t)cb + chunk < total ? cb + chunk : total;
+    const bool bias_col = db && blockIdx.x == 0;
+
+    for (int p = tid; p < BP; p += T) noff[p] = p < tp ? (p / g.Wo) * Wp + p % g.Wo : 0;
+    int koff[9]; /* this lane's columns n = 8 j + gq: (ci, kh, kw) */
+#pragma unroll
+    for (int j = 0; j < 9; j++) {
+        const int n = j * 8 + gq, cl = n / 9, rr = n - cl * 9;
+        koff[j] = cl * cs + (rr / 3) * Wp + rr % 3;
+    }
+
+    /* piece c (image, row tile) into buffer b */
+    auto issue = [&](int c, int b) {
+        const int img = c / tiles_h, oh0 = (c - img * tiles_h) * th;
+        const int np = (g.Ho - oh0 < th ? g.Ho - oh0 : th) * g.Wo;
+        const float *xsrc = x + (int64_t)img * g.Cin * g.HW;
+        float *xb = xs0 + b * CK * XC, *dsb = ds0 + b * BM * DS;
+        for (int rw = warp; rw < CK * (th + 2); rw += NW) {
+            const int cl = rw / (th + 2), r = rw - cl * (th + 2);
+            const int ci = ci0 + cl, ih = oh0 - g.pad + r;
+            const bool rok = ci < g.Cin && (unsigned)ih < (unsigned)g.H;
+            const float *rowp = rok ? xsrc + ((int64_t)ci * g.H + ih) * g.W : x;
+            for (int col = lane; col < Wp; col += 32) {
+                const int iw = col - g.pad;
+                const bool ok = rok && (unsigned)iw < (unsigned)g.W;
+                cp_async4(&xb[cl * cs + r * Wp + col], ok ? rowp + iw : x, ok);
+            }
+        }
+        const float *dsrc = dy + (int64_t)img * g.Cout * g.HoWo + oh0 * g.Wo;
+        for (int e = tid; e < BM * BP; e += T) {
+            const int m = e / BP, p = e - m * BP;
+            const bool ok = m0 + m < g.Cout && p < np;
+            cp_async4(&dsb[m * DS + p], ok ? dsrc + (int64_t)(m0 + m) * g.HoWo + p : dy, ok);
+        }
+        __pipeline_commit();
+    };
+
+    float acc[MT][9][4];
+#pragma unroll
+    for (int i = 0; i < MT; i++)
+#pragma unroll
+        for (int j = 0; j < 9; j++)
+#pragma unroll
+            for (int e = 0; e < 4; e++) acc[i][j][e] = 0.f;
+    float bsum = 0.f; /* db: thread tid < BM, channel m0 + tid */
+    const int ksteps = (tp + 7) / 8;
+
+    if (cb < ce) issue(cb, 0);
+    for (int c = cb; c < ce; c++) {
+        const int b = (c - cb) & 1;
+        if (c + 1 < ce) {
+            issue(c + 1, b ^ 1); /* into the buffer piece c - 1 used */
+            __pipeline_wait_prior(1);
+        } else {
+            __pipeline_wait_prior(0);
+        }
+        __syncthreads();
+        const float *xb = xs0 + b * CK * XC, *dsb = ds0 + b * BM * DS;
+        if (bias_col && tid < BM)
+            for (int p = 0; p < tp; p++) bsum += dsb[tid * DS + p];
+        for (int st = warp; st < ksteps; st += NW) {
+            const int p0 = st * 8;
+            const float *ak = dsb + gq * DS + p0 + tq;
+            float af[MT][4], bf[9][2];
+#pragma unroll
+            for (int i = 0; i < MT; i++) {
+                af[i][0] = to_tf32(ak[i * 16 * DS]);
+                af[i][1] = to_tf32(ak[(i * 16 + 8) * DS]);
+                af[i][2] = to_tf32(ak[i * 16 * DS + 4]);
+                af[i][3] = to_tf32(ak[(i * 16 + 8) * DS + 4]);
+            }
+            const int n0 = noff[p0 + tq], n1 = noff[p0 + tq + 4];
+#pragma unroll
+            for (int j = 0; j < 9; j++) {
+                bf[j][0] = to_tf32(xb[koff[j] + n0]);
+                bf[j][1] = to_tf32(xb[koff[j] + n1]);
+            }
+#pragma unroll
+            for (int i = 0; i < MT; i++)
+#pragma unroll
+                for (int j = 0; j < 9; j++) mma_tf32(acc[i][j], af[i], bf[j]);
+        }
+        __syncthreads(); /* before the next issue overwrites this buffer */
+    }
+
+    /* the warps' sums, added in warp order: red[w][m][n] */
+    __pipeline_wait_prior(0);
+    __syncthreads();
+    float *red = sm;
+#pragma unroll
+    for (int i = 0; i < MT; i++)
+#pragma unroll
+        for (int j = 0; j < 9; j++)
+#pragma unroll
+            for (int e = 0; e < 4; e++)
+                red[(warp * BM + i * 16 + gq + (e >> 1) * 8) * KC + j * 8 + 2 * tq + (e & 1)] =
+                    acc[i][j][e];
+    __syncthreads();
+    const int Kf = g.Kf;
+    float *pz = part ? part + (int64_t)blockIdx.z * g.Cout * NR : NULL;
+    for (int e = tid; e < BM * KC; e += T) {
+        const int m = e / KC, n = e - m * KC, co = m0 + m, ci = ci0 + n / 9;
+        if (co >= g.Cout || ci >= g.Cin) continue;
+        float v = 0.f;
+        for (int w = 0; w < NW; w++) v += red[w * BM * KC + e];
+        const int r = ci0 * 9 + n;
+        if (pz)
+            pz[(int64_t)co * NR + r] = v;
+        else if (dw)
+            dw[(int64_t)co * Kf + r] += v;
+    }
+    if (bias_col && tid < BM && m0 + tid < g.Cout) {
+        if (pz)
+            pz[(int64_t)(m0 + tid) * NR + Kf] = bsum;
+        else
+            db[m0 + tid] += bsum;
+    }
+    if (!part || !fused || !last_split(&last)) return;
+    /* the tile's last split: its columns' sums (and db's, for blockIdx.x = 0) */
+    const int ncol = KC + (bias_col ? 1 : 0);
+    for (int e = tid; e < BM * ncol; e += T) {
+        const int m = e / ncol, n = e - m * ncol, co = m0 + m;
+        const int r = n < KC ? ci0 * 9 + n : Kf;
+        if (co >= g.Cout || (n < KC && ci0 + n / 9 >= g.Cin)) continue;
+        filter_split_store(dw, db, part, g.Cout, NR, Kf, (int)gridDim.z, (int64_t)co * NR + r);
+    }
+}
+
 /* dw/db += the sum of the splits' partials, in split order (when the last split does not). */
 __global__ void conv_filter_reduce_kernel(float *__restrict__ dw, float *__restrict__ db,
                                           const float *__restrict__ part, int Cout, int NR, int Kf,
@@ -842,6 +1165,42 @@ int launch_gemm(float *out, const float *act, const float *w, const float *bias,
     return 0;
 }
 
+/* Rows of output per block of the staged kernel for this shape (BN columns, XC staged floats per
+ * channel), or 0 when it does not apply: a stride-1 3x3 convolution with padding up to 2 whose
+ * output rows fit the block's columns. */
+template <int BN, int XC> int stage_rows(const Geom &g, bool data) {
+    if (g.K != 3 || g.stride != 1 || g.pad > 2) return 0;
+    const int Hout = data ? g.H : g.Ho, Wout = data ? g.W : g.Wo;
+    if (Hout <= 0 || Wout <= 0 || Wout > BN) return 0;
+    int th = BN / Wout < Hout ? BN / Wout : Hout;
+    while (th > 1 && (th + 2) * (Wout + 2) > XC) th--;
+    return (th + 2) * (Wout + 2) <= XC ? th : 0;
+}
+
+/* The staged kernel where it applies (stage_rows), else the tc32x64s3 configuration: every
+ * configuration is correct for every shape. */
+template <bool DATA, int MT, int NT, int WMW, int WNW>
+int launch_stage(float *out, const float *act, const float *w, const float *bias, const Geom &g,
+                 void *ws, size_t ws_bytes) {
+    using S = StageShape<MT, NT, WMW, WNW>;
+    const int th = stage_rows<S::BN, S::XC>(g, DATA);
+    const int Co = DATA ? g.Cin : g.Cout, Hout = DATA ? g.H : g.Ho;
+    const int tiles_h = th ? (Hout + th - 1) / th : 0;
+    if (!th || (int64_t)g.N * tiles_h > INT_MAX)
+        return launch_gemm<DATA, 32, 64, 16, MmaTile<32, 64, 16, 32>, 3>(out, act, w, bias, g, ws,
+                                                                         ws_bytes);
+    if (Co <= 0 || g.N <= 0) return 0;
+    const dim3 grid((unsigned int)(g.N * tiles_h), ceil_div(Co, S::BM));
+    if (grid.y > 65535) return dd_error("conv2d (own kernels): %d channels, too many", Co);
+    conv_stage_kernel<DATA, MT, NT, WMW, WNW><<<grid, S::T, 0, dd_cuda_stream>>>(out, act, w, bias,
+                                                                                 g, th, tiles_h);
+    if (DATA)
+        DD_CUDA_LAUNCHED("conv backward-data (own, staged)");
+    else
+        DD_CUDA_LAUNCHED("conv forward (own, staged)");
+    return 0;
+}
+
 /* Backward-filter: its reduction (N Ho Wo positions) is always split by split_plan; the sums as
  * launch_gemm's. */
 template <int BM, int BN, int BK, class Math, int STAGES = 1>
@@ -868,6 +1227,39 @@ int launch_filter(float *dw, float *db, const float *dy, const float *x, const G
         conv_filter_kernel<0, BM, BN, BK, Math, STAGES>
             <<<grid, T, 0, dd_cuda_stream>>>(dw, db, part, dy, x, g, NR, (int)chunk, fused);
     DD_CUDA_LAUNCHED("conv backward-filter (own)");
+    if (part && !fused) {
+        conv_filter_reduce_kernel<<<reduce_blocks((int64_t)g.Cout * NR), 256, 0, dd_cuda_stream>>>(
+            dw, db, part, g.Cout, NR, g.Kf, (int)splits);
+        DD_CUDA_LAUNCHED("conv backward-filter reduction (own)");
+    }
+    return 0;
+}
+
+/* Backward-filter from staged tiles (conv_filter_stage_kernel) where stage_rows applies, else the
+ * tc32x64s3 configuration. The reduction's pieces (image, row tile) are split by split_plan. */
+template <int MT>
+int launch_filter_stage(float *dw, float *db, const float *dy, const float *x, const Geom &g,
+                        void *ws, size_t ws_bytes) {
+    using F = FilterStage<MT>;
+    const int th = g.Cin > 0 ? stage_rows<F::BP, F::XC>(g, false) : 0;
+    const int tiles_h = th ? (g.Ho + th - 1) / th : 0;
+    if (!th || (int64_t)g.N * tiles_h > INT_MAX)
+        return launch_filter<32, 64, 16, MmaTile<32, 64, 16, 32>, 3>(dw, db, dy, x, g, ws,
+                                                                     ws_bytes);
+    const int NR = g.Kf + (db ? 1 : 0);
+    if (g.Cout <= 0 || g.Py <= 0 || (!dw && !db)) return 0;
+    const int total = g.N * tiles_h;
+    const int64_t tiles = (int64_t)ceil_div(g.Cin, F::CK) * ceil_div(g.Cout, F::BM);
+    int64_t chunk;
+    const int64_t out_bytes = (int64_t)g.Cout * NR * (int64_t)sizeof(float);
+    const int64_t splits = split_plan(tiles, total, 1, out_bytes, ws, ws_bytes, &chunk);
+    float *part = splits > 1 ? (float *)ws : NULL;
+    const dim3 grid(ceil_div(g.Cin, F::CK), ceil_div(g.Cout, F::BM), (unsigned int)splits);
+    if (grid.y > 65535) return dd_error("conv2d (own kernels): %d channels, too many", g.Cout);
+    const int fused = part && fused_reduce && tiles <= TILE_COUNTERS;
+    conv_filter_stage_kernel<MT><<<grid, F::T, 0, dd_cuda_stream>>>(
+        dw, db, part, dy, x, g, NR, th, tiles_h, (int)chunk, fused);
+    DD_CUDA_LAUNCHED("conv backward-filter (own, staged)");
     if (part && !fused) {
         conv_filter_reduce_kernel<<<reduce_blocks((int64_t)g.Cout * NR), 256, 0, dd_cuda_stream>>>(
             dw, db, part, g.Cout, NR, g.Kf, (int)splits);
@@ -905,13 +1297,20 @@ template <bool DATA> struct GemmConfigs {
         launch_gemm<DATA, 64, 64, 32, TC<64, 64, 32, 32>>,
         launch_gemm<DATA, 32, 64, 16, TC<32, 64, 16, 32>, 3>,
         launch_gemm<DATA, 64, 64, 16, TC<64, 64, 32, 32>, 3>,
+        launch_stage<DATA, 1, 4, 1, 4>,
+        launch_stage<DATA, 2, 4, 1, 4>,
+        launch_stage<DATA, 1, 4, 2, 2>,
+        launch_stage<DATA, 1, 4, 1, 2>,
     };
 };
 const char *const gemm_names[] = {"8x128",      "16x128",     "32x64",   "64x64",
                                   "64x128",     "tc16x128",   "tc32x64", "tc64x64",
                                   "tc64x128",   "tc32x64k32", "tc64x64k32", "tc32x64s3",
-                                  "tc64x64s3"};
-constexpr int GEMM_CONFIGS = 13, GEMM_FP32_CONFIGS = 5;
+                                  "tc64x64s3",  "st16x128",   "st32x128", "st32x64",
+                                  "st16x64"};
+constexpr int GEMM_CONFIGS = 17, GEMM_FP32_CONFIGS = 5;
+/* the staged configurations (launch_stage): their BN, or 0 */
+const int gemm_stage_bn[GEMM_CONFIGS] = {0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 128, 128, 64, 64};
 
 const filter_fn filter_fns[] = {
     launch_filter<16, 64, 16, F<16, 64, 4, 4>>,
@@ -922,10 +1321,13 @@ const filter_fn filter_fns[] = {
     launch_filter<64, 64, 32, TC<64, 64, 32, 32>>,
     launch_filter<32, 64, 16, TC<32, 64, 16, 32>, 3>,
     launch_filter<64, 64, 16, TC<64, 64, 32, 32>, 3>,
+    launch_filter_stage<1>,
+    launch_filter_stage<2>,
 };
-const char *const filter_names[] = {"16x64",   "32x64",   "64x64",     "tc16x64",
-                                    "tc32x64", "tc64x64", "tc32x64s3", "tc64x64s3"};
-constexpr int FILTER_CONFIGS = 8, FILTER_FP32_CONFIGS = 3;
+const char *const filter_names[] = {"16x64",     "32x64",     "64x64",     "tc16x64",
+                                    "tc32x64",   "tc64x64",   "tc32x64s3", "tc64x64s3",
+                                    "st16x72",   "st32x72"};
+constexpr int FILTER_CONFIGS = 10, FILTER_FP32_CONFIGS = 3, FILTER_STAGE_FIRST = 8;
 
 /* the first configuration whose BM covers m channels (the last for more) */
 int by_channels(int m) {
@@ -953,6 +1355,18 @@ const char *dd_conv_own_config_name(int dir, int cfg) {
 int dd_conv_own_config_tf32(int dir, int cfg) {
     if (cfg < 0 || cfg >= dd_conv_own_configs(dir)) return 0;
     return cfg >= (dir == DD_CONV_BWD_FILTER ? FILTER_FP32_CONFIGS : GEMM_FP32_CONFIGS);
+}
+
+int dd_conv_own_config_applies(int dir, int cfg, const dd_conv_shape *s) {
+    if (cfg < 0 || cfg >= dd_conv_own_configs(dir)) return 0;
+    const Geom g = geometry(s);
+    if (dir == DD_CONV_BWD_FILTER)
+        return cfg < FILTER_STAGE_FIRST ||
+               (g.Cin > 0 && stage_rows<FilterStage<1>::BP, FilterStage<1>::XC>(g, false) > 0);
+    if (!gemm_stage_bn[cfg]) return 1;
+    const bool data = dir == DD_CONV_BWD_DATA;
+    return gemm_stage_bn[cfg] == 128 ? stage_rows<128, 128 + 64>(g, data) > 0
+                                     : stage_rows<64, 64 + 64>(g, data) > 0;
 }
 
 int dd_conv_own_default(int dir, const dd_conv_shape *s) {

@@ -635,6 +635,7 @@ static int conv_autotune(conv_entry *e, int mode) {
         for (int c = 0; c < nc; c++) {
             t_own[c] = INFINITY;
             if (!mode && dd_conv_own_config_tf32(d, c)) continue; /* strict: no tensor cores */
+            if (!dd_conv_own_config_applies(d, c, s)) continue;   /* it would run another one */
             if (time_dir(e, mode, d, c, &sc, ev, &t_own[c])) {
                 dd_error_prefix("timing the own %s configuration %s", dir_name[d],
                                 dd_conv_own_config_name(d, c));

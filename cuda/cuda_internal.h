@@ -157,6 +157,9 @@ int dd_conv_own_configs(int dir);                          /* tile configuration
 const char *dd_conv_own_config_name(int dir, int cfg);     /* e.g. "64x64" (BM x BN) */
 /* 1 when configuration cfg multiplies on TF32 tensor cores ("tc..."): only for TF32 on */
 int dd_conv_own_config_tf32(int dir, int cfg);
+/* 0 when configuration cfg would hand shape s to another configuration (the staged "st..." ones
+ * cover stride-1 3x3 convolutions only): the autotuner skips it */
+int dd_conv_own_config_applies(int dir, int cfg, const dd_conv_shape *s);
 int dd_conv_own_default(int dir, const dd_conv_shape *s);  /* the untimed pick for a shape */
 int dd_conv_own_default_tf32(int dir, const dd_conv_shape *s); /* the same among the tc ones */
 int dd_conv_own_supported(const dd_conv_shape *s);         /* 1 when its sizes fit the kernels */

@@ -202,6 +202,10 @@ static const conv_case awkward[] = {
     {1, 2, 5, 5, 3, 3, 2, 3, 1, 1, 1},     /* padding wider than the kernel */
     {5, 3, 3, 3, 130, 1, 1, 0, 1, 1, 1},   /* Cout past two 64-wide tiles */
     {2, 130, 3, 3, 5, 2, 2, 1, 1, 1, 1},   /* Cin past two tiles (backward-data's rows) */
+    {2, 20, 13, 11, 40, 3, 1, 0, 1, 1, 1},  /* stride-1 3x3, no padding, 20 = 8 + 8 + 4 channels */
+    {2, 5, 9, 17, 7, 3, 1, 2, 1, 1, 1},     /* stride-1 3x3, padding 2 */
+    {1, 4, 5, 60, 6, 3, 1, 1, 1, 1, 1},     /* staged: one output row per block, or none */
+    {1, 3, 4, 140, 5, 3, 1, 1, 1, 1, 1},    /* rows wider than any staged block */
     {300, 16, 14, 14, 32, 4, 2, 1, 1, 1, 1}, /* batch 300: many filter splits */
     {300, 64, 7, 7, 64, 3, 1, 1, 1, 1, 1},
 };

@@ -243,6 +243,10 @@ int main() {
         {2, 8, 6, 6, 4, 3, 1, 1, true, false, false},    /* db only: no dx, no dw */
         {2, 3, 6, 6, 4, 5, 1, 2, false, false, true},    /* dw without db */
         {1, 1, 1, 1, 1, 1, 1, 0, true, true, true},      /* one of everything */
+        {2, 20, 7, 6, 40, 3, 1, 0, true, true, true},    /* staged 3x3: no padding, 20 = 8+8+4 */
+        {1, 5, 5, 9, 7, 3, 1, 2, true, true, true},      /* staged 3x3: padding 2 */
+        {1, 3, 3, 60, 4, 3, 1, 1, true, true, true},     /* staged: one row per block, or none */
+        {1, 2, 2, 140, 3, 3, 1, 1, true, true, true},    /* rows wider than any staged block */
     };
     for (const Case &c : unet) run_case(c, WS_LARGE);
     for (const Case &c : awkward)
