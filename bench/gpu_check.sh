@@ -13,6 +13,8 @@
 #     --no-sanitizer     skip the compute-sanitizer run
 #     --no-peer-compile  skip the peer's torch.compile pass
 #     --quick-bench      shorter timings (0.3 s per measurement instead of 1 s)
+#     --pack FILE        at the end, every log and JSON file in one .tar.gz (FILE outside the logs'
+#                        folder): for a tool that brings back only a few files from $OUT
 #     --budget S         seconds for the whole run (default 480): each stage gets its own limit,
 #                        cut to what is left; a stage with under 20 s left is skipped
 #
@@ -35,6 +37,7 @@ SRC="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 BUILD="$SRC/build-gpucheck"
 PEER=""
 DEPS=""
+PACK=""
 BUILD_ONLY=0
 SANITIZER=1
 PEER_COMPILE=1
@@ -44,6 +47,7 @@ while [ $# -gt 0 ]; do
     case "$1" in
     --build-dir) BUILD="${2:?--build-dir needs a folder}"; shift 2 ;;
     --deps) DEPS="${2:?--deps needs an archive from bench/gpu_deps.sh}"; shift 2 ;;
+    --pack) PACK="${2:?--pack needs a file name}"; shift 2 ;;
     --build-only) BUILD_ONLY=1; shift ;;
     --no-sanitizer) SANITIZER=0; shift ;;
     --no-peer-compile) PEER_COMPILE=0; shift ;;
@@ -151,6 +155,9 @@ EOF
         fi
         echo "logs: $LOGS"
     } | tee "$LOGS/summary.txt"
+    if [ -n "$PACK" ] && ! tar czf "$PACK" -C "$LOGS" .; then
+        echo "gpu_check: cannot pack the logs into $PACK" >&2
+    fi
     exit "$1"
 }
 
@@ -307,7 +314,7 @@ else
     if [ -s "$LOGS/conv_choices.txt" ]; then
         OWN=$(grep -o -- "-> own" "$LOGS/conv_choices.txt" | wc -l)
         CUD=$(grep -o -- "-> cudnn" "$LOGS/conv_choices.txt" | wc -l)
-        TCS=$(grep -oE -- "own tc[0-9a-z]+ [0-9.]+ us -> own" "$LOGS/conv_choices.txt" | wc -l)
+        TCS=$(grep -oE -- "own (tc|st)[0-9a-z]+ [0-9.]+ us -> own" "$LOGS/conv_choices.txt" | wc -l)
         BAD=$(grep -c "disagree" "$LOGS/conv_choices.txt" || true)
         record "conv choices" "info" "$OWN handwritten ($TCS on tensor cores), $CUD cuDNN, $BAD disagreeing (conv_choices.txt)"
     fi

@@ -209,6 +209,23 @@ __device__ __forceinline__ void cp_async4(float *dst, const float *src, bool ok)
 #endif
 }
 
+/* the same for 16 bytes (dst and src 16-byte aligned); ok false: 16 zero bytes */
+__device__ __forceinline__ void cp_async16(float *dst, const float *src, bool ok) {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 800
+    asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n"
+                 :
+                 : "r"((unsigned int)__cvta_generic_to_shared(dst)), "l"(src), "r"(ok ? 16 : 0)
+                 : "memory");
+#else
+    __pipeline_memcpy_async(dst, src, 16, ok ? 0 : 16);
+#endif
+}
+
+/* A staged input row (the staged kernels below): RW floats, a multiple of 4, with input column
+ * iw at 4 + iw (16-byte aligned from iw = 0) and the zero halo left and right of it; at least
+ * Wout + 6 for a padding of 0 to 2. */
+__host__ __device__ __forceinline__ int stage_rw(int Wout) { return (Wout + 9) & ~3; }
+
 template <int BM, int BN, int WM, int WN> struct MmaTile {
     static_assert(BM % WM == 0 && BN % WN == 0 && WM % 16 == 0 && WN % 8 == 0, "warp split");
     static constexpr int MT = WM / 16, NT = WN / 8;
@@ -540,8 +557,10 @@ __global__ void __launch_bounds__(Math::T)
  * of gathered element by element from global memory: each block takes one image, th whole output
  * rows (th Wout <= BN columns) and BM output channels; per group of CK input channels it copies
  * the th + 2 input rows its outputs read, with their zero halo, into shared memory with
- * asynchronous copies (a warp per row, coalesced), beside the weights, while the tensor cores
- * work on the previous group. An element (k = (ci, kh, kw), p = (oh, ow)) of the activation
+ * asynchronous copies, beside the weights, while the tensor cores work on the previous group:
+ * rows whose width is a multiple of 4 as 16-byte copies of their interior (stage_rw's layout puts
+ * input column 0 on a 16-byte boundary; the halo columns are zeroed once per block and never
+ * written again), others a warp per row, 4 bytes a lane, halo included. An element (k = (ci, kh, kw), p = (oh, ow)) of the activation
  * operand is then xs[koff[k] + noff(p)]: the k offsets are a table in shared memory and each
  * lane's p offsets are computed once, the same for every group. Backward-data is the forward
  * convolution of dy with the weights transposed and flipped (w'[ci][co][kh][kw] =
@@ -555,7 +574,7 @@ constexpr int ST_CK = 8; /* input channels per staged group: 72 reduction steps,
 
 template <int MT, int NT, int WMW, int WNW> struct StageShape {
     static constexpr int BM = 16 * MT * WMW, BN = 8 * NT * WNW, T = 32 * WMW * WNW;
-    static constexpr int XC = BN + 64; /* staged floats per channel: (th + 2) (Wout + 2) */
+    static constexpr int XC = BN + 96; /* staged floats per channel: (th + 2) stage_rw(Wout) */
     static constexpr int AS = BM + 8;  /* weight rows padded: conflict-free fragment reads */
     static constexpr int KC = ST_CK * 9;
 };
@@ -575,10 +594,17 @@ __global__ void __launch_bounds__(32 * WMW * WNW, 768 / (32 * WMW * WNW))
     const int Hi = DATA ? g.Ho : g.H, Wi = DATA ? g.Wo : g.W;
     const int Hout = DATA ? g.H : g.Ho, Wout = DATA ? g.W : g.Wo;
     const int pp = DATA ? 2 - g.pad : g.pad;
-    const int Wp = Wout + 2, cs = (th + 2) * Wp; /* staged row width, floats per channel */
+    /* staged rows: RW floats, staged column c (input column c - pp) at o0 + c; Wp columns */
+    const int Wp = Wout + 2, RW = stage_rw(Wout), o0 = 4 - pp, cs = (th + 2) * RW;
+    const int nrows = CK * (th + 2);
+    /* rows copied as float4s (their interior; the halo stays zero from the start) when they are
+     * whole, aligned float4s: q per row, rpi rows per warp pass, this lane's row and float4 */
+    const int q = Wi >> 2;
+    const bool vec = (Wi & 3) == 0 && q <= 32 && ((uintptr_t)in & 15) == 0;
     const int img = blockIdx.x / tiles_h, oh0 = (blockIdx.x - img * tiles_h) * th;
     const int m0 = blockIdx.y * BM;
     const int tid = threadIdx.x, warp = tid >> 5, lane = tid & 31, gq = lane >> 2, tq = lane & 3;
+    const int rpi = vec ? 32 / q : 1, lr = vec ? lane / q : 0, lc = vec ? lane - lr * q : 0;
     const int wm = warp / WNW * (16 * MT), wn = warp % WNW * (8 * NT);
     const int rows_here = Hout - oh0 < th ? Hout - oh0 : th;
     const int npos = rows_here * Wout; /* this block's output positions, contiguous in the plane */
@@ -589,35 +615,57 @@ __global__ void __launch_bounds__(32 * WMW * WNW, 768 / (32 * WMW * WNW))
 #pragma unroll
     for (int j = 0; j < NT; j++) {
         const int p = wn + j * 8 + gq;
-        noff[j] = p < npos ? (p / Wout) * Wp + p % Wout : 0;
+        noff[j] = p < npos ? (p / Wout) * RW + p % Wout + o0 : 0;
     }
     __shared__ int koff[KC]; /* k's offset in the staged tile, the same for every group */
     for (int k = tid; k < KC; k += T) {
         const int cl = k / 9, rr = k - cl * 9;
-        koff[k] = cl * cs + (rr / 3) * Wp + rr % 3;
+        koff[k] = cl * cs + (rr / 3) * RW + rr % 3;
     } /* read after the first group's barrier */
+    if (vec) {
+        for (int i = tid; i < 2 * CK * XC; i += T) (&xs[0][0])[i] = 0.f;
+        __syncthreads(); /* before any copy lands on the zeros */
+    }
 
     /* group c (input channels [8 c, 8 c + 8)) into buffer b: input rows, then weights */
     auto issue = [&](int c, int b) {
         const int ci0 = c * CK;
-        for (int rw = warp; rw < CK * (th + 2); rw += T / 32) {
-            const int cl = rw / (th + 2), r = rw - cl * (th + 2);
-            const int ci = ci0 + cl, ih = oh0 - pp + r;
-            const bool rok = ci < Ci && (unsigned)ih < (unsigned)Hi;
-            const float *rowp = rok ? src + ((int64_t)ci * Hi + ih) * Wi : in;
-            for (int col = lane; col < Wp; col += 32) {
-                const int iw = col - pp;
-                const bool ok = rok && (unsigned)iw < (unsigned)Wi;
-                cp_async4(&xs[b][cl * cs + r * Wp + col], ok ? rowp + iw : in, ok);
+        if (vec) {
+            for (int rw0 = warp * rpi; rw0 < nrows; rw0 += (T / 32) * rpi) {
+                const int rw = rw0 + lr;
+                if (lr >= rpi || rw >= nrows) continue;
+                const int cl = rw / (th + 2), r = rw - cl * (th + 2);
+                const int ci = ci0 + cl, ih = oh0 - pp + r;
+                const bool rok = ci < Ci && (unsigned)ih < (unsigned)Hi;
+                const float *rowp = rok ? src + ((int64_t)ci * Hi + ih) * Wi + 4 * lc : in;
+                cp_async16(&xs[b][cl * cs + r * RW + 4 + 4 * lc], rowp, rok);
+            }
+        } else {
+            for (int rw = warp; rw < nrows; rw += T / 32) {
+                const int cl = rw / (th + 2), r = rw - cl * (th + 2);
+                const int ci = ci0 + cl, ih = oh0 - pp + r;
+                const bool rok = ci < Ci && (unsigned)ih < (unsigned)Hi;
+                const float *rowp = rok ? src + ((int64_t)ci * Hi + ih) * Wi : in;
+                for (int col = lane; col < Wp; col += 32) {
+                    const int iw = col - pp;
+                    const bool ok = rok && (unsigned)iw < (unsigned)Wi;
+                    cp_async4(&xs[b][cl * cs + r * RW + o0 + col], ok ? rowp + iw : in, ok);
+                }
             }
         }
+        const int kmax = (Ci - ci0) * 9; /* this group's reduction rows that exist */
         for (int e = tid; e < KC * BM; e += T) {
-            const int m = e / KC, k = e - m * KC, cl = k / 9, rr = k - cl * 9;
-            const int ci = ci0 + cl, co = m0 + m;
-            const bool ok = ci < Ci && co < Co;
-            /* forward: w[co][ci][rr]; backward-data: w[ci][co][8 - rr] (original out, in) */
-            const int64_t idx = DATA ? ((int64_t)ci * g.Cin + co) * 9 + (8 - rr)
-                                     : ((int64_t)co * g.Cin + ci) * 9 + rr;
+            const int m = e / KC, k = e - m * KC, co = m0 + m;
+            const bool ok = k < kmax && co < Co;
+            /* forward: w[co][ci0 + k / 9][k % 9] = w[(co Cin + ci0) 9 + k]; backward-data:
+             * w[ci][co][8 - rr] with ci = ci0 + k / 9 (original out, in) */
+            int64_t idx;
+            if (DATA) {
+                const int cl = k / 9, rr = k - cl * 9;
+                idx = ((int64_t)(ci0 + cl) * g.Cin + co) * 9 + (8 - rr);
+            } else {
+                idx = ((int64_t)co * g.Cin + ci0) * 9 + k;
+            }
             cp_async4(&ws[b][k * AS + m], ok ? w + idx : w, ok);
         }
         __pipeline_commit();
@@ -885,7 +933,7 @@ __global__ void __launch_bounds__(Math::T)
 template <int MT> struct FilterStage {
     static constexpr int BM = 16 * MT, T = 128, NW = 4, CK = ST_CK, KC = ST_CK * 9;
     static constexpr int BP = 128;     /* positions per piece: th Wo */
-    static constexpr int XC = BP + 64; /* staged input floats per channel: (th + 2) (Wo + 2) */
+    static constexpr int XC = BP + 96; /* staged input floats per channel: (th + 2) stage_rw(Wo) */
     static constexpr int DS = BP + 4;  /* dy rows padded: conflict-free fragment reads */
     static constexpr int STAGE = 2 * CK * XC + 2 * BM * DS, RED = NW * BM * KC;
     static constexpr int SM = STAGE > RED ? STAGE : RED;
@@ -906,19 +954,31 @@ __global__ void __launch_bounds__(128, MT == 1 ? 6 : 4)
     float *const xs0 = sm, *const ds0 = sm + 2 * CK * XC;
 
     const int tid = threadIdx.x, warp = tid >> 5, lane = tid & 31, gq = lane >> 2, tq = lane & 3;
-    const int Wp = g.Wo + 2, cs = (th + 2) * Wp, tp = th * g.Wo;
+    /* staged input rows as in conv_stage_kernel: RW floats, input column iw at 4 + iw */
+    const int Wp = g.Wo + 2, RW = stage_rw(g.Wo), o0 = 4 - g.pad, cs = (th + 2) * RW;
+    const int tp = th * g.Wo, nrows = CK * (th + 2);
+    /* float4 copies: x's rows (interior; the halo stays zero) when W is a multiple of 4, dy's
+     * positions when Wo is (each piece then starts and ends on a float4) */
+    const int q = g.W >> 2;
+    const bool xvec = (g.W & 3) == 0 && q <= 32 && ((uintptr_t)x & 15) == 0;
+    const bool dvec = (g.Wo & 3) == 0 && ((uintptr_t)dy & 15) == 0;
+    const int rpi = xvec ? 32 / q : 1, lr = xvec ? lane / q : 0, lc = xvec ? lane - lr * q : 0;
     const int ci0 = blockIdx.x * CK, m0 = blockIdx.y * BM;
     const int total = g.N * tiles_h;
     const int cb = blockIdx.z * chunk;
     const int ce = (int64_t)cb + chunk < total ? cb + chunk : total;
     const bool bias_col = db && blockIdx.x == 0;
 
-    for (int p = tid; p < BP; p += T) noff[p] = p < tp ? (p / g.Wo) * Wp + p % g.Wo : 0;
+    for (int p = tid; p < BP; p += T) noff[p] = p < tp ? (p / g.Wo) * RW + p % g.Wo + o0 : 0;
+    if (xvec) {
+        for (int i = tid; i < 2 * CK * XC; i += T) xs0[i] = 0.f;
+        __syncthreads(); /* before any copy lands on the zeros */
+    }
     int koff[9]; /* this lane's columns n = 8 j + gq: (ci, kh, kw) */
 #pragma unroll
     for (int j = 0; j < 9; j++) {
         const int n = j * 8 + gq, cl = n / 9, rr = n - cl * 9;
-        koff[j] = cl * cs + (rr / 3) * Wp + rr % 3;
+        koff[j] = cl * cs + (rr / 3) * RW + rr % 3;
     }
 
     /* piece c (image, row tile) into buffer b */
@@ -927,22 +987,42 @@ __global__ void __launch_bounds__(128, MT == 1 ? 6 : 4)
         const int np = (g.Ho - oh0 < th ? g.Ho - oh0 : th) * g.Wo;
         const float *xsrc = x + (int64_t)img * g.Cin * g.HW;
         float *xb = xs0 + b * CK * XC, *dsb = ds0 + b * BM * DS;
-        for (int rw = warp; rw < CK * (th + 2); rw += NW) {
-            const int cl = rw / (th + 2), r = rw - cl * (th + 2);
-            const int ci = ci0 + cl, ih = oh0 - g.pad + r;
-            const bool rok = ci < g.Cin && (unsigned)ih < (unsigned)g.H;
-            const float *rowp = rok ? xsrc + ((int64_t)ci * g.H + ih) * g.W : x;
-            for (int col = lane; col < Wp; col += 32) {
-                const int iw = col - g.pad;
-                const bool ok = rok && (unsigned)iw < (unsigned)g.W;
-                cp_async4(&xb[cl * cs + r * Wp + col], ok ? rowp + iw : x, ok);
+        if (xvec) {
+            for (int rw0 = warp * rpi; rw0 < nrows; rw0 += NW * rpi) {
+                const int rw = rw0 + lr;
+                if (lr >= rpi || rw >= nrows) continue;
+                const int cl = rw / (th + 2), r = rw - cl * (th + 2);
+                const int ci = ci0 + cl, ih = oh0 - g.pad + r;
+                const bool rok = ci < g.Cin && (unsigned)ih < (unsigned)g.H;
+                const float *rowp = rok ? xsrc + ((int64_t)ci * g.H + ih) * g.W + 4 * lc : x;
+                cp_async16(&xb[cl * cs + r * RW + 4 + 4 * lc], rowp, rok);
+            }
+        } else {
+            for (int rw = warp; rw < nrows; rw += NW) {
+                const int cl = rw / (th + 2), r = rw - cl * (th + 2);
+                const int ci = ci0 + cl, ih = oh0 - g.pad + r;
+                const bool rok = ci < g.Cin && (unsigned)ih < (unsigned)g.H;
+                const float *rowp = rok ? xsrc + ((int64_t)ci * g.H + ih) * g.W : x;
+                for (int col = lane; col < Wp; col += 32) {
+                    const int iw = col - g.pad;
+                    const bool ok = rok && (unsigned)iw < (unsigned)g.W;
+                    cp_async4(&xb[cl * cs + r * RW + o0 + col], ok ? rowp + iw : x, ok);
+                }
             }
         }
         const float *dsrc = dy + (int64_t)img * g.Cout * g.HoWo + oh0 * g.Wo;
-        for (int e = tid; e < BM * BP; e += T) {
-            const int m = e / BP, p = e - m * BP;
-            const bool ok = m0 + m < g.Cout && p < np;
-            cp_async4(&dsb[m * DS + p], ok ? dsrc + (int64_t)(m0 + m) * g.HoWo + p : dy, ok);
+        if (dvec) {
+            for (int e = tid; e < BM * (BP / 4); e += T) {
+                const int m = e / (BP / 4), p = 4 * (e - m * (BP / 4));
+                const bool ok = m0 + m < g.Cout && p < np;
+                cp_async16(&dsb[m * DS + p], ok ? dsrc + (int64_t)(m0 + m) * g.HoWo + p : dy, ok);
+            }
+        } else {
+            for (int e = tid; e < BM * BP; e += T) {
+                const int m = e / BP, p = e - m * BP;
+                const bool ok = m0 + m < g.Cout && p < np;
+                cp_async4(&dsb[m * DS + p], ok ? dsrc + (int64_t)(m0 + m) * g.HoWo + p : dy, ok);
+            }
         }
         __pipeline_commit();
     };
@@ -1172,9 +1252,10 @@ template <int BN, int XC> int stage_rows(const Geom &g, bool data) {
     if (g.K != 3 || g.stride != 1 || g.pad > 2) return 0;
     const int Hout = data ? g.H : g.Ho, Wout = data ? g.W : g.Wo;
     if (Hout <= 0 || Wout <= 0 || Wout > BN) return 0;
+    const int RW = stage_rw(Wout);
     int th = BN / Wout < Hout ? BN / Wout : Hout;
-    while (th > 1 && (th + 2) * (Wout + 2) > XC) th--;
-    return (th + 2) * (Wout + 2) <= XC ? th : 0;
+    while (th > 1 && (th + 2) * RW > XC) th--;
+    return (th + 2) * RW <= XC ? th : 0;
 }
 
 /* The staged kernel where it applies (stage_rows), else the tc32x64s3 configuration: every
@@ -1365,8 +1446,8 @@ int dd_conv_own_config_applies(int dir, int cfg, const dd_conv_shape *s) {
                (g.Cin > 0 && stage_rows<FilterStage<1>::BP, FilterStage<1>::XC>(g, false) > 0);
     if (!gemm_stage_bn[cfg]) return 1;
     const bool data = dir == DD_CONV_BWD_DATA;
-    return gemm_stage_bn[cfg] == 128 ? stage_rows<128, 128 + 64>(g, data) > 0
-                                     : stage_rows<64, 64 + 64>(g, data) > 0;
+    return gemm_stage_bn[cfg] == 128 ? stage_rows<128, StageShape<1, 4, 1, 4>::XC>(g, data) > 0
+                                     : stage_rows<64, StageShape<1, 4, 1, 2>::XC>(g, data) > 0;
 }
 
 int dd_conv_own_default(int dir, const dd_conv_shape *s) {
