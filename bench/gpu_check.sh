@@ -13,6 +13,10 @@
 #     --no-sanitizer     skip the compute-sanitizer run
 #     --no-peer-compile  skip the peer's torch.compile pass
 #     --quick-bench      shorter timings (0.3 s per measurement instead of 1 s)
+#     --ncu REGEX        Nsight Compute (ncu) on the kernels whose names match REGEX, during
+#                        `diffusion bench --train 256` (the autotuner's timing runs included):
+#                        the launches after --ncu-skip N (default 0), --ncu-count N of them
+#                        (default 4), in ncu.log; after the bar rows, at most 90 s
 #     --pack FILE        at the end, every log and JSON file in one .tar.gz (FILE outside the logs'
 #                        folder): for a tool that brings back only a few files from $OUT
 #     --budget S         seconds for the whole run (default 480): each stage gets its own limit,
@@ -38,6 +42,9 @@ BUILD="$SRC/build-gpucheck"
 PEER=""
 DEPS=""
 PACK=""
+NCU_RE=""
+NCU_SKIP=0
+NCU_COUNT=4
 BUILD_ONLY=0
 SANITIZER=1
 PEER_COMPILE=1
@@ -48,6 +55,9 @@ while [ $# -gt 0 ]; do
     --build-dir) BUILD="${2:?--build-dir needs a folder}"; shift 2 ;;
     --deps) DEPS="${2:?--deps needs an archive from bench/gpu_deps.sh}"; shift 2 ;;
     --pack) PACK="${2:?--pack needs a file name}"; shift 2 ;;
+    --ncu) NCU_RE="${2:?--ncu needs a kernel name regex}"; shift 2 ;;
+    --ncu-skip) NCU_SKIP="${2:?--ncu-skip needs a number}"; shift 2 ;;
+    --ncu-count) NCU_COUNT="${2:?--ncu-count needs a number}"; shift 2 ;;
     --build-only) BUILD_ONLY=1; shift ;;
     --no-sanitizer) SANITIZER=0; shift ;;
     --no-peer-compile) PEER_COMPILE=0; shift ;;
@@ -58,14 +68,16 @@ while [ $# -gt 0 ]; do
     *) PEER="$1"; shift ;;
     esac
 done
-case "$BUDGET" in
-'' | *[!0-9]*) echo "gpu_check: --budget wants whole seconds, got '$BUDGET'" >&2; exit 2 ;;
-esac
+for v in "$BUDGET" "$NCU_SKIP" "$NCU_COUNT"; do
+    case "$v" in
+    '' | *[!0-9]*) echo "gpu_check: --budget, --ncu-skip and --ncu-count want whole numbers, got '$v'" >&2; exit 2 ;;
+    esac
+done
 LOGS="${OUT:-$BUILD/gpu_check}"
 mkdir -p "$LOGS" || { echo "gpu_check: cannot create $LOGS" >&2; exit 2; }
 # a rerun in the same folder must not show the last run's failures or errors
 rm -f "$LOGS/gpu_failures.txt" "$LOGS/worst_errors.txt" "$LOGS/bench.json" "$LOGS/peer.json" \
-    "$LOGS/peer_compile.log"
+    "$LOGS/peer_compile.log" "$LOGS/ncu.log"
 T0=$(date +%s)
 elapsed() { echo $(( $(date +%s) - T0 )); }
 say() { echo "[gpu_check $(elapsed)s] $*"; }
@@ -361,6 +373,36 @@ if [ -n "$BENCH_JSON" ] && [ "$(limit 120)" != 0 ]; then
             record "bench $setting" "FAILED" "rc $?: $(tail -n 1 "$LOGF" | cut -c1-90)"
         fi
     done
+fi
+
+# ---------------------------------------------------------------- Nsight Compute (optional)
+# The kernels matching --ncu as the bench runs them (its autotuner times every candidate on each
+# new shape first, so the first launches are the first shape's candidates): speed of light,
+# occupancy, launch statistics, warp states, memory workload, one kernel after another.
+if [ -n "$NCU_RE" ]; then
+    NCU="$(command -v ncu || ls /opt/nvidia/nsight-compute/*/ncu /usr/local/cuda/bin/ncu 2> /dev/null | head -n 1)"
+    if [ "$BUILT" = 0 ]; then
+        record "ncu" "not run" "no build"
+    elif [ -z "$NCU" ]; then
+        record "ncu" "skipped" "ncu not found"
+    elif [ "$(limit 90)" = 0 ]; then
+        record "ncu" "skipped" "no time left in the budget"
+    else
+        L=$(limit 90)
+        say "ncu on /$NCU_RE/ (skip $NCU_SKIP, count $NCU_COUNT; limit ${L}s)"
+        (cd "$BUILD" && timeout "$L" "$NCU" --clock-control none -k "regex:$NCU_RE" \
+            --launch-skip "$NCU_SKIP" --launch-count "$NCU_COUNT" --section SpeedOfLight \
+            --section Occupancy --section LaunchStats --section WarpStateStats \
+            --section MemoryWorkloadAnalysis ./diffusion bench --device cuda --train 256 \
+            --forward 1 --ddim 0 --min-time 0.05) > "$LOGS/ncu.log" 2>&1
+        RC=$?
+        N=$(grep -c "^==PROF== Profiling" "$LOGS/ncu.log" || true)
+        case $RC in
+        0) record "ncu" "ok" "$N kernels profiled (ncu.log)" ;;
+        124) record "ncu" "timeout" "over ${L}s, $N kernels profiled (ncu.log)" ;;
+        *) record "ncu" "FAILED" "rc $RC, $N kernels: $(grep -m1 -i "error" "$LOGS/ncu.log" | cut -c1-80)" ;;
+        esac
+    fi
 fi
 
 # ---------------------------------------------------------------- PyTorch peer, torch.compile
