@@ -1,0 +1,91 @@
+#!/usr/bin/env bash
+# The program's own commands with --device cuda against --device cpu, for a GPU machine (run by
+# bench/gpu_check.sh after the GPU tests): a conditional 2-D model trained for two epochs on each
+# device (the recorded and replayed training step, batches uploaded while a step runs, the step
+# counter read back into the checkpoint), then sampling from the CPU's checkpoint on both devices
+# (DDPM, and guided DDIM with eta 1: the noise from the same Philox counters on both), and
+# --device auto picking the GPU. TF32 off, so both sides multiply in FP32 and differ by summation
+# order only: per-step losses within 1e-3 and samples within 2e-3 (relative to max(1, |x|)),
+# the tolerances the same comparison meets in the CPU emulation of CUDA (tests/emu/cli_emu.sh).
+# Needs no dataset files. Prints one line per check and a summary; exit status 0 when all pass.
+#
+#   bench/gpu_cli_check.sh DIFFUSION_BINARY
+set -u
+D=$(realpath "${1:?usage: bench/gpu_cli_check.sh DIFFUSION_BINARY}")
+W=$(mktemp -d "${TMPDIR:-/tmp}/gpu_cli.XXXXXX")
+trap 'rm -rf "$W"' EXIT
+cd "$W" || exit 2
+pass=0 fail=0
+ok() { pass=$((pass + 1)); echo "ok: $*"; }
+bad() { fail=$((fail + 1)); echo "FAIL: $*"; }
+run() { # WHAT COMMAND...: the command must exit 0
+    local what=$1
+    shift
+    if "$@" > out.log 2> err.log; then ok "$what"; else bad "$what: exit $? ($(tail -n 2 err.log | tr '\n' ' '))"; fi
+}
+within() { # WHAT VALUE TOL
+    if python3 -c "import sys; sys.exit(0 if float('$2') <= $3 else 1)" 2> /dev/null; then
+        ok "$1: $2 (tolerance $3)"
+    else
+        bad "$1: $2 (tolerance $3)"
+    fi
+}
+# max |a - b| / max(1, |b|) over two DDRAW1 files (24-byte header, then float32)
+cmp_raw() {
+    python3 - "$1" "$2" << 'EOF'
+import struct, sys
+def load(p):
+    b = open(p, "rb").read()
+    assert b[:6] == b"DDRAW1", p
+    n = (len(b) - 24) // 4
+    return b[6:24], struct.unpack("<%df" % n, b[24:24 + 4 * n])
+try:
+    ha, a = load(sys.argv[1]); hb, b = load(sys.argv[2])
+except Exception as e:
+    print("unreadable"); sys.exit()
+if ha != hb or len(a) != len(b) or not a: print("shape-mismatch"); sys.exit()
+print(max(abs(x - y) / max(1.0, abs(y)) for x, y in zip(a, b)))
+EOF
+}
+# max relative difference of the loss column of two history.csv files (same rows required)
+cmp_hist() {
+    python3 - "$1" "$2" << 'EOF'
+import sys
+def load(p):
+    rows = [l.strip().split(",") for l in open(p)][1:]
+    return [(r[0], r[1], r[2]) for r in rows], [float(r[3]) for r in rows]
+try:
+    ka, a = load(sys.argv[1]); kb, b = load(sys.argv[2])
+except Exception as e:
+    print("unreadable"); sys.exit()
+if ka != kb or not a: print("rows-differ"); sys.exit()
+print(max(abs(x - y) / max(1e-3, abs(y)) for x, y in zip(a, b)))
+EOF
+}
+
+export DIFFUSION_TF32=0
+TR=(train --data conditional-2d --limit 640 --conditional --batch 64 --epochs 2 --samples 0 --quiet)
+run "train --device cuda" "$D" "${TR[@]}" --device cuda --out gpu
+run "train --device cpu" "$D" "${TR[@]}" --device cpu --out cpu
+if grep -Eq '"device":[[:space:]]*"cuda"' gpu/config.json 2> /dev/null; then
+    ok "the GPU run's config.json says cuda"
+else
+    bad "the GPU run's config.json does not say cuda"
+fi
+within "per-step training losses, cuda vs cpu" "$(cmp_hist gpu/history.csv cpu/history.csv)" 1e-3
+
+S=(sample --checkpoint cpu/model.safetensors --quiet --seed 5)
+for args in "--n 300" "--n 200 --sampler ddim --steps 10 --eta 1 --guidance 2.5"; do
+    # shellcheck disable=SC2086
+    run "sample $args --device cuda" "$D" "${S[@]}" $args --device cuda --out g.png --raw g.raw
+    # shellcheck disable=SC2086
+    run "sample $args --device cpu" "$D" "${S[@]}" $args --device cpu --out c.png --raw c.raw
+    within "samples ($args), cuda vs cpu" "$(cmp_raw g.raw c.raw)" 2e-3
+    rm -f g.raw c.raw
+done
+run "sample --device auto" "$D" "${S[@]}" --n 64 --device auto --out a.png --raw a.raw
+run "sample --device cuda (64)" "$D" "${S[@]}" --n 64 --device cuda --out g64.png --raw g64.raw
+if cmp -s a.raw g64.raw; then ok "--device auto ran on the GPU (the same bytes as cuda)"; else bad "--device auto's samples differ from --device cuda's"; fi
+
+echo "gpu_cli_check: $pass passed, $fail failed"
+[ "$fail" = 0 ]
