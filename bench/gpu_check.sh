@@ -33,10 +33,8 @@
 # kernels and synccheck on the others, in what time is left). A stage that
 # fails or times out is reported in the table and the script carries on (a failed build skips
 # the stages that need it, not the peer); the table is printed on every way out, with the GPU
-# tests' failed checks (each names its op and shape). After the GPU tests, the program's own
-# train and sample commands on the GPU against the CPU (bench/gpu_cli_check.sh). Exit status: 0
-# when the build, the GPU tests and that check passed, 1 when one failed, 2 when there is no GPU
-# (or no nvcc).
+# tests' failed checks (each names its op and shape). Exit status: 0 when the build and the GPU
+# tests passed, 1 when either failed, 2 when there is no GPU (or no nvcc).
 set -u
 
 SRC="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -288,28 +286,6 @@ else
                t = $NF; gsub(/[()]/, "", t);
                if (e != "" && t + 0 > 0) printf "%.3f %s\n", e / t, $0 }' |
         sort -g -r | head -n 8 | sed 's/^\([^ ]*\) */\1 of tol: /' > "$LOGS/worst_errors.txt" || true
-fi
-
-# ---------------------------------------------------------------- the program's commands
-# train and sample with --device cuda against --device cpu (bench/gpu_cli_check.sh: a 2-D model,
-# no dataset files, TF32 off), and --device auto picking the GPU
-if [ "$BUILT" = 0 ]; then
-    record "cli check" "not run" "no build"
-elif [ "$(limit 90)" = 0 ]; then
-    record "cli check" "skipped" "no time left in the budget"
-else
-    L=$(limit 90)
-    say "train and sample, cuda against cpu (bench/gpu_cli_check.sh, limit ${L}s)"
-    timeout "$L" bash "$SRC/bench/gpu_cli_check.sh" "$BUILD/diffusion" > "$LOGS/cli_check.log" 2>&1
-    RC=$?
-    LINE=$(tail -n 1 "$LOGS/cli_check.log")
-    if [ $RC -eq 0 ]; then
-        record "cli check" "ok" "$LINE"
-    else
-        record "cli check" "FAILED" "rc $RC: $LINE (cli_check.log)"
-        grep "^FAIL" "$LOGS/cli_check.log" >> "$LOGS/gpu_failures.txt"
-        STATUS=1
-    fi
 fi
 
 # ---------------------------------------------------------------- diffusion bench

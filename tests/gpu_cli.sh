@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
-# The program's own commands with --device cuda against --device cpu, for a GPU machine (run by
-# bench/gpu_check.sh after the GPU tests): a conditional 2-D model trained for two epochs on each
+# The program's own commands with --device cuda against --device cpu, on a GPU (CTest gpu_cli,
+# label gpu; exit 77, skipped, where this build or machine has no usable GPU): a conditional 2-D
+# model trained for two epochs on each
 # device (the recorded and replayed training step, batches uploaded while a step runs, the step
 # counter read back into the checkpoint), then sampling from the CPU's checkpoint on both devices
 # (DDPM, and guided DDIM with eta 1: the noise from the same Philox counters on both), and
@@ -9,9 +10,9 @@
 # the tolerances the same comparison meets in the CPU emulation of CUDA (tests/emu/cli_emu.sh).
 # Needs no dataset files. Prints one line per check and a summary; exit status 0 when all pass.
 #
-#   bench/gpu_cli_check.sh DIFFUSION_BINARY
+#   tests/gpu_cli.sh DIFFUSION_BINARY
 set -u
-D=$(realpath "${1:?usage: bench/gpu_cli_check.sh DIFFUSION_BINARY}")
+D=$(realpath "${1:?usage: tests/gpu_cli.sh DIFFUSION_BINARY}")
 W=$(mktemp -d "${TMPDIR:-/tmp}/gpu_cli.XXXXXX")
 trap 'rm -rf "$W"' EXIT
 cd "$W" || exit 2
@@ -65,7 +66,15 @@ EOF
 
 export DIFFUSION_TF32=0
 TR=(train --data conditional-2d --limit 640 --conditional --batch 64 --epochs 2 --samples 0 --quiet)
-run "train --device cuda" "$D" "${TR[@]}" --device cuda --out gpu
+if ! "$D" "${TR[@]}" --device cuda --out gpu > out.log 2> err.log; then
+    if grep -q -E "no usable CUDA GPU|has no CUDA backend" err.log; then
+        echo "SKIPPED: $(head -n 1 err.log)"
+        exit 77
+    fi
+    bad "train --device cuda: exit $? ($(tail -n 2 err.log | tr '\n' ' '))"
+else
+    ok "train --device cuda"
+fi
 run "train --device cpu" "$D" "${TR[@]}" --device cpu --out cpu
 if grep -Eq '"device":[[:space:]]*"cuda"' gpu/config.json 2> /dev/null; then
     ok "the GPU run's config.json says cuda"
@@ -87,5 +96,5 @@ run "sample --device auto" "$D" "${S[@]}" --n 64 --device auto --out a.png --raw
 run "sample --device cuda (64)" "$D" "${S[@]}" --n 64 --device cuda --out g64.png --raw g64.raw
 if cmp -s a.raw g64.raw; then ok "--device auto ran on the GPU (the same bytes as cuda)"; else bad "--device auto's samples differ from --device cuda's"; fi
 
-echo "gpu_cli_check: $pass passed, $fail failed"
+echo "gpu_cli: $pass passed, $fail failed"
 [ "$fail" = 0 ]
