@@ -13,6 +13,7 @@
 #   tests/gpu_cli.sh DIFFUSION_BINARY
 set -u
 D=$(realpath "${1:?usage: tests/gpu_cli.sh DIFFUSION_BINARY}")
+CMP="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)/cmp_outputs.py"
 W=$(mktemp -d "${TMPDIR:-/tmp}/gpu_cli.XXXXXX")
 trap 'rm -rf "$W"' EXIT
 cd "$W" || exit 2
@@ -31,38 +32,10 @@ within() { # WHAT VALUE TOL
         bad "$1: $2 (tolerance $3)"
     fi
 }
-# max |a - b| / max(1, |b|) over two DDRAW1 files (24-byte header, then float32)
-cmp_raw() {
-    python3 - "$1" "$2" << 'EOF'
-import struct, sys
-def load(p):
-    b = open(p, "rb").read()
-    assert b[:6] == b"DDRAW1", p
-    n = (len(b) - 24) // 4
-    return b[6:24], struct.unpack("<%df" % n, b[24:24 + 4 * n])
-try:
-    ha, a = load(sys.argv[1]); hb, b = load(sys.argv[2])
-except Exception as e:
-    print("unreadable"); sys.exit()
-if ha != hb or len(a) != len(b) or not a: print("shape-mismatch"); sys.exit()
-print(max(abs(x - y) / max(1.0, abs(y)) for x, y in zip(a, b)))
-EOF
-}
-# max relative difference of the loss column of two history.csv files (same rows required)
-cmp_hist() {
-    python3 - "$1" "$2" << 'EOF'
-import sys
-def load(p):
-    rows = [l.strip().split(",") for l in open(p)][1:]
-    return [(r[0], r[1], r[2]) for r in rows], [float(r[3]) for r in rows]
-try:
-    ka, a = load(sys.argv[1]); kb, b = load(sys.argv[2])
-except Exception as e:
-    print("unreadable"); sys.exit()
-if ka != kb or not a: print("rows-differ"); sys.exit()
-print(max(abs(x - y) / max(1e-3, abs(y)) for x, y in zip(a, b)))
-EOF
-}
+# the comparisons (tests/cmp_outputs.py): max relative difference of two raw sample files, and of
+# the loss columns of two history.csv files
+cmp_raw() { python3 "$CMP" raw "$1" "$2"; }
+cmp_hist() { python3 "$CMP" hist "$1" "$2"; }
 
 export DIFFUSION_TF32=0
 TR=(train --data conditional-2d --limit 640 --conditional --batch 64 --epochs 2 --samples 0 --quiet)

@@ -11,6 +11,7 @@
 # Usage: cli_emu.sh DIFFUSION_EMU_BINARY   (run by CTest as emu_cli)
 set -u
 D=$(realpath "${1:?diffusion-emu binary}")
+CMP="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)/cmp_outputs.py"
 W=$(mktemp -d "${TMPDIR:-/tmp}/cli_emu.XXXXXX")
 trap 'rm -rf "$W"' EXIT
 cd "$W"
@@ -19,32 +20,11 @@ ok() { pass=$((pass + 1)); }
 bad() { fail=$((fail + 1)); echo "FAIL: $*" >&2; }
 must() { if "$@" >out.log 2>err.log; then ok; else bad "$* -> exit $? ($(tail -3 err.log out.log))"; fi; }
 
-# max |a - b| / max(1, |b|) over two DDRAW1 files (header 24 bytes, then float32) or over the
-# loss column of two history.csv files; prints the value, fails on a shape mismatch
-cmp_raw() {
-  python3 - "$1" "$2" <<'EOF'
-import struct, sys
-def load(p):
-    b = open(p, "rb").read()
-    assert b[:6] == b"DDRAW1", p
-    n = (len(b) - 24) // 4
-    return b[6:24], struct.unpack("<%df" % n, b[24:24 + 4 * n])
-ha, a = load(sys.argv[1]); hb, b = load(sys.argv[2])
-if ha != hb or len(a) != len(b): print("shape-mismatch"); sys.exit()
-print(max(abs(x - y) / max(1.0, abs(y)) for x, y in zip(a, b)))
-EOF
-}
-cmp_hist() {
-  python3 - "$1" "$2" <<'EOF'
-import sys
-def load(p):
-    rows = [l.strip().split(",") for l in open(p)][1:]
-    return [(r[0], r[1], r[2]) for r in rows], [float(r[3]) for r in rows]
-ka, a = load(sys.argv[1]); kb, b = load(sys.argv[2])
-if ka != kb or not a: print("rows-differ"); sys.exit()
-print(max(abs(x - y) / max(1e-3, abs(y)) for x, y in zip(a, b)))
-EOF
-}
+# max |a - b| / max(1, |b|) over two DDRAW1 files, or max relative difference of the loss
+# columns of two history.csv files (tests/cmp_outputs.py); prints the value, or a word when the
+# files cannot be compared
+cmp_raw() { python3 "$CMP" raw "$1" "$2"; }
+cmp_hist() { python3 "$CMP" hist "$1" "$2"; }
 # within TOL (a number) or fail with WHAT
 within() {
   local what=$1 got=$2 tol=$3
