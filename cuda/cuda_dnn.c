@@ -999,6 +999,7 @@ int dd_cuda_attention_forward(float *y, float *probs, const float *qkv, const dd
     const int P = g.P, D = g.D;
     const long long PP = (long long)P * P;
     if (s->N <= 0 || P <= 0) return 0;
+    if (dd_cuda_attention_fused_fits(s)) return dd_cuda_attention_fused_forward(y, probs, qkv, s);
     const size_t Nh = (size_t)s->N * s->heads;
     float **host = malloc((size_t)ATTN_FWD_PRODUCTS * 3 * Nh * sizeof *host);
     if (!host) return dd_error("attention: out of host memory");

@@ -106,7 +106,7 @@ int dd_cuda_sampler_step(float *x, float *x0_out, const float *out, const float 
  * y (R, Ccols) row-major: every row = b (Ccols)   [dense bias before the GEMM accumulates]
  * colsum: out[c] += sum over r of m[r, c], m (R, Ccols) row-major   [dense bias gradient]
  * dense_small: y (N, Cout) = x (N, Cin) w^T + b (b may be NULL) in one kernel, FP32 FMA, for
- *   Cin <= DD_CUDA_DENSE_SMALL_CIN (a dot product per thread)
+ *   Cin <= DD_CUDA_DENSE_SMALL_CIN (a warp per row and 16 outputs)
  * softmax_rows: in place over `rows` rows of length L
  * softmax_rows_backward: d (rows, L) holds dL/dprobs on entry and dL/dscores on return:
  *   d = p (d - sum_j d p) */
@@ -116,6 +116,11 @@ int dd_cuda_dense_small_forward(float *y, const float *x, const float *w, const 
 int dd_cuda_fill_rows(float *y, const float *b, int R, int Ccols);
 int dd_cuda_colsum_add(float *out, const float *m, int R, int Ccols);
 int dd_cuda_softmax_rows(float *p, int64_t rows, int L);
+/* The attention forward in one kernel, FP32, a block per (sample, head), where _fits says the
+ * head's q, k, v and y fit its shared memory; else the cuBLAS path in cuda_dnn.c */
+int dd_cuda_attention_fused_fits(const dd_attn_shape *s);
+int dd_cuda_attention_fused_forward(float *y, float *probs, const float *qkv,
+                                    const dd_attn_shape *s);
 int dd_cuda_softmax_rows_backward(float *d, const float *p, int64_t rows, int L);
 
 /* ---- cuda_dnn.c: cuDNN and cuBLAS ops ---- */

@@ -10,6 +10,7 @@
  * plain launches.
  *
  * Shape letters as in include/diffusion/backend.h. */
+#include <limits.h>
 #include <math.h>
 
 #include "cuda_internal.h"
@@ -141,25 +142,50 @@ int dd_cuda_add_backward(float *da, float *db, const float *dy, size_t n) {
 
 /* ---------------------------------------------------------------- concat, upsample, maxpool */
 
-/* y (N, Ca + Cb, HW): per sample, a's block then b's block */
-static __global__ void concat_kernel(float *y, const float *a, const float *b, int N, size_t na,
-                                     size_t nb) {
-    const size_t per = na + nb, n_all = (size_t)N * per;
-    GRID_STRIDE(i, n_all) {
-        const size_t n = i / per, r = i - n * per;
-        y[i] = r < na ? a[n * na + r] : b[n * nb + (r - na)];
-    }
+/* Concat, upsample: a grid (x over a sample's or a plane's elements, y over samples or planes,
+ * looping past 65535) so that no thread divides its index by the shape; VEC 4 (concat) or 2
+ * (upsample) moves float4s or float2s where the sizes and addresses allow. */
+#define GRID_Y_MAX 65535
+static dim3 plane_grid(size_t per, size_t planes) {
+    size_t bx = (per + THREADS - 1) / THREADS;
+    if (bx > 4096) bx = 4096;
+    if (!bx) bx = 1;
+    return dim3((unsigned int)bx, (unsigned int)(planes < GRID_Y_MAX ? planes : GRID_Y_MAX));
 }
 
-static __global__ void concat_backward_kernel(float *da, float *db, const float *dy, int N,
-                                              size_t na, size_t nb) {
-    const size_t per = na + nb, n_all = (size_t)N * per;
-    GRID_STRIDE(i, n_all) {
-        const size_t n = i / per, r = i - n * per;
-        if (r < na) {
-            if (da) da[n * na + r] += dy[i];
-        } else if (db) {
-            db[n * nb + (r - na)] += dy[i];
+#define PLANE_LOOP(n, N, r, per)                                                                  \
+    for (size_t n = blockIdx.y; n < (size_t)(N); n += gridDim.y)                                  \
+        for (size_t r = (size_t)blockIdx.x * blockDim.x + threadIdx.x; r < (per);                 \
+             r += (size_t)gridDim.x * blockDim.x)
+
+static __device__ __forceinline__ void add_into(float &v, float d) { v += d; }
+static __device__ __forceinline__ void add_into(float4 &v, float4 d) {
+    v.x += d.x;
+    v.y += d.y;
+    v.z += d.z;
+    v.w += d.w;
+}
+
+static bool aligned(const void *p, size_t bytes) { return p == NULL || ((uintptr_t)p % bytes) == 0; }
+
+/* y (N, Ca + Cb, HW): per sample, a's block then b's block; na, nb in units of V floats */
+template <typename V>
+static __global__ void concat_kernel(V *y, const V *a, const V *b, int N, size_t na, size_t nb) {
+    const size_t per = na + nb;
+    PLANE_LOOP(n, N, r, per) y[n * per + r] = r < na ? a[n * na + r] : b[n * nb + (r - na)];
+}
+
+template <typename V>
+static __global__ void concat_backward_kernel(V *da, V *db, const V *dy, int N, size_t na,
+                                              size_t nb) {
+    const size_t per = na + nb;
+    PLANE_LOOP(n, N, r, per) {
+        const V d = dy[n * per + r];
+        V *t = r < na ? (da ? da + n * na + r : NULL) : (db ? db + n * nb + (r - na) : NULL);
+        if (t) {
+            V v = *t;
+            add_into(v, d);
+            *t = v;
         }
     }
 }
@@ -168,7 +194,12 @@ int dd_cuda_concat_forward(float *y, const float *a, const float *b, int N, int 
                            int HW) {
     const size_t na = (size_t)Ca * HW, nb = (size_t)Cb * HW, n = (size_t)N * (na + nb);
     if (!n) return 0;
-    concat_kernel<<<blocks_for(n), THREADS, 0, dd_cuda_stream>>>(y, a, b, N, na, nb);
+    if (na % 4 == 0 && nb % 4 == 0 && aligned(y, 16) && aligned(a, 16) && aligned(b, 16))
+        concat_kernel<float4><<<plane_grid((na + nb) / 4, N), THREADS, 0, dd_cuda_stream>>>(
+            (float4 *)y, (const float4 *)a, (const float4 *)b, N, na / 4, nb / 4);
+    else
+        concat_kernel<float><<<plane_grid(na + nb, N), THREADS, 0, dd_cuda_stream>>>(y, a, b, N, na,
+                                                                                    nb);
     DD_CUDA_LAUNCHED("concat_forward");
     return 0;
 }
@@ -176,19 +207,36 @@ int dd_cuda_concat_forward(float *y, const float *a, const float *b, int N, int 
 int dd_cuda_concat_backward(float *da, float *db, const float *dy, int N, int Ca, int Cb, int HW) {
     const size_t na = (size_t)Ca * HW, nb = (size_t)Cb * HW, n = (size_t)N * (na + nb);
     if ((!da && !db) || !n) return 0;
-    concat_backward_kernel<<<blocks_for(n), THREADS, 0, dd_cuda_stream>>>(da, db, dy, N, na, nb);
+    if (na % 4 == 0 && nb % 4 == 0 && aligned(da, 16) && aligned(db, 16) && aligned(dy, 16))
+        concat_backward_kernel<float4><<<plane_grid((na + nb) / 4, N), THREADS, 0,
+                                         dd_cuda_stream>>>((float4 *)da, (float4 *)db,
+                                                           (const float4 *)dy, N, na / 4, nb / 4);
+    else
+        concat_backward_kernel<float><<<plane_grid(na + nb, N), THREADS, 0, dd_cuda_stream>>>(
+            da, db, dy, N, na, nb);
     DD_CUDA_LAUNCHED("concat_backward");
     return 0;
 }
 
-/* one thread per output: y[nc][oy][ox] = x[nc][oy/2][ox/2] */
+/* one thread per input x[nc][iy][ix], which goes to y[nc][2 iy + (0, 1)][2 ix + (0, 1)]: two
+ * float2 stores (F2) or four floats */
+template <bool F2>
 static __global__ void upsample2x_kernel(float *y, const float *x, size_t NC, int H, int W) {
     const int W2 = 2 * W;
-    const size_t per = (size_t)4 * H * W, n = NC * per;
-    GRID_STRIDE(i, n) {
-        const size_t nc = i / per, r = i - nc * per;
-        const int oy = (int)(r / W2), ox = (int)(r % W2);
-        y[i] = x[nc * H * W + (size_t)(oy >> 1) * W + (ox >> 1)];
+    const size_t per = (size_t)H * W;
+    PLANE_LOOP(nc, NC, r, per) {
+        const int iy = (int)r / W, ix = (int)r - iy * W;
+        const float v = x[nc * per + r];
+        float *y0 = y + nc * 4 * per + (size_t)(2 * iy) * W2 + 2 * ix, *y1 = y0 + W2;
+        if (F2) {
+            *(float2 *)y0 = make_float2(v, v);
+            *(float2 *)y1 = make_float2(v, v);
+        } else {
+            y0[0] = v;
+            y0[1] = v;
+            y1[0] = v;
+            y1[1] = v;
+        }
     }
 }
 
@@ -196,27 +244,33 @@ static __global__ void upsample2x_kernel(float *y, const float *x, size_t NC, in
 static __global__ void upsample2x_backward_kernel(float *dx, const float *dy, size_t NC, int H,
                                                   int W) {
     const int W2 = 2 * W;
-    const size_t per = (size_t)H * W, n = NC * per;
-    GRID_STRIDE(i, n) {
-        const size_t nc = i / per, r = i - nc * per;
-        const int iy = (int)(r / W), ix = (int)(r % W);
+    const size_t per = (size_t)H * W;
+    PLANE_LOOP(nc, NC, r, per) {
+        const int iy = (int)r / W, ix = (int)r - iy * W;
         const float *r0 = dy + nc * 4 * per + (size_t)(2 * iy) * W2, *r1 = r0 + W2;
-        dx[i] += (r0[2 * ix] + r0[2 * ix + 1]) + (r1[2 * ix] + r1[2 * ix + 1]);
+        dx[nc * per + r] += (r0[2 * ix] + r0[2 * ix + 1]) + (r1[2 * ix] + r1[2 * ix + 1]);
     }
 }
 
 int dd_cuda_upsample2x_forward(float *y, const float *x, int N, int C, int H, int W) {
-    const size_t NC = (size_t)N * C, n = NC * 4 * H * W;
-    if (!n) return 0;
-    upsample2x_kernel<<<blocks_for(n), THREADS, 0, dd_cuda_stream>>>(y, x, NC, H, W);
+    const size_t NC = (size_t)N * C, per = (size_t)H * W;
+    if (!NC || !per) return 0;
+    if (per > INT_MAX) return dd_error("upsample2x: %dx%d, too large a plane", H, W);
+    if (aligned(y, 8))
+        upsample2x_kernel<true><<<plane_grid(per, NC), THREADS, 0, dd_cuda_stream>>>(y, x, NC, H, W);
+    else
+        upsample2x_kernel<false><<<plane_grid(per, NC), THREADS, 0, dd_cuda_stream>>>(y, x, NC, H,
+                                                                                    W);
     DD_CUDA_LAUNCHED("upsample2x_forward");
     return 0;
 }
 
 int dd_cuda_upsample2x_backward(float *dx, const float *dy, int N, int C, int H, int W) {
-    const size_t NC = (size_t)N * C, n = NC * H * W;
-    if (!dx || !n) return 0;
-    upsample2x_backward_kernel<<<blocks_for(n), THREADS, 0, dd_cuda_stream>>>(dx, dy, NC, H, W);
+    const size_t NC = (size_t)N * C, per = (size_t)H * W;
+    if (!dx || !NC || !per) return 0;
+    if (per > INT_MAX) return dd_error("upsample2x: %dx%d, too large a plane", H, W);
+    upsample2x_backward_kernel<<<plane_grid(per, NC), THREADS, 0, dd_cuda_stream>>>(dx, dy, NC, H,
+                                                                                   W);
     DD_CUDA_LAUNCHED("upsample2x_backward");
     return 0;
 }
@@ -352,38 +406,99 @@ static __device__ __forceinline__ float gn_dz(float dy, float xhat, float gm, fl
 
 /* One block per (n, g) over its M = Cg*HW values: mean, then the centred sum of squares (two
  * passes, sums in double, as on the CPU), then y (+ res: a rounded add of its own, as the CPU's,
- * not contracted into the swish's product). */
+ * not contracted into the swish's product). The group's values are read from memory once: a
+ * thread keeps its (up to GN_FWD_V) values in registers for the three passes when the group fits
+ * (M <= GN_FWD_V blockDim: every group of the UNets), else it reads them again. Each channel's
+ * gamma and shift (beta + add) are staged once in shared memory, and the channel of an element
+ * is stepped along with its index instead of divided out. */
+#define GN_FWD_V 8       /* values a thread keeps in registers */
+#define GN_FWD_CG_MAX 256 /* channels a group whose gamma and shift are staged in shared memory */
 static __global__ void gn_forward_kernel(float *y, float *mean, float *rstd, const float *x,
                                          const float *gamma, const float *beta, const float *add,
                                          const float *res, int C, int HW, int G, int swish,
                                          float eps) {
     __shared__ double sh[32];
-    const int ng = blockIdx.x, n = ng / G, g = ng % G, Cg = C / G;
-    const size_t M = (size_t)Cg * HW, base = ((size_t)n * C + (size_t)g * Cg) * HW;
+    __shared__ float sgm[GN_FWD_CG_MAX], ssh[GN_FWD_CG_MAX];
+    const int ng = blockIdx.x, n = ng / G, g = ng - n * G, Cg = C / G;
+    const int T = blockDim.x, tid = threadIdx.x;
+    const int M = Cg * HW; /* the host keeps it under 2^31 */
+    const size_t base = ((size_t)n * C + (size_t)g * Cg) * HW;
     const float *xg = x + base;
     float *yg = y + base;
+    const float *addn = add ? add + (size_t)n * C + (size_t)g * Cg : NULL;
+    const bool cached = M <= GN_FWD_V * T, staged = Cg <= GN_FWD_CG_MAX; /* uniform */
+    if (staged)
+        for (int cc = tid; cc < Cg; cc += T) { /* read after block_sum's barriers */
+            sgm[cc] = gamma[g * Cg + cc];
+            ssh[cc] = beta[g * Cg + cc] + (addn ? addn[cc] : 0.0f);
+        }
 
+    float v[GN_FWD_V];
     double s = 0.0;
-    for (size_t i = threadIdx.x; i < M; i += blockDim.x) s += xg[i];
+    if (cached) {
+#pragma unroll
+        for (int j = 0; j < GN_FWD_V; j++) {
+            const int i = tid + j * T;
+            v[j] = i < M ? xg[i] : 0.0f;
+            if (i < M) s += v[j];
+        }
+    } else {
+        for (int i = tid; i < M; i += T) s += xg[i];
+    }
     const double mu = block_sum(s, sh) / (double)M;
     double q = 0.0;
-    for (size_t i = threadIdx.x; i < M; i += blockDim.x) {
-        const double d = xg[i] - mu;
-        q += d * d;
+    if (cached) {
+#pragma unroll
+        for (int j = 0; j < GN_FWD_V; j++)
+            if (tid + j * T < M) {
+                const double d = v[j] - mu;
+                q += d * d;
+            }
+    } else {
+        for (int i = tid; i < M; i += T) {
+            const double d = xg[i] - mu;
+            q += d * d;
+        }
     }
     const double var = block_sum(q, sh) / (double)M;
     const float m = (float)mu, r = (float)(1.0 / sqrt(var + (double)eps));
-    if (threadIdx.x == 0) {
+    if (tid == 0) {
         mean[ng] = m;
         rstd[ng] = r;
     }
-    for (size_t i = threadIdx.x; i < M; i += blockDim.x) {
-        const int c = g * Cg + (int)(i / HW);
-        const float shift = beta[c] + (add ? add[(size_t)n * C + c] : 0.0f);
-        const float z = gamma[c] * ((xg[i] - m) * r) + shift;
-        const float v = swish ? dd_swish(z) : z;
-        yg[i] = res ? __fadd_rn(v, res[base + i]) : v;
+    /* element i = tid + j T is channel cc, position p; a step of T is cstep channels, pstep
+     * positions */
+    int cc = tid / HW, p = tid - cc * HW;
+    const int cstep = T / HW, pstep = T - cstep * HW;
+    auto put = [&](int i, float xv) {
+        const float gm = staged ? sgm[cc] : gamma[g * Cg + cc];
+        const float shift = staged ? ssh[cc] : beta[g * Cg + cc] + (addn ? addn[cc] : 0.0f);
+        const float z = gm * ((xv - m) * r) + shift;
+        const float o = swish ? dd_swish(z) : z;
+        yg[i] = res ? __fadd_rn(o, res[base + i]) : o;
+        cc += cstep;
+        p += pstep;
+        if (p >= HW) {
+            p -= HW;
+            cc++;
+        }
+    };
+    if (cached) {
+#pragma unroll
+        for (int j = 0; j < GN_FWD_V; j++)
+            if (tid + j * T < M) put(tid + j * T, v[j]);
+    } else {
+        for (int i = tid; i < M; i += T) put(i, xg[i]);
     }
+}
+
+/* Threads for a block of gn_forward_kernel over M values: about 4 values a thread, a multiple
+ * of 32 between 64 and THREADS */
+static int gn_forward_threads(size_t M) {
+    size_t t = (M / 4 + 31) / 32 * 32;
+    if (t < 64) t = 64;
+    if (t > THREADS) t = THREADS;
+    return (int)t;
 }
 
 /* The backward without its workspace (or with more than GN_FUSED_CG_MAX channels a group): two
@@ -582,7 +697,10 @@ int dd_cuda_group_norm_forward(float *y, float *mean, float *rstd, const float *
                                const float *gamma, const float *beta, const float *add,
                                const float *res, const dd_gn_shape *s) {
     if (s->N * s->G == 0) return 0;
-    gn_forward_kernel<<<s->N * s->G, THREADS, 0, dd_cuda_stream>>>(
+    const size_t M = (size_t)(s->C / s->G) * s->HW;
+    if (M > INT_MAX)
+        return dd_error("group_norm: %zu values a group, at most %d", M, INT_MAX);
+    gn_forward_kernel<<<s->N * s->G, gn_forward_threads(M), 0, dd_cuda_stream>>>(
         y, mean, rstd, x, gamma, beta, add, res, s->C, s->HW, s->G, s->swish, s->eps);
     DD_CUDA_LAUNCHED("group_norm_forward");
     return 0;
@@ -678,33 +796,146 @@ int dd_cuda_softmax_rows_backward(float *d, const float *p, int64_t rows, int L)
     return 0;
 }
 
+/* ---------------------------------------------------------------- attention, fused forward */
+
+/* The whole forward of one (sample, head) in a block, for heads whose q, k, v, y and the warps'
+ * rows fit ATTN_FUSED_FLOATS of shared memory (the UNets' middle attention: P = 49, D = 16, about
+ * 13 KB), in FP32: where cuBLAS took two batched GEMMs, the softmax kernel between them and the
+ * scores' round trip through memory. q, k, v (D x P each, contiguous in qkv) are staged; warp w
+ * takes rows i = w, w + warps, ...: scores s_j = scale (q_i . k_j) into its row buffer, the
+ * softmax as softmax_rows_kernel does it (max first, exponentials summed in double, one
+ * reciprocal), the row to probs, then y[d][i] = sum_j p_j v[d][j], half the lanes over even j
+ * and half over odd, into a staged y that the block writes out whole (coalesced). */
+#define ATTN_FUSED_FLOATS 8192
+#define ATTN_FUSED_WARPS 4
+static __global__ void __launch_bounds__(32 * ATTN_FUSED_WARPS)
+    attention_fused_kernel(float *y, float *probs, const float *qkv, int C, int heads, int P,
+                           float scale) {
+    __shared__ float sm[ATTN_FUSED_FLOATS];
+    const int D = C / heads, b = blockIdx.x, n = b / heads, h = b - n * heads, DP = D * P;
+    const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
+    float *qs = sm, *ks = qs + DP, *vs = ks + DP, *ys = vs + DP, *row = ys + DP + warp * P;
+    const float *q = qkv + (size_t)n * 3 * C * P + (size_t)h * DP;
+    for (int e = tid; e < DP; e += 32 * ATTN_FUSED_WARPS) {
+        qs[e] = q[e];
+        ks[e] = q[(size_t)C * P + e];
+        vs[e] = q[(size_t)2 * C * P + e];
+    }
+    __syncthreads();
+    float *pb = probs + (size_t)b * P * P;
+    const int half = lane >> 4, hl = lane & 15;
+    for (int i = warp; i < P; i += ATTN_FUSED_WARPS) {
+        float mx = -INFINITY;
+        for (int j = lane; j < P; j += 32) {
+            float acc = 0.0f;
+            for (int d = 0; d < D; d++) acc = fmaf(qs[d * P + i], ks[d * P + j], acc);
+            const float sc = scale * acc;
+            row[j] = sc;
+            mx = fmaxf(mx, sc);
+        }
+        mx = warp_max(mx);
+        double sum = 0.0;
+        for (int j = lane; j < P; j += 32) {
+            const float e = expf(row[j] - mx);
+            row[j] = e;
+            sum += e;
+        }
+        const float inv = (float)(1.0 / warp_sum(sum));
+        for (int j = lane; j < P; j += 32) {
+            const float pv = row[j] * inv;
+            row[j] = pv;
+            pb[(size_t)i * P + j] = pv;
+        }
+        __syncwarp();
+        for (int d0 = 0; d0 < D; d0 += 16) { /* every lane runs the shuffle below */
+            const int d = d0 + hl;
+            float acc = 0.0f;
+            if (d < D)
+                for (int j = half; j < P; j += 2) acc = fmaf(row[j], vs[d * P + j], acc);
+            acc += __shfl_xor_sync(0xffffffffu, acc, 16);
+            if (half == 0 && d < D) ys[d * P + i] = acc;
+        }
+        __syncwarp(); /* the row buffer is rewritten by the next row */
+    }
+    __syncthreads();
+    float *yb = y + (size_t)n * C * P + (size_t)h * DP;
+    for (int e = tid; e < DP; e += 32 * ATTN_FUSED_WARPS) yb[e] = ys[e];
+}
+
+int dd_cuda_attention_fused_fits(const dd_attn_shape *s) {
+    if (s->heads <= 0 || s->C % s->heads || s->P <= 0) return 0;
+    const int64_t D = s->C / s->heads, P = s->P;
+    return 4 * D * P + ATTN_FUSED_WARPS * P <= ATTN_FUSED_FLOATS;
+}
+
+int dd_cuda_attention_fused_forward(float *y, float *probs, const float *qkv,
+                                    const dd_attn_shape *s) {
+    const int64_t blocks = (int64_t)s->N * s->heads;
+    if (blocks <= 0) return 0;
+    if (!dd_cuda_attention_fused_fits(s) || blocks > INT_MAX)
+        return dd_error("attention (fused kernel): shape N %d C %d heads %d P %d does not fit",
+                        s->N, s->C, s->heads, s->P);
+    attention_fused_kernel<<<(unsigned int)blocks, 32 * ATTN_FUSED_WARPS, 0, dd_cuda_stream>>>(
+        y, probs, qkv, s->C, s->heads, s->P, 1.0f / sqrtf((float)(s->C / s->heads)));
+    DD_CUDA_LAUNCHED("attention_forward (fused)");
+    return 0;
+}
+
 /* ---------------------------------------------------------------- dense helpers */
 
 /* The UNet's dense layers (time MLP, the blocks' embedding projections: 64 to 256 inputs, a row
- * per sample) are far too small for a GEMM to pay: one thread per output does the dot product
- * and adds the bias, one graph node where cuBLAS needed two (the bias rows, then the GEMM).
- * Consecutive threads take consecutive outputs of a row: x's value is the same across a warp,
- * w's rows are small enough to stay in L1. */
+ * per sample) are far too small for a GEMM to pay: one kernel does the dot products and adds the
+ * bias, one graph node where cuBLAS needed two (the bias rows, then the GEMM). A warp takes one
+ * row and DENSE_OPW consecutive outputs: its lanes hold the row's inputs k = lane + 32 t in
+ * registers and read each weight row lane by lane (coalesced, where a thread per output read 32
+ * rows at once), then add the lanes' products in a fixed butterfly order. */
+#define DENSE_OPW 16 /* outputs a warp */
+template <int XT> /* inputs a lane holds, at most: Cin <= 32 XT */
 static __global__ void dense_small_kernel(float *y, const float *x, const float *w, const float *b,
-                                          int Cin, size_t n, int Cout) {
-    GRID_STRIDE(i, n) {
-        const size_t r = i / Cout;
-        const int co = (int)(i % Cout);
-        const float *xr = x + r * Cin, *wr = w + (size_t)co * Cin;
+                                          int N, int Cin, int Cout) {
+    const int lane = threadIdx.x & 31;
+    const int chunks = (Cout + DENSE_OPW - 1) / DENSE_OPW;
+    const int64_t task = (int64_t)blockIdx.x * (blockDim.x >> 5) + (threadIdx.x >> 5);
+    if (task >= (int64_t)N * chunks) return; /* whole warps */
+    const int r = (int)(task / chunks), co0 = (int)(task - (int64_t)r * chunks) * DENSE_OPW;
+    const float *xr = x + (size_t)r * Cin;
+    float xv[XT];
+#pragma unroll
+    for (int t = 0; t < XT; t++) {
+        const int k = lane + 32 * t;
+        xv[t] = k < Cin ? xr[k] : 0.0f;
+    }
+    const int co1 = co0 + DENSE_OPW < Cout ? co0 + DENSE_OPW : Cout;
+    for (int co = co0; co < co1; co++) {
+        const float *wr = w + (size_t)co * Cin;
         float acc = 0.0f;
-        for (int k = 0; k < Cin; k++) acc = fmaf(xr[k], wr[k], acc);
-        y[i] = b ? acc + b[co] : acc;
+#pragma unroll
+        for (int t = 0; t < XT; t++) {
+            const int k = lane + 32 * t;
+            if (k < Cin) acc = fmaf(xv[t], wr[k], acc);
+        }
+        acc = warp_sum(acc);
+        if (lane == 0) y[(size_t)r * Cout + co] = b ? acc + b[co] : acc;
     }
 }
 
 int dd_cuda_dense_small_forward(float *y, const float *x, const float *w, const float *b, int N,
                                 int Cin, int Cout) {
-    const size_t n = (size_t)N * Cout;
-    if (!n) return 0;
+    if (N <= 0 || Cout <= 0) return 0;
     if (Cin > DD_CUDA_DENSE_SMALL_CIN)
         return dd_error("dense (small kernel): %d inputs, at most %d", Cin,
                         DD_CUDA_DENSE_SMALL_CIN);
-    dense_small_kernel<<<blocks_for(n), THREADS, 0, dd_cuda_stream>>>(y, x, w, b, Cin, n, Cout);
+    const int64_t warps = (int64_t)N * ((Cout + DENSE_OPW - 1) / DENSE_OPW);
+    const int64_t blocks = (warps + THREADS / 32 - 1) / (THREADS / 32);
+    if (blocks > INT_MAX) return dd_error("dense (small kernel): %d rows, too many", N);
+    const unsigned int nb = (unsigned int)blocks;
+    if (Cin <= 64)
+        dense_small_kernel<2><<<nb, THREADS, 0, dd_cuda_stream>>>(y, x, w, b, N, Cin, Cout);
+    else if (Cin <= 256)
+        dense_small_kernel<8><<<nb, THREADS, 0, dd_cuda_stream>>>(y, x, w, b, N, Cin, Cout);
+    else
+        dense_small_kernel<DD_CUDA_DENSE_SMALL_CIN / 32>
+            <<<nb, THREADS, 0, dd_cuda_stream>>>(y, x, w, b, N, Cin, Cout);
     DD_CUDA_LAUNCHED("dense_forward");
     return 0;
 }

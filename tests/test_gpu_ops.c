@@ -353,6 +353,7 @@ static void test_group_norm(void) {
     case_gn(2, 40, 20, 2, 1, 1, 1);  /* 20 channels a group: passes of 8 warps */
     case_gn(3, 7, 33, 1, 0, 1, 1);   /* 7 channels a group: a warp each, one idle */
     case_gn(2, 300, 5, 1, 1, 1, 1);  /* 300 channels a group: beyond the one-pass kernel */
+    case_gn(2, 8, 600, 2, 1, 1, 1);  /* 2400 values a group: the forward reads them again */
     if (!big || tf32_pass) return;   /* no products: the large shape once */
     case_gn(1024, 64, 784, 8, 1, 1, 1); /* batch 1024 of 28x28x64: 51M values */
     case_gn(2, 192, 3000, 8, 1, 1, 1);  /* 72000 values per group */
@@ -450,6 +451,7 @@ static void case_concat(int N, int Ca, int Cb, int HW) {
 static void test_add_concat(void) {
     case_add(1237);
     case_concat(3, 2, 5, 7);
+    case_concat(2, 4, 8, 9); /* whole float4s */
     if (!big || tf32_pass) return;
     case_add(BIG_N);
     case_concat(512, 64, 32, 784); /* 38.5M values */
@@ -502,6 +504,7 @@ static void case_maxpool(int N, int C, int H, int W) {
 
 static void test_upsample_maxpool(void) {
     case_upsample(2, 3, 5, 4);
+    case_upsample(1, 2, 3, 5); /* odd width */
     case_maxpool(2, 3, 7, 6);
     if (!big || tf32_pass) return;
     case_upsample(1024, 64, 14, 14); /* 51M outputs */
@@ -551,6 +554,8 @@ static void test_attention(void) {
     case_attn(2, 8, 2, 9);
     case_attn(3, 64, 4, 49); /* the UNet's middle attention at 7x7 */
     case_attn(1, 12, 3, 40); /* P not a multiple of 32 and above it */
+    case_attn(1, 32, 1, 72); /* a head too large for the fused forward: cuBLAS */
+    case_attn(2, 40, 2, 30); /* D = 20: two passes of 16 lanes over d */
     if (!big) return;
     case_attn(256, 64, 4, 49); /* the middle attention at batch 256 */
     case_attn(16, 64, 4, 196); /* 14x14 positions */

@@ -126,6 +126,10 @@ struct dim3 {
 struct alignas(16) float4 {
     float x, y, z, w;
 };
+struct alignas(8) float2 {
+    float x, y;
+};
+inline float2 make_float2(float a, float b) { return float2{a, b}; }
 
 #define __global__
 #define __device__
@@ -186,6 +190,8 @@ template <typename T> T emu_shfl_as(unsigned mask, T v, EmuShfl kind, int arg, i
     memcpy(&r, &b, sizeof r);
     return r;
 }
+/* a warp barrier: every lane of the warp reaches it before any goes on (a shuffle's rendezvous) */
+inline void __syncwarp(unsigned m = 0xffffffffu) { (void)emu_shfl(m, 0, EMU_SHFL_IDX, 0, 32); }
 template <typename T> T __shfl_sync(unsigned m, T v, int src, int w = 32) {
     return emu_shfl_as(m, v, EMU_SHFL_IDX, src, w);
 }
