@@ -557,7 +557,8 @@ __global__ void __launch_bounds__(Math::T)
  * of gathered element by element from global memory: each block takes one image, th whole output
  * rows (th Wout <= BN columns) and BM output channels; per group of CK input channels it copies
  * the th + 2 input rows its outputs read, with their zero halo, into shared memory with
- * asynchronous copies, beside the weights, while the tensor cores work on the previous group:
+ * asynchronous copies, beside the weights (m-major, rows of KS = 76 floats; 16-byte copies in the
+ * forward when Cin is a multiple of 8), while the tensor cores work on the previous group:
  * rows whose width is a multiple of 4 as 16-byte copies of their interior (stage_rw's layout puts
  * input column 0 on a 16-byte boundary; the halo columns are zeroed once per block and never
  * written again), others a warp per row, 4 bytes a lane, halo included. An element (k = (ci, kh, kw), p = (oh, ow)) of the activation
@@ -575,8 +576,8 @@ constexpr int ST_CK = 8; /* input channels per staged group: 72 reduction steps,
 template <int MT, int NT, int WMW, int WNW> struct StageShape {
     static constexpr int BM = 16 * MT * WMW, BN = 8 * NT * WNW, T = 32 * WMW * WNW;
     static constexpr int XC = BN + 96; /* staged floats per channel: (th + 2) stage_rw(Wout) */
-    static constexpr int AS = BM + 8;  /* weight rows padded: conflict-free fragment reads */
-    static constexpr int KC = ST_CK * 9;
+    static constexpr int KC = ST_CK * 9, KS = KC + 4; /* weights m-major, rows padded to 76:
+                                                       * conflict-free fragment reads */
 };
 
 template <bool DATA, int MT, int NT, int WMW, int WNW>
@@ -585,10 +586,10 @@ __global__ void __launch_bounds__(32 * WMW * WNW, 768 / (32 * WMW * WNW))
                       const float *__restrict__ w, const float *__restrict__ bias, const Geom g,
                       int th, int tiles_h) {
     using S = StageShape<MT, NT, WMW, WNW>;
-    constexpr int BM = S::BM, T = S::T, XC = S::XC, AS = S::AS, KC = S::KC, CK = ST_CK;
+    constexpr int BM = S::BM, T = S::T, XC = S::XC, KS = S::KS, KC = S::KC, CK = ST_CK;
     static_assert(KC % 8 == 0, "whole mma k-steps per group");
     __shared__ __align__(16) float xs[2][CK * XC];
-    __shared__ __align__(16) float ws[2][KC * AS];
+    __shared__ __align__(16) float ws[2][BM * KS];
 
     const int Ci = DATA ? g.Cout : g.Cin, Co = DATA ? g.Cin : g.Cout; /* GEMM in / out channels */
     const int Hi = DATA ? g.Ho : g.H, Wi = DATA ? g.Wo : g.W;
@@ -609,6 +610,7 @@ __global__ void __launch_bounds__(32 * WMW * WNW, 768 / (32 * WMW * WNW))
     const int rows_here = Hout - oh0 < th ? Hout - oh0 : th;
     const int npos = rows_here * Wout; /* this block's output positions, contiguous in the plane */
     const float *src = in + (int64_t)img * Ci * Hi * Wi;
+    const bool wvec = !DATA && Ci % CK == 0 && ((uintptr_t)w & 15) == 0; /* 16-byte weights */
 
     /* this lane's activation columns (p = wn + 8 j + gq) and reduction rows (k = 8 s + tq, + 4) */
     int noff[NT];
@@ -653,20 +655,29 @@ __global__ void __launch_bounds__(32 * WMW * WNW, 768 / (32 * WMW * WNW))
                 }
             }
         }
-        const int kmax = (Ci - ci0) * 9; /* this group's reduction rows that exist */
-        for (int e = tid; e < KC * BM; e += T) {
-            const int m = e / KC, k = e - m * KC, co = m0 + m;
-            const bool ok = k < kmax && co < Co;
-            /* forward: w[co][ci0 + k / 9][k % 9] = w[(co Cin + ci0) 9 + k]; backward-data:
-             * w[ci][co][8 - rr] with ci = ci0 + k / 9 (original out, in) */
-            int64_t idx;
-            if (DATA) {
-                const int cl = k / 9, rr = k - cl * 9;
-                idx = ((int64_t)(ci0 + cl) * g.Cin + co) * 9 + (8 - rr);
-            } else {
-                idx = ((int64_t)co * g.Cin + ci0) * 9 + k;
+        if (wvec) { /* w[co][ci0 .. ci0 + 8][9]: 72 contiguous floats, 18 float4s */
+            for (int e = tid; e < BM * (KC / 4); e += T) {
+                const int m = e / (KC / 4), q4 = e - m * (KC / 4), co = m0 + m;
+                const bool ok = co < Co;
+                cp_async16(&ws[b][m * KS + 4 * q4],
+                           ok ? w + ((int64_t)co * g.Cin + ci0) * 9 + 4 * q4 : w, ok);
             }
-            cp_async4(&ws[b][k * AS + m], ok ? w + idx : w, ok);
+        } else {
+            const int kmax = (Ci - ci0) * 9; /* this group's reduction rows that exist */
+            for (int e = tid; e < KC * BM; e += T) {
+                const int m = e / KC, k = e - m * KC, co = m0 + m;
+                const bool ok = k < kmax && co < Co;
+                /* forward: w[co][ci0 + k / 9][k % 9] = w[(co Cin + ci0) 9 + k]; backward-data:
+                 * w[ci][co][8 - rr] with ci = ci0 + k / 9 (original out, in) */
+                int64_t idx;
+                if (DATA) {
+                    const int cl = k / 9, rr = k - cl * 9;
+                    idx = ((int64_t)(ci0 + cl) * g.Cin + co) * 9 + (8 - rr);
+                } else {
+                    idx = ((int64_t)co * g.Cin + ci0) * 9 + k;
+                }
+                cp_async4(&ws[b][m * KS + k], ok ? w + idx : w, ok);
+            }
         }
         __pipeline_commit();
     };
@@ -692,14 +703,14 @@ __global__ void __launch_bounds__(32 * WMW * WNW, 768 / (32 * WMW * WNW))
         const float *xb = xs[c & 1], *wb = ws[c & 1];
 #pragma unroll
         for (int st = 0; st < KC / 8; st++) {
-            const float *ak = wb + (st * 8 + tq) * AS + wm + gq;
+            const float *ak = wb + (wm + gq) * KS + st * 8 + tq;
             float af[MT][4], bf[NT][2];
 #pragma unroll
             for (int i = 0; i < MT; i++) {
-                af[i][0] = to_tf32(ak[i * 16]);
-                af[i][1] = to_tf32(ak[i * 16 + 8]);
-                af[i][2] = to_tf32(ak[4 * AS + i * 16]);
-                af[i][3] = to_tf32(ak[4 * AS + i * 16 + 8]);
+                af[i][0] = to_tf32(ak[i * 16 * KS]);
+                af[i][1] = to_tf32(ak[(i * 16 + 8) * KS]);
+                af[i][2] = to_tf32(ak[i * 16 * KS + 4]);
+                af[i][3] = to_tf32(ak[(i * 16 + 8) * KS + 4]);
             }
             const int k0 = koff[st * 8 + tq], k1 = koff[st * 8 + tq + 4];
 #pragma unroll
@@ -737,6 +748,187 @@ __global__ void __launch_bounds__(32 * WMW * WNW, 768 / (32 * WMW * WNW))
                         o[p] = acc[i][j][e2 * 2 + e1] + bv;
                 }
         }
+}
+
+/* conv_plane_kernel: the staged kernel for small maps (7x7, 14x14: planes of at most
+ * PLANE_MAX values), where a block of conv_stage_kernel holds one image's rows and most of its
+ * columns stay empty (49 positions of 128 at 7x7) while the weights are staged again for every
+ * image. Here a block takes `ipb` whole images side by side (positions p = image * Ho Wo + oh Wo +
+ * ow, 98 of 112 columns at 7x7), so one staging of each group's weights serves them all. Each
+ * (channel, image) plane is copied by one warp as contiguous 4-byte asynchronous copies (a lane
+ * an element, its place in the zero-haloed staged plane computed once), instead of a warp pass
+ * per 7-float row. The weights are staged m-major (KS = 76 floats a row: the fragment reads are
+ * conflict-free), as 16-byte copies in the forward when every group is whole (Cin a multiple of
+ * 8) and w is aligned. Everything else (the mma steps, TF32 rounding at the fragment reads, the
+ * backward-data's flipped weights, the two buffers) is as in conv_stage_kernel. */
+constexpr int PLANE_PASSES = 8, PLANE_MAX = 32 * PLANE_PASSES; /* values of an input plane */
+
+template <int MT, int NT, int WMW, int WNW> struct PlaneShape {
+    static constexpr int BM = 16 * MT * WMW, BN = 8 * NT * WNW, T = 32 * WMW * WNW;
+    static constexpr int XC = BN <= 112 ? 336 : 384; /* staged floats per channel, at most */
+    static constexpr int KC = ST_CK * 9, KS = KC + 4;
+};
+
+template <bool DATA, int MT, int NT, int WMW, int WNW>
+__global__ void __launch_bounds__(32 * WMW * WNW, 768 / (32 * WMW * WNW))
+    conv_plane_kernel(float *__restrict__ out, const float *__restrict__ in,
+                      const float *__restrict__ w, const float *__restrict__ bias, const Geom g,
+                      int ipb) {
+    using S = PlaneShape<MT, NT, WMW, WNW>;
+    constexpr int BM = S::BM, T = S::T, XC = S::XC, KS = S::KS, KC = S::KC, CK = ST_CK;
+    __shared__ __align__(16) float xs[2][CK * XC];
+    __shared__ __align__(16) float ws[2][BM * KS];
+    __shared__ int koff[KC];
+
+    const int Ci = DATA ? g.Cout : g.Cin, Co = DATA ? g.Cin : g.Cout; /* GEMM in / out channels */
+    const int Hi = DATA ? g.Ho : g.H, Wi = DATA ? g.Wo : g.W;
+    const int Hout = DATA ? g.H : g.Ho, Wout = DATA ? g.W : g.Wo;
+    const int pp = DATA ? 2 - g.pad : g.pad;
+    const int HWi = Hi * Wi, HWo = Hout * Wout, RW = stage_rw(Wout), IS = (Hout + 2) * RW;
+    const int cs = ipb * IS; /* staged floats per channel */
+    const int img0 = blockIdx.x * ipb, nimg = g.N - img0 < ipb ? g.N - img0 : ipb;
+    const int m0 = blockIdx.y * BM;
+    const int tid = threadIdx.x, warp = tid >> 5, lane = tid & 31, gq = lane >> 2, tq = lane & 3;
+    const int wm = warp / WNW * (16 * MT), wn = warp % WNW * (8 * NT);
+    const int npos = nimg * HWo;
+    const bool wvec = !DATA && Ci % CK == 0 && ((uintptr_t)w & 15) == 0;
+
+    /* input (ih, iw) of a plane sits at (ih + pp) RW + 4 + iw of its staged plane, so output
+     * (oh, ow) and tap (kh, kw) read (oh + kh) RW + ow + kw + 4 - pp */
+    int noff[NT];
+#pragma unroll
+    for (int j = 0; j < NT; j++) {
+        const int p = wn + j * 8 + gq;
+        const int il = p / HWo, r = p - il * HWo, oh = r / Wout;
+        noff[j] = p < npos ? il * IS + oh * RW + (r - oh * Wout) + 4 - pp : 0;
+    }
+    int soff[PLANE_PASSES]; /* this lane's elements e = lane + 32 t of an input plane */
+#pragma unroll
+    for (int t = 0; t < PLANE_PASSES; t++) {
+        const int e = lane + 32 * t, ih = e / Wi;
+        soff[t] = e < HWi ? (ih + pp) * RW + 4 + (e - ih * Wi) : 0;
+    }
+    for (int k = tid; k < KC; k += T) {
+        const int cl = k / 9, rr = k - cl * 9;
+        koff[k] = cl * cs + (rr / 3) * RW + rr % 3;
+    }
+    for (int i = tid; i < 2 * CK * XC; i += T) (&xs[0][0])[i] = 0.f; /* the halos, for good */
+    __syncthreads(); /* before any copy lands on the zeros */
+
+    /* group c (input channels [8 c, 8 c + 8)) into buffer b: the planes, then the weights */
+    auto issue = [&](int c, int b) {
+        const int ci0 = c * CK;
+        for (int pl = warp; pl < CK * ipb; pl += T / 32) {
+            const int cl = pl / ipb, il = pl - cl * ipb, ci = ci0 + cl;
+            const bool ok = ci < Ci && il < nimg;
+            const float *src = ok ? in + ((int64_t)(img0 + il) * Ci + ci) * HWi : in;
+            float *dst = &xs[b][cl * cs + il * IS];
+#pragma unroll
+            for (int t = 0; t < PLANE_PASSES; t++) {
+                const int e = lane + 32 * t;
+                if (e < HWi) cp_async4(dst + soff[t], ok ? src + e : in, ok);
+            }
+        }
+        if (wvec) { /* w[co][ci0 .. ci0 + 8][9]: 72 contiguous floats, 18 float4s */
+            for (int e = tid; e < BM * (KC / 4); e += T) {
+                const int m = e / (KC / 4), q = e - m * (KC / 4), co = m0 + m;
+                const bool ok = co < Co;
+                cp_async16(&ws[b][m * KS + 4 * q],
+                           ok ? w + ((int64_t)co * g.Cin + ci0) * 9 + 4 * q : w, ok);
+            }
+        } else {
+            const int kmax = (Ci - ci0) * 9; /* this group's reduction rows that exist */
+            for (int e = tid; e < BM * KC; e += T) {
+                const int m = e / KC, k = e - m * KC, co = m0 + m;
+                const bool ok = k < kmax && co < Co;
+                int64_t idx;
+                if (DATA) {
+                    const int cl = k / 9, rr = k - cl * 9;
+                    idx = ((int64_t)(ci0 + cl) * g.Cin + co) * 9 + (8 - rr);
+                } else {
+                    idx = ((int64_t)co * g.Cin + ci0) * 9 + k;
+                }
+                cp_async4(&ws[b][m * KS + k], ok ? w + idx : w, ok);
+            }
+        }
+        __pipeline_commit();
+    };
+
+    float acc[MT][NT][4];
+#pragma unroll
+    for (int i = 0; i < MT; i++)
+#pragma unroll
+        for (int j = 0; j < NT; j++)
+#pragma unroll
+            for (int e = 0; e < 4; e++) acc[i][j][e] = 0.f;
+
+    const int groups = (Ci + CK - 1) / CK;
+    if (groups > 0) issue(0, 0);
+    for (int c = 0; c < groups; c++) {
+        if (c + 1 < groups) {
+            issue(c + 1, (c + 1) & 1); /* into the buffer group c - 1 used */
+            __pipeline_wait_prior(1);  /* group c's copies have landed (this thread's) */
+        } else {
+            __pipeline_wait_prior(0);
+        }
+        __syncthreads(); /* everyone's have */
+        const float *xb = xs[c & 1], *wb = ws[c & 1];
+#pragma unroll
+        for (int st = 0; st < KC / 8; st++) {
+            const float *ak = wb + (wm + gq) * KS + st * 8 + tq;
+            float af[MT][4], bf[NT][2];
+#pragma unroll
+            for (int i = 0; i < MT; i++) {
+                af[i][0] = to_tf32(ak[i * 16 * KS]);
+                af[i][1] = to_tf32(ak[(i * 16 + 8) * KS]);
+                af[i][2] = to_tf32(ak[i * 16 * KS + 4]);
+                af[i][3] = to_tf32(ak[(i * 16 + 8) * KS + 4]);
+            }
+            const int k0 = koff[st * 8 + tq], k1 = koff[st * 8 + tq + 4];
+#pragma unroll
+            for (int j = 0; j < NT; j++) {
+                bf[j][0] = to_tf32(xb[k0 + noff[j]]);
+                bf[j][1] = to_tf32(xb[k1 + noff[j]]);
+            }
+#pragma unroll
+            for (int i = 0; i < MT; i++)
+#pragma unroll
+                for (int j = 0; j < NT; j++) mma_tf32(acc[i][j], af[i], bf[j]);
+        }
+        __syncthreads(); /* before the next issue overwrites this buffer */
+    }
+
+    /* D[g][2t], D[g][2t+1], D[g+8][2t], D[g+8][2t+1] of each mma tile; column p is image
+     * img0 + il, position r, stepped along with p */
+    int il = 0, r = wn + 2 * tq;
+    while (r >= HWo) r -= HWo, il++;
+#pragma unroll
+    for (int j = 0; j < NT; j++) {
+#pragma unroll
+        for (int e1 = 0; e1 < 2; e1++) {
+            const int p = wn + j * 8 + 2 * tq + e1;
+            int il1 = il, r1 = r + e1;
+            if (r1 >= HWo) r1 -= HWo, il1++;
+            if (p < npos) {
+                float *ob = out + (int64_t)(img0 + il1) * Co * HWo + r1;
+#pragma unroll
+                for (int i = 0; i < MT; i++)
+#pragma unroll
+                    for (int e2 = 0; e2 < 2; e2++) {
+                        const int m = m0 + wm + i * 16 + gq + e2 * 8;
+                        if (m >= Co) continue;
+                        float *o = ob + (int64_t)m * HWo;
+                        const float v = acc[i][j][e2 * 2 + e1];
+                        if (DATA)
+                            *o += v;
+                        else
+                            *o = v + (bias ? __ldg(bias + m) : 0.f);
+                    }
+            }
+        }
+        r += 8;
+        while (r >= HWo) r -= HWo, il++;
+    }
 }
 
 /* ---------------------------------------------------------------- backward-filter */
@@ -1118,6 +1310,181 @@ __global__ void __launch_bounds__(128, MT == 1 ? 6 : 4)
     }
 }
 
+/* conv_filter_plane_kernel: conv_filter_stage_kernel for small maps (input planes of at most
+ * PLANE_MAX values, output planes of at most BP positions), with pieces of `ipb` whole images
+ * instead of one image's row tile, so that a piece holds 98 positions at 7x7 instead of 49 and
+ * the per-piece costs (the barriers, the copies' set-up) serve twice the mma steps. The x planes
+ * are copied as in conv_plane_kernel (a warp a plane, a lane an element, places computed once);
+ * dy's (channel, image) planes go side by side into the A rows, position p = image HoWo + r.
+ * A block owns 16 output channels and 8 input channels; the rest (warps taking turns over the
+ * k-steps, the ordered sums, db, the splits) is conv_filter_stage_kernel's. */
+template <int BP> struct FilterPlane {
+    static constexpr int BM = 16, T = 128, NW = 4, CK = ST_CK, KC = ST_CK * 9;
+    static constexpr int XC = BP <= 112 ? 336 : 320; /* staged input floats per channel */
+    static constexpr int BP8 = (BP + 7) / 8 * 8;      /* positions of whole k-steps */
+    /* dy rows padded to an odd multiple of 4 floats: conflict-free fragment reads */
+    static constexpr int DS = (BP8 + 4) / 4 % 2 ? BP8 + 4 : BP8 + 8;
+    static constexpr int STAGE = 2 * CK * XC + 2 * BM * DS, RED = NW * BM * KC;
+    static constexpr int SM = STAGE > RED ? STAGE : RED;
+};
+
+template <int BP>
+__global__ void __launch_bounds__(128, 4)
+    conv_filter_plane_kernel(float *__restrict__ dw, float *__restrict__ db,
+                             float *__restrict__ part, const float *__restrict__ dy,
+                             const float *__restrict__ x, const Geom g, int NR, int ipb,
+                             int chunk, int fused) {
+    using F = FilterPlane<BP>;
+    constexpr int BM = F::BM, T = F::T, NW = F::NW, CK = F::CK, KC = F::KC;
+    constexpr int XC = F::XC, DS = F::DS;
+    __shared__ __align__(16) float sm[F::SM];
+    __shared__ int noff[F::BP8];
+    __shared__ int last;
+    float *const xs0 = sm, *const ds0 = sm + 2 * CK * XC;
+
+    const int tid = threadIdx.x, warp = tid >> 5, lane = tid & 31, gq = lane >> 2, tq = lane & 3;
+    const int RW = stage_rw(g.Wo), IS = (g.Ho + 2) * RW, cs = ipb * IS;
+    const int ci0 = blockIdx.x * CK, m0 = blockIdx.y * BM;
+    const int total = (g.N + ipb - 1) / ipb;
+    const int cb = blockIdx.z * chunk;
+    const int ce = (int64_t)cb + chunk < total ? cb + chunk : total;
+    const bool bias_col = db && blockIdx.x == 0;
+
+    /* position p = il HoWo + oh Wo + ow reads input (oh + kh - pad, ow + kw - pad) of image il,
+     * staged at il IS + (oh + kh) RW + ow + kw + 4 - pad */
+    for (int p = tid; p < F::BP8; p += T) {
+        const int il = p / g.HoWo, r = p - il * g.HoWo, oh = r / g.Wo;
+        noff[p] = p < ipb * g.HoWo ? il * IS + oh * RW + (r - oh * g.Wo) + 4 - g.pad : 0;
+    }
+    int soff[PLANE_PASSES]; /* this lane's elements e = lane + 32 t of an x plane */
+#pragma unroll
+    for (int t = 0; t < PLANE_PASSES; t++) {
+        const int e = lane + 32 * t, ih = e / g.W;
+        soff[t] = e < g.HW ? (ih + g.pad) * RW + 4 + (e - ih * g.W) : 0;
+    }
+    for (int i = tid; i < 2 * CK * XC; i += T) xs0[i] = 0.f; /* the halos, for good */
+    __syncthreads(); /* before any copy lands on the zeros */
+    int koff[9]; /* this lane's columns n = 8 j + gq: (ci, kh, kw) */
+#pragma unroll
+    for (int j = 0; j < 9; j++) {
+        const int n = j * 8 + gq, cl = n / 9, rr = n - cl * 9;
+        koff[j] = cl * cs + (rr / 3) * RW + rr % 3;
+    }
+
+    /* piece c (images [c ipb, c ipb + ipb)) into buffer b */
+    auto issue = [&](int c, int b) {
+        const int img0 = c * ipb, nimg = g.N - img0 < ipb ? g.N - img0 : ipb;
+        float *xb = xs0 + b * CK * XC, *dsb = ds0 + b * BM * DS;
+        for (int pl = warp; pl < CK * ipb; pl += NW) {
+            const int cl = pl / ipb, il = pl - cl * ipb, ci = ci0 + cl;
+            const bool ok = ci < g.Cin && il < nimg;
+            const float *src = ok ? x + ((int64_t)(img0 + il) * g.Cin + ci) * g.HW : x;
+            float *dst = xb + cl * cs + il * IS;
+#pragma unroll
+            for (int t = 0; t < PLANE_PASSES; t++) {
+                const int e = lane + 32 * t;
+                if (e < g.HW) cp_async4(dst + soff[t], ok ? src + e : x, ok);
+            }
+        }
+        /* dy: row m holds the images' planes side by side; past the last image, zeros */
+        for (int pl = warp; pl < BM * ipb; pl += NW) {
+            const int m = pl / ipb, il = pl - m * ipb, co = m0 + m;
+            const bool ok = co < g.Cout && il < nimg;
+            const float *src = ok ? dy + ((int64_t)(img0 + il) * g.Cout + co) * g.HoWo : dy;
+            float *dst = dsb + m * DS + il * g.HoWo;
+            for (int r = lane; r < g.HoWo; r += 32) cp_async4(dst + r, ok ? src + r : dy, ok);
+        }
+        __pipeline_commit();
+    };
+
+    float acc[9][4];
+#pragma unroll
+    for (int j = 0; j < 9; j++)
+#pragma unroll
+        for (int e = 0; e < 4; e++) acc[j][e] = 0.f;
+    float bsum = 0.f; /* db: thread tid < BM, channel m0 + tid */
+    const int tp = ipb * g.HoWo, ksteps = (tp + 7) / 8;
+    /* the k-steps' padding positions [tp, 8 ksteps) of every dy row: zero, for good */
+    for (int e = tid; e < 2 * BM * (8 * ksteps - tp); e += T) {
+        const int b = e / (BM * (8 * ksteps - tp)), rest = e - b * BM * (8 * ksteps - tp);
+        const int m = rest / (8 * ksteps - tp), p = tp + rest - m * (8 * ksteps - tp);
+        ds0[b * BM * DS + m * DS + p] = 0.f;
+    }
+    __syncthreads();
+
+    if (cb < ce) issue(cb, 0);
+    for (int c = cb; c < ce; c++) {
+        const int b = (c - cb) & 1;
+        if (c + 1 < ce) {
+            issue(c + 1, b ^ 1); /* into the buffer piece c - 1 used */
+            __pipeline_wait_prior(1);
+        } else {
+            __pipeline_wait_prior(0);
+        }
+        __syncthreads();
+        const float *xb = xs0 + b * CK * XC, *dsb = ds0 + b * BM * DS;
+        if (bias_col && tid < BM)
+            for (int p = 0; p < tp; p++) bsum += dsb[tid * DS + p];
+        for (int st = warp; st < ksteps; st += NW) {
+            const int p0 = st * 8;
+            const float *ak = dsb + gq * DS + p0 + tq;
+            float af[4], bf[9][2];
+            af[0] = to_tf32(ak[0]);
+            af[1] = to_tf32(ak[8 * DS]);
+            af[2] = to_tf32(ak[4]);
+            af[3] = to_tf32(ak[8 * DS + 4]);
+            const int n0 = noff[p0 + tq], n1 = noff[p0 + tq + 4];
+#pragma unroll
+            for (int j = 0; j < 9; j++) {
+                bf[j][0] = to_tf32(xb[koff[j] + n0]);
+                bf[j][1] = to_tf32(xb[koff[j] + n1]);
+            }
+#pragma unroll
+            for (int j = 0; j < 9; j++) mma_tf32(acc[j], af, bf[j]);
+        }
+        __syncthreads(); /* before the next issue overwrites this buffer */
+    }
+
+    /* the warps' sums, added in warp order: red[w][m][n] */
+    __pipeline_wait_prior(0);
+    __syncthreads();
+    float *red = sm;
+#pragma unroll
+    for (int j = 0; j < 9; j++)
+#pragma unroll
+        for (int e = 0; e < 4; e++)
+            red[(warp * BM + gq + (e >> 1) * 8) * KC + j * 8 + 2 * tq + (e & 1)] = acc[j][e];
+    __syncthreads();
+    const int Kf = g.Kf;
+    float *pz = part ? part + (int64_t)blockIdx.z * g.Cout * NR : NULL;
+    for (int e = tid; e < BM * KC; e += T) {
+        const int m = e / KC, n = e - m * KC, co = m0 + m, ci = ci0 + n / 9;
+        if (co >= g.Cout || ci >= g.Cin) continue;
+        float v = 0.f;
+        for (int w = 0; w < NW; w++) v += red[w * BM * KC + e];
+        const int r = ci0 * 9 + n;
+        if (pz)
+            pz[(int64_t)co * NR + r] = v;
+        else if (dw)
+            dw[(int64_t)co * Kf + r] += v;
+    }
+    if (bias_col && tid < BM && m0 + tid < g.Cout) {
+        if (pz)
+            pz[(int64_t)(m0 + tid) * NR + Kf] = bsum;
+        else
+            db[m0 + tid] += bsum;
+    }
+    if (!part || !fused || !last_split(&last)) return;
+    /* the tile's last split: its columns' sums (and db's, for blockIdx.x = 0) */
+    const int ncol = KC + (bias_col ? 1 : 0);
+    for (int e = tid; e < BM * ncol; e += T) {
+        const int m = e / ncol, n = e - m * ncol, co = m0 + m;
+        const int r = n < KC ? ci0 * 9 + n : Kf;
+        if (co >= g.Cout || (n < KC && ci0 + n / 9 >= g.Cin)) continue;
+        filter_split_store(dw, db, part, g.Cout, NR, Kf, (int)gridDim.z, (int64_t)co * NR + r);
+    }
+}
+
 /* dw/db += the sum of the splits' partials, in split order (when the last split does not). */
 __global__ void conv_filter_reduce_kernel(float *__restrict__ dw, float *__restrict__ db,
                                           const float *__restrict__ part, int Cout, int NR, int Kf,
@@ -1282,6 +1649,42 @@ int launch_stage(float *out, const float *act, const float *w, const float *bias
     return 0;
 }
 
+/* Images per block of the plane kernel for this shape (BN columns, XC staged floats per channel),
+ * or 0 when it does not apply: a stride-1 3x3 convolution with padding up to 2 whose input planes
+ * have at most PLANE_MAX values and whose output planes fit the block's columns. */
+template <int BN, int XC> int plane_images(const Geom &g, bool data) {
+    if (g.K != 3 || g.stride != 1 || g.pad > 2) return 0;
+    const int Hi = data ? g.Ho : g.H, Wi = data ? g.Wo : g.W;
+    const int Hout = data ? g.H : g.Ho, Wout = data ? g.W : g.Wo;
+    if (Hout <= 0 || Wout <= 0 || Hi <= 0 || Wi <= 0 || Hi * Wi > PLANE_MAX) return 0;
+    if (Hout * Wout > BN) return 0;
+    const int IS = (Hout + 2) * stage_rw(Wout);
+    const int ipb = BN / (Hout * Wout) < XC / IS ? BN / (Hout * Wout) : XC / IS;
+    return ipb > 0 ? ipb : 0;
+}
+
+/* The plane kernel where it applies (plane_images), else the tc32x64s3 configuration. */
+template <bool DATA, int MT, int NT, int WMW, int WNW>
+int launch_plane(float *out, const float *act, const float *w, const float *bias, const Geom &g,
+                 void *ws, size_t ws_bytes) {
+    using S = PlaneShape<MT, NT, WMW, WNW>;
+    const int ipb = plane_images<S::BN, S::XC>(g, DATA);
+    if (!ipb)
+        return launch_gemm<DATA, 32, 64, 16, MmaTile<32, 64, 16, 32>, 3>(out, act, w, bias, g, ws,
+                                                                         ws_bytes);
+    const int Co = DATA ? g.Cin : g.Cout;
+    if (Co <= 0 || g.N <= 0) return 0;
+    const dim3 grid((unsigned int)ceil_div(g.N, ipb), ceil_div(Co, S::BM));
+    if (grid.y > 65535) return dd_error("conv2d (own kernels): %d channels, too many", Co);
+    conv_plane_kernel<DATA, MT, NT, WMW, WNW><<<grid, S::T, 0, dd_cuda_stream>>>(out, act, w, bias,
+                                                                                 g, ipb);
+    if (DATA)
+        DD_CUDA_LAUNCHED("conv backward-data (own, planes)");
+    else
+        DD_CUDA_LAUNCHED("conv forward (own, planes)");
+    return 0;
+}
+
 /* Backward-filter: its reduction (N Ho Wo positions) is always split by split_plan; the sums as
  * launch_gemm's. */
 template <int BM, int BN, int BK, class Math, int STAGES = 1>
@@ -1349,6 +1752,38 @@ int launch_filter_stage(float *dw, float *db, const float *dy, const float *x, c
     return 0;
 }
 
+/* Backward-filter from whole-image pieces (conv_filter_plane_kernel) where plane_images applies,
+ * else the tc32x64s3 configuration; the pieces are split by split_plan. */
+template <int BP>
+int launch_filter_plane(float *dw, float *db, const float *dy, const float *x, const Geom &g,
+                        void *ws, size_t ws_bytes) {
+    using F = FilterPlane<BP>;
+    const int ipb = g.Cin > 0 ? plane_images<BP, F::XC>(g, false) : 0;
+    if (!ipb)
+        return launch_filter<32, 64, 16, MmaTile<32, 64, 16, 32>, 3>(dw, db, dy, x, g, ws,
+                                                                     ws_bytes);
+    const int NR = g.Kf + (db ? 1 : 0);
+    if (g.Cout <= 0 || g.Py <= 0 || (!dw && !db)) return 0;
+    const int total = ceil_div(g.N, ipb);
+    const int64_t tiles = (int64_t)ceil_div(g.Cin, F::CK) * ceil_div(g.Cout, F::BM);
+    int64_t chunk;
+    const int64_t out_bytes = (int64_t)g.Cout * NR * (int64_t)sizeof(float);
+    const int64_t splits = split_plan(tiles, total, 1, out_bytes, ws, ws_bytes, &chunk);
+    float *part = splits > 1 ? (float *)ws : NULL;
+    const dim3 grid(ceil_div(g.Cin, F::CK), ceil_div(g.Cout, F::BM), (unsigned int)splits);
+    if (grid.y > 65535) return dd_error("conv2d (own kernels): %d channels, too many", g.Cout);
+    const int fused = part && fused_reduce && tiles <= TILE_COUNTERS;
+    conv_filter_plane_kernel<BP><<<grid, F::T, 0, dd_cuda_stream>>>(dw, db, part, dy, x, g, NR,
+                                                                    ipb, (int)chunk, fused);
+    DD_CUDA_LAUNCHED("conv backward-filter (own, planes)");
+    if (part && !fused) {
+        conv_filter_reduce_kernel<<<reduce_blocks((int64_t)g.Cout * NR), 256, 0, dd_cuda_stream>>>(
+            dw, db, part, g.Cout, NR, g.Kf, (int)splits);
+        DD_CUDA_LAUNCHED("conv backward-filter reduction (own)");
+    }
+    return 0;
+}
+
 typedef int (*gemm_fn)(float *, const float *, const float *, const float *, const Geom &, void *,
                        size_t);
 typedef int (*filter_fn)(float *, float *, const float *, const float *, const Geom &, void *,
@@ -1382,16 +1817,27 @@ template <bool DATA> struct GemmConfigs {
         launch_stage<DATA, 2, 4, 1, 4>,
         launch_stage<DATA, 1, 4, 2, 2>,
         launch_stage<DATA, 1, 4, 1, 2>,
+        launch_plane<DATA, 1, 7, 1, 2>,
+        launch_plane<DATA, 1, 7, 2, 2>,
+        launch_plane<DATA, 1, 7, 1, 4>,
+        launch_plane<DATA, 1, 7, 2, 4>,
     };
 };
-const char *const gemm_names[] = {"8x128",      "16x128",     "32x64",   "64x64",
-                                  "64x128",     "tc16x128",   "tc32x64", "tc64x64",
+const char *const gemm_names[] = {"8x128",      "16x128",     "32x64",    "64x64",
+                                  "64x128",     "tc16x128",   "tc32x64",  "tc64x64",
                                   "tc64x128",   "tc32x64k32", "tc64x64k32", "tc32x64s3",
                                   "tc64x64s3",  "st16x128",   "st32x128", "st32x64",
-                                  "st16x64"};
-constexpr int GEMM_CONFIGS = 17, GEMM_FP32_CONFIGS = 5;
+                                  "st16x64",    "pl16x112",   "pl32x112", "pl16x224",
+                                  "pl32x224"};
+constexpr int GEMM_CONFIGS = 21, GEMM_FP32_CONFIGS = 5;
 /* the staged configurations (launch_stage): their BN, or 0 */
-const int gemm_stage_bn[GEMM_CONFIGS] = {0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 128, 128, 64, 64};
+const int gemm_stage_bn[GEMM_CONFIGS] = {0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0,
+                                         0, 0, 128, 128, 64, 64, 0, 0, 0, 0};
+/* the plane configurations (launch_plane): their BN, or 0 */
+const int gemm_plane_bn[GEMM_CONFIGS] = {0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0,
+                                         0, 0, 0, 0, 0, 0, 112, 112, 224, 224};
+static_assert(sizeof gemm_names / sizeof gemm_names[0] == GEMM_CONFIGS, "a name each");
+static_assert(sizeof GemmConfigs<false>::fn / sizeof(gemm_fn) == GEMM_CONFIGS, "a kernel each");
 
 const filter_fn filter_fns[] = {
     launch_filter<16, 64, 16, F<16, 64, 4, 4>>,
@@ -1404,11 +1850,16 @@ const filter_fn filter_fns[] = {
     launch_filter<64, 64, 16, TC<64, 64, 32, 32>, 3>,
     launch_filter_stage<1>,
     launch_filter_stage<2>,
+    launch_filter_plane<112>,
+    launch_filter_plane<196>,
 };
 const char *const filter_names[] = {"16x64",     "32x64",     "64x64",     "tc16x64",
                                     "tc32x64",   "tc64x64",   "tc32x64s3", "tc64x64s3",
-                                    "st16x72",   "st32x72"};
-constexpr int FILTER_CONFIGS = 10, FILTER_FP32_CONFIGS = 3, FILTER_STAGE_FIRST = 8;
+                                    "st16x72",   "st32x72",   "pl16x112",  "pl16x196"};
+constexpr int FILTER_CONFIGS = 12, FILTER_FP32_CONFIGS = 3, FILTER_STAGE_FIRST = 8,
+              FILTER_PLANE_FIRST = 10;
+static_assert(sizeof filter_names / sizeof filter_names[0] == FILTER_CONFIGS, "a name each");
+static_assert(sizeof filter_fns / sizeof filter_fns[0] == FILTER_CONFIGS, "a kernel each");
 
 /* the first configuration whose BM covers m channels (the last for more) */
 int by_channels(int m) {
@@ -1441,11 +1892,20 @@ int dd_conv_own_config_tf32(int dir, int cfg) {
 int dd_conv_own_config_applies(int dir, int cfg, const dd_conv_shape *s) {
     if (cfg < 0 || cfg >= dd_conv_own_configs(dir)) return 0;
     const Geom g = geometry(s);
-    if (dir == DD_CONV_BWD_FILTER)
+    if (dir == DD_CONV_BWD_FILTER) {
+        if (cfg >= FILTER_PLANE_FIRST)
+            return g.Cin > 0 && (cfg == FILTER_PLANE_FIRST
+                                     ? plane_images<112, FilterPlane<112>::XC>(g, false) > 0
+                                     : plane_images<196, FilterPlane<196>::XC>(g, false) > 0);
         return cfg < FILTER_STAGE_FIRST ||
                (g.Cin > 0 && stage_rows<FilterStage<1>::BP, FilterStage<1>::XC>(g, false) > 0);
-    if (!gemm_stage_bn[cfg]) return 1;
+    }
     const bool data = dir == DD_CONV_BWD_DATA;
+    if (gemm_plane_bn[cfg])
+        return gemm_plane_bn[cfg] == 112
+                   ? plane_images<112, PlaneShape<1, 7, 1, 2>::XC>(g, data) > 0
+                   : plane_images<224, PlaneShape<1, 7, 1, 4>::XC>(g, data) > 0;
+    if (!gemm_stage_bn[cfg]) return 1;
     return gemm_stage_bn[cfg] == 128 ? stage_rows<128, StageShape<1, 4, 1, 4>::XC>(g, data) > 0
                                      : stage_rows<64, StageShape<1, 4, 1, 2>::XC>(g, data) > 0;
 }

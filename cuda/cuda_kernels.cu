@@ -612,6 +612,11 @@ static __global__ void gn_backward_fused_kernel(float *dx, double *ws, float *da
     const size_t M = (size_t)Cg * HW, base = ((size_t)n * C + (size_t)g * Cg) * HW;
     const float m = mean[ng], r = rstd[ng];
 
+    /* cached: one pass over the channels covers the group and a thread has at most GN_FWD_V
+     * positions: its xhat and partly updated dx stay in registers for the second part instead of
+     * going through memory (the same roundings, so the same results) */
+    const bool cached = dx && Cg <= cpp && (HW + wpc * 32 - 1) / (wpc * 32) <= GN_FWD_V;
+    float cxh[GN_FWD_V], cdx[GN_FWD_V];
     for (int c0 = 0; c0 < Cg; c0 += cpp) {
         const int cc = c0 + wc;
         if (wc >= cpp || cc >= Cg) continue; /* whole warps: the shuffles below stay converged */
@@ -620,13 +625,28 @@ static __global__ void gn_backward_fused_kernel(float *dx, double *ws, float *da
         const float sh = beta[c] + (add ? add[(size_t)n * C + c] : 0.0f);
         const size_t o = base + (size_t)cc * HW;
         double sn = 0.0, sx = 0.0;
-        for (int p = wp * 32 + lane; p < HW; p += wpc * 32) {
-            const float xh = (x[o + p] - m) * r, d = dy[o + p];
-            if (dres) dres[o + p] += d;
-            const float dz = gn_dz(d, xh, gm, sh, swish);
-            sn += dz;
-            sx += (double)dz * xh;
-            if (dx) dx[o + p] += r * (gm * dz);
+        if (cached) {
+#pragma unroll
+            for (int k = 0; k < GN_FWD_V; k++) {
+                const int p = wp * 32 + lane + k * wpc * 32;
+                if (p >= HW) continue;
+                const float xh = (x[o + p] - m) * r, d = dy[o + p];
+                if (dres) dres[o + p] += d;
+                const float dz = gn_dz(d, xh, gm, sh, swish);
+                sn += dz;
+                sx += (double)dz * xh;
+                cxh[k] = xh;
+                cdx[k] = dx[o + p] + r * (gm * dz);
+            }
+        } else {
+            for (int p = wp * 32 + lane; p < HW; p += wpc * 32) {
+                const float xh = (x[o + p] - m) * r, d = dy[o + p];
+                if (dres) dres[o + p] += d;
+                const float dz = gn_dz(d, xh, gm, sh, swish);
+                sn += dz;
+                sx += (double)dz * xh;
+                if (dx) dx[o + p] += r * (gm * dz);
+            }
         }
         sn = warp_sum(sn);
         sx = warp_sum(sx);
@@ -662,6 +682,17 @@ static __global__ void gn_backward_fused_kernel(float *dx, double *ws, float *da
     }
     __syncthreads(); /* also orders this block's dx writes above before the reads below */
     const float a1 = (float)(s12[0] / (double)M), a2 = (float)(s12[1] / (double)M);
+    if (cached) {
+        if (wc < Cg) { /* this warp's channel: the one pass's cc = wc */
+            const size_t o = base + (size_t)wc * HW;
+#pragma unroll
+            for (int k = 0; k < GN_FWD_V; k++) {
+                const int p = wp * 32 + lane + k * wpc * 32;
+                if (p < HW) dx[o + p] = cdx[k] - r * (a1 + cxh[k] * a2);
+            }
+        }
+        return;
+    }
     for (size_t i = threadIdx.x; i < M; i += blockDim.x) {
         const float xh = (x[base + i] - m) * r;
         dx[base + i] -= r * (a1 + xh * a2);

@@ -206,6 +206,11 @@ static const conv_case awkward[] = {
     {2, 5, 9, 17, 7, 3, 1, 2, 1, 1, 1},     /* stride-1 3x3, padding 2 */
     {1, 4, 5, 60, 6, 3, 1, 1, 1, 1, 1},     /* staged: one output row per block, or none */
     {1, 3, 4, 140, 5, 3, 1, 1, 1, 1, 1},    /* rows wider than any staged block */
+    {3, 12, 7, 7, 20, 3, 1, 1, 1, 1, 1},   /* planes: 3 images, 12 = 8 + 4 channels, Cout 20 */
+    {3, 16, 14, 14, 24, 3, 1, 1, 1, 1, 1}, /* planes: 14x14, whole channel groups */
+    {5, 9, 6, 5, 10, 3, 1, 0, 1, 1, 1},    /* planes: 4x3 outputs, several images a block */
+    {3, 8, 5, 5, 8, 3, 1, 2, 1, 1, 1},     /* planes: padding 2 */
+    {2, 17, 14, 15, 5, 3, 1, 1, 1, 1, 1},  /* planes: 210 positions, 17 channels */
     {300, 16, 14, 14, 32, 4, 2, 1, 1, 1, 1}, /* batch 300: many filter splits */
     {300, 64, 7, 7, 64, 3, 1, 1, 1, 1, 1},
 };

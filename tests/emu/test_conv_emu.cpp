@@ -248,7 +248,16 @@ int main() {
         {1, 3, 3, 60, 4, 3, 1, 1, true, true, true},     /* staged: one row per block, or none */
         {1, 2, 2, 140, 3, 3, 1, 1, true, true, true},    /* rows wider than any staged block */
     };
+    /* the plane kernels (several images a block), which take no workspace: once each */
+    const Case planes[] = {
+        {3, 12, 7, 7, 20, 3, 1, 1, true, true, true},    /* planes: 3 images, 12 = 8+4, Cout 20 */
+        {3, 16, 14, 14, 24, 3, 1, 1, true, true, true},  /* planes: 14x14, whole groups */
+        {5, 9, 6, 5, 10, 3, 1, 0, true, true, true},     /* planes: 4x3 out, images per block */
+        {3, 8, 5, 5, 8, 3, 1, 2, true, true, true},      /* planes: padding 2 */
+        {2, 17, 14, 15, 5, 3, 1, 1, true, true, true},   /* planes: 210 positions, 17 channels */
+    };
     for (const Case &c : unet) run_case(c, WS_LARGE);
+    for (const Case &c : planes) run_case(c, WS_LARGE);
     for (const Case &c : awkward)
         for (Workspace m : {WS_NONE, WS_SMALL, WS_LARGE}) run_case(c, m);
     printf("%s (%d failures)\n", emu_failures() ? "FAILED" : "all passed", emu_failures());
