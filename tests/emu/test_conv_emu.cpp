@@ -50,6 +50,25 @@ namespace {
  * (operands rounded to 10 fraction bits, unit roundoff 2^-11 = 4.9e-4; a misplaced fragment
  * element gives errors of order 1) */
 const double TOL = 1e-5, TOL_TF32 = 2e-3;
+/* the tensor-core ones against a reference from the TF32-rounded operands (x, w, dy; not the
+ * bias, and not db, which is summed in FP32 beside the products): only the FP32 accumulation's
+ * order differs, so an operand that reaches the tensor cores unrounded (errors ~1e-4) fails */
+const double TOL_TF32_ROUNDED = 2e-5;
+
+/* x rounded to TF32 as cvt.rna.tf32.f32 (nearest, ties away from zero) */
+float rna_tf32(float x) {
+    uint32_t u;
+    memcpy(&u, &x, sizeof u);
+    if ((u & 0x7f800000u) != 0x7f800000u) u = (u + 0x1000u) & 0xffffe000u;
+    memcpy(&x, &u, sizeof u);
+    return x;
+}
+
+std::vector<float> rounded(const std::vector<float> &v) {
+    std::vector<float> r(v.size());
+    for (size_t i = 0; i < v.size(); i++) r[i] = rna_tf32(v[i]);
+    return r;
+}
 
 /* y = conv(x, w) + b, dx = conv^T(dy, w), dw = dy (x) x, db = sum dy; all in double */
 void reference(const dd_conv_shape &s, const float *x, const float *w, const float *b,
@@ -149,8 +168,10 @@ void run_case(const Case &c, Workspace wsm) {
                              hb = random_floats(nb, 3), hdy = random_floats(ny, 4),
                              dx0 = random_floats(nx, 5), dw0 = random_floats(nw, 6),
                              db0 = random_floats(nb, 7);
-    std::vector<double> y, dx, dw, db;
+    std::vector<double> y, dx, dw, db, ry, rdx, rdw, rdb;
     reference(s, hx.data(), hw.data(), c.bias ? hb.data() : NULL, hdy.data(), y, dx, dw, db);
+    const std::vector<float> rx = rounded(hx), rw = rounded(hw), rdy = rounded(hdy);
+    reference(s, rx.data(), rw.data(), c.bias ? hb.data() : NULL, rdy.data(), ry, rdx, rdw, rdb);
 
     float *x = emu_alloc(nx), *w = emu_alloc(nw), *b = emu_alloc(nb), *dy = emu_alloc(ny);
     float *gy = emu_alloc(ny), *gdx = emu_alloc(nx), *gdw = emu_alloc(nw), *gdb = emu_alloc(nb);
@@ -180,17 +201,23 @@ void run_case(const Case &c, Workspace wsm) {
                                         ws_bytes))
             emu_fail("%s: backward-filter returned an error", tag.c_str());
         emu_check_guards(tag.c_str());
-        const double tg = dd_conv_own_config_tf32(DD_CONV_FWD, v) ? TOL_TF32 : TOL;
-        const double tf = dd_conv_own_config_tf32(DD_CONV_BWD_FILTER, f) ? TOL_TF32 : TOL;
+        const bool tcg = dd_conv_own_config_tf32(DD_CONV_FWD, v) != 0;
+        const bool tcf = dd_conv_own_config_tf32(DD_CONV_BWD_FILTER, f) != 0;
+        const double tg = tcg ? TOL_TF32 : TOL, tf = tcf ? TOL_TF32 : TOL;
         compare(tag + " y", gy, y, {}, tg);
-        if (c.dx)
+        if (tcg) compare(tag + " y (TF32 operands)", gy, ry, {}, TOL_TF32_ROUNDED);
+        if (c.dx) {
             compare(tag + " dx (+=)", gdx, dx, dx0, tg);
-        else
+            if (tcg) compare(tag + " dx (+=, TF32 operands)", gdx, rdx, dx0, TOL_TF32_ROUNDED);
+        } else {
             untouched(tag + " dx", gdx, dx0);
-        if (c.dw)
+        }
+        if (c.dw) {
             compare(tag + " dw (+=)", gdw, dw, dw0, tf);
-        else
+            if (tcf) compare(tag + " dw (+=, TF32 operands)", gdw, rdw, dw0, TOL_TF32_ROUNDED);
+        } else {
             untouched(tag + " dw", gdw, dw0);
+        }
         if (c.bias)
             compare(tag + " db (+=)", gdb, db, db0, tf);
         else
