@@ -226,6 +226,21 @@ __device__ __forceinline__ void cp_async16(float *dst, const float *src, bool ok
  * Wout + 6 for a padding of 0 to 2. */
 __host__ __device__ __forceinline__ int stage_rw(int Wout) { return (Wout + 9) & ~3; }
 
+/* n4 float4s of shared memory at p rounded to TF32 in place by the block's T threads: the staged
+ * kernels round each staged operand once, after its copies land, instead of at every fragment
+ * read (each staged input value feeds 9 taps, each weight every warp of the block) */
+__device__ __forceinline__ void round_tf32_shared(float *p, int n4, int tid, int T) {
+    float4 *q = reinterpret_cast<float4 *>(p);
+    for (int i = tid; i < n4; i += T) {
+        float4 v = q[i];
+        v.x = to_tf32(v.x);
+        v.y = to_tf32(v.y);
+        v.z = to_tf32(v.z);
+        v.w = to_tf32(v.w);
+        q[i] = v;
+    }
+}
+
 template <int BM, int BN, int WM, int WN> struct MmaTile {
     static_assert(BM % WM == 0 && BN % WN == 0 && WM % 16 == 0 && WN % 8 == 0, "warp split");
     static constexpr int MT = WM / 16, NT = WN / 8;
@@ -566,7 +581,8 @@ __global__ void __launch_bounds__(Math::T)
  * lane's p offsets are computed once, the same for every group. Backward-data is the forward
  * convolution of dy with the weights transposed and flipped (w'[ci][co][kh][kw] =
  * w[co][ci][2 - kh][2 - kw], padding 2 - pad), done in the weight loads. TF32 tensor cores,
- * operands rounded as the fragments are read, as the s3 configurations do. Registers are capped
+ * operands rounded in shared memory once a group's copies have landed (round_tf32_shared; one
+ * more barrier a group, instead of a conversion at every fragment read). Registers are capped
  * for 24 warps per SM (80 a thread, no spills under ptxas for sm_90): the copies are latency-
  * bound, and more blocks in flight hide them. Shapes it does not cover (other strides and kernel
  * sizes, rows wider than BN, tiles larger than the shared buffers) go to the tc32x64s3
@@ -700,6 +716,9 @@ __global__ void __launch_bounds__(32 * WMW * WNW, 768 / (32 * WMW * WNW))
             __pipeline_wait_prior(0);
         }
         __syncthreads(); /* everyone's have */
+        round_tf32_shared(xs[c & 1], CK * cs / 4, tid, T);
+        round_tf32_shared(ws[c & 1], BM * KS / 4, tid, T);
+        __syncthreads(); /* rounded, before anyone reads them */
         const float *xb = xs[c & 1], *wb = ws[c & 1];
 #pragma unroll
         for (int st = 0; st < KC / 8; st++) {
@@ -707,16 +726,16 @@ __global__ void __launch_bounds__(32 * WMW * WNW, 768 / (32 * WMW * WNW))
             float af[MT][4], bf[NT][2];
 #pragma unroll
             for (int i = 0; i < MT; i++) {
-                af[i][0] = to_tf32(ak[i * 16 * KS]);
-                af[i][1] = to_tf32(ak[(i * 16 + 8) * KS]);
-                af[i][2] = to_tf32(ak[i * 16 * KS + 4]);
-                af[i][3] = to_tf32(ak[(i * 16 + 8) * KS + 4]);
+                af[i][0] = ak[i * 16 * KS];
+                af[i][1] = ak[(i * 16 + 8) * KS];
+                af[i][2] = ak[i * 16 * KS + 4];
+                af[i][3] = ak[(i * 16 + 8) * KS + 4];
             }
             const int k0 = koff[st * 8 + tq], k1 = koff[st * 8 + tq + 4];
 #pragma unroll
             for (int j = 0; j < NT; j++) {
-                bf[j][0] = to_tf32(xb[k0 + noff[j]]);
-                bf[j][1] = to_tf32(xb[k1 + noff[j]]);
+                bf[j][0] = xb[k0 + noff[j]];
+                bf[j][1] = xb[k1 + noff[j]];
             }
 #pragma unroll
             for (int i = 0; i < MT; i++)
@@ -759,7 +778,7 @@ __global__ void __launch_bounds__(32 * WMW * WNW, 768 / (32 * WMW * WNW))
  * an element, its place in the zero-haloed staged plane computed once), instead of a warp pass
  * per 7-float row. The weights are staged m-major (KS = 76 floats a row: the fragment reads are
  * conflict-free), as 16-byte copies in the forward when every group is whole (Cin a multiple of
- * 8) and w is aligned. Everything else (the mma steps, TF32 rounding at the fragment reads, the
+ * 8) and w is aligned. Everything else (the mma steps, TF32 rounding in shared memory, the
  * backward-data's flipped weights, the two buffers) is as in conv_stage_kernel. */
 constexpr int PLANE_PASSES = 8, PLANE_MAX = 32 * PLANE_PASSES; /* values of an input plane */
 
@@ -872,6 +891,9 @@ __global__ void __launch_bounds__(32 * WMW * WNW, 768 / (32 * WMW * WNW))
             __pipeline_wait_prior(0);
         }
         __syncthreads(); /* everyone's have */
+        round_tf32_shared(xs[c & 1], CK * cs / 4, tid, T);
+        round_tf32_shared(ws[c & 1], BM * KS / 4, tid, T);
+        __syncthreads(); /* rounded, before anyone reads them */
         const float *xb = xs[c & 1], *wb = ws[c & 1];
 #pragma unroll
         for (int st = 0; st < KC / 8; st++) {
@@ -879,16 +901,16 @@ __global__ void __launch_bounds__(32 * WMW * WNW, 768 / (32 * WMW * WNW))
             float af[MT][4], bf[NT][2];
 #pragma unroll
             for (int i = 0; i < MT; i++) {
-                af[i][0] = to_tf32(ak[i * 16 * KS]);
-                af[i][1] = to_tf32(ak[(i * 16 + 8) * KS]);
-                af[i][2] = to_tf32(ak[i * 16 * KS + 4]);
-                af[i][3] = to_tf32(ak[(i * 16 + 8) * KS + 4]);
+                af[i][0] = ak[i * 16 * KS];
+                af[i][1] = ak[(i * 16 + 8) * KS];
+                af[i][2] = ak[i * 16 * KS + 4];
+                af[i][3] = ak[(i * 16 + 8) * KS + 4];
             }
             const int k0 = koff[st * 8 + tq], k1 = koff[st * 8 + tq + 4];
 #pragma unroll
             for (int j = 0; j < NT; j++) {
-                bf[j][0] = to_tf32(xb[k0 + noff[j]]);
-                bf[j][1] = to_tf32(xb[k1 + noff[j]]);
+                bf[j][0] = xb[k0 + noff[j]];
+                bf[j][1] = xb[k1 + noff[j]];
             }
 #pragma unroll
             for (int i = 0; i < MT; i++)
@@ -1120,8 +1142,10 @@ __global__ void __launch_bounds__(Math::T)
  * with their zero halo, double-buffered with asynchronous copies. The 4 warps take turns over the
  * piece's 8-position mma k-steps, each summing into its own accumulators; at the end they are
  * added in warp order through shared memory (deterministic). Blocks with blockIdx.x = 0 also sum
- * dy's rows for db, in FP32 as they come. Splits write partials and the last one sums them, as in
- * conv_filter_kernel, in the same layout part[z][co][r] (r = Kf: db). */
+ * dy's rows for db, in FP32 as they come. x's staged rows are rounded to TF32 in shared memory
+ * once they land (dy's at the fragment reads: db sums them unrounded). Splits write partials and
+ * the last one sums them, as in conv_filter_kernel, in the same layout part[z][co][r] (r = Kf:
+ * db). */
 template <int MT> struct FilterStage {
     static constexpr int BM = 16 * MT, T = 128, NW = 4, CK = ST_CK, KC = ST_CK * 9;
     static constexpr int BP = 128;     /* positions per piece: th Wo */
@@ -1132,7 +1156,7 @@ template <int MT> struct FilterStage {
 };
 
 template <int MT>
-__global__ void __launch_bounds__(128, MT == 1 ? 6 : 4)
+__global__ void __launch_bounds__(128, MT == 1 ? 5 : 4)
     conv_filter_stage_kernel(float *__restrict__ dw, float *__restrict__ db,
                              float *__restrict__ part, const float *__restrict__ dy,
                              const float *__restrict__ x, const Geom g, int NR, int th,
@@ -1239,6 +1263,8 @@ __global__ void __launch_bounds__(128, MT == 1 ? 6 : 4)
             __pipeline_wait_prior(0);
         }
         __syncthreads();
+        round_tf32_shared(xs0 + b * CK * XC, CK * cs / 4, tid, T); /* x: the B operand */
+        __syncthreads(); /* rounded, before anyone reads it; dy stays unrounded for db */
         const float *xb = xs0 + b * CK * XC, *dsb = ds0 + b * BM * DS;
         if (bias_col && tid < BM)
             for (int p = 0; p < tp; p++) bsum += dsb[tid * DS + p];
@@ -1256,8 +1282,8 @@ __global__ void __launch_bounds__(128, MT == 1 ? 6 : 4)
             const int n0 = noff[p0 + tq], n1 = noff[p0 + tq + 4];
 #pragma unroll
             for (int j = 0; j < 9; j++) {
-                bf[j][0] = to_tf32(xb[koff[j] + n0]);
-                bf[j][1] = to_tf32(xb[koff[j] + n1]);
+                bf[j][0] = xb[koff[j] + n0];
+                bf[j][1] = xb[koff[j] + n1];
             }
 #pragma unroll
             for (int i = 0; i < MT; i++)
@@ -1422,6 +1448,8 @@ __global__ void __launch_bounds__(128, 4)
             __pipeline_wait_prior(0);
         }
         __syncthreads();
+        round_tf32_shared(xs0 + b * CK * XC, CK * cs / 4, tid, T); /* x: the B operand */
+        __syncthreads(); /* rounded, before anyone reads it; dy stays unrounded for db */
         const float *xb = xs0 + b * CK * XC, *dsb = ds0 + b * BM * DS;
         if (bias_col && tid < BM)
             for (int p = 0; p < tp; p++) bsum += dsb[tid * DS + p];
@@ -1436,8 +1464,8 @@ __global__ void __launch_bounds__(128, 4)
             const int n0 = noff[p0 + tq], n1 = noff[p0 + tq + 4];
 #pragma unroll
             for (int j = 0; j < 9; j++) {
-                bf[j][0] = to_tf32(xb[koff[j] + n0]);
-                bf[j][1] = to_tf32(xb[koff[j] + n1]);
+                bf[j][0] = xb[koff[j] + n0];
+                bf[j][1] = xb[koff[j] + n1];
             }
 #pragma unroll
             for (int j = 0; j < 9; j++) mma_tf32(acc[j], af, bf[j]);

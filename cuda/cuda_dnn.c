@@ -890,6 +890,10 @@ int dd_cuda_dense_forward(float *y, const float *x, const float *w, const float 
 int dd_cuda_dense_backward(float *dx, float *dw, float *db, const float *dy, const float *x,
                            const float *w, int N, int Cin, int Cout) {
     if (N <= 0 || Cout <= 0) return 0;
+    /* the UNets' small layers (the time MLP, the blocks' embedding projections): one kernel */
+    if (Cin > 0 && Cin <= DD_CUDA_DENSE_SMALL_BWD && Cout <= DD_CUDA_DENSE_SMALL_BWD &&
+        N <= DD_CUDA_DENSE_SMALL_BWD_N)
+        return dd_cuda_dense_small_backward(dx, dw, db, dy, x, w, N, Cin, Cout);
     /* dx (N, Cin) += dy (N, Cout) w (Cout, Cin): dx^T (Cin x N) += w^T (Cin x Cout) dy^T */
     if (dx)
         BLAS_CHECK(cublasSgemm(blas, CUBLAS_OP_N, CUBLAS_OP_N, Cin, N, Cout, &ONE, w, Cin, dy, Cout,

@@ -113,6 +113,13 @@ int dd_cuda_sampler_step(float *x, float *x0_out, const float *out, const float 
 #define DD_CUDA_DENSE_SMALL_CIN 1024
 int dd_cuda_dense_small_forward(float *y, const float *x, const float *w, const float *b, int N,
                                 int Cin, int Cout);
+/* dense_small_backward: dx += dy w, dw += dy^T x, db += column sums of dy (any may be NULL) in
+ * one kernel, FP32, for Cin and Cout up to DD_CUDA_DENSE_SMALL_BWD and N up to
+ * DD_CUDA_DENSE_SMALL_BWD_N */
+#define DD_CUDA_DENSE_SMALL_BWD 256
+#define DD_CUDA_DENSE_SMALL_BWD_N 4096
+int dd_cuda_dense_small_backward(float *dx, float *dw, float *db, const float *dy,
+                                 const float *x, const float *w, int N, int Cin, int Cout);
 int dd_cuda_fill_rows(float *y, const float *b, int R, int Ccols);
 int dd_cuda_colsum_add(float *out, const float *m, int R, int Ccols);
 int dd_cuda_softmax_rows(float *p, int64_t rows, int L);

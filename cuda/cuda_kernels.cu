@@ -971,6 +971,65 @@ int dd_cuda_dense_small_forward(float *y, const float *x, const float *w, const 
     return 0;
 }
 
+/* The small dense layers' backward in one kernel (where cuBLAS took two GEMMs and the bias
+ * column sums, three graph nodes), FP32:
+ * - blocks [0, bx): dx[n][k] += sum_co dy[n][co] w[co][k], a thread per (n, k), k fastest
+ *   (w's rows read coalesced, dy's value the same across a warp);
+ * - blocks [bx, bx + Cout ceil(Cin / 32)): dw[co][k] += sum_n dy[n][co] x[n][k] for one co and
+ *   32 k's, the 8 warps over n = warp, warp + 8, ... (x's rows coalesced), their sums added in
+ *   warp order through shared memory; the blocks of the first 32 k's also sum db[co] the same
+ *   way. Deterministic, no atomics. */
+#define DENSE_BWD_MAX DD_CUDA_DENSE_SMALL_BWD
+static __global__ void __launch_bounds__(THREADS)
+    dense_small_backward_kernel(float *dx, float *dw, float *db, const float *dy, const float *x,
+                                const float *w, int N, int Cin, int Cout, int bx) {
+    __shared__ float shw[THREADS / 32][32], shb[THREADS / 32];
+    if ((int)blockIdx.x < bx) {
+        const int64_t i = (int64_t)blockIdx.x * blockDim.x + threadIdx.x;
+        if (i >= (int64_t)N * Cin) return; /* no barrier in this part */
+        const int n = (int)(i / Cin), k = (int)(i - (int64_t)n * Cin);
+        const float *dyn = dy + (size_t)n * Cout;
+        float acc = 0.0f;
+        for (int co = 0; co < Cout; co++) acc = fmaf(dyn[co], w[(size_t)co * Cin + k], acc);
+        dx[i] += acc;
+        return;
+    }
+    const int kt = (Cin + 31) / 32, b = (int)blockIdx.x - bx, co = b / kt;
+    const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, k = (b - co * kt) * 32 + lane;
+    const bool bias = db && b - co * kt == 0;
+    float sw = 0.0f, sb = 0.0f;
+    for (int n = warp; n < N; n += THREADS / 32) {
+        const float d = dy[(size_t)n * Cout + co];
+        if (k < Cin) sw = fmaf(d, x[(size_t)n * Cin + k], sw);
+        sb += d;
+    }
+    shw[warp][lane] = sw;
+    if (lane == 0) shb[warp] = sb;
+    __syncthreads();
+    if (warp == 0) {
+        float t = 0.0f, tb = 0.0f;
+        for (int v = 0; v < THREADS / 32; v++) t += shw[v][lane], tb += shb[v];
+        if (dw && k < Cin) dw[(size_t)co * Cin + k] += t;
+        if (bias && lane == 0) db[co] += tb;
+    }
+}
+
+int dd_cuda_dense_small_backward(float *dx, float *dw, float *db, const float *dy,
+                                 const float *x, const float *w, int N, int Cin, int Cout) {
+    if (N <= 0 || Cout <= 0 || Cin <= 0) return 0;
+    if (Cin > DENSE_BWD_MAX || Cout > DENSE_BWD_MAX)
+        return dd_error("dense backward (small kernel): %d -> %d, at most %d each", Cin, Cout,
+                        DENSE_BWD_MAX);
+    const int64_t bx = dx ? ((int64_t)N * Cin + THREADS - 1) / THREADS : 0;
+    const int64_t bw = dw || db ? (int64_t)Cout * ((Cin + 31) / 32) : 0;
+    if (bx + bw > INT_MAX) return dd_error("dense backward (small kernel): %d rows, too many", N);
+    if (bx + bw == 0) return 0;
+    dense_small_backward_kernel<<<(unsigned int)(bx + bw), THREADS, 0, dd_cuda_stream>>>(
+        dx, dw, db, dy, x, w, N, Cin, Cout, (int)bx);
+    DD_CUDA_LAUNCHED("dense_backward");
+    return 0;
+}
+
 static __global__ void fill_rows_kernel(float *y, const float *b, int R, int Ccols) {
     const size_t n = (size_t)R * Ccols;
     GRID_STRIDE(i, n) y[i] = b[i % Ccols];
