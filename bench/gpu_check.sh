@@ -326,7 +326,7 @@ else
     if [ -s "$LOGS/conv_choices.txt" ]; then
         OWN=$(grep -o -- "-> own" "$LOGS/conv_choices.txt" | wc -l)
         CUD=$(grep -o -- "-> cudnn" "$LOGS/conv_choices.txt" | wc -l)
-        TCS=$(grep -oE -- "own (tc|st)[0-9a-z]+ [0-9.]+ us -> own" "$LOGS/conv_choices.txt" | wc -l)
+        TCS=$(grep -oE -- "own (tc|st|pl)[0-9a-z]+ [0-9.]+ us -> own" "$LOGS/conv_choices.txt" | wc -l)
         BAD=$(grep -c "disagree" "$LOGS/conv_choices.txt" || true)
         record "conv choices" "info" "$OWN handwritten ($TCS on tensor cores), $CUD cuDNN, $BAD disagreeing (conv_choices.txt)"
     fi
