@@ -589,6 +589,24 @@ __global__ void __launch_bounds__(Math::T)
  * configuration. */
 constexpr int ST_CK = 8; /* input channels per staged group: 72 reduction steps, 9 mma k-steps */
 
+/* Backward-data's weights for a group of the staged kernels (conv_stage_kernel,
+ * conv_plane_kernel), m-major: ws[m KS + cl 9 + rr] = w[ci0 + cl][m0 + m][8 - rr] (the GEMM's
+ * input channels are the convolution's outputs; KS = 76), zeros where a channel does not exist.
+ * A thread takes one (m, cl) pair and copies its 9 taps, reversed, from one index computation. */
+template <int BM, int T>
+__device__ __forceinline__ void stage_weights_data(float *ws, const float *__restrict__ w, int Cin,
+                                                   int Ci, int Co, int ci0, int m0, int tid) {
+    constexpr int CK = ST_CK, KS = ST_CK * 9 + 4;
+    for (int e = tid; e < BM * CK; e += T) {
+        const int m = e / CK, cl = e - m * CK, co = m0 + m;
+        const bool ok = co < Co && ci0 + cl < Ci;
+        const float *src = ok ? w + ((int64_t)(ci0 + cl) * Cin + co) * 9 : w;
+        float *dst = ws + m * KS + cl * 9;
+#pragma unroll
+        for (int rr = 0; rr < 9; rr++) cp_async4(dst + rr, ok ? src + (8 - rr) : w, ok);
+    }
+}
+
 template <int MT, int NT, int WMW, int WNW> struct StageShape {
     static constexpr int BM = 16 * MT * WMW, BN = 8 * NT * WNW, T = 32 * WMW * WNW;
     static constexpr int XC = BN + 96; /* staged floats per channel: (th + 2) stage_rw(Wout) */
@@ -673,25 +691,19 @@ __global__ void __launch_bounds__(32 * WMW * WNW, 768 / (32 * WMW * WNW))
         }
         if (wvec) { /* w[co][ci0 .. ci0 + 8][9]: 72 contiguous floats, 18 float4s */
             for (int e = tid; e < BM * (KC / 4); e += T) {
-                const int m = e / (KC / 4), q4 = e - m * (KC / 4), co = m0 + m;
+                const int m = e / (KC / 4), q = e - m * (KC / 4), co = m0 + m;
                 const bool ok = co < Co;
-                cp_async16(&ws[b][m * KS + 4 * q4],
-                           ok ? w + ((int64_t)co * g.Cin + ci0) * 9 + 4 * q4 : w, ok);
+                cp_async16(&ws[b][m * KS + 4 * q],
+                           ok ? w + ((int64_t)co * g.Cin + ci0) * 9 + 4 * q : w, ok);
             }
-        } else {
+        } else if (DATA) {
+            stage_weights_data<BM, T>(ws[b], w, g.Cin, Ci, Co, ci0, m0, tid);
+        } else { /* a partial last group (Cin not a multiple of 8) or an unaligned w */
             const int kmax = (Ci - ci0) * 9; /* this group's reduction rows that exist */
-            for (int e = tid; e < KC * BM; e += T) {
+            for (int e = tid; e < BM * KC; e += T) {
                 const int m = e / KC, k = e - m * KC, co = m0 + m;
                 const bool ok = k < kmax && co < Co;
-                /* forward: w[co][ci0 + k / 9][k % 9] = w[(co Cin + ci0) 9 + k]; backward-data:
-                 * w[ci][co][8 - rr] with ci = ci0 + k / 9 (original out, in) */
-                int64_t idx;
-                if (DATA) {
-                    const int cl = k / 9, rr = k - cl * 9;
-                    idx = ((int64_t)(ci0 + cl) * g.Cin + co) * 9 + (8 - rr);
-                } else {
-                    idx = ((int64_t)co * g.Cin + ci0) * 9 + k;
-                }
+                const int64_t idx = ((int64_t)co * g.Cin + ci0) * 9 + k;
                 cp_async4(&ws[b][m * KS + k], ok ? w + idx : w, ok);
             }
         }
@@ -855,18 +867,14 @@ __global__ void __launch_bounds__(32 * WMW * WNW, 768 / (32 * WMW * WNW))
                 cp_async16(&ws[b][m * KS + 4 * q],
                            ok ? w + ((int64_t)co * g.Cin + ci0) * 9 + 4 * q : w, ok);
             }
-        } else {
+        } else if (DATA) {
+            stage_weights_data<BM, T>(ws[b], w, g.Cin, Ci, Co, ci0, m0, tid);
+        } else { /* a partial last group (Cin not a multiple of 8) or an unaligned w */
             const int kmax = (Ci - ci0) * 9; /* this group's reduction rows that exist */
             for (int e = tid; e < BM * KC; e += T) {
                 const int m = e / KC, k = e - m * KC, co = m0 + m;
                 const bool ok = k < kmax && co < Co;
-                int64_t idx;
-                if (DATA) {
-                    const int cl = k / 9, rr = k - cl * 9;
-                    idx = ((int64_t)(ci0 + cl) * g.Cin + co) * 9 + (8 - rr);
-                } else {
-                    idx = ((int64_t)co * g.Cin + ci0) * 9 + k;
-                }
+                const int64_t idx = ((int64_t)co * g.Cin + ci0) * 9 + k;
                 cp_async4(&ws[b][m * KS + k], ok ? w + idx : w, ok);
             }
         }
