@@ -589,21 +589,73 @@ __global__ void __launch_bounds__(Math::T)
  * configuration. */
 constexpr int ST_CK = 8; /* input channels per staged group: 72 reduction steps, 9 mma k-steps */
 
-/* Backward-data's weights for a group of the staged kernels (conv_stage_kernel,
- * conv_plane_kernel), m-major: ws[m KS + cl 9 + rr] = w[ci0 + cl][m0 + m][8 - rr] (the GEMM's
- * input channels are the convolution's outputs; KS = 76), zeros where a channel does not exist.
- * A thread takes one (m, cl) pair and copies its 9 taps, reversed, from one index computation. */
-template <int BM, int T>
-__device__ __forceinline__ void stage_weights_data(float *ws, const float *__restrict__ w, int Cin,
-                                                   int Ci, int Co, int ci0, int m0, int tid) {
-    constexpr int CK = ST_CK, KS = ST_CK * 9 + 4;
-    for (int e = tid; e < BM * CK; e += T) {
-        const int m = e / CK, cl = e - m * CK, co = m0 + m;
-        const bool ok = co < Co && ci0 + cl < Ci;
-        const float *src = ok ? w + ((int64_t)(ci0 + cl) * Cin + co) * 9 : w;
-        float *dst = ws + m * KS + cl * 9;
+/* A group's weights for the staged kernels (conv_stage_kernel, conv_plane_kernel) into ws,
+ * m-major: ws[m KS + k] = A[m0 + m][ci0 9 + k] (KS = 76; k = (input channel cl, tap rr)), zeros
+ * where a channel does not exist. Forward: A = w[co][ci][rr], 72 contiguous floats a row, as
+ * 16-byte copies when wvec (whole groups, w aligned). Backward-data: A[ci][co, rr] =
+ * w[co][ci][8 - rr] (the GEMM's input channels are the convolution's outputs): a thread takes one
+ * (m, cl) pair and copies its 9 taps, reversed, from one index computation. */
+template <bool DATA, int BM, int T>
+__device__ __forceinline__ void stage_weights(float *ws, const float *__restrict__ w,
+                                              const Geom &g, int Ci, int Co, int ci0, int m0,
+                                              bool wvec, int tid) {
+    constexpr int CK = ST_CK, KC = ST_CK * 9, KS = KC + 4;
+    if (wvec) { /* w[co][ci0 .. ci0 + 8][9]: 72 contiguous floats, 18 float4s */
+        for (int e = tid; e < BM * (KC / 4); e += T) {
+            const int m = e / (KC / 4), q = e - m * (KC / 4), co = m0 + m;
+            const bool ok = co < Co;
+            cp_async16(ws + m * KS + 4 * q, ok ? w + ((int64_t)co * g.Cin + ci0) * 9 + 4 * q : w,
+                       ok);
+        }
+    } else if (DATA) {
+        for (int e = tid; e < BM * CK; e += T) {
+            const int m = e / CK, cl = e - m * CK, co = m0 + m;
+            const bool ok = co < Co && ci0 + cl < Ci;
+            const float *src = ok ? w + ((int64_t)(ci0 + cl) * g.Cin + co) * 9 : w;
+            float *dst = ws + m * KS + cl * 9;
 #pragma unroll
-        for (int rr = 0; rr < 9; rr++) cp_async4(dst + rr, ok ? src + (8 - rr) : w, ok);
+            for (int rr = 0; rr < 9; rr++) cp_async4(dst + rr, ok ? src + (8 - rr) : w, ok);
+        }
+    } else { /* a partial last group (Cin not a multiple of 8) or an unaligned w */
+        const int kmax = (Ci - ci0) * 9; /* this group's reduction rows that exist */
+        for (int e = tid; e < BM * KC; e += T) {
+            const int m = e / KC, k = e - m * KC, co = m0 + m;
+            const bool ok = k < kmax && co < Co;
+            const int64_t idx = ((int64_t)co * g.Cin + ci0) * 9 + k;
+            cp_async4(ws + m * KS + k, ok ? w + idx : w, ok);
+        }
+    }
+}
+
+/* One staged group's 9 mma k-steps for a warp of the staged kernels: A fragments from the
+ * m-major weights at ak = ws + (warp's first row + gq) KS + tq, B fragments from the staged input
+ * at koff[k] + noff[j] (both rounded to TF32 already) */
+template <int MT, int NT>
+__device__ __forceinline__ void group_mma(float (&acc)[MT][NT][4], const float *xb,
+                                          const float *ak0, const int *koff,
+                                          const int (&noff)[NT], int tq) {
+    constexpr int KC = ST_CK * 9, KS = KC + 4;
+#pragma unroll
+    for (int st = 0; st < KC / 8; st++) {
+        const float *ak = ak0 + st * 8;
+        float af[MT][4], bf[NT][2];
+#pragma unroll
+        for (int i = 0; i < MT; i++) {
+            af[i][0] = ak[i * 16 * KS];
+            af[i][1] = ak[(i * 16 + 8) * KS];
+            af[i][2] = ak[i * 16 * KS + 4];
+            af[i][3] = ak[(i * 16 + 8) * KS + 4];
+        }
+        const int k0 = koff[st * 8 + tq], k1 = koff[st * 8 + tq + 4];
+#pragma unroll
+        for (int j = 0; j < NT; j++) {
+            bf[j][0] = xb[k0 + noff[j]];
+            bf[j][1] = xb[k1 + noff[j]];
+        }
+#pragma unroll
+        for (int i = 0; i < MT; i++)
+#pragma unroll
+            for (int j = 0; j < NT; j++) mma_tf32(acc[i][j], af[i], bf[j]);
     }
 }
 
@@ -689,24 +741,7 @@ __global__ void __launch_bounds__(32 * WMW * WNW, 768 / (32 * WMW * WNW))
                 }
             }
         }
-        if (wvec) { /* w[co][ci0 .. ci0 + 8][9]: 72 contiguous floats, 18 float4s */
-            for (int e = tid; e < BM * (KC / 4); e += T) {
-                const int m = e / (KC / 4), q = e - m * (KC / 4), co = m0 + m;
-                const bool ok = co < Co;
-                cp_async16(&ws[b][m * KS + 4 * q],
-                           ok ? w + ((int64_t)co * g.Cin + ci0) * 9 + 4 * q : w, ok);
-            }
-        } else if (DATA) {
-            stage_weights_data<BM, T>(ws[b], w, g.Cin, Ci, Co, ci0, m0, tid);
-        } else { /* a partial last group (Cin not a multiple of 8) or an unaligned w */
-            const int kmax = (Ci - ci0) * 9; /* this group's reduction rows that exist */
-            for (int e = tid; e < BM * KC; e += T) {
-                const int m = e / KC, k = e - m * KC, co = m0 + m;
-                const bool ok = k < kmax && co < Co;
-                const int64_t idx = ((int64_t)co * g.Cin + ci0) * 9 + k;
-                cp_async4(&ws[b][m * KS + k], ok ? w + idx : w, ok);
-            }
-        }
+        stage_weights<DATA, BM, T>(ws[b], w, g, Ci, Co, ci0, m0, wvec, tid);
         __pipeline_commit();
     };
 
@@ -731,29 +766,7 @@ __global__ void __launch_bounds__(32 * WMW * WNW, 768 / (32 * WMW * WNW))
         round_tf32_shared(xs[c & 1], CK * cs / 4, tid, T);
         round_tf32_shared(ws[c & 1], BM * KS / 4, tid, T);
         __syncthreads(); /* rounded, before anyone reads them */
-        const float *xb = xs[c & 1], *wb = ws[c & 1];
-#pragma unroll
-        for (int st = 0; st < KC / 8; st++) {
-            const float *ak = wb + (wm + gq) * KS + st * 8 + tq;
-            float af[MT][4], bf[NT][2];
-#pragma unroll
-            for (int i = 0; i < MT; i++) {
-                af[i][0] = ak[i * 16 * KS];
-                af[i][1] = ak[(i * 16 + 8) * KS];
-                af[i][2] = ak[i * 16 * KS + 4];
-                af[i][3] = ak[(i * 16 + 8) * KS + 4];
-            }
-            const int k0 = koff[st * 8 + tq], k1 = koff[st * 8 + tq + 4];
-#pragma unroll
-            for (int j = 0; j < NT; j++) {
-                bf[j][0] = xb[k0 + noff[j]];
-                bf[j][1] = xb[k1 + noff[j]];
-            }
-#pragma unroll
-            for (int i = 0; i < MT; i++)
-#pragma unroll
-                for (int j = 0; j < NT; j++) mma_tf32(acc[i][j], af[i], bf[j]);
-        }
+        group_mma<MT, NT>(acc, xs[c & 1], ws[c & 1] + (wm + gq) * KS + tq, koff, noff, tq);
         __syncthreads(); /* before the next issue overwrites this buffer */
     }
 
@@ -860,24 +873,7 @@ __global__ void __launch_bounds__(32 * WMW * WNW, 768 / (32 * WMW * WNW))
                 if (e < HWi) cp_async4(dst + soff[t], ok ? src + e : in, ok);
             }
         }
-        if (wvec) { /* w[co][ci0 .. ci0 + 8][9]: 72 contiguous floats, 18 float4s */
-            for (int e = tid; e < BM * (KC / 4); e += T) {
-                const int m = e / (KC / 4), q = e - m * (KC / 4), co = m0 + m;
-                const bool ok = co < Co;
-                cp_async16(&ws[b][m * KS + 4 * q],
-                           ok ? w + ((int64_t)co * g.Cin + ci0) * 9 + 4 * q : w, ok);
-            }
-        } else if (DATA) {
-            stage_weights_data<BM, T>(ws[b], w, g.Cin, Ci, Co, ci0, m0, tid);
-        } else { /* a partial last group (Cin not a multiple of 8) or an unaligned w */
-            const int kmax = (Ci - ci0) * 9; /* this group's reduction rows that exist */
-            for (int e = tid; e < BM * KC; e += T) {
-                const int m = e / KC, k = e - m * KC, co = m0 + m;
-                const bool ok = k < kmax && co < Co;
-                const int64_t idx = ((int64_t)co * g.Cin + ci0) * 9 + k;
-                cp_async4(&ws[b][m * KS + k], ok ? w + idx : w, ok);
-            }
-        }
+        stage_weights<DATA, BM, T>(ws[b], w, g, Ci, Co, ci0, m0, wvec, tid);
         __pipeline_commit();
     };
 
@@ -902,29 +898,7 @@ __global__ void __launch_bounds__(32 * WMW * WNW, 768 / (32 * WMW * WNW))
         round_tf32_shared(xs[c & 1], CK * cs / 4, tid, T);
         round_tf32_shared(ws[c & 1], BM * KS / 4, tid, T);
         __syncthreads(); /* rounded, before anyone reads them */
-        const float *xb = xs[c & 1], *wb = ws[c & 1];
-#pragma unroll
-        for (int st = 0; st < KC / 8; st++) {
-            const float *ak = wb + (wm + gq) * KS + st * 8 + tq;
-            float af[MT][4], bf[NT][2];
-#pragma unroll
-            for (int i = 0; i < MT; i++) {
-                af[i][0] = ak[i * 16 * KS];
-                af[i][1] = ak[(i * 16 + 8) * KS];
-                af[i][2] = ak[i * 16 * KS + 4];
-                af[i][3] = ak[(i * 16 + 8) * KS + 4];
-            }
-            const int k0 = koff[st * 8 + tq], k1 = koff[st * 8 + tq + 4];
-#pragma unroll
-            for (int j = 0; j < NT; j++) {
-                bf[j][0] = xb[k0 + noff[j]];
-                bf[j][1] = xb[k1 + noff[j]];
-            }
-#pragma unroll
-            for (int i = 0; i < MT; i++)
-#pragma unroll
-                for (int j = 0; j < NT; j++) mma_tf32(acc[i][j], af[i], bf[j]);
-        }
+        group_mma<MT, NT>(acc, xs[c & 1], ws[c & 1] + (wm + gq) * KS + tq, koff, noff, tq);
         __syncthreads(); /* before the next issue overwrites this buffer */
     }
 
