@@ -143,8 +143,8 @@ int dd_cuda_add_backward(float *da, float *db, const float *dy, size_t n) {
 /* ---------------------------------------------------------------- concat, upsample, maxpool */
 
 /* Concat, upsample: a grid (x over a sample's or a plane's elements, y over samples or planes,
- * looping past 65535) so that no thread divides its index by the shape; VEC 4 (concat) or 2
- * (upsample) moves float4s or float2s where the sizes and addresses allow. */
+ * looping past 65535) so that no thread divides its index by the shape; concat moves float4s
+ * and upsample stores float2s where the sizes and addresses allow. */
 #define GRID_Y_MAX 65535
 static dim3 plane_grid(size_t per, size_t planes) {
     size_t bx = (per + THREADS - 1) / THREADS;
