@@ -1116,6 +1116,46 @@ __global__ void __launch_bounds__(Math::T)
     }
 }
 
+/* The end of the staged filter kernels (conv_filter_stage_kernel, conv_filter_plane_kernel): the
+ * warps' sums red[w][m][n] (n over the group's 72 columns) added in warp order into dw, and the
+ * block's db sum, or both into this split's partial tile; the tile's last split then sums the
+ * partials (fused). Every thread of the block calls it. */
+template <int BM, int T, int NW>
+__device__ __forceinline__ void filter_tile_store(float *dw, float *db, float *part,
+                                                  const float *red, const Geom &g, int NR,
+                                                  int ci0, int m0, bool bias_col, float bsum,
+                                                  int fused, int *last) {
+    constexpr int KC = ST_CK * 9;
+    const int tid = threadIdx.x, Kf = g.Kf;
+    float *pz = part ? part + (int64_t)blockIdx.z * g.Cout * NR : NULL;
+    for (int e = tid; e < BM * KC; e += T) {
+        const int m = e / KC, n = e - m * KC, co = m0 + m, ci = ci0 + n / 9;
+        if (co >= g.Cout || ci >= g.Cin) continue;
+        float v = 0.f;
+        for (int w = 0; w < NW; w++) v += red[w * BM * KC + e];
+        const int r = ci0 * 9 + n;
+        if (pz)
+            pz[(int64_t)co * NR + r] = v;
+        else if (dw)
+            dw[(int64_t)co * Kf + r] += v;
+    }
+    if (bias_col && tid < BM && m0 + tid < g.Cout) {
+        if (pz)
+            pz[(int64_t)(m0 + tid) * NR + Kf] = bsum;
+        else
+            db[m0 + tid] += bsum;
+    }
+    if (!part || !fused || !last_split(last)) return;
+    /* the tile's last split: its columns' sums (and db's, for blockIdx.x = 0) */
+    const int ncol = KC + (bias_col ? 1 : 0);
+    for (int e = tid; e < BM * ncol; e += T) {
+        const int m = e / ncol, n = e - m * ncol, co = m0 + m;
+        const int r = n < KC ? ci0 * 9 + n : Kf;
+        if (co >= g.Cout || (n < KC && ci0 + n / 9 >= g.Cin)) continue;
+        filter_split_store(dw, db, part, g.Cout, NR, Kf, (int)gridDim.z, (int64_t)co * NR + r);
+    }
+}
+
 /* Backward-filter of a stride-1 3x3 convolution from staged tiles, the counterpart of
  * conv_stage_kernel: dw[co][(ci, kh, kw)] += sum over positions p of dy[co][p] x[ci][p + (kh, kw)
  * - pad]. A block owns BM output channels and a group of 8 input channels (72 columns: 9 mma
@@ -1288,34 +1328,7 @@ __global__ void __launch_bounds__(128, MT == 1 ? 5 : 4)
                 red[(warp * BM + i * 16 + gq + (e >> 1) * 8) * KC + j * 8 + 2 * tq + (e & 1)] =
                     acc[i][j][e];
     __syncthreads();
-    const int Kf = g.Kf;
-    float *pz = part ? part + (int64_t)blockIdx.z * g.Cout * NR : NULL;
-    for (int e = tid; e < BM * KC; e += T) {
-        const int m = e / KC, n = e - m * KC, co = m0 + m, ci = ci0 + n / 9;
-        if (co >= g.Cout || ci >= g.Cin) continue;
-        float v = 0.f;
-        for (int w = 0; w < NW; w++) v += red[w * BM * KC + e];
-        const int r = ci0 * 9 + n;
-        if (pz)
-            pz[(int64_t)co * NR + r] = v;
-        else if (dw)
-            dw[(int64_t)co * Kf + r] += v;
-    }
-    if (bias_col && tid < BM && m0 + tid < g.Cout) {
-        if (pz)
-            pz[(int64_t)(m0 + tid) * NR + Kf] = bsum;
-        else
-            db[m0 + tid] += bsum;
-    }
-    if (!part || !fused || !last_split(&last)) return;
-    /* the tile's last split: its columns' sums (and db's, for blockIdx.x = 0) */
-    const int ncol = KC + (bias_col ? 1 : 0);
-    for (int e = tid; e < BM * ncol; e += T) {
-        const int m = e / ncol, n = e - m * ncol, co = m0 + m;
-        const int r = n < KC ? ci0 * 9 + n : Kf;
-        if (co >= g.Cout || (n < KC && ci0 + n / 9 >= g.Cin)) continue;
-        filter_split_store(dw, db, part, g.Cout, NR, Kf, (int)gridDim.z, (int64_t)co * NR + r);
-    }
+    filter_tile_store<BM, T, NW>(dw, db, part, red, g, NR, ci0, m0, bias_col, bsum, fused, &last);
 }
 
 /* conv_filter_plane_kernel: conv_filter_stage_kernel for small maps (input planes of at most
@@ -1465,34 +1478,7 @@ __global__ void __launch_bounds__(128, 4)
         for (int e = 0; e < 4; e++)
             red[(warp * BM + gq + (e >> 1) * 8) * KC + j * 8 + 2 * tq + (e & 1)] = acc[j][e];
     __syncthreads();
-    const int Kf = g.Kf;
-    float *pz = part ? part + (int64_t)blockIdx.z * g.Cout * NR : NULL;
-    for (int e = tid; e < BM * KC; e += T) {
-        const int m = e / KC, n = e - m * KC, co = m0 + m, ci = ci0 + n / 9;
-        if (co >= g.Cout || ci >= g.Cin) continue;
-        float v = 0.f;
-        for (int w = 0; w < NW; w++) v += red[w * BM * KC + e];
-        const int r = ci0 * 9 + n;
-        if (pz)
-            pz[(int64_t)co * NR + r] = v;
-        else if (dw)
-            dw[(int64_t)co * Kf + r] += v;
-    }
-    if (bias_col && tid < BM && m0 + tid < g.Cout) {
-        if (pz)
-            pz[(int64_t)(m0 + tid) * NR + Kf] = bsum;
-        else
-            db[m0 + tid] += bsum;
-    }
-    if (!part || !fused || !last_split(&last)) return;
-    /* the tile's last split: its columns' sums (and db's, for blockIdx.x = 0) */
-    const int ncol = KC + (bias_col ? 1 : 0);
-    for (int e = tid; e < BM * ncol; e += T) {
-        const int m = e / ncol, n = e - m * ncol, co = m0 + m;
-        const int r = n < KC ? ci0 * 9 + n : Kf;
-        if (co >= g.Cout || (n < KC && ci0 + n / 9 >= g.Cin)) continue;
-        filter_split_store(dw, db, part, g.Cout, NR, Kf, (int)gridDim.z, (int64_t)co * NR + r);
-    }
+    filter_tile_store<BM, T, NW>(dw, db, part, red, g, NR, ci0, m0, bias_col, bsum, fused, &last);
 }
 
 /* dw/db += the sum of the splits' partials, in split order (when the last split does not). */
