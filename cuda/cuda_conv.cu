@@ -40,6 +40,11 @@
 
 #include "cuda_internal.h"
 
+/* a kernel's dynamic shared memory (the CPU emulation in tests/emu defines its own) */
+#ifndef DD_DYNAMIC_SHARED
+#define DD_DYNAMIC_SHARED(T, name) extern __shared__ __align__(16) T name[]
+#endif
+
 namespace {
 
 struct Geom {
@@ -804,25 +809,50 @@ __global__ void __launch_bounds__(32 * WMW * WNW, 768 / (32 * WMW * WNW))
  * per 7-float row. The weights are staged m-major (KS = 76 floats a row: the fragment reads are
  * conflict-free), as 16-byte copies in the forward when every group is whole (Cin a multiple of
  * 8) and w is aligned. Everything else (the mma steps, TF32 rounding in shared memory, the
- * backward-data's flipped weights, the two buffers) is as in conv_stage_kernel. */
+ * backward-data's flipped weights, the two buffers) is as in conv_stage_kernel.
+ *
+ * KSPLIT > 1 (the pk configurations): the block's warps form KSPLIT sets of WMW x WNW warps, each
+ * set the whole output tile; a stage copies KSPLIT groups (8 input channels each) at once and set
+ * h multiplies group KSPLIT s + h. These layers are short (8 groups at 64 channels) and few
+ * warps fit the output (16 x 56 a warp: about 7 warps an SM at 7x7 and batch 256), so each warp
+ * waits out every group's barriers and copies in turn; splitting the reduction halves that chain
+ * and doubles the warps that hide it. The sets' sums meet in shared memory at the end and are
+ * added in set order (the same bits every run), and set 0 writes the tile. Shared memory is
+ * dynamic (over 48 KiB): two buffers of KSPLIT groups' planes and weights, then the k table. */
 constexpr int PLANE_PASSES = 8, PLANE_MAX = 32 * PLANE_PASSES; /* values of an input plane */
 
-template <int MT, int NT, int WMW, int WNW> struct PlaneShape {
-    static constexpr int BM = 16 * MT * WMW, BN = 8 * NT * WNW, T = 32 * WMW * WNW;
+template <int MT, int NT, int WMW, int WNW, int KSPLIT> struct PlaneShape {
+    static constexpr int BM = 16 * MT * WMW, BN = 8 * NT * WNW;
+    static constexpr int TW = 32 * WMW * WNW, T = TW * KSPLIT; /* a set's threads, the block's */
     static constexpr int XC = BN <= 112 ? 336 : 384; /* staged floats per channel, at most */
     static constexpr int KC = ST_CK * 9, KS = KC + 4;
+    static constexpr int XF = ST_CK * XC, WF = BM * KS; /* floats of a group's planes, weights */
+    static constexpr int SMEM = (2 * KSPLIT * (XF + WF) + KC) * 4; /* bytes, the k table's too */
+    /* blocks an SM can hold (shared memory, 1 KiB reserved a block; 24 warps at most) */
+    static constexpr int FIT = (228 * 1024) / (SMEM + 1024) < 768 / T ? (228 * 1024) / (SMEM + 1024)
+                                                                       : 768 / T;
+    /* the launch bound: as many blocks as fit, but a split kernel gets at least 96 registers a
+     * thread (at 80 the set-split forward of 16 x 224 spills) */
+    static constexpr int BLOCKS = FIT < 1                                          ? 1
+                                  : KSPLIT > 1 && FIT > 1 && 65536 / (FIT * T) < 96 ? FIT - 1
+                                                                                    : FIT;
+    static_assert(KSPLIT == 1 || TW * MT * NT * 4 <= 2 * KSPLIT * XF, "the sets' sums fit");
+    static_assert(SMEM <= 227 * 1024, "a block's shared memory");
 };
 
-template <bool DATA, int MT, int NT, int WMW, int WNW>
-__global__ void __launch_bounds__(32 * WMW * WNW, 768 / (32 * WMW * WNW))
+template <bool DATA, int MT, int NT, int WMW, int WNW, int KSPLIT>
+__global__ void __launch_bounds__(PlaneShape<MT, NT, WMW, WNW, KSPLIT>::T,
+                                  PlaneShape<MT, NT, WMW, WNW, KSPLIT>::BLOCKS)
     conv_plane_kernel(float *__restrict__ out, const float *__restrict__ in,
                       const float *__restrict__ w, const float *__restrict__ bias, const Geom g,
                       int ipb) {
-    using S = PlaneShape<MT, NT, WMW, WNW>;
-    constexpr int BM = S::BM, T = S::T, XC = S::XC, KS = S::KS, KC = S::KC, CK = ST_CK;
-    __shared__ __align__(16) float xs[2][CK * XC];
-    __shared__ __align__(16) float ws[2][BM * KS];
-    __shared__ int koff[KC];
+    using S = PlaneShape<MT, NT, WMW, WNW, KSPLIT>;
+    constexpr int BM = S::BM, T = S::T, XF = S::XF, WF = S::WF, KS = S::KS, KC = S::KC;
+    constexpr int CK = ST_CK, SW = WMW * WNW; /* warps a set */
+    DD_DYNAMIC_SHARED(float, smem);
+    float *const xs0 = smem;                      /* [2][KSPLIT][XF] */
+    float *const ws0 = smem + 2 * KSPLIT * XF;    /* [2][KSPLIT][WF] */
+    int *const koff = reinterpret_cast<int *>(ws0 + 2 * KSPLIT * WF); /* [KC] */
 
     const int Ci = DATA ? g.Cout : g.Cin, Co = DATA ? g.Cin : g.Cout; /* GEMM in / out channels */
     const int Hi = DATA ? g.Ho : g.H, Wi = DATA ? g.Wo : g.W;
@@ -833,7 +863,8 @@ __global__ void __launch_bounds__(32 * WMW * WNW, 768 / (32 * WMW * WNW))
     const int img0 = blockIdx.x * ipb, nimg = g.N - img0 < ipb ? g.N - img0 : ipb;
     const int m0 = blockIdx.y * BM;
     const int tid = threadIdx.x, warp = tid >> 5, lane = tid & 31, gq = lane >> 2, tq = lane & 3;
-    const int wm = warp / WNW * (16 * MT), wn = warp % WNW * (8 * NT);
+    const int set = warp / SW, ws_ = warp - set * SW; /* this warp's set, its place in it */
+    const int wm = ws_ / WNW * (16 * MT), wn = ws_ % WNW * (8 * NT);
     const int npos = nimg * HWo;
     const bool wvec = !DATA && Ci % CK == 0 && ((uintptr_t)w & 15) == 0;
 
@@ -856,24 +887,32 @@ __global__ void __launch_bounds__(32 * WMW * WNW, 768 / (32 * WMW * WNW))
         const int cl = k / 9, rr = k - cl * 9;
         koff[k] = cl * cs + (rr / 3) * RW + rr % 3;
     }
-    for (int i = tid; i < 2 * CK * XC; i += T) (&xs[0][0])[i] = 0.f; /* the halos, for good */
+    for (int i = tid; i < 2 * KSPLIT * XF; i += T) xs0[i] = 0.f; /* the halos, for good */
     __syncthreads(); /* before any copy lands on the zeros */
 
-    /* group c (input channels [8 c, 8 c + 8)) into buffer b: the planes, then the weights */
-    auto issue = [&](int c, int b) {
-        const int ci0 = c * CK;
-        for (int pl = warp; pl < CK * ipb; pl += T / 32) {
-            const int cl = pl / ipb, il = pl - cl * ipb, ci = ci0 + cl;
-            const bool ok = ci < Ci && il < nimg;
-            const float *src = ok ? in + ((int64_t)(img0 + il) * Ci + ci) * HWi : in;
-            float *dst = &xs[b][cl * cs + il * IS];
+    const int groups = (Ci + CK - 1) / CK, stages = (groups + KSPLIT - 1) / KSPLIT;
+    /* stage st (groups KSPLIT st + h, input channels [8 c, 8 c + 8)) into buffer b: the planes,
+     * then the weights, of each group that exists */
+    auto issue = [&](int st, int b) {
+#pragma unroll 1
+        for (int h = 0; h < KSPLIT; h++) {
+            const int c = st * KSPLIT + h, ci0 = c * CK;
+            if (c >= groups) break;
+            float *const xb = xs0 + (b * KSPLIT + h) * XF;
+            for (int pl = warp; pl < CK * ipb; pl += T / 32) {
+                const int cl = pl / ipb, il = pl - cl * ipb, ci = ci0 + cl;
+                const bool ok = ci < Ci && il < nimg;
+                const float *src = ok ? in + ((int64_t)(img0 + il) * Ci + ci) * HWi : in;
+                float *dst = xb + cl * cs + il * IS;
 #pragma unroll
-            for (int t = 0; t < PLANE_PASSES; t++) {
-                const int e = lane + 32 * t;
-                if (e < HWi) cp_async4(dst + soff[t], ok ? src + e : in, ok);
+                for (int t = 0; t < PLANE_PASSES; t++) {
+                    const int e = lane + 32 * t;
+                    if (e < HWi) cp_async4(dst + soff[t], ok ? src + e : in, ok);
+                }
             }
+            stage_weights<DATA, BM, T>(ws0 + (b * KSPLIT + h) * WF, w, g, Ci, Co, ci0, m0, wvec,
+                                       tid);
         }
-        stage_weights<DATA, BM, T>(ws[b], w, g, Ci, Co, ci0, m0, wvec, tid);
         __pipeline_commit();
     };
 
@@ -885,21 +924,48 @@ __global__ void __launch_bounds__(32 * WMW * WNW, 768 / (32 * WMW * WNW))
 #pragma unroll
             for (int e = 0; e < 4; e++) acc[i][j][e] = 0.f;
 
-    const int groups = (Ci + CK - 1) / CK;
-    if (groups > 0) issue(0, 0);
-    for (int c = 0; c < groups; c++) {
-        if (c + 1 < groups) {
-            issue(c + 1, (c + 1) & 1); /* into the buffer group c - 1 used */
-            __pipeline_wait_prior(1);  /* group c's copies have landed (this thread's) */
+    if (stages > 0) issue(0, 0);
+    for (int st = 0; st < stages; st++) {
+        const int b = st & 1;
+        if (st + 1 < stages) {
+            issue(st + 1, b ^ 1);     /* into the buffer stage st - 1 used */
+            __pipeline_wait_prior(1); /* stage st's copies have landed (this thread's) */
         } else {
             __pipeline_wait_prior(0);
         }
         __syncthreads(); /* everyone's have */
-        round_tf32_shared(xs[c & 1], CK * cs / 4, tid, T);
-        round_tf32_shared(ws[c & 1], BM * KS / 4, tid, T);
+#pragma unroll
+        for (int h = 0; h < KSPLIT; h++) round_tf32_shared(xs0 + (b * KSPLIT + h) * XF, CK * cs / 4, tid, T);
+        round_tf32_shared(ws0 + b * KSPLIT * WF, KSPLIT * WF / 4, tid, T);
         __syncthreads(); /* rounded, before anyone reads them */
-        group_mma<MT, NT>(acc, xs[c & 1], ws[c & 1] + (wm + gq) * KS + tq, koff, noff, tq);
+        if (st * KSPLIT + set < groups) /* uniform over the warp */
+            group_mma<MT, NT>(acc, xs0 + (b * KSPLIT + set) * XF,
+                              ws0 + (b * KSPLIT + set) * WF + (wm + gq) * KS + tq, koff, noff, tq);
         __syncthreads(); /* before the next issue overwrites this buffer */
+    }
+
+    if (KSPLIT > 1) { /* the sets' sums into set 0's, in set order (the loop's last barrier
+                       * ended every read of the buffers this reuses) */
+        float *const red = smem + ws_ * (MT * NT * 4 * 32) + lane;
+        for (int h = 1; h < KSPLIT; h++) {
+            if (set == h)
+#pragma unroll
+                for (int i = 0; i < MT; i++)
+#pragma unroll
+                    for (int j = 0; j < NT; j++)
+#pragma unroll
+                        for (int e = 0; e < 4; e++) red[((i * NT + j) * 4 + e) * 32] = acc[i][j][e];
+            __syncthreads();
+            if (set == 0)
+#pragma unroll
+                for (int i = 0; i < MT; i++)
+#pragma unroll
+                    for (int j = 0; j < NT; j++)
+#pragma unroll
+                        for (int e = 0; e < 4; e++) acc[i][j][e] += red[((i * NT + j) * 4 + e) * 32];
+            __syncthreads();
+        }
+        if (set) return;
     }
 
     /* D[g][2t], D[g][2t+1], D[g+8][2t], D[g+8][2t+1] of each mma tile; column p is image
@@ -1659,11 +1725,13 @@ template <int BN, int XC> int plane_images(const Geom &g, bool data) {
     return ipb > 0 ? ipb : 0;
 }
 
-/* The plane kernel where it applies (plane_images), else the tc32x64s3 configuration. */
-template <bool DATA, int MT, int NT, int WMW, int WNW>
+/* The plane kernel where it applies (plane_images), else the tc32x64s3 configuration. Its
+ * shared memory is dynamic: the limit is raised once per kernel (a call outside any stream, so
+ * also allowed while a graph is being captured). */
+template <bool DATA, int MT, int NT, int WMW, int WNW, int KSPLIT>
 int launch_plane(float *out, const float *act, const float *w, const float *bias, const Geom &g,
                  void *ws, size_t ws_bytes) {
-    using S = PlaneShape<MT, NT, WMW, WNW>;
+    using S = PlaneShape<MT, NT, WMW, WNW, KSPLIT>;
     const int ipb = plane_images<S::BN, S::XC>(g, DATA);
     if (!ipb)
         return launch_gemm<DATA, 32, 64, 16, MmaTile<32, 64, 16, 32>, 3>(out, act, w, bias, g, ws,
@@ -1672,8 +1740,14 @@ int launch_plane(float *out, const float *act, const float *w, const float *bias
     if (Co <= 0 || g.N <= 0) return 0;
     const dim3 grid((unsigned int)ceil_div(g.N, ipb), ceil_div(Co, S::BM));
     if (grid.y > 65535) return dd_error("conv2d (own kernels): %d channels, too many", Co);
-    conv_plane_kernel<DATA, MT, NT, WMW, WNW><<<grid, S::T, 0, dd_cuda_stream>>>(out, act, w, bias,
-                                                                                 g, ipb);
+    static bool raised; /* one per kernel */
+    if (!raised) {
+        DD_CUDA_CHECK(cudaFuncSetAttribute(conv_plane_kernel<DATA, MT, NT, WMW, WNW, KSPLIT>,
+                                           cudaFuncAttributeMaxDynamicSharedMemorySize, S::SMEM));
+        raised = true;
+    }
+    conv_plane_kernel<DATA, MT, NT, WMW, WNW, KSPLIT>
+        <<<grid, S::T, S::SMEM, dd_cuda_stream>>>(out, act, w, bias, g, ipb);
     if (DATA)
         DD_CUDA_LAUNCHED("conv backward-data (own, planes)");
     else
@@ -1800,38 +1874,33 @@ template <bool DATA> struct GemmConfigs {
         launch_gemm<DATA, 16, 128, 16, F<16, 128, 4, 4>>,
         launch_gemm<DATA, 32, 64, 16, F<32, 64, 4, 4>>,
         launch_gemm<DATA, 64, 64, 16, F<64, 64, 8, 4>>,
-        launch_gemm<DATA, 64, 128, 8, F<64, 128, 8, 8>>,
         launch_gemm<DATA, 16, 128, 16, TC<16, 128, 16, 32>>,
         launch_gemm<DATA, 32, 64, 16, TC<32, 64, 16, 32>>,
-        launch_gemm<DATA, 64, 64, 16, TC<64, 64, 32, 32>>,
-        launch_gemm<DATA, 64, 128, 16, TC<64, 128, 32, 64>>,
         launch_gemm<DATA, 32, 64, 32, TC<32, 64, 16, 32>>,
-        launch_gemm<DATA, 64, 64, 32, TC<64, 64, 32, 32>>,
         launch_gemm<DATA, 32, 64, 16, TC<32, 64, 16, 32>, 3>,
-        launch_gemm<DATA, 64, 64, 16, TC<64, 64, 32, 32>, 3>,
         launch_stage<DATA, 1, 4, 1, 4>,
         launch_stage<DATA, 2, 4, 1, 4>,
-        launch_stage<DATA, 1, 4, 2, 2>,
-        launch_stage<DATA, 1, 4, 1, 2>,
-        launch_plane<DATA, 1, 7, 1, 2>,
-        launch_plane<DATA, 1, 7, 2, 2>,
-        launch_plane<DATA, 1, 7, 1, 4>,
-        launch_plane<DATA, 1, 7, 2, 4>,
+        launch_plane<DATA, 1, 7, 2, 2, 1>,
+        launch_plane<DATA, 1, 7, 1, 4, 1>,
+        launch_plane<DATA, 1, 7, 2, 4, 1>,
+        launch_plane<DATA, 1, 7, 1, 2, 2>,
+        launch_plane<DATA, 1, 7, 2, 2, 2>,
+        launch_plane<DATA, 1, 7, 1, 4, 2>,
+        launch_plane<DATA, 1, 7, 2, 4, 2>,
     };
 };
-const char *const gemm_names[] = {"8x128",      "16x128",     "32x64",    "64x64",
-                                  "64x128",     "tc16x128",   "tc32x64",  "tc64x64",
-                                  "tc64x128",   "tc32x64k32", "tc64x64k32", "tc32x64s3",
-                                  "tc64x64s3",  "st16x128",   "st32x128", "st32x64",
-                                  "st16x64",    "pl16x112",   "pl32x112", "pl16x224",
-                                  "pl32x224"};
-constexpr int GEMM_CONFIGS = 21, GEMM_FP32_CONFIGS = 5;
-/* the staged configurations (launch_stage): their BN, or 0 */
-const int gemm_stage_bn[GEMM_CONFIGS] = {0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0,
-                                         0, 0, 128, 128, 64, 64, 0, 0, 0, 0};
-/* the plane configurations (launch_plane): their BN, or 0 */
-const int gemm_plane_bn[GEMM_CONFIGS] = {0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0,
-                                         0, 0, 0, 0, 0, 0, 112, 112, 224, 224};
+/* Retired after an H200 run where none of them was the fastest handwritten kernel for any of the
+ * UNet's shapes at any batch (bench/RESULTS.md, session 9): FP32 64x128, tc64x64, tc64x128,
+ * tc64x64k32, tc64x64s3, st32x64, st16x64, pl16x112 */
+const char *const gemm_names[] = {"8x128",     "16x128",   "32x64",    "64x64",    "tc16x128",
+                                  "tc32x64",   "tc32x64k32", "tc32x64s3", "st16x128", "st32x128",
+                                  "pl32x112",  "pl16x224", "pl32x224", "pk16x112", "pk32x112",
+                                  "pk16x224",  "pk32x224"};
+constexpr int GEMM_CONFIGS = 17, GEMM_FP32_CONFIGS = 4;
+/* the plane configurations (launch_plane): their BN, or 0 (the staged ones: 8 and 9) */
+const int gemm_plane_bn[GEMM_CONFIGS] = {0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 112, 224, 224,
+                                         112, 112, 224, 224};
+constexpr int GEMM_STAGE_FIRST = 8, GEMM_STAGE_LAST = 9;
 static_assert(sizeof gemm_names / sizeof gemm_names[0] == GEMM_CONFIGS, "a name each");
 static_assert(sizeof GemmConfigs<false>::fn / sizeof(gemm_fn) == GEMM_CONFIGS, "a kernel each");
 
@@ -1840,20 +1909,17 @@ const filter_fn filter_fns[] = {
     launch_filter<32, 64, 32, F<32, 64, 4, 4>>,
     launch_filter<64, 64, 32, F<64, 64, 8, 4>>,
     launch_filter<16, 64, 32, TC<16, 64, 16, 16>>,
-    launch_filter<32, 64, 32, TC<32, 64, 16, 32>>,
-    launch_filter<64, 64, 32, TC<64, 64, 32, 32>>,
     launch_filter<32, 64, 16, TC<32, 64, 16, 32>, 3>,
     launch_filter<64, 64, 16, TC<64, 64, 32, 32>, 3>,
     launch_filter_stage<1>,
-    launch_filter_stage<2>,
     launch_filter_plane<112>,
     launch_filter_plane<196>,
 };
-const char *const filter_names[] = {"16x64",     "32x64",     "64x64",     "tc16x64",
-                                    "tc32x64",   "tc64x64",   "tc32x64s3", "tc64x64s3",
-                                    "st16x72",   "st32x72",   "pl16x112",  "pl16x196"};
-constexpr int FILTER_CONFIGS = 12, FILTER_FP32_CONFIGS = 3, FILTER_STAGE_FIRST = 8,
-              FILTER_PLANE_FIRST = 10;
+/* retired with the forward ones above: tc32x64, tc64x64, st32x72 */
+const char *const filter_names[] = {"16x64",   "32x64",     "64x64",     "tc16x64",   "tc32x64s3",
+                                    "tc64x64s3", "st16x72", "pl16x112",  "pl16x196"};
+constexpr int FILTER_CONFIGS = 9, FILTER_FP32_CONFIGS = 3, FILTER_STAGE_FIRST = 6,
+              FILTER_PLANE_FIRST = 7;
 static_assert(sizeof filter_names / sizeof filter_names[0] == FILTER_CONFIGS, "a name each");
 static_assert(sizeof filter_fns / sizeof filter_fns[0] == FILTER_CONFIGS, "a kernel each");
 
@@ -1899,11 +1965,10 @@ int dd_conv_own_config_applies(int dir, int cfg, const dd_conv_shape *s) {
     const bool data = dir == DD_CONV_BWD_DATA;
     if (gemm_plane_bn[cfg])
         return gemm_plane_bn[cfg] == 112
-                   ? plane_images<112, PlaneShape<1, 7, 1, 2>::XC>(g, data) > 0
-                   : plane_images<224, PlaneShape<1, 7, 1, 4>::XC>(g, data) > 0;
-    if (!gemm_stage_bn[cfg]) return 1;
-    return gemm_stage_bn[cfg] == 128 ? stage_rows<128, StageShape<1, 4, 1, 4>::XC>(g, data) > 0
-                                     : stage_rows<64, StageShape<1, 4, 1, 2>::XC>(g, data) > 0;
+                   ? plane_images<112, PlaneShape<1, 7, 2, 2, 1>::XC>(g, data) > 0
+                   : plane_images<224, PlaneShape<1, 7, 2, 4, 1>::XC>(g, data) > 0;
+    if (cfg < GEMM_STAGE_FIRST || cfg > GEMM_STAGE_LAST) return 1;
+    return stage_rows<128, StageShape<1, 4, 1, 4>::XC>(g, data) > 0;
 }
 
 int dd_conv_own_default(int dir, const dd_conv_shape *s) {

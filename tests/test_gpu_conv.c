@@ -16,7 +16,8 @@
  *
  * Every failing case is reported by name and the test carries on. Without a GPU (or without the
  * CUDA build) it exits 77: CTest reports it as skipped. `test_gpu_conv --quick` runs the own
- * kernels on the small shapes only (no batch 300, no auto): for compute-sanitizer. */
+ * kernels on the small shapes only (no batch 300, no auto): for compute-sanitizer; `--quick --only
+ * TEXT` only the configurations whose names ("own FWD/DATA/FILTER") contain TEXT. */
 #include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -232,8 +233,18 @@ static int paired_filter(int v) {
  * default pick, with and without a workspace (the own kernels need none: the filter gradient
  * then runs as one split), and with the splits' sums by a second kernel instead of each output
  * tile's last split (dd_conv_own_set_fused_reduce) */
+static const char *only; /* --only TEXT: the own variants whose names contain TEXT */
+
 static int own_variant(int v, char *name, size_t n) {
     const int ng = dd_conv_own_configs(DD_CONV_FWD);
+    if (only) { /* the name first, to skip the others without touching the settings */
+        if (v >= ng) return 1;
+        const int f = paired_filter(v);
+        snprintf(name, n, "own %s/%s/%s", dd_conv_own_config_name(DD_CONV_FWD, v),
+                 dd_conv_own_config_name(DD_CONV_BWD_DATA, v),
+                 dd_conv_own_config_name(DD_CONV_BWD_FILTER, f));
+        if (!strstr(name, only)) return 1;
+    }
     no_workspace = v == ng + 1;
     dd_conv_own_set_fused_reduce(v != ng + 2);
     if (v >= ng) {
@@ -269,6 +280,7 @@ int main(int argc, char **argv) {
     tu_skip("built without CUDA");
 #else
     const int quick = argc > 1 && !strcmp(argv[1], "--quick");
+    if (quick && argc > 3 && !strcmp(argv[2], "--only")) only = argv[3];
     gpu = dd_cuda_backend();
     if (!gpu) tu_skip(dd_error_message());
     dd_cuda_info info;

@@ -223,14 +223,27 @@ struct AtExit {
 
 /* ---------------------------------------------------------------- launches */
 
-bool emu_launch_check(dim3 grid, dim3 block, size_t smem, cudaStream_t s) {
+/* each kernel's cudaFuncAttributeMaxDynamicSharedMemorySize, where one was set */
+static std::map<const void *, int> max_dynamic_shared;
+
+cudaError_t emu_func_set_attribute(const void *kernel, enum cudaFuncAttribute a, int v) {
+    if (!kernel || a != cudaFuncAttributeMaxDynamicSharedMemorySize || v < 0 ||
+        v > EMU_MAX_SHARED)
+        return set_error(cudaErrorInvalidValue);
+    max_dynamic_shared[kernel] = v;
+    return cudaSuccess;
+}
+
+bool emu_launch_check(dim3 grid, dim3 block, size_t smem, cudaStream_t s, const void *kernel) {
     if (faulted) {
         fault_error();
         return false;
     }
     const unsigned long nt = (unsigned long)block.x * block.y * block.z;
+    const auto lim = max_dynamic_shared.find(kernel);
+    const size_t smem_max = lim == max_dynamic_shared.end() ? 48 * 1024 : (size_t)lim->second;
     if (!grid.x || !grid.y || !grid.z || grid.y > 65535 || grid.z > 65535 || !nt || nt > 1024 ||
-        block.z > 64 || smem > 48 * 1024) {
+        block.z > 64 || smem > smem_max) {
         emu_misuse("bad launch: grid %u %u %u, block %u %u %u, %zu bytes of shared memory",
                    grid.x, grid.y, grid.z, block.x, block.y, block.z, smem);
         set_error(cudaErrorInvalidConfiguration);

@@ -365,10 +365,23 @@ void emu_cp_wait(size_t prior) {
     f.copies.resize(keep);
 }
 
+/* the running grid's dynamic shared memory, 16-byte aligned (DD_DYNAMIC_SHARED) */
+struct alignas(16) Shared16 {
+    unsigned char b[16];
+};
+static std::vector<Shared16> dynamic_shared;
+static size_t dynamic_shared_bytes;
+
+void *emu_dynamic_shared() {
+    if (!dynamic_shared_bytes)
+        fatal("a kernel declares dynamic shared memory but was launched with none");
+    return dynamic_shared.data();
+}
+
 void emu_run_grid(dim3 grid, dim3 block, size_t smem, const std::function<void()> &body) {
     const unsigned long nt = (unsigned long)block.x * block.y * block.z;
     if (!grid.x || !grid.y || !grid.z || grid.y > 65535 || grid.z > 65535 || !nt || nt > 1024 ||
-        smem > 48 * 1024) {
+        smem > EMU_MAX_SHARED) {
         emu_fail("bad launch: grid %u %u %u, block %u %u %u, %zu bytes of shared memory", grid.x,
                  grid.y, grid.z, block.x, block.y, block.z, smem);
         return;
@@ -379,6 +392,8 @@ void emu_run_grid(dim3 grid, dim3 block, size_t smem, const std::function<void()
         if (!fibers.back().stack) fatal("out of memory");
     }
     kernel_body = &body;
+    dynamic_shared.assign((smem + 15) / 16, Shared16{});
+    dynamic_shared_bytes = smem;
     emu_gridDim = grid;
     emu_blockDim = block;
     std::vector<int> order(nt);
@@ -401,6 +416,7 @@ void emu_run_grid(dim3 grid, dim3 block, size_t smem, const std::function<void()
         const unsigned bx = (unsigned)(b % grid.x), by = (unsigned)(b / grid.x % grid.y),
                        bz = (unsigned)(b / ((unsigned long)grid.x * grid.y));
         emu_blockIdx = dim3(bx, by, bz);
+        if (smem) memset(dynamic_shared.data(), 0xff, smem); /* NaNs: no block sees another's */
         for (unsigned t = 0; t < nt; t++)
             start_fiber(fibers[t],
                         dim3(t % block.x, t / block.x % block.y, t / (block.x * block.y)));

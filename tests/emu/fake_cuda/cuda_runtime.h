@@ -48,6 +48,10 @@ enum cudaMemcpyKind {
     cudaMemcpyDefault = 4
 };
 enum cudaDeviceAttr { cudaDevAttrMultiProcessorCount = 16 };
+enum cudaFuncAttribute { cudaFuncAttributeMaxDynamicSharedMemorySize = 8 };
+/* the most shared memory a block of sm_90 may have (cudaFuncAttributeMaxDynamicSharedMemorySize's
+ * ceiling); above 48 KiB only for a kernel whose attribute allows it, as on a GPU */
+#define EMU_MAX_SHARED (227 * 1024)
 enum cudaStreamCaptureStatus {
     cudaStreamCaptureStatusNone = 0,
     cudaStreamCaptureStatusActive = 1,
@@ -78,6 +82,9 @@ cudaError_t cudaMemGetInfo(size_t *free_b, size_t *total_b);
 cudaError_t cudaRuntimeGetVersion(int *v);
 cudaError_t cudaDriverGetVersion(int *v);
 cudaError_t cudaDeviceSynchronize(void);
+/* a kernel's attribute (only cudaFuncAttributeMaxDynamicSharedMemorySize): recorded per kernel,
+ * checked by every launch of it (C++ callers use the template below) */
+cudaError_t emu_func_set_attribute(const void *kernel, enum cudaFuncAttribute a, int v);
 
 cudaError_t cudaMalloc(void **p, size_t bytes);
 cudaError_t cudaFree(void *p);
@@ -137,6 +144,11 @@ inline float2 make_float2(float a, float b) { return float2{a, b}; }
 #define __forceinline__ inline
 #define __launch_bounds__(...)
 #define __shared__ static
+/* `extern __shared__ T name[]` (dynamic shared memory) as the source writes it through
+ * DD_DYNAMIC_SHARED (cuda/cuda_internal.h): the running block's buffer of the launch's size,
+ * filled with 0xff bytes (NaN floats) for every block, so that a read before a write shows */
+void *emu_dynamic_shared();
+#define DD_DYNAMIC_SHARED(T, name) T *const name = static_cast<T *>(emu_dynamic_shared())
 #define __align__(n) __attribute__((aligned(n)))
 
 extern dim3 emu_blockIdx, emu_blockDim, emu_gridDim;
@@ -251,12 +263,16 @@ void emu_run_grid(dim3 grid, dim3 block, size_t smem, const std::function<void()
  * the launch EMU_FAULT_KERNEL picks queues the fault instead of the grid. */
 extern int emu_sms; /* the SM count the emulated device reports */
 
-bool emu_launch_check(dim3 grid, dim3 block, size_t smem, cudaStream_t s);
+bool emu_launch_check(dim3 grid, dim3 block, size_t smem, cudaStream_t s, const void *kernel);
 void emu_launch_queue(cudaStream_t s, std::function<void()> run, const char *name);
+template <typename... KA>
+cudaError_t cudaFuncSetAttribute(void (*k)(KA...), enum cudaFuncAttribute a, int v) {
+    return emu_func_set_attribute(reinterpret_cast<const void *>(k), a, v);
+}
 template <typename... KA, typename... A>
 void emu_launch(dim3 grid, dim3 block, size_t smem, cudaStream_t s, void (*k)(KA...),
                 const char *name, A &&...args) {
-    if (!emu_launch_check(grid, block, smem, s)) return;
+    if (!emu_launch_check(grid, block, smem, s, reinterpret_cast<const void *>(k))) return;
     std::tuple<typename std::decay<KA>::type...> params(std::forward<A>(args)...);
     emu_launch_queue(
         s, [=] { emu_run_grid(grid, block, smem, [&] { std::apply(k, params); }); }, name);
