@@ -280,11 +280,12 @@ else
         STATUS=1
     fi
     grep -E "^ *[0-9]+/[0-9]+ Test" "$LOGS/ctest_gpu.log"
-    # the per-op errors closest to their tolerance, for a quick look ("... rel err E (tol T)")
+    # the per-op errors closest to their tolerance, for a quick look ("... rel err E (tol T)";
+    # lines without a tolerance, such as the graph replay's report, are not ratios)
     grep "rel err" "$LOGS/ctest_gpu.log" | sed 's/^[0-9]*: //' |
         awk '{ e = ""; for (i = 1; i < NF; i++) if ($i == "err") e = $(i + 1);
                t = $NF; gsub(/[()]/, "", t);
-               if (e != "" && t + 0 > 0) printf "%.3f %s\n", e / t, $0 }' |
+               if (e != "" && $(NF - 1) == "(tol" && t + 0 > 0) printf "%.3f %s\n", e / t, $0 }' |
         sort -g -r | head -n 8 | sed 's/^\([^ ]*\) */\1 of tol: /' > "$LOGS/worst_errors.txt" || true
 fi
 
