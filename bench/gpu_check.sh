@@ -13,7 +13,7 @@
 #     --no-sanitizer     skip the compute-sanitizer run
 #     --no-peer-compile  skip the peer's torch.compile pass
 #     --quick-bench      shorter timings (0.3 s per measurement instead of 1 s)
-#     --ncu REGEX        Nsight Compute (ncu) on the kernels whose names match REGEX, during
+#     --ncu REGEX        Nsight Compute (ncu) on the kernels whose mangled names match REGEX, during
 #                        `diffusion bench --train 256` (the autotuner's timing runs included):
 #                        the launches after --ncu-skip N (default 0), --ncu-count N of them
 #                        (default 4), in ncu.log; after the bar rows, at most 90 s
@@ -391,9 +391,13 @@ if [ -n "$NCU_RE" ]; then
     else
         L=$(limit 90)
         say "ncu on /$NCU_RE/ (skip $NCU_SKIP, count $NCU_COUNT; limit ${L}s)"
-        (cd "$BUILD" && timeout "$L" "$NCU" --clock-control none -k "regex:$NCU_RE" \
-            --launch-skip "$NCU_SKIP" --launch-count "$NCU_COUNT" --section SpeedOfLight \
-            --section Occupancy --section LaunchStats --section WarpStateStats \
+        # matched against mangled names, so that template arguments can pick one configuration
+        # (conv_plane_kernelILb0ELi1ELi7ELi2ELi2ELi1E: pl32x112's forward); the report is
+        # printed only after the program ends, so the count must leave time for that
+        (cd "$BUILD" && timeout "$L" "$NCU" --clock-control none --kernel-name-base mangled \
+            -k "regex:$NCU_RE" --launch-skip "$NCU_SKIP" --launch-count "$NCU_COUNT" \
+            --section SpeedOfLight --section Occupancy --section LaunchStats \
+            --section WarpStateStats --section InstructionStats --section SchedulerStats \
             --section MemoryWorkloadAnalysis ./diffusion bench --device cuda --train 256 \
             --forward 1 --ddim 0 --min-time 0.05) > "$LOGS/ncu.log" 2>&1
         RC=$?
