@@ -237,17 +237,10 @@ static const char *only; /* --only TEXT: the own variants whose names contain TE
 
 static int own_variant(int v, char *name, size_t n) {
     const int ng = dd_conv_own_configs(DD_CONV_FWD);
-    if (only) { /* the name first, to skip the others without touching the settings */
-        if (v >= ng) return 1;
-        const int f = paired_filter(v);
-        snprintf(name, n, "own %s/%s/%s", dd_conv_own_config_name(DD_CONV_FWD, v),
-                 dd_conv_own_config_name(DD_CONV_BWD_DATA, v),
-                 dd_conv_own_config_name(DD_CONV_BWD_FILTER, f));
-        if (!strstr(name, only)) return 1;
-    }
-    no_workspace = v == ng + 1;
-    dd_conv_own_set_fused_reduce(v != ng + 2);
     if (v >= ng) {
+        if (only) return 1;
+        no_workspace = v == ng + 1;
+        dd_conv_own_set_fused_reduce(v != ng + 2);
         snprintf(name, n, "own default%s", no_workspace   ? ", no workspace"
                                            : v == ng + 2 ? ", split sums by a second kernel"
                                                          : "");
@@ -257,11 +250,14 @@ static int own_variant(int v, char *name, size_t n) {
         return 0;
     }
     const int f = paired_filter(v), tc = dd_conv_own_config_tf32(DD_CONV_FWD, v);
-    if (dd_cuda_set_tf32(tc)) fatal("dd_cuda_set_tf32");
-    variant_tol = tc ? TF32_TOL : 0.0;
     snprintf(name, n, "own %s/%s/%s", dd_conv_own_config_name(DD_CONV_FWD, v),
              dd_conv_own_config_name(DD_CONV_BWD_DATA, v),
              dd_conv_own_config_name(DD_CONV_BWD_FILTER, f));
+    if (only && !strstr(name, only)) return 1; /* skipped before any setting changes */
+    no_workspace = 0;
+    dd_conv_own_set_fused_reduce(1);
+    if (dd_cuda_set_tf32(tc)) fatal("dd_cuda_set_tf32");
+    variant_tol = tc ? TF32_TOL : 0.0;
     if (dd_cuda_conv_force_own(v, v, f)) fatal("dd_cuda_conv_force_own");
     return 0;
 }

@@ -145,7 +145,7 @@ inline float2 make_float2(float a, float b) { return float2{a, b}; }
 #define __launch_bounds__(...)
 #define __shared__ static
 /* `extern __shared__ T name[]` (dynamic shared memory) as the source writes it through
- * DD_DYNAMIC_SHARED (cuda/cuda_internal.h): the running block's buffer of the launch's size,
+ * DD_DYNAMIC_SHARED (cuda/cuda_conv.cu): the running block's buffer of the launch's size,
  * filled with 0xff bytes (NaN floats) for every block, so that a read before a write shows */
 void *emu_dynamic_shared();
 #define DD_DYNAMIC_SHARED(T, name) T *const name = static_cast<T *>(emu_dynamic_shared())
