@@ -935,7 +935,8 @@ __global__ void __launch_bounds__(PlaneShape<MT, NT, WMW, WNW, KSPLIT>::T,
         }
         __syncthreads(); /* everyone's have */
 #pragma unroll
-        for (int h = 0; h < KSPLIT; h++) round_tf32_shared(xs0 + (b * KSPLIT + h) * XF, CK * cs / 4, tid, T);
+        for (int h = 0; h < KSPLIT; h++)
+            round_tf32_shared(xs0 + (b * KSPLIT + h) * XF, CK * cs / 4, tid, T);
         round_tf32_shared(ws0 + b * KSPLIT * WF, KSPLIT * WF / 4, tid, T);
         __syncthreads(); /* rounded, before anyone reads them */
         if (st * KSPLIT + set < groups) /* uniform over the warp */
@@ -962,7 +963,8 @@ __global__ void __launch_bounds__(PlaneShape<MT, NT, WMW, WNW, KSPLIT>::T,
 #pragma unroll
                     for (int j = 0; j < NT; j++)
 #pragma unroll
-                        for (int e = 0; e < 4; e++) acc[i][j][e] += red[((i * NT + j) * 4 + e) * 32];
+                        for (int e = 0; e < 4; e++)
+                            acc[i][j][e] += red[((i * NT + j) * 4 + e) * 32];
             __syncthreads();
         }
         if (set) return;
