@@ -43,3 +43,8 @@ int dd_cuda_graph_replay(dd_cuda_graph *graph) {
 }
 
 void dd_cuda_graph_destroy(dd_cuda_graph *graph) { (void)graph; }
+
+int dd_cuda_profiler_range(int on) {
+    (void)on;
+    return dd_error(NO_CUDA);
+}

@@ -5,6 +5,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include <cuda_profiler_api.h>
 #include <cudnn.h>
 
 #include "cuda_internal.h"
@@ -334,4 +335,11 @@ void dd_cuda_graph_destroy(dd_cuda_graph *g) {
     cudaGraphExecDestroy(g->exec);
     cudaGraphDestroy(g->graph);
     free(g);
+}
+
+int dd_cuda_profiler_range(int on) {
+    if (!dd_cuda_backend()) return -1;
+    if (on) DD_CUDA_CHECK(cudaProfilerStart());
+    else DD_CUDA_CHECK(cudaProfilerStop());
+    return 0;
 }

@@ -61,6 +61,18 @@ template <typename T> static __device__ T block_sum(T v, T *sh) {
     return sh[0];
 }
 
+/* block_sum with one barrier instead of three, for a kernel that reduces a few values once each:
+ * every warp adds the warps' partials itself (the same additions, in the same order, as
+ * block_sum's warp 0), so sh (32 values) must not be written again by this block. */
+template <typename T> static __device__ T block_sum_once(T v, T *sh) {
+    const int lane = threadIdx.x & 31, wid = threadIdx.x >> 5, nw = blockDim.x >> 5;
+    v = warp_sum(v);
+    if (lane == 0) sh[wid] = v;
+    __syncthreads();
+    T t = lane < nw ? sh[lane] : (T)0;
+    return warp_sum(t);
+}
+
 /* Multi-block deterministic sum: each block writes its partial, the last block to finish adds
  * them in block order (the threadFenceReduction pattern of the CUDA samples). One stream, so one
  * reduction at a time uses these. */
@@ -413,11 +425,11 @@ static __device__ __forceinline__ float gn_dz(float dy, float xhat, float gm, fl
  * is stepped along with its index instead of divided out. */
 #define GN_FWD_V 8       /* values a thread keeps in registers */
 #define GN_FWD_CG_MAX 256 /* channels a group whose gamma and shift are staged in shared memory */
-static __global__ void gn_forward_kernel(float *y, float *mean, float *rstd, const float *x,
-                                         const float *gamma, const float *beta, const float *add,
-                                         const float *res, int C, int HW, int G, int swish,
-                                         float eps) {
-    __shared__ double sh[32];
+static __global__ void __launch_bounds__(THREADS, 8)
+    gn_forward_kernel(float *y, float *mean, float *rstd, const float *x, const float *gamma,
+                      const float *beta, const float *add, const float *res, int C, int HW, int G,
+                      int swish, float eps) {
+    __shared__ double sh[64]; /* the two sums' warp partials */
     __shared__ float sgm[GN_FWD_CG_MAX], ssh[GN_FWD_CG_MAX];
     const int ng = blockIdx.x, n = ng / G, g = ng - n * G, Cg = C / G;
     const int T = blockDim.x, tid = threadIdx.x;
@@ -428,7 +440,7 @@ static __global__ void gn_forward_kernel(float *y, float *mean, float *rstd, con
     const float *addn = add ? add + (size_t)n * C + (size_t)g * Cg : NULL;
     const bool cached = M <= GN_FWD_V * T, staged = Cg <= GN_FWD_CG_MAX; /* uniform */
     if (staged)
-        for (int cc = tid; cc < Cg; cc += T) { /* read after block_sum's barriers */
+        for (int cc = tid; cc < Cg; cc += T) { /* read after block_sum_once's barrier */
             sgm[cc] = gamma[g * Cg + cc];
             ssh[cc] = beta[g * Cg + cc] + (addn ? addn[cc] : 0.0f);
         }
@@ -445,7 +457,7 @@ static __global__ void gn_forward_kernel(float *y, float *mean, float *rstd, con
     } else {
         for (int i = tid; i < M; i += T) s += xg[i];
     }
-    const double mu = block_sum(s, sh) / (double)M;
+    const double mu = block_sum_once(s, sh) / (double)M;
     double q = 0.0;
     if (cached) {
 #pragma unroll
@@ -460,7 +472,7 @@ static __global__ void gn_forward_kernel(float *y, float *mean, float *rstd, con
             q += d * d;
         }
     }
-    const double var = block_sum(q, sh) / (double)M;
+    const double var = block_sum_once(q, sh + 32) / (double)M;
     const float m = (float)mu, r = (float)(1.0 / sqrt(var + (double)eps));
     if (tid == 0) {
         mean[ng] = m;
@@ -596,12 +608,11 @@ static __global__ void gn_backward_dx_kernel(float *dx, const float *dy, const f
  * the UNets have 2 to 8); more go to the two-kernel path below */
 #define GN_FUSED_CG_MAX 256
 
-static __global__ void gn_backward_fused_kernel(float *dx, double *ws, float *dadd, float *dres,
-                                                const float *dy, const float *x,
-                                                const float *mean, const float *rstd,
-                                                const float *gamma, const float *beta,
-                                                const float *add, int N, int C, int HW, int G,
-                                                int swish) {
+static __global__ void __launch_bounds__(THREADS, 4)
+    gn_backward_fused_kernel(float *dx, double *ws, float *dadd, float *dres, const float *dy,
+                             const float *x, const float *mean, const float *rstd,
+                             const float *gamma, const float *beta, const float *add, int N, int C,
+                             int HW, int G, int swish) {
     /* [Cg][wpc] sn shares, [Cg][wpc] sx shares, s1, s2; Cg wpc <= max(Cg, warps) */
     __shared__ double gn_sh[2 * GN_FUSED_CG_MAX + 2];
     const int ng = blockIdx.x, n = ng / G, g = ng % G, Cg = C / G;
@@ -919,11 +930,16 @@ int dd_cuda_attention_fused_forward(float *y, float *probs, const float *qkv,
  * bias, one graph node where cuBLAS needed two (the bias rows, then the GEMM). A warp takes one
  * row and DENSE_OPW consecutive outputs: its lanes hold the row's inputs k = lane + 32 t in
  * registers and read each weight row lane by lane (coalesced, where a thread per output read 32
- * rows at once), then add the lanes' products in a fixed butterfly order. */
+ * rows at once), then add the lanes' products in a fixed butterfly order. The outputs' loops are
+ * unrolled and every sum is reduced before any store, so all DENSE_OPW rows' loads are in flight
+ * at once (one memory latency a warp, not one an output: 9 us became ... at batch 256 on an
+ * H200); lane j then stores output j, the warp's stores coalesced. */
 #define DENSE_OPW 16 /* outputs a warp */
 template <int XT> /* inputs a lane holds, at most: Cin <= 32 XT */
-static __global__ void dense_small_kernel(float *y, const float *x, const float *w, const float *b,
-                                          int N, int Cin, int Cout) {
+static __global__ void __launch_bounds__(THREADS)
+    dense_small_kernel(float *__restrict__ y, const float *__restrict__ x,
+                       const float *__restrict__ w, const float *__restrict__ b, int N, int Cin,
+                       int Cout) {
     const int lane = threadIdx.x & 31;
     const int chunks = (Cout + DENSE_OPW - 1) / DENSE_OPW;
     const int64_t task = (int64_t)blockIdx.x * (blockDim.x >> 5) + (threadIdx.x >> 5);
@@ -936,18 +952,28 @@ static __global__ void dense_small_kernel(float *y, const float *x, const float 
         const int k = lane + 32 * t;
         xv[t] = k < Cin ? xr[k] : 0.0f;
     }
-    const int co1 = co0 + DENSE_OPW < Cout ? co0 + DENSE_OPW : Cout;
-    for (int co = co0; co < co1; co++) {
-        const float *wr = w + (size_t)co * Cin;
-        float acc = 0.0f;
+    float acc[DENSE_OPW];
 #pragma unroll
-        for (int t = 0; t < XT; t++) {
-            const int k = lane + 32 * t;
-            if (k < Cin) acc = fmaf(xv[t], wr[k], acc);
+    for (int t = 0; t < XT; t++) { /* every weight of this slice loaded before any product */
+        const int k = lane + 32 * t;
+        float wv[DENSE_OPW];
+#pragma unroll
+        for (int j = 0; j < DENSE_OPW; j++)
+            wv[j] = k < Cin && co0 + j < Cout ? __ldg(w + (size_t)(co0 + j) * Cin + k) : 0.0f;
+#pragma unroll
+        for (int j = 0; j < DENSE_OPW; j++) {
+            const float a = t ? acc[j] : 0.0f;
+            acc[j] = k < Cin ? fmaf(xv[t], wv[j], a) : a;
         }
-        acc = warp_sum(acc);
-        if (lane == 0) y[(size_t)r * Cout + co] = b ? acc + b[co] : acc;
     }
+    float out = 0.0f;
+#pragma unroll
+    for (int j = 0; j < DENSE_OPW; j++) {
+        const float v = warp_sum(acc[j]);
+        if (lane == j) out = v;
+    }
+    const int co = co0 + lane;
+    if (lane < DENSE_OPW && co < Cout) y[(size_t)r * Cout + co] = b ? out + b[co] : out;
 }
 
 int dd_cuda_dense_small_forward(float *y, const float *x, const float *w, const float *b, int N,
@@ -981,8 +1007,10 @@ int dd_cuda_dense_small_forward(float *y, const float *x, const float *w, const 
  *   way. Deterministic, no atomics. */
 #define DENSE_BWD_MAX DD_CUDA_DENSE_SMALL_BWD
 static __global__ void __launch_bounds__(THREADS)
-    dense_small_backward_kernel(float *dx, float *dw, float *db, const float *dy, const float *x,
-                                const float *w, int N, int Cin, int Cout, int bx) {
+    dense_small_backward_kernel(float *__restrict__ dx, float *__restrict__ dw,
+                                float *__restrict__ db, const float *__restrict__ dy,
+                                const float *__restrict__ x, const float *__restrict__ w, int N,
+                                int Cin, int Cout, int bx) {
     __shared__ float shw[THREADS / 32][32], shb[THREADS / 32];
     if ((int)blockIdx.x < bx) {
         const int64_t i = (int64_t)blockIdx.x * blockDim.x + threadIdx.x;
@@ -990,6 +1018,7 @@ static __global__ void __launch_bounds__(THREADS)
         const int n = (int)(i / Cin), k = (int)(i - (int64_t)n * Cin);
         const float *dyn = dy + (size_t)n * Cout;
         float acc = 0.0f;
+#pragma unroll 8
         for (int co = 0; co < Cout; co++) acc = fmaf(dyn[co], w[(size_t)co * Cin + k], acc);
         dx[i] += acc;
         return;
@@ -998,6 +1027,7 @@ static __global__ void __launch_bounds__(THREADS)
     const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, k = (b - co * kt) * 32 + lane;
     const bool bias = db && b - co * kt == 0;
     float sw = 0.0f, sb = 0.0f;
+#pragma unroll 8
     for (int n = warp; n < N; n += THREADS / 32) {
         const float d = dy[(size_t)n * Cout + co];
         if (k < Cin) sw = fmaf(d, x[(size_t)n * Cin + k], sw);

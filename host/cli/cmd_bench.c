@@ -33,6 +33,9 @@ static const char *usage =
     "  --json FILE         also write the rows as JSON\n"
     "  --profile           after each row, a few more calls with plain launches and a\n"
     "                      synchronize after every graph node: where the time goes, by op\n"
+    "  --profiler-range    (cuda) after each row, one more call between cudaProfilerStart and\n"
+    "                      cudaProfilerStop: for ncu --profile-from-start off, which then\n"
+    "                      profiles that call's kernels and not the autotuner's\n"
     "\n" CLI_MODEL_HELP;
 
 typedef struct {
@@ -159,15 +162,15 @@ static int parse_list(const char *opt, const char *arg, int *v, int max, int *n)
 }
 
 int cmd_bench(int argc, char **argv) {
-    enum { O_DEVICE = 1, O_TRAIN, O_FWD, O_DDIM, O_MIN, O_JSON, O_PROFILE, O_HELP };
+    enum { O_DEVICE = 1, O_TRAIN, O_FWD, O_DDIM, O_MIN, O_JSON, O_PROFILE, O_PRANGE, O_HELP };
     static const struct option opts[] = {
         {"device", required_argument, 0, O_DEVICE}, {"train", required_argument, 0, O_TRAIN},
         {"forward", required_argument, 0, O_FWD}, {"ddim", required_argument, 0, O_DDIM},
         {"min-time", required_argument, 0, O_MIN}, {"json", required_argument, 0, O_JSON},
-        {"profile", no_argument, 0, O_PROFILE},
+        {"profile", no_argument, 0, O_PROFILE}, {"profiler-range", no_argument, 0, O_PRANGE},
         {"help", no_argument, 0, O_HELP}, CLI_MODEL_OPTIONS, {0, 0, 0, 0}};
     const char *device = "auto", *json = NULL;
-    int train_b[8], fwd_b[8], ntrain = -1, nfwd = -1, ddim_b = -1, rc = 0, c, profile = 0;
+    int train_b[8], fwd_b[8], ntrain = -1, nfwd = -1, ddim_b = -1, rc = 0, c, profile = 0, prange = 0;
     double min_s = 1.0;
     cli_model_opts mo;
     cli_model_opts_init(&mo);
@@ -182,6 +185,7 @@ int cmd_bench(int argc, char **argv) {
         case O_MIN: rc = cli_double("min-time", optarg, 0.01, 600, &min_s); break;
         case O_JSON: json = optarg; break;
         case O_PROFILE: profile = 1; break;
+        case O_PRANGE: prange = 1; break;
         case O_HELP: fputs(usage, stdout); return 0;
         case '?': return cli_error("unknown or incomplete option '%s' (diffusion bench --help)", argv[optind - 1]);
         default:
@@ -197,6 +201,7 @@ int cmd_bench(int argc, char **argv) {
     const dd_backend *be = cli_backend(device);
     if (!be) return cli_error("%s", dd_error_message());
     int gpu = !strcmp(be->name, "cuda");
+    if (prange && !gpu) return cli_error("--profiler-range needs the cuda backend");
     if (ntrain < 0) {
         ntrain = gpu ? 3 : 1;
         train_b[0] = 32, train_b[1] = 128, train_b[2] = 512;
@@ -273,6 +278,13 @@ int cmd_bench(int argc, char **argv) {
                 cJSON_AddNumberToObject(row, "ms", ms);
                 cJSON_AddNumberToObject(row, "per_s", B / ms * 1e3);
                 cJSON_AddItemToArray(rows, row);
+            }
+            if (!rc && prange) { /* one more call, as timed (recorded graphs replayed) */
+                rc = be->synchronize();
+                if (!rc) rc = dd_cuda_profiler_range(1);
+                if (!rc) rc = work[w].fn(&j);
+                if (!rc) rc = be->synchronize();
+                if (!rc) rc = dd_cuda_profiler_range(0);
             }
             if (!rc && profile) {
                 char name[64];

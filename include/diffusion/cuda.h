@@ -61,6 +61,10 @@ int dd_cuda_capture_end(dd_cuda_graph **graph);
 int dd_cuda_graph_replay(dd_cuda_graph *graph);
 void dd_cuda_graph_destroy(dd_cuda_graph *graph);
 
+/* Starts (on = 1) or stops (on = 0) a profiler's collection (cudaProfilerStart/Stop), for
+ * `ncu --profile-from-start off`: only the kernels launched in between are profiled. */
+int dd_cuda_profiler_range(int on);
+
 #ifdef __cplusplus
 }
 #endif

@@ -36,6 +36,7 @@
  *   code.
  * Not modelled: several streams running concurrently (there is one queue), the legacy default
  * stream's implicit synchronisation, timing (events measure the emulation's own time). */
+#include <cuda_profiler_api.h>
 #include <cuda_runtime.h>
 
 #include <chrono>
@@ -606,6 +607,11 @@ cudaError_t cudaGraphExecDestroy(cudaGraphExec_t e) {
     delete e;
     return cudaSuccess;
 }
+
+/* ---- profiler range (no profiler here) */
+
+cudaError_t cudaProfilerStart(void) { return faulted ? fault_error() : cudaSuccess; }
+cudaError_t cudaProfilerStop(void) { return faulted ? fault_error() : cudaSuccess; }
 
 /* ---- events */
 
