@@ -40,11 +40,6 @@
 
 #include "cuda_internal.h"
 
-/* a kernel's dynamic shared memory (the CPU emulation in tests/emu defines its own) */
-#ifndef DD_DYNAMIC_SHARED
-#define DD_DYNAMIC_SHARED(T, name) extern __shared__ __align__(16) T name[]
-#endif
-
 namespace {
 
 struct Geom {

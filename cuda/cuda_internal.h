@@ -13,6 +13,11 @@
 
 #include <cuda_runtime.h>
 
+/* a kernel's dynamic shared memory (the CPU emulation in tests/emu defines its own) */
+#ifndef DD_DYNAMIC_SHARED
+#define DD_DYNAMIC_SHARED(T, name) extern __shared__ __align__(16) T name[]
+#endif
+
 #include "diffusion/backend.h"
 #include "diffusion/error.h"
 

@@ -230,15 +230,17 @@ int dd_cuda_concat_backward(float *da, float *db, const float *dy, int N, int Ca
     return 0;
 }
 
-/* one thread per input x[nc][iy][ix], which goes to y[nc][2 iy + (0, 1)][2 ix + (0, 1)]: two
- * float2 stores (F2) or four floats */
+/* One thread per input x[nc][iy][ix], which goes to y[nc][2 iy + (0, 1)][2 ix + (0, 1)]: two
+ * float2 stores (F2) or four floats. A flat loop over every input of every plane (not a plane per
+ * grid row: a 7x7 plane would leave 207 of a block's 256 threads idle). */
 template <bool F2>
 static __global__ void upsample2x_kernel(float *y, const float *x, size_t NC, int H, int W) {
     const int W2 = 2 * W;
     const size_t per = (size_t)H * W;
-    PLANE_LOOP(nc, NC, r, per) {
-        const int iy = (int)r / W, ix = (int)r - iy * W;
-        const float v = x[nc * per + r];
+    GRID_STRIDE(i, NC * per) {
+        const size_t nc = i / per;
+        const int r = (int)(i - nc * per), iy = r / W, ix = r - iy * W;
+        const float v = x[i];
         float *y0 = y + nc * 4 * per + (size_t)(2 * iy) * W2 + 2 * ix, *y1 = y0 + W2;
         if (F2) {
             *(float2 *)y0 = make_float2(v, v);
@@ -257,10 +259,11 @@ static __global__ void upsample2x_backward_kernel(float *dx, const float *dy, si
                                                   int W) {
     const int W2 = 2 * W;
     const size_t per = (size_t)H * W;
-    PLANE_LOOP(nc, NC, r, per) {
-        const int iy = (int)r / W, ix = (int)r - iy * W;
+    GRID_STRIDE(i, NC * per) {
+        const size_t nc = i / per;
+        const int r = (int)(i - nc * per), iy = r / W, ix = r - iy * W;
         const float *r0 = dy + nc * 4 * per + (size_t)(2 * iy) * W2, *r1 = r0 + W2;
-        dx[nc * per + r] += (r0[2 * ix] + r0[2 * ix + 1]) + (r1[2 * ix] + r1[2 * ix + 1]);
+        dx[i] += (r0[2 * ix] + r0[2 * ix + 1]) + (r1[2 * ix] + r1[2 * ix + 1]);
     }
 }
 
@@ -269,10 +272,11 @@ int dd_cuda_upsample2x_forward(float *y, const float *x, int N, int C, int H, in
     if (!NC || !per) return 0;
     if (per > INT_MAX) return dd_error("upsample2x: %dx%d, too large a plane", H, W);
     if (aligned(y, 8))
-        upsample2x_kernel<true><<<plane_grid(per, NC), THREADS, 0, dd_cuda_stream>>>(y, x, NC, H, W);
-    else
-        upsample2x_kernel<false><<<plane_grid(per, NC), THREADS, 0, dd_cuda_stream>>>(y, x, NC, H,
+        upsample2x_kernel<true><<<blocks_for(NC * per), THREADS, 0, dd_cuda_stream>>>(y, x, NC, H,
                                                                                     W);
+    else
+        upsample2x_kernel<false><<<blocks_for(NC * per), THREADS, 0, dd_cuda_stream>>>(y, x, NC,
+                                                                                     H, W);
     DD_CUDA_LAUNCHED("upsample2x_forward");
     return 0;
 }
@@ -281,8 +285,8 @@ int dd_cuda_upsample2x_backward(float *dx, const float *dy, int N, int C, int H,
     const size_t NC = (size_t)N * C, per = (size_t)H * W;
     if (!dx || !NC || !per) return 0;
     if (per > INT_MAX) return dd_error("upsample2x: %dx%d, too large a plane", H, W);
-    upsample2x_backward_kernel<<<plane_grid(per, NC), THREADS, 0, dd_cuda_stream>>>(dx, dy, NC, H,
-                                                                                   W);
+    upsample2x_backward_kernel<<<blocks_for(NC * per), THREADS, 0, dd_cuda_stream>>>(dx, dy, NC,
+                                                                                   H, W);
     DD_CUDA_LAUNCHED("upsample2x_backward");
     return 0;
 }
@@ -419,13 +423,19 @@ static __device__ __forceinline__ float gn_dz(float dy, float xhat, float gm, fl
 /* One block per (n, g) over its M = Cg*HW values: mean, then the centred sum of squares (two
  * passes, sums in double, as on the CPU), then y (+ res: a rounded add of its own, as the CPU's,
  * not contracted into the swish's product). The group's values are read from memory once: a
- * thread keeps its (up to GN_FWD_V) values in registers for the three passes when the group fits
- * (M <= GN_FWD_V blockDim: every group of the UNets), else it reads them again. Each channel's
- * gamma and shift (beta + add) are staged once in shared memory, and the channel of an element
- * is stepped along with its index instead of divided out. */
-#define GN_FWD_V 8       /* values a thread keeps in registers */
+ * thread keeps its (up to V) values in registers for the three passes when the group fits
+ * (M <= V blockDim: every group of the UNets), else it reads them again. Each channel's gamma
+ * and shift (beta + add) are staged once in shared memory, and the channel of an element is
+ * stepped along with its index instead of divided out.
+ * The kernel is bound by instructions, not by memory (ncu on an H200, 8 warps a group: 0.8
+ * instructions issued a cycle per scheduler, 25% of memory bandwidth): what a block does once
+ * (two block sums, the double square root and division) every warp repeats, so a group gets as
+ * few warps as hold its values (gn_forward_launch: 2 warps of up to 32 values a thread for the
+ * UNets' groups). */
+#define GN_FWD_V 8       /* the fused backward's positions a lane keeps in registers */
 #define GN_FWD_CG_MAX 256 /* channels a group whose gamma and shift are staged in shared memory */
-static __global__ void __launch_bounds__(THREADS, 8)
+template <int V> /* values a thread keeps in registers */
+static __global__ void __launch_bounds__(THREADS)
     gn_forward_kernel(float *y, float *mean, float *rstd, const float *x, const float *gamma,
                       const float *beta, const float *add, const float *res, int C, int HW, int G,
                       int swish, float eps) {
@@ -438,18 +448,18 @@ static __global__ void __launch_bounds__(THREADS, 8)
     const float *xg = x + base;
     float *yg = y + base;
     const float *addn = add ? add + (size_t)n * C + (size_t)g * Cg : NULL;
-    const bool cached = M <= GN_FWD_V * T, staged = Cg <= GN_FWD_CG_MAX; /* uniform */
+    const bool cached = M <= V * T, staged = Cg <= GN_FWD_CG_MAX; /* uniform */
     if (staged)
         for (int cc = tid; cc < Cg; cc += T) { /* read after block_sum_once's barrier */
             sgm[cc] = gamma[g * Cg + cc];
             ssh[cc] = beta[g * Cg + cc] + (addn ? addn[cc] : 0.0f);
         }
 
-    float v[GN_FWD_V];
+    float v[V];
     double s = 0.0;
     if (cached) {
 #pragma unroll
-        for (int j = 0; j < GN_FWD_V; j++) {
+        for (int j = 0; j < V; j++) {
             const int i = tid + j * T;
             v[j] = i < M ? xg[i] : 0.0f;
             if (i < M) s += v[j];
@@ -461,7 +471,7 @@ static __global__ void __launch_bounds__(THREADS, 8)
     double q = 0.0;
     if (cached) {
 #pragma unroll
-        for (int j = 0; j < GN_FWD_V; j++)
+        for (int j = 0; j < V; j++)
             if (tid + j * T < M) {
                 const double d = v[j] - mu;
                 q += d * d;
@@ -497,20 +507,30 @@ static __global__ void __launch_bounds__(THREADS, 8)
     };
     if (cached) {
 #pragma unroll
-        for (int j = 0; j < GN_FWD_V; j++)
+        for (int j = 0; j < V; j++)
             if (tid + j * T < M) put(tid + j * T, v[j]);
     } else {
         for (int i = tid; i < M; i += T) put(i, xg[i]);
     }
 }
 
-/* Threads for a block of gn_forward_kernel over M values: about 4 values a thread, a multiple
- * of 32 between 64 and THREADS */
-static int gn_forward_threads(size_t M) {
-    size_t t = (M / 4 + 31) / 32 * 32;
-    if (t < 64) t = 64;
-    if (t > THREADS) t = THREADS;
-    return (int)t;
+/* The launch for groups of M values: 2 warps (64 threads) of 8, 16 or 32 values each, else 4 or
+ * 8 warps of 32, else (over 8192 values) 8 warps reading the values again. */
+static void gn_forward_launch(const dd_gn_shape *s, float *y, float *mean, float *rstd,
+                              const float *x, const float *gamma, const float *beta,
+                              const float *add, const float *res) {
+    const size_t M = (size_t)(s->C / s->G) * s->HW;
+    const unsigned int blocks = (unsigned int)(s->N * s->G);
+#define GN_FWD_LAUNCH(V, T)                                                                       \
+    gn_forward_kernel<V><<<blocks, T, 0, dd_cuda_stream>>>(y, mean, rstd, x, gamma, beta, add,    \
+                                                           res, s->C, s->HW, s->G, s->swish,      \
+                                                           s->eps)
+    if (M <= 8 * 64) GN_FWD_LAUNCH(8, 64);
+    else if (M <= 16 * 64) GN_FWD_LAUNCH(16, 64);
+    else if (M <= 32 * 64) GN_FWD_LAUNCH(32, 64);
+    else if (M <= 32 * 128) GN_FWD_LAUNCH(32, 128);
+    else GN_FWD_LAUNCH(32, THREADS);
+#undef GN_FWD_LAUNCH
 }
 
 /* The backward without its workspace (or with more than GN_FUSED_CG_MAX channels a group): two
@@ -742,8 +762,7 @@ int dd_cuda_group_norm_forward(float *y, float *mean, float *rstd, const float *
     const size_t M = (size_t)(s->C / s->G) * s->HW;
     if (M > INT_MAX)
         return dd_error("group_norm: %zu values a group, at most %d", M, INT_MAX);
-    gn_forward_kernel<<<s->N * s->G, gn_forward_threads(M), 0, dd_cuda_stream>>>(
-        y, mean, rstd, x, gamma, beta, add, res, s->C, s->HW, s->G, s->swish, s->eps);
+    gn_forward_launch(s, y, mean, rstd, x, gamma, beta, add, res);
     DD_CUDA_LAUNCHED("group_norm_forward");
     return 0;
 }
@@ -840,74 +859,118 @@ int dd_cuda_softmax_rows_backward(float *d, const float *p, int64_t rows, int L)
 
 /* ---------------------------------------------------------------- attention, fused forward */
 
-/* The whole forward of one (sample, head) in a block, for heads whose q, k, v, y and the warps'
- * rows fit ATTN_FUSED_FLOATS of shared memory (the UNets' middle attention: P = 49, D = 16, about
- * 13 KB), in FP32: where cuBLAS took two batched GEMMs, the softmax kernel between them and the
- * scores' round trip through memory. q, k, v (D x P each, contiguous in qkv) are staged; warp w
- * takes rows i = w, w + warps, ...: scores s_j = scale (q_i . k_j) into its row buffer, the
- * softmax as softmax_rows_kernel does it (max first, exponentials summed in double, one
- * reciprocal), the row to probs, then y[d][i] = sum_j p_j v[d][j], half the lanes over even j
- * and half over odd, into a staged y that the block writes out whole (coalesced). */
-#define ATTN_FUSED_FLOATS 8192
+/* The whole forward of one (sample, head) in a block, for heads whose q, k, v and scores fit
+ * ATTN_FUSED_FLOATS of shared memory (the UNets' middle attention: P = 49, D = 16, about 21 KB),
+ * in FP32: where cuBLAS took two batched GEMMs, the softmax kernel between them and the scores'
+ * round trip through memory. q, k, v (D x P each, contiguous in qkv) are staged with rows of
+ * Pp = P rounded up to 4 (zeros after P), then three phases, each spread over the block's
+ * threads with register tiles (an ncu run on an H200 found the former warp-per-row kernel
+ * bound by its serial loops: 52 us at batch 256):
+ * - scores: a thread takes a row i and 4 columns j: s_ij = scale (sum_d q_di k_dj), the products
+ *   added in d order, into S (P x Pp);
+ * - softmax: a thread per row (max first, exponentials summed in double in j order, one
+ *   reciprocal, as the CPU), the padding columns set to 0; probs written out whole (coalesced);
+ * - y_di = sum_j p_ij v_dj, the products added in j order (padding adds zeros), a thread per
+ *   2 rows x 4 d's, written straight to y. */
+#define ATTN_FUSED_FLOATS 12288 /* 48 KB: dynamic shared memory without an opt-in */
 #define ATTN_FUSED_WARPS 4
+static __device__ __forceinline__ int attn_pad4(int P) { return (P + 3) & ~3; }
 static __global__ void __launch_bounds__(32 * ATTN_FUSED_WARPS)
     attention_fused_kernel(float *y, float *probs, const float *qkv, int C, int heads, int P,
                            float scale) {
-    __shared__ float sm[ATTN_FUSED_FLOATS];
+    DD_DYNAMIC_SHARED(float, sm);
     const int D = C / heads, b = blockIdx.x, n = b / heads, h = b - n * heads, DP = D * P;
-    const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
-    float *qs = sm, *ks = qs + DP, *vs = ks + DP, *ys = vs + DP, *row = ys + DP + warp * P;
+    const int Pp = attn_pad4(P), T = 32 * ATTN_FUSED_WARPS, tid = threadIdx.x;
+    float *qs = sm, *ks = qs + D * Pp, *vs = ks + D * Pp, *S = vs + D * Pp; /* S: Pp x Pp */
     const float *q = qkv + (size_t)n * 3 * C * P + (size_t)h * DP;
-    for (int e = tid; e < DP; e += 32 * ATTN_FUSED_WARPS) {
-        qs[e] = q[e];
-        ks[e] = q[(size_t)C * P + e];
-        vs[e] = q[(size_t)2 * C * P + e];
+    for (int e = tid; e < D * Pp; e += T) {
+        const int d = e / Pp, i = e - d * Pp;
+        const bool in = i < P;
+        qs[e] = in ? q[d * P + i] : 0.0f;
+        ks[e] = in ? q[(size_t)C * P + d * P + i] : 0.0f;
+        vs[e] = in ? q[(size_t)2 * C * P + d * P + i] : 0.0f;
     }
     __syncthreads();
-    float *pb = probs + (size_t)b * P * P;
-    const int half = lane >> 4, hl = lane & 15;
-    for (int i = warp; i < P; i += ATTN_FUSED_WARPS) {
-        float mx = -INFINITY;
-        for (int j = lane; j < P; j += 32) {
-            float acc = 0.0f;
-            for (int d = 0; d < D; d++) acc = fmaf(qs[d * P + i], ks[d * P + j], acc);
-            const float sc = scale * acc;
-            row[j] = sc;
-            mx = fmaxf(mx, sc);
+    const int J4 = Pp / 4;
+    for (int t = tid; t < P * J4; t += T) { /* scores: row i, columns 4 jc .. 4 jc + 3 */
+        const int i = t / J4, j0 = 4 * (t - i * J4);
+        float a0 = 0.0f, a1 = 0.0f, a2 = 0.0f, a3 = 0.0f;
+        for (int d = 0; d < D; d++) {
+            const float qv = qs[d * Pp + i];
+            const float4 kv = *(const float4 *)&ks[d * Pp + j0];
+            a0 = fmaf(qv, kv.x, a0);
+            a1 = fmaf(qv, kv.y, a1);
+            a2 = fmaf(qv, kv.z, a2);
+            a3 = fmaf(qv, kv.w, a3);
         }
-        mx = warp_max(mx);
+        *(float4 *)&S[i * Pp + j0] = make_float4(scale * a0, scale * a1, scale * a2, scale * a3);
+    }
+    __syncthreads();
+    if (tid < P) { /* softmax of row tid */
+        float *row = S + tid * Pp;
+        float mx = -INFINITY;
+        for (int j = 0; j < P; j++) mx = fmaxf(mx, row[j]);
         double sum = 0.0;
-        for (int j = lane; j < P; j += 32) {
+        for (int j = 0; j < P; j++) {
             const float e = expf(row[j] - mx);
             row[j] = e;
             sum += e;
         }
-        const float inv = (float)(1.0 / warp_sum(sum));
-        for (int j = lane; j < P; j += 32) {
-            const float pv = row[j] * inv;
-            row[j] = pv;
-            pb[(size_t)i * P + j] = pv;
-        }
-        __syncwarp();
-        for (int d0 = 0; d0 < D; d0 += 16) { /* every lane runs the shuffle below */
-            const int d = d0 + hl;
-            float acc = 0.0f;
-            if (d < D)
-                for (int j = half; j < P; j += 2) acc = fmaf(row[j], vs[d * P + j], acc);
-            acc += __shfl_xor_sync(0xffffffffu, acc, 16);
-            if (half == 0 && d < D) ys[d * P + i] = acc;
-        }
-        __syncwarp(); /* the row buffer is rewritten by the next row */
+        const float inv = (float)(1.0 / sum);
+        for (int j = 0; j < P; j++) row[j] *= inv;
+        for (int j = P; j < Pp; j++) row[j] = 0.0f;
+    } else if (tid < Pp) { /* the padding rows: read by the last row tiles below, never stored */
+        for (int j = 0; j < Pp; j++) S[tid * Pp + j] = 0.0f;
     }
     __syncthreads();
+    if (probs) {
+        float *pb = probs + (size_t)b * P * P;
+        for (int e = tid; e < P * P; e += T) {
+            const int i = e / P;
+            pb[e] = S[i * Pp + (e - i * P)];
+        }
+    }
+    const int I2 = Pp / 2, D4 = (D + 3) / 4;
     float *yb = y + (size_t)n * C * P + (size_t)h * DP;
-    for (int e = tid; e < DP; e += 32 * ATTN_FUSED_WARPS) yb[e] = ys[e];
+    for (int t = tid; t < I2 * D4; t += T) { /* y: rows 2 ic, 2 ic + 1; d's 4 dc .. 4 dc + 3 */
+        const int ic = t / D4, i0 = 2 * ic, d0 = 4 * (t - ic * D4);
+        float acc[2][4] = {{0.0f}};
+        for (int j = 0; j < Pp; j += 4) {
+            float4 p4[2], v4[4];
+#pragma unroll
+            for (int a = 0; a < 2; a++) p4[a] = *(const float4 *)&S[(i0 + a) * Pp + j];
+#pragma unroll
+            for (int c = 0; c < 4; c++)
+                v4[c] = d0 + c < D ? *(const float4 *)&vs[(d0 + c) * Pp + j]
+                                   : make_float4(0.0f, 0.0f, 0.0f, 0.0f);
+#pragma unroll
+            for (int a = 0; a < 2; a++)
+#pragma unroll
+                for (int c = 0; c < 4; c++) {
+                    float r = acc[a][c];
+                    r = fmaf(p4[a].x, v4[c].x, r);
+                    r = fmaf(p4[a].y, v4[c].y, r);
+                    r = fmaf(p4[a].z, v4[c].z, r);
+                    acc[a][c] = fmaf(p4[a].w, v4[c].w, r);
+                }
+        }
+#pragma unroll
+        for (int a = 0; a < 2; a++)
+#pragma unroll
+            for (int c = 0; c < 4; c++)
+                if (i0 + a < P && d0 + c < D) yb[(size_t)(d0 + c) * P + i0 + a] = acc[a][c];
+    }
+}
+
+static size_t attn_fused_floats(const dd_attn_shape *s) {
+    const size_t D = (size_t)(s->C / s->heads), Pp = (size_t)((s->P + 3) & ~3);
+    return 3 * D * Pp + Pp * Pp;
 }
 
 int dd_cuda_attention_fused_fits(const dd_attn_shape *s) {
-    if (s->heads <= 0 || s->C % s->heads || s->P <= 0) return 0;
-    const int64_t D = s->C / s->heads, P = s->P;
-    return 4 * D * P + ATTN_FUSED_WARPS * P <= ATTN_FUSED_FLOATS;
+    /* a thread per softmax row */
+    if (s->heads <= 0 || s->C % s->heads || s->P <= 0 || s->P > 32 * ATTN_FUSED_WARPS) return 0;
+    return attn_fused_floats(s) <= ATTN_FUSED_FLOATS;
 }
 
 int dd_cuda_attention_fused_forward(float *y, float *probs, const float *qkv,
@@ -917,7 +980,8 @@ int dd_cuda_attention_fused_forward(float *y, float *probs, const float *qkv,
     if (!dd_cuda_attention_fused_fits(s) || blocks > INT_MAX)
         return dd_error("attention (fused kernel): shape N %d C %d heads %d P %d does not fit",
                         s->N, s->C, s->heads, s->P);
-    attention_fused_kernel<<<(unsigned int)blocks, 32 * ATTN_FUSED_WARPS, 0, dd_cuda_stream>>>(
+    attention_fused_kernel<<<(unsigned int)blocks, 32 * ATTN_FUSED_WARPS,
+                             attn_fused_floats(s) * sizeof(float), dd_cuda_stream>>>(
         y, probs, qkv, s->C, s->heads, s->P, 1.0f / sqrtf((float)(s->C / s->heads)));
     DD_CUDA_LAUNCHED("attention_forward (fused)");
     return 0;

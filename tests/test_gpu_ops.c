@@ -353,7 +353,12 @@ static void test_group_norm(void) {
     case_gn(2, 40, 20, 2, 1, 1, 1);  /* 20 channels a group: passes of 8 warps */
     case_gn(3, 7, 33, 1, 0, 1, 1);   /* 7 channels a group: a warp each, one idle */
     case_gn(2, 300, 5, 1, 1, 1, 1);  /* 300 channels a group: beyond the one-pass kernel */
-    case_gn(2, 8, 600, 2, 1, 1, 1);  /* 2400 values a group: the forward reads them again */
+    /* the forward's launches by group size: 2 warps of 8, 16 (above) or 32 values a thread, 4
+     * or 8 warps of 32, and over 8192 values a second read */
+    case_gn(2, 16, 784, 8, 1, 1, 1); /* 1568 values a group (28x28, 2 channels a group) */
+    case_gn(2, 8, 600, 2, 1, 1, 1);  /* 2400 */
+    case_gn(2, 8, 1500, 2, 1, 1, 1); /* 6000 */
+    case_gn(2, 4, 4500, 1, 1, 1, 1); /* 18000: the forward reads them again */
     if (!big || tf32_pass) return;   /* no products: the large shape once */
     case_gn(1024, 64, 784, 8, 1, 1, 1); /* batch 1024 of 28x28x64: 51M values */
     case_gn(2, 192, 3000, 8, 1, 1, 1);  /* 72000 values per group */
@@ -554,7 +559,9 @@ static void test_attention(void) {
     case_attn(2, 8, 2, 9);
     case_attn(3, 64, 4, 49); /* the UNet's middle attention at 7x7 */
     case_attn(1, 12, 3, 40); /* P not a multiple of 32 and above it */
-    case_attn(1, 32, 1, 72); /* a head too large for the fused forward: cuBLAS */
+    case_attn(1, 32, 1, 72);  /* D = 32, P = 72: near the fused forward's shared memory */
+    case_attn(1, 16, 1, 120); /* too many positions for the fused forward: cuBLAS */
+    case_attn(2, 12, 4, 1);   /* one position, D = 3 */
     case_attn(2, 40, 2, 30); /* D = 20: two passes of 16 lanes over d */
     if (!big) return;
     case_attn(256, 64, 4, 49); /* the middle attention at batch 256 */

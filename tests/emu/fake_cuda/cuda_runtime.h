@@ -137,6 +137,7 @@ struct alignas(8) float2 {
     float x, y;
 };
 inline float2 make_float2(float a, float b) { return float2{a, b}; }
+inline float4 make_float4(float a, float b, float c, float d) { return float4{a, b, c, d}; }
 
 #define __global__
 #define __device__
