@@ -430,8 +430,8 @@ static __device__ __forceinline__ float gn_dz(float dy, float xhat, float gm, fl
  * The kernel is bound by instructions, not by memory (ncu on an H200, 8 warps a group: 0.8
  * instructions issued a cycle per scheduler, 25% of memory bandwidth): what a block does once
  * (two block sums, the double square root and division) every warp repeats, so a group gets as
- * few warps as hold its values (gn_forward_launch: 2 warps of up to 32 values a thread for the
- * UNets' groups). */
+ * few warps as hold its values, up to where fewer threads lose more latency than they save
+ * instructions (gn_forward_launch). */
 #define GN_FWD_V 8       /* the fused backward's positions a lane keeps in registers */
 #define GN_FWD_CG_MAX 256 /* channels a group whose gamma and shift are staged in shared memory */
 template <int V> /* values a thread keeps in registers */
@@ -514,8 +514,11 @@ static __global__ void __launch_bounds__(THREADS)
     }
 }
 
-/* The launch for groups of M values: 2 warps (64 threads) of 8, 16 or 32 values each, else 4 or
- * 8 warps of 32, else (over 8192 values) 8 warps reading the values again. */
+/* The launch for groups of M values (ncu on an H200 at batch 256, us a group-norm: 2 warps of 8
+ * values beat 4 at M = 392, 7.7 against 9.8; 2 warps of 16 beat 7 of 4 at M = 784, 11.5
+ * against 15.4; but 2 warps of 32 lost to 8 of 8 at M = 1568, 27 against 19.6): 2 warps of 8
+ * or 16 values a thread up to 1024 values, then 8 warps of 8, 16 or 32, else (over 8192
+ * values) 8 warps reading the values again. */
 static void gn_forward_launch(const dd_gn_shape *s, float *y, float *mean, float *rstd,
                               const float *x, const float *gamma, const float *beta,
                               const float *add, const float *res) {
@@ -527,8 +530,8 @@ static void gn_forward_launch(const dd_gn_shape *s, float *y, float *mean, float
                                                            s->eps)
     if (M <= 8 * 64) GN_FWD_LAUNCH(8, 64);
     else if (M <= 16 * 64) GN_FWD_LAUNCH(16, 64);
-    else if (M <= 32 * 64) GN_FWD_LAUNCH(32, 64);
-    else if (M <= 32 * 128) GN_FWD_LAUNCH(32, 128);
+    else if (M <= 8 * THREADS) GN_FWD_LAUNCH(8, THREADS);
+    else if (M <= 16 * THREADS) GN_FWD_LAUNCH(16, THREADS);
     else GN_FWD_LAUNCH(32, THREADS);
 #undef GN_FWD_LAUNCH
 }
@@ -868,8 +871,9 @@ int dd_cuda_softmax_rows_backward(float *d, const float *p, int64_t rows, int L)
  * bound by its serial loops: 52 us at batch 256):
  * - scores: a thread takes a row i and 4 columns j: s_ij = scale (sum_d q_di k_dj), the products
  *   added in d order, into S (P x Pp);
- * - softmax: a thread per row (max first, exponentials summed in double in j order, one
- *   reciprocal, as the CPU), the padding columns set to 0; probs written out whole (coalesced);
+ * - softmax: 4 lanes a row (max first, exponentials summed in double, each lane over every
+ *   4th j, then across the quad in a fixed order; one reciprocal), the padding columns set to
+ *   0; probs written out whole (coalesced);
  * - y_di = sum_j p_ij v_dj, the products added in j order (padding adds zeros), a thread per
  *   2 rows x 4 d's, written straight to y. */
 #define ATTN_FUSED_FLOATS 12288 /* 48 KB: dynamic shared memory without an opt-in */
@@ -906,21 +910,26 @@ static __global__ void __launch_bounds__(32 * ATTN_FUSED_WARPS)
         *(float4 *)&S[i * Pp + j0] = make_float4(scale * a0, scale * a1, scale * a2, scale * a3);
     }
     __syncthreads();
-    if (tid < P) { /* softmax of row tid */
-        float *row = S + tid * Pp;
+    for (int r0 = 0; r0 < Pp; r0 += T / 4) { /* softmax: a quad of lanes a row */
+        const int i = r0 + tid / 4, qd = tid & 3;
+        const int n = i < P ? P : 0; /* every lane runs the shuffles, rows past P none of j */
+        float *row = S + (size_t)i * Pp;
         float mx = -INFINITY;
-        for (int j = 0; j < P; j++) mx = fmaxf(mx, row[j]);
+        for (int j = qd; j < n; j += 4) mx = fmaxf(mx, row[j]);
+        mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 1, 4));
+        mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 2, 4));
         double sum = 0.0;
-        for (int j = 0; j < P; j++) {
+        for (int j = qd; j < n; j += 4) {
             const float e = expf(row[j] - mx);
             row[j] = e;
             sum += e;
         }
+        sum += __shfl_xor_sync(0xffffffffu, sum, 1, 4);
+        sum += __shfl_xor_sync(0xffffffffu, sum, 2, 4);
         const float inv = (float)(1.0 / sum);
-        for (int j = 0; j < P; j++) row[j] *= inv;
-        for (int j = P; j < Pp; j++) row[j] = 0.0f;
-    } else if (tid < Pp) { /* the padding rows: read by the last row tiles below, never stored */
-        for (int j = 0; j < Pp; j++) S[tid * Pp + j] = 0.0f;
+        for (int j = qd; j < n; j += 4) row[j] *= inv;
+        if (i < Pp) /* padding columns, and the padding rows the last row tiles below read */
+            for (int j = n + qd; j < Pp; j += 4) row[j] = 0.0f;
     }
     __syncthreads();
     if (probs) {
@@ -968,8 +977,7 @@ static size_t attn_fused_floats(const dd_attn_shape *s) {
 }
 
 int dd_cuda_attention_fused_fits(const dd_attn_shape *s) {
-    /* a thread per softmax row */
-    if (s->heads <= 0 || s->C % s->heads || s->P <= 0 || s->P > 32 * ATTN_FUSED_WARPS) return 0;
+    if (s->heads <= 0 || s->C % s->heads || s->P <= 0) return 0;
     return attn_fused_floats(s) <= ATTN_FUSED_FLOATS;
 }
 

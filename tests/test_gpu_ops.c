@@ -353,8 +353,8 @@ static void test_group_norm(void) {
     case_gn(2, 40, 20, 2, 1, 1, 1);  /* 20 channels a group: passes of 8 warps */
     case_gn(3, 7, 33, 1, 0, 1, 1);   /* 7 channels a group: a warp each, one idle */
     case_gn(2, 300, 5, 1, 1, 1, 1);  /* 300 channels a group: beyond the one-pass kernel */
-    /* the forward's launches by group size: 2 warps of 8, 16 (above) or 32 values a thread, 4
-     * or 8 warps of 32, and over 8192 values a second read */
+    /* the forward's launches by group size: 2 warps of 8 or 16 values a thread (above), 8 warps
+     * of 8, 16 or 32, and over 8192 values a second read */
     case_gn(2, 16, 784, 8, 1, 1, 1); /* 1568 values a group (28x28, 2 channels a group) */
     case_gn(2, 8, 600, 2, 1, 1, 1);  /* 2400 */
     case_gn(2, 8, 1500, 2, 1, 1, 1); /* 6000 */
