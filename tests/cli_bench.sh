@@ -56,4 +56,5 @@ bad() { # bad EXPECTED ARGS...
 bad "not a list" --device cpu --train 2,x
 bad "min-time" --device cpu --min-time 0
 bad "unconditional" --device cpu --model unet-cond
+bad "needs the cuda backend" --device cpu --profiler-range
 exit $fail
