@@ -998,6 +998,97 @@ __global__ void __launch_bounds__(PlaneShape<MT, NT, WMW, WNW, KSPLIT>::T,
     }
 }
 
+/* ---------------------------------------------------------------- forward: direct, few channels
+ * The UNet's first and last convolutions (1 -> 16 and 16 -> 1 channels) are GEMMs with one side
+ * of 1 to 16: the tiled kernels above waste most of a tile there (BM 8 for one output channel),
+ * and cuDNN took 27 us for the 16 -> 1 one at batch 256 on an H200 (its FFT algorithm plus a
+ * separate bias kernel, ncu) where reading the input once takes about 3. conv_direct_kernel is a
+ * thread per output position for CO output channels at once (blockIdx.y: which CO): the CO
+ * channels' weights are staged in shared memory (a block's CO x Cin x K x K of them, per input
+ * channel padded to a multiple of 4 floats, so a channel's are read as float4), and every input
+ * value the thread needs is loaded once and used for all CO outputs; neighbouring threads read
+ * neighbouring positions, so the K x K overlap is served by L1. FP32 FMA, the sum over
+ * (ci, kh, kw) in that order, the bias added last. KT: K known at compile time (3), or 0. */
+constexpr int DIRECT_WS = 4096; /* staged weight floats, at most (16 KiB) */
+constexpr int DIRECT_T = 256;   /* threads a block */
+
+template <int CO> __host__ __device__ __forceinline__ int direct_cis(int KK) {
+    return (KK * CO + 3) / 4 * 4; /* staged floats per input channel */
+}
+
+/* whether conv_direct_kernel<CO> runs this forward shape (else launch_direct runs the 8x128
+ * configuration) */
+template <int CO> bool direct_fits(const Geom &g) {
+    return g.Cin > 0 && g.Cout > 0 && (int64_t)g.Cin * direct_cis<CO>(g.KK) <= DIRECT_WS &&
+           (g.Cout + CO - 1) / CO <= 65535;
+}
+
+template <int KT, int CO>
+static __global__ void __launch_bounds__(DIRECT_T)
+    conv_direct_kernel(float *__restrict__ y, const float *__restrict__ x,
+                       const float *__restrict__ w, const float *__restrict__ bias, Geom g) {
+    __shared__ __align__(16) float ws[DIRECT_WS];
+    const int K = KT ? KT : g.K, KK = K * K, CIS = direct_cis<CO>(KK);
+    const int co0 = (int)blockIdx.y * CO;
+    /* ws[ci CIS + r CO + j] = w[co0 + j][ci][r], zero past Cout and in the padding */
+    for (int i = threadIdx.x; i < g.Cin * CIS; i += DIRECT_T) {
+        const int ci = i / CIS, q = i - ci * CIS, r = q / CO, j = q - r * CO;
+        ws[i] = r < KK && co0 + j < g.Cout ? __ldg(w + ((int64_t)(co0 + j) * g.Cin + ci) * KK + r)
+                                           : 0.f;
+    }
+    __syncthreads();
+    const int p = (int)blockIdx.x * DIRECT_T + (int)threadIdx.x;
+    if (p >= g.Py) return; /* no barrier after this */
+    const int n = p / g.HoWo, pi = p - n * g.HoWo, oh = pi / g.Wo, ow = pi - oh * g.Wo;
+    const int ih0 = oh * g.stride - g.pad, iw0 = ow * g.stride - g.pad;
+    const float *xc = x + (int64_t)n * g.Cin * g.HW;
+    float acc[CO];
+#pragma unroll
+    for (int j = 0; j < CO; j++) acc[j] = 0.f;
+    if constexpr (KT > 0) {
+        /* the K x K window's offsets in a plane, and which of them are inside the image */
+        int off[KT * KT];
+        bool in[KT * KT];
+#pragma unroll
+        for (int kh = 0; kh < KT; kh++)
+#pragma unroll
+            for (int kw = 0; kw < KT; kw++) {
+                const int ih = ih0 + kh, iw = iw0 + kw;
+                in[kh * KT + kw] = (unsigned)ih < (unsigned)g.H && (unsigned)iw < (unsigned)g.W;
+                off[kh * KT + kw] = ih * g.W + iw;
+            }
+        constexpr int C4 = (KT * KT * CO + 3) / 4 * 4;
+        for (int ci = 0; ci < g.Cin; ci++, xc += g.HW) {
+            float xv[KT * KT], wv[C4];
+#pragma unroll
+            for (int r = 0; r < KT * KT; r++) xv[r] = in[r] ? __ldg(xc + off[r]) : 0.f;
+            lds<C4>(wv, ws + ci * C4);
+#pragma unroll
+            for (int r = 0; r < KT * KT; r++)
+#pragma unroll
+                for (int j = 0; j < CO; j++) acc[j] = fmaf(xv[r], wv[r * CO + j], acc[j]);
+        }
+    } else {
+        for (int ci = 0; ci < g.Cin; ci++, xc += g.HW)
+            for (int kh = 0; kh < K; kh++) {
+                const int ih = ih0 + kh;
+                for (int kw = 0; kw < K; kw++) {
+                    const int iw = iw0 + kw;
+                    const float v = (unsigned)ih < (unsigned)g.H && (unsigned)iw < (unsigned)g.W
+                                        ? __ldg(xc + ih * g.W + iw)
+                                        : 0.f;
+                    const float *wr = ws + ci * CIS + (kh * K + kw) * CO;
+#pragma unroll
+                    for (int j = 0; j < CO; j++) acc[j] = fmaf(v, wr[j], acc[j]);
+                }
+            }
+    }
+    float *yo = y + ((int64_t)n * g.Cout + co0) * g.HoWo + pi;
+#pragma unroll
+    for (int j = 0; j < CO; j++)
+        if (co0 + j < g.Cout) yo[(int64_t)j * g.HoWo] = acc[j] + (bias ? __ldg(bias + co0 + j) : 0.f);
+}
+
 /* ---------------------------------------------------------------- backward-filter */
 
 /* C (Cout x NR) = dy (Cout x P) xcol^T (P x NR), NR = Kf (+1 for the bias column), over the
@@ -1752,6 +1843,24 @@ int launch_plane(float *out, const float *act, const float *w, const float *bias
     return 0;
 }
 
+/* The direct kernel (forward, where direct_fits), else the 8x128 FP32 configuration: backward-data
+ * always, and forward shapes whose weights do not fit (dd_conv_own_config_applies says which). */
+template <bool DATA, int CO>
+int launch_direct(float *out, const float *act, const float *w, const float *bias, const Geom &g,
+                  void *ws, size_t ws_bytes) {
+    if (DATA || !direct_fits<CO>(g))
+        return launch_gemm<DATA, 8, 128, 8, FmaTile<8, 128, 2, 4>>(out, act, w, bias, g, ws,
+                                                                   ws_bytes);
+    if (g.Py <= 0) return 0;
+    const dim3 grid(ceil_div(g.Py, DIRECT_T), (unsigned int)((g.Cout + CO - 1) / CO));
+    if (g.K == 3)
+        conv_direct_kernel<3, CO><<<grid, DIRECT_T, 0, dd_cuda_stream>>>(out, act, w, bias, g);
+    else
+        conv_direct_kernel<0, CO><<<grid, DIRECT_T, 0, dd_cuda_stream>>>(out, act, w, bias, g);
+    DD_CUDA_LAUNCHED("conv forward (own, direct)");
+    return 0;
+}
+
 /* Backward-filter: its reduction (N Ho Wo positions) is always split by split_plan; the sums as
  * launch_gemm's. */
 template <int BM, int BN, int BK, class Math, int STAGES = 1>
@@ -1860,9 +1969,10 @@ typedef int (*filter_fn)(float *, float *, const float *, const float *, const G
  * filter one (64); then, named tc..., TF32 tensor-core ones (BK, warp tile WMxWN), 128 threads
  * (4 warps); k32: BK = 32, half the steps (each step waits once for its global loads) for more
  * registers; s3: three tiles in shared memory filled by asynchronous copies (cp.async) two steps
- * ahead, instead of one tile and the next step's loads in registers. The FP32 ones come first
- * and are the default picks: the tc ones run only where TF32 is allowed
- * (dd_conv_own_config_tf32). */
+ * ahead, instead of one tile and the next step's loads in registers; dcN: the direct kernel
+ * for few channels, N output channels a thread (forward only: their backward-data is 8x128's).
+ * The FP32 ones come first and the tiled ones are the default picks: the tc ones run only where
+ * TF32 is allowed (dd_conv_own_config_tf32). */
 template <int BM, int BN, int TM, int TN> using F = FmaTile<BM, BN, TM, TN>;
 template <int BM, int BN, int WM, int WN> using TC = MmaTile<BM, BN, WM, WN>;
 template <bool DATA> struct GemmConfigs {
@@ -1871,6 +1981,9 @@ template <bool DATA> struct GemmConfigs {
         launch_gemm<DATA, 16, 128, 16, F<16, 128, 4, 4>>,
         launch_gemm<DATA, 32, 64, 16, F<32, 64, 4, 4>>,
         launch_gemm<DATA, 64, 64, 16, F<64, 64, 8, 4>>,
+        launch_direct<DATA, 1>,
+        launch_direct<DATA, 4>,
+        launch_direct<DATA, 8>,
         launch_gemm<DATA, 16, 128, 16, TC<16, 128, 16, 32>>,
         launch_gemm<DATA, 32, 64, 16, TC<32, 64, 16, 32>>,
         launch_gemm<DATA, 32, 64, 32, TC<32, 64, 16, 32>>,
@@ -1889,15 +2002,19 @@ template <bool DATA> struct GemmConfigs {
 /* Retired after an H200 run where none of them was the fastest handwritten kernel for any of the
  * UNet's shapes at any batch (bench/RESULTS.md, session 9): FP32 64x128, tc64x64, tc64x128,
  * tc64x64k32, tc64x64s3, st32x64, st16x64, pl16x112 */
-const char *const gemm_names[] = {"8x128",     "16x128",   "32x64",    "64x64",    "tc16x128",
+const char *const gemm_names[] = {"8x128",     "16x128",   "32x64",    "64x64",    "dc1",
+                                  "dc4",       "dc8",      "tc16x128",
                                   "tc32x64",   "tc32x64k32", "tc32x64s3", "st16x128", "st32x128",
                                   "pl32x112",  "pl16x224", "pl32x224", "pk16x112", "pk32x112",
                                   "pk16x224",  "pk32x224"};
-constexpr int GEMM_CONFIGS = 17, GEMM_FP32_CONFIGS = 4;
+constexpr int GEMM_CONFIGS = 20, GEMM_FP32_CONFIGS = 7;
 /* the plane configurations (launch_plane): their BN, or 0 (the staged ones: 8 and 9) */
-const int gemm_plane_bn[GEMM_CONFIGS] = {0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 112, 224, 224,
-                                         112, 112, 224, 224};
-constexpr int GEMM_STAGE_FIRST = 8, GEMM_STAGE_LAST = 9;
+const int gemm_plane_bn[GEMM_CONFIGS] = {0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0,
+                                         112, 224, 224, 112, 112, 224, 224};
+constexpr int GEMM_DIRECT_FIRST = 4, GEMM_DIRECT_LAST = 6, GEMM_STAGE_FIRST = 11,
+              GEMM_STAGE_LAST = 12;
+/* the direct configurations' channels a block (launch_direct's CO) */
+int direct_co(int cfg) { return cfg == GEMM_DIRECT_FIRST ? 1 : cfg == GEMM_DIRECT_FIRST + 1 ? 4 : 8; }
 static_assert(sizeof gemm_names / sizeof gemm_names[0] == GEMM_CONFIGS, "a name each");
 static_assert(sizeof GemmConfigs<false>::fn / sizeof(gemm_fn) == GEMM_CONFIGS, "a kernel each");
 
@@ -1960,6 +2077,16 @@ int dd_conv_own_config_applies(int dir, int cfg, const dd_conv_shape *s) {
                (g.Cin > 0 && stage_rows<FilterStage<1>::BP, FilterStage<1>::XC>(g, false) > 0);
     }
     const bool data = dir == DD_CONV_BWD_DATA;
+    if (cfg >= GEMM_DIRECT_FIRST && cfg <= GEMM_DIRECT_LAST) {
+        /* forward only, where the block's weights fit; and only where few channels make the
+         * tiled kernels wasteful (the autotuner need not time them on the rest): up to 4 output
+         * channels (dc1, dc4), or up to 4 input channels (dc8) */
+        if (data) return 0;
+        const int co = direct_co(cfg);
+        const bool fits = co == 1 ? direct_fits<1>(g) : co == 4 ? direct_fits<4>(g)
+                                                              : direct_fits<8>(g);
+        return fits && (co == 8 ? g.Cin <= 4 : g.Cout <= 4);
+    }
     if (gemm_plane_bn[cfg])
         return gemm_plane_bn[cfg] == 112
                    ? plane_images<112, PlaneShape<1, 7, 2, 2, 1>::XC>(g, data) > 0
