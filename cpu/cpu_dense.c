@@ -15,6 +15,14 @@ int dd_cpu_dense_forward(float *y, const float *x, const float *w, const float *
     return 0;
 }
 
+/* one sgemm a layer: on the CPU a group costs what its layers cost */
+int dd_cpu_dense_group_forward(int count, float *const *y, const float *x, const float *const *w,
+                               const float *const *b, int N, int Cin, const int *cout) {
+    for (int l = 0; l < count; l++)
+        dd_cpu_dense_forward(y[l], x, w[l], b ? b[l] : NULL, N, Cin, cout[l]);
+    return 0;
+}
+
 int dd_cpu_dense_backward(float *dx, float *dw, float *db, const float *dy, const float *x,
                           const float *w, int N, int Cin, int Cout) {
     /* dx (N, Cin) += dy (N, Cout) @ w (Cout, Cin) */

@@ -59,6 +59,8 @@ int dd_cpu_dense_forward(float *y, const float *x, const float *w, const float *
                          int Cout);
 int dd_cpu_dense_backward(float *dx, float *dw, float *db, const float *dy, const float *x,
                           const float *w, int N, int Cin, int Cout);
+int dd_cpu_dense_group_forward(int count, float *const *y, const float *x, const float *const *w,
+                               const float *const *b, int N, int Cin, const int *cout);
 
 int dd_cpu_group_norm_forward(float *y, float *mean, float *rstd, const float *x,
                               const float *gamma, const float *beta, const float *add,

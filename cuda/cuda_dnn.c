@@ -887,6 +887,20 @@ int dd_cuda_dense_forward(float *y, const float *x, const float *w, const float 
     return 0;
 }
 
+/* Layers of one input: one kernel for all of them up to DD_CUDA_DENSE_SMALL_CIN inputs, else one
+ * call each. */
+int dd_cuda_dense_group_forward(int count, float *const *y, const float *x, const float *const *w,
+                                const float *const *b, int N, int Cin, const int *cout) {
+    if (count < 1 || count > DD_DENSE_GROUP_MAX)
+        return dd_error("dense group: %d layers, from 1 to %d", count, DD_DENSE_GROUP_MAX);
+    if (N <= 0) return 0;
+    if (Cin <= DD_CUDA_DENSE_SMALL_CIN)
+        return dd_cuda_dense_group_small_forward(count, y, x, w, b, N, Cin, cout);
+    for (int l = 0; l < count; l++)
+        DD_TRY(dd_cuda_dense_forward(y[l], x, w[l], b ? b[l] : NULL, N, Cin, cout[l]));
+    return 0;
+}
+
 int dd_cuda_dense_backward(float *dx, float *dw, float *db, const float *dy, const float *x,
                            const float *w, int N, int Cin, int Cout) {
     if (N <= 0 || Cout <= 0) return 0;

@@ -118,6 +118,11 @@ int dd_cuda_sampler_step(float *x, float *x0_out, const float *out, const float 
 #define DD_CUDA_DENSE_SMALL_CIN 1024
 int dd_cuda_dense_small_forward(float *y, const float *x, const float *w, const float *b, int N,
                                 int Cin, int Cout);
+/* dense_group_small: dense_small for count layers of the same x in one kernel (the backend's
+ * dense_group_forward) */
+int dd_cuda_dense_group_small_forward(int count, float *const *y, const float *x,
+                                      const float *const *w, const float *const *b, int N, int Cin,
+                                      const int *cout);
 /* dense_small_backward: dx += dy w, dw += dy^T x, db += column sums of dy (any may be NULL) in
  * one kernel, FP32, for Cin and Cout up to DD_CUDA_DENSE_SMALL_BWD and N up to
  * DD_CUDA_DENSE_SMALL_BWD_N */
@@ -147,6 +152,8 @@ int dd_cuda_dense_forward(float *y, const float *x, const float *w, const float 
                           int Cout);
 int dd_cuda_dense_backward(float *dx, float *dw, float *db, const float *dy, const float *x,
                            const float *w, int N, int Cin, int Cout);
+int dd_cuda_dense_group_forward(int count, float *const *y, const float *x, const float *const *w,
+                                const float *const *b, int N, int Cin, const int *cout);
 size_t dd_cuda_attention_workspace(const dd_attn_shape *s);
 int dd_cuda_attention_forward(float *y, float *probs, const float *qkv, const dd_attn_shape *s);
 int dd_cuda_attention_backward(float *dqkv, const float *dy, const float *qkv, const float *probs,

@@ -12,6 +12,7 @@
  * Shape letters as in include/diffusion/backend.h. */
 #include <limits.h>
 #include <math.h>
+#include <string.h>
 
 #include "cuda_internal.h"
 #include "diffusion/kernels.h"
@@ -1007,15 +1008,16 @@ int dd_cuda_attention_fused_forward(float *y, float *probs, const float *qkv,
  * at once (one memory latency a warp, not one an output: 9 us became 4 us at batch 256 on an
  * H200, ncu); lane j then stores output j, the warp's stores coalesced. */
 #define DENSE_OPW 16 /* outputs a warp */
+/* One warp's task: row r = task / chunks, outputs co0 = (task % chunks) DENSE_OPW onward
+ * (task < N chunks). */
 template <int XT> /* inputs a lane holds, at most: Cin <= 32 XT */
-static __global__ void __launch_bounds__(THREADS)
-    dense_small_kernel(float *__restrict__ y, const float *__restrict__ x,
-                       const float *__restrict__ w, const float *__restrict__ b, int N, int Cin,
-                       int Cout) {
+static __device__ __forceinline__ void dense_warp(float *__restrict__ y,
+                                                  const float *__restrict__ x,
+                                                  const float *__restrict__ w,
+                                                  const float *__restrict__ b, int Cin, int Cout,
+                                                  int64_t task) {
     const int lane = threadIdx.x & 31;
     const int chunks = (Cout + DENSE_OPW - 1) / DENSE_OPW;
-    const int64_t task = (int64_t)blockIdx.x * (blockDim.x >> 5) + (threadIdx.x >> 5);
-    if (task >= (int64_t)N * chunks) return; /* whole warps */
     const int r = (int)(task / chunks), co0 = (int)(task - (int64_t)r * chunks) * DENSE_OPW;
     const float *xr = x + (size_t)r * Cin;
     float xv[XT];
@@ -1048,6 +1050,46 @@ static __global__ void __launch_bounds__(THREADS)
     if (lane < DENSE_OPW && co < Cout) y[(size_t)r * Cout + co] = b ? out + b[co] : out;
 }
 
+template <int XT>
+static __global__ void __launch_bounds__(THREADS)
+    dense_small_kernel(float *__restrict__ y, const float *__restrict__ x,
+                       const float *__restrict__ w, const float *__restrict__ b, int N, int Cin,
+                       int Cout) {
+    const int64_t task = (int64_t)blockIdx.x * (blockDim.x >> 5) + (threadIdx.x >> 5);
+    if (task >= (int64_t)N * ((Cout + DENSE_OPW - 1) / DENSE_OPW)) return; /* whole warps */
+    dense_warp<XT>(y, x, w, b, Cin, Cout, task);
+}
+
+/* Several layers of one input (dd_cuda_dense_group_forward): the warps' tasks numbered layer by
+ * layer, layer l's from first[l]; the layer is found by comparisons with constant indices, so
+ * the parameters are read from the constant bank where they are passed. */
+struct DenseGroup {
+    float *y[DD_DENSE_GROUP_MAX];
+    const float *w[DD_DENSE_GROUP_MAX], *b[DD_DENSE_GROUP_MAX];
+    int cout[DD_DENSE_GROUP_MAX];
+    int64_t first[DD_DENSE_GROUP_MAX + 1]; /* first[count] onward: the total */
+};
+
+template <int XT>
+static __global__ void __launch_bounds__(THREADS)
+    dense_group_kernel(const DenseGroup p, const float *__restrict__ x,
+                       int Cin) {
+    const int64_t task = (int64_t)blockIdx.x * (blockDim.x >> 5) + (threadIdx.x >> 5);
+    if (task >= p.first[DD_DENSE_GROUP_MAX]) return; /* whole warps */
+    int l = 0;
+#pragma unroll
+    for (int i = 1; i < DD_DENSE_GROUP_MAX; i++)
+        if (task >= p.first[i]) l = i;
+    float *y = p.y[0];
+    const float *w = p.w[0], *b = p.b[0];
+    int cout = p.cout[0];
+    int64_t t0 = 0;
+#pragma unroll
+    for (int i = 1; i < DD_DENSE_GROUP_MAX; i++)
+        if (l == i) y = p.y[i], w = p.w[i], b = p.b[i], cout = p.cout[i], t0 = p.first[i];
+    dense_warp<XT>(y, x, w, b, Cin, cout, task - t0);
+}
+
 int dd_cuda_dense_small_forward(float *y, const float *x, const float *w, const float *b, int N,
                                 int Cin, int Cout) {
     if (N <= 0 || Cout <= 0) return 0;
@@ -1066,6 +1108,43 @@ int dd_cuda_dense_small_forward(float *y, const float *x, const float *w, const 
         dense_small_kernel<DD_CUDA_DENSE_SMALL_CIN / 32>
             <<<nb, THREADS, 0, dd_cuda_stream>>>(y, x, w, b, N, Cin, Cout);
     DD_CUDA_LAUNCHED("dense_forward");
+    return 0;
+}
+
+int dd_cuda_dense_group_small_forward(int count, float *const *y, const float *x,
+                                      const float *const *w, const float *const *b, int N, int Cin,
+                                      const int *cout) {
+    if (count < 1 || count > DD_DENSE_GROUP_MAX)
+        return dd_error("dense group: %d layers, from 1 to %d", count, DD_DENSE_GROUP_MAX);
+    if (Cin > DD_CUDA_DENSE_SMALL_CIN)
+        return dd_error("dense group (small kernel): %d inputs, at most %d", Cin,
+                        DD_CUDA_DENSE_SMALL_CIN);
+    DenseGroup p;
+    memset(&p, 0, sizeof p);
+    int64_t tasks = 0;
+    for (int l = 0; l < DD_DENSE_GROUP_MAX; l++) {
+        p.first[l] = tasks;
+        if (l >= count) continue;
+        p.y[l] = y[l];
+        p.w[l] = w[l];
+        p.b[l] = b ? b[l] : NULL;
+        p.cout[l] = cout[l];
+        tasks += (int64_t)N * ((cout[l] + DENSE_OPW - 1) / DENSE_OPW);
+    }
+    p.first[DD_DENSE_GROUP_MAX] = tasks;
+    /* the layers past count start at the total: no warp reaches them */
+    for (int l = count; l < DD_DENSE_GROUP_MAX; l++) p.first[l] = tasks;
+    if (tasks == 0) return 0;
+    const int64_t blocks = (tasks + THREADS / 32 - 1) / (THREADS / 32);
+    if (blocks > INT_MAX) return dd_error("dense group (small kernel): %d rows, too many", N);
+    const unsigned int nb = (unsigned int)blocks;
+    if (Cin <= 64)
+        dense_group_kernel<2><<<nb, THREADS, 0, dd_cuda_stream>>>(p, x, Cin);
+    else if (Cin <= 256)
+        dense_group_kernel<8><<<nb, THREADS, 0, dd_cuda_stream>>>(p, x, Cin);
+    else
+        dense_group_kernel<DD_CUDA_DENSE_SMALL_CIN / 32><<<nb, THREADS, 0, dd_cuda_stream>>>(p, x, Cin);
+    DD_CUDA_LAUNCHED("dense_group_forward");
     return 0;
 }
 

@@ -528,10 +528,64 @@ static int pack_offsets(dd_graph *g, size_t *arena_floats) {
     return 0;
 }
 
+/* A dense node's inputs other than x are ready before node k: parameters, graph inputs, or
+ * tensors written by nodes before k (pos: the node writing each tensor, -1 for none). */
+static int dense_ready_before(const dd_node *n, const int *pos, int k) {
+    for (int j = 1; j < 3; j++)
+        if (n->in[j] >= 0 && pos[n->in[j]] >= k) return 0;
+    return 1;
+}
+
+static int dense_same_group(const dd_node *a, const dd_node *b) {
+    return b->op == DD_OP_DENSE && b->in[0] == a->in[0] && b->p.dense.N == a->p.dense.N &&
+           b->p.dense.Cin == a->p.dense.Cin;
+}
+
+/* Dense nodes that read the same input (the UNet's blocks each project the one time embedding)
+ * are moved up to follow the first of them, up to DD_DENSE_GROUP_MAX in a row, so that forward
+ * runs them as one backend call (dense_group_forward). A node moves only when its weights and
+ * bias are ready by then, and nothing that reads its output comes earlier than it did, so every
+ * value stays the same; backward's order of the sums into the shared input's gradient changes
+ * (the same on every backend). */
+static int group_dense_nodes(dd_graph *g) {
+    int ndense = 0;
+    for (int k = 0; k < g->nn; k++) ndense += g->nodes[k].op == DD_OP_DENSE;
+    if (ndense < 2) return 0;
+    int *pos = malloc((size_t)g->nt * sizeof(int));
+    char *moved = calloc((size_t)g->nn, 1);
+    dd_node *out = malloc((size_t)g->nn * sizeof(dd_node));
+    if (!pos || !moved || !out) {
+        free(pos), free(moved), free(out);
+        return dd_error("out of host memory");
+    }
+    for (int i = 0; i < g->nt; i++) pos[i] = -1;
+    for (int k = 0; k < g->nn; k++) pos[g->nodes[k].out] = k;
+    int m = 0;
+    for (int k = 0; k < g->nn; k++) {
+        if (moved[k]) continue;
+        const dd_node *lead = &g->nodes[k];
+        out[m++] = *lead;
+        if (lead->op != DD_OP_DENSE) continue;
+        int members = 1;
+        for (int j = k + 1; j < g->nn && members < DD_DENSE_GROUP_MAX; j++) {
+            const dd_node *n = &g->nodes[j];
+            if (moved[j] || !dense_same_group(lead, n) || !dense_ready_before(n, pos, k))
+                continue;
+            out[m++] = *n;
+            moved[j] = 1;
+            members++;
+        }
+    }
+    memcpy(g->nodes, out, (size_t)g->nn * sizeof(dd_node));
+    free(pos), free(moved), free(out);
+    return 0;
+}
+
 int dd_graph_plan(dd_graph *g, int with_grad) {
     if (g->planned) return dd_error("graph already planned");
     dd_params *P = g->params;
     if (!P->allocated) return dd_error("plan: allocate the parameters first (dd_params_alloc)");
+    DD_TRY(group_dense_nodes(g));
     /* Every non-parameter tensor gets its own slot, unless a forward-only graph asked to reuse
      * memory (backward needs the activations anyway, and distinct slots keep every activation
      * readable for tests). */
@@ -713,11 +767,55 @@ static int run_node(dd_graph *g, const dd_node *n, int backward) {
     return backward ? backward_node(g, n) : forward_node(g, n);
 }
 
+/* Dense nodes i.. that group_dense_nodes put in a row: one dense_group_forward call (timed as
+ * one dense node under the profile). Returns how many nodes it ran, or -1. */
+static int forward_dense_group(dd_graph *g, int i) {
+    const dd_node *lead = &g->nodes[i];
+    float *y[DD_DENSE_GROUP_MAX];
+    const float *w[DD_DENSE_GROUP_MAX], *b[DD_DENSE_GROUP_MAX];
+    int cout[DD_DENSE_GROUP_MAX], count = 0;
+    int ids[DD_DENSE_GROUP_MAX];
+    while (count < DD_DENSE_GROUP_MAX && i + count < g->nn &&
+           dense_same_group(lead, &g->nodes[i + count])) {
+        const dd_node *n = &g->nodes[i + count];
+        int reads_group = 0; /* a weight or bias that an earlier member writes: not with it */
+        for (int j = 0; j < count; j++) reads_group |= n->in[1] == ids[j] || n->in[2] == ids[j];
+        if (reads_group) break;
+        ids[count] = n->out;
+        y[count] = g->t[n->out].data;
+        w[count] = D(n->in[1]);
+        b[count] = D(n->in[2]);
+        cout[count] = n->p.dense.Cout;
+        count++;
+    }
+    if (count < 2) return run_node(g, lead, 0) ? -1 : 1;
+    double t0 = 0.0;
+    if (g->profile) {
+        if (g->be->synchronize()) return -1;
+        t0 = dd_now();
+    }
+    if (g->be->dense_group_forward(count, y, D(lead->in[0]), w, b, lead->p.dense.N,
+                                   lead->p.dense.Cin, cout))
+        return -1;
+    if (g->profile) {
+        if (g->be->synchronize()) return -1;
+        g->profile->ms[DD_OP_DENSE][0] += (dd_now() - t0) * 1e3;
+        g->profile->calls[DD_OP_DENSE][0]++;
+    }
+    return count;
+}
+
 int dd_graph_forward(dd_graph *g) {
     if (!g->planned) return dd_error("forward: graph not planned");
-    for (int i = 0; i < g->nn; i++)
-        if (run_node(g, &g->nodes[i], 0))
-            return dd_error_prefix("forward %s (%s)", dd_op_names[g->nodes[i].op], g->t[g->nodes[i].out].name);
+    for (int i = 0; i < g->nn;) {
+        const dd_node *n = &g->nodes[i];
+        const int ran = n->op == DD_OP_DENSE && g->be->dense_group_forward
+                            ? forward_dense_group(g, i)
+                            : run_node(g, n, 0) ? -1 : 1;
+        if (ran < 0)
+            return dd_error_prefix("forward %s (%s)", dd_op_names[n->op], g->t[n->out].name);
+        i += ran;
+    }
     return 0;
 }
 

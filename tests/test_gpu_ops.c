@@ -264,7 +264,49 @@ static void case_dense(int N, int Cin, int Cout, int bias, int want_dx) {
     release();
 }
 
+/* count layers of one x in one call, layer l with cout[l] outputs, a bias where bias_mask has
+ * bit l (no_bias_array: b itself NULL), each against the CPU's dense_forward */
+static void case_dense_group(int N, int Cin, int count, const int *cout, unsigned bias_mask,
+                             int no_bias_array) {
+    char tag[96];
+    snprintf(tag, sizeof tag, "dense group N%d %d-> %d layers (%d..%d)%s", N, Cin, count, cout[0],
+             cout[count - 1], no_bias_array ? ", no biases" : "");
+    begin(tag);
+    const size_t nx = (size_t)N * Cin;
+    float *x = hrand(nx, -1, 1), *gx = dup(x, nx);
+    float *y[DD_DENSE_GROUP_MAX], *gy[DD_DENSE_GROUP_MAX];
+    const float *gw[DD_DENSE_GROUP_MAX], *gb[DD_DENSE_GROUP_MAX];
+    for (int l = 0; l < count; l++) {
+        const size_t nw = (size_t)cout[l] * Cin, ny = (size_t)N * cout[l];
+        const int has_b = !no_bias_array && (bias_mask >> l & 1);
+        float *w = hrand(nw, -1, 1), *b = hrand((size_t)cout[l], -1, 1);
+        y[l] = halloc(ny * sizeof(float));
+        OK(cpu->dense_forward(y[l], x, w, has_b ? b : NULL, N, Cin, cout[l]));
+        gy[l] = dpoison(ny);
+        gw[l] = dup(w, nw);
+        gb[l] = has_b ? dup(b, (size_t)cout[l]) : NULL;
+    }
+    OK(gpu->dense_group_forward(count, gy, gx, gw, no_bias_array ? NULL : gb, N, Cin, cout));
+    sync_or_fail(tag);
+    for (int l = 0; l < count; l++) {
+        char what[128];
+        snprintf(what, sizeof what, "%s layer %d y", tag, l);
+        expect(what, y[l], gy[l], (size_t)N * cout[l], mm_tol);
+    }
+    release();
+}
+
 static void test_dense(void) {
+    /* the UNet's eight projections of its time embedding (64 -> 16..64) */
+    const int unet[] = {16, 32, 64, 64, 64, 64, 32, 16};
+    case_dense_group(6, 64, 8, unet, 0xffu, 0);
+    const int odd[] = {5, 1, 33, 17};
+    case_dense_group(3, 84, 4, odd, 0x5u, 0); /* some layers without a bias */
+    case_dense_group(2, 300, 4, odd, 0u, 1);  /* no bias array; 300 inputs */
+    const int sixteen[DD_DENSE_GROUP_MAX] = {1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15, 16};
+    case_dense_group(2, 7, DD_DENSE_GROUP_MAX, sixteen, 0xaaaau, 0); /* the most layers */
+    const int two[] = {20, 3};
+    case_dense_group(4, 1100, 2, two, 0x3u, 0); /* over 1024 inputs: one cuBLAS call each */
     case_dense(4, 7, 5, 1, 1);
     case_dense(33, 64, 128, 1, 1);
     case_dense(3, 84, 10, 0, 1);

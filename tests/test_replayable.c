@@ -23,7 +23,7 @@
 
 enum {
     OP_ALLOC, OP_FREE, OP_ZERO, OP_TO_DEVICE, OP_TO_HOST, OP_COPY, OP_SYNC, OP_CONV_WS,
-    OP_CONV_F, OP_CONV_B, OP_DENSE_F, OP_DENSE_B, OP_GN_F, OP_GN_WS, OP_GN_B, OP_ACT_F, OP_ACT_B, OP_ADD_F,
+    OP_CONV_F, OP_CONV_B, OP_DENSE_F, OP_DENSE_GROUP_F, OP_DENSE_B, OP_GN_F, OP_GN_WS, OP_GN_B, OP_ACT_F, OP_ACT_B, OP_ADD_F,
     OP_ADD_B, OP_CAT_F, OP_CAT_B, OP_UP_F, OP_UP_B, OP_POOL_F, OP_POOL_B, OP_ATT_WS, OP_ATT_F,
     OP_ATT_B, OP_EMB_F, OP_EMB_B, OP_MSE_F, OP_MSE_B, OP_XENT_F, OP_XENT_B, OP_ADAM, OP_EMA,
     OP_COUNTER, OP_INDEX_FILL, OP_NORMAL, OP_TRAIN_DRAW, OP_Q_SAMPLE, OP_SAMPLER, OP_COUNT
@@ -72,6 +72,17 @@ static int w_conv_b(float *dx, float *dw, float *db, const float *dy, const floa
 static int w_dense_f(float *y, const float *x, const float *w, const float *b, int N, int Ci, int Co) {
     BEGIN(OP_DENSE_F); H(y); H(x); H(w); H(b); H(N); H(Ci); H(Co); END(OP_DENSE_F);
     return C->dense_forward(y, x, w, b, N, Ci, Co);
+}
+/* the arrays' contents, not their (stack) addresses: what a recording captures */
+static int w_dense_group_f(int count, float *const *y, const float *x, const float *const *w,
+                           const float *const *b, int N, int Ci, const int *co) {
+    BEGIN(OP_DENSE_GROUP_F); H(count); H(x); H(N); H(Ci);
+    for (int l = 0; l < count; l++) {
+        const float *bl = b ? b[l] : NULL;
+        H(y[l]); H(w[l]); H(bl); H(co[l]);
+    }
+    END(OP_DENSE_GROUP_F);
+    return C->dense_group_forward(count, y, x, w, b, N, Ci, co);
 }
 static int w_dense_b(float *dx, float *dw, float *db, const float *dy, const float *x, const float *w, int N, int Ci, int Co) {
     BEGIN(OP_DENSE_B); H(dx); H(dw); H(db); H(dy); H(x); H(w); H(N); H(Ci); H(Co); END(OP_DENSE_B);
@@ -156,7 +167,7 @@ static const dd_backend logbe = {
     .alloc = w_alloc, .free = w_free, .zero = w_zero, .to_device = w_to_device,
     .to_host = w_to_host, .copy = w_copy, .synchronize = w_sync,
     .conv2d_workspace = w_conv_ws, .conv2d_forward = w_conv_f, .conv2d_backward = w_conv_b,
-    .dense_forward = w_dense_f, .dense_backward = w_dense_b,
+    .dense_forward = w_dense_f, .dense_backward = w_dense_b, .dense_group_forward = w_dense_group_f,
     .group_norm_forward = w_gn_f, .group_norm_workspace = w_gn_ws, .group_norm_backward = w_gn_b,
     .act_forward = w_act_f, .act_backward = w_act_b, .add_forward = w_add_f,
     .add_backward = w_add_b, .concat_forward = w_cat_f, .concat_backward = w_cat_b,
@@ -379,6 +390,11 @@ static void sampling_case(const char *what, int ddim, float guidance, int use_ca
                "%s: a step has %d sampler updates, %d convolutions, %d noise draws", what,
                count(slog[n - 1], OP_SAMPLER), count(slog[n - 1], OP_CONV_F),
                count(slog[n - 1], OP_NORMAL));
+        /* the blocks' projections of the time embedding: one grouped call, the time MLP's two
+         * layers on their own */
+        CHECKF(count(slog[n - 1], OP_DENSE_GROUP_F) == 1 && count(slog[n - 1], OP_DENSE_F) == 2,
+               "%s: a step has %d grouped dense calls and %d single ones (want 1 and 2)", what,
+               count(slog[n - 1], OP_DENSE_GROUP_F), count(slog[n - 1], OP_DENSE_F));
         if (run == 0) printf("  %s: %d backend calls a step\n", what, slog[n - 1]->n);
     }
     free(first_run);

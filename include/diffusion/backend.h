@@ -71,6 +71,8 @@ typedef struct {
 enum { DD_SAMPLER_EA, DD_SAMPLER_EB, DD_SAMPLER_RA, DD_SAMPLER_RB, DD_SAMPLER_C0, DD_SAMPLER_C1,
        DD_SAMPLER_C2, DD_SAMPLER_SIGMA, DD_SAMPLER_COLS };
 
+#define DD_DENSE_GROUP_MAX 16
+
 typedef struct dd_backend {
     const char *name; /* "cpu" or "cuda" */
 
@@ -103,6 +105,12 @@ typedef struct dd_backend {
                          int Cout);
     int (*dense_backward)(float *dx, float *dw, float *db, const float *dy, const float *x,
                           const float *w, int N, int Cin, int Cout);
+    /* several dense layers of the same x in one call (the UNet's blocks each project the one
+     * time embedding; a GPU runs them as one kernel instead of one launch each): for l < count
+     * (1 to DD_DENSE_GROUP_MAX), y[l] (N, cout[l]) = x w[l]^T + b[l], each exactly as
+     * dense_forward; b NULL (no layer has a bias) or b[l] NULL (layer l has none). */
+    int (*dense_group_forward)(int count, float *const *y, const float *x, const float *const *w,
+                               const float *const *b, int N, int Cin, const int *cout);
 
     /* group_norm with optional per-channel add, swish and residual fused (see dd_gn_shape) */
     int (*group_norm_forward)(float *y, float *mean, float *rstd, const float *x,
