@@ -445,7 +445,87 @@ static void test_reuse_memory(void) {
     reuse_case("LeNet5", DD_MODEL_LENET, 5, 1.3);
 }
 
+/* Planning puts dense layers of one input next to each other (each only after its weights
+ * exist) and forward runs them as one dense_group_forward; the values are those of the graph
+ * as built. out = gelu(x W1^T + b1) + x W2^T + b2 + x W3^T, with an unrelated dense layer of
+ * another input (v) between the first two, checked against direct backend calls, and against
+ * a backend without dense_group_forward (the nodes one by one) bit for bit, gradients too. */
+static void test_dense_groups(void) {
+    enum { N = 3, CIN = 5, CO = 4 };
+    dd_backend single = dd_cpu_backend; /* the same ops, no group entry */
+    single.dense_group_forward = NULL;
+    const dd_backend *bes[2] = {&dd_cpu_backend, &single};
+    float xv[N * CIN], vv[N * CIN], out[2][N * CO], *grads[2] = {NULL, NULL};
+    size_t total = 0;
+    for (int i = 0; i < N * CIN; i++) xv[i] = sinf(0.7f * (float)i), vv[i] = cosf(0.3f * (float)i);
+    dd_params *keep = NULL;
+    for (int k = 0; k < 2; k++) {
+        dd_params *p = dd_params_new(bes[k]);
+        dd_graph *g = dd_graph_new(p);
+        const int x = dd_input(g, "x", N, CIN, 1, 1), v = dd_input(g, "v", N, CIN, 1, 1);
+        const int d1 = dd_dense_layer(g, "d1", x, CO, 1);
+        const int a = dd_activation(g, d1, DD_ACT_GELU_TANH);
+        const int e = dd_dense_layer(g, "e", v, CO, 1); /* another input: not grouped */
+        const int d2 = dd_dense_layer(g, "d2", x, CO, 1);
+        const int s = dd_add(g, dd_add(g, a, e), d2);
+        const int d3 = dd_dense_layer(g, "d3", x, CO, 0);
+        const int o = dd_add(g, s, d3);
+        const int loss = dd_mse(g, o, dd_input(g, "target", N, CO, 1, 1));
+        CHECKF(loss >= 0, "building: %s", dd_error_message());
+        if (loss < 0) return;
+        CHECK_OK(dd_params_alloc(p, 5));
+        CHECK_OK(dd_graph_plan(g, 1));
+        /* d1, d2, d3 consecutive, in that order */
+        int at[3] = {-1, -1, -1};
+        for (int i = 0; i < g->nn; i++)
+            for (int j = 0; j < 3; j++)
+                if (g->nodes[i].out == (j == 0 ? d1 : j == 1 ? d2 : d3)) at[j] = i;
+        CHECKF(at[1] == at[0] + 1 && at[2] == at[0] + 2, "dense nodes at %d, %d, %d", at[0],
+               at[1], at[2]);
+        float target[N * CO] = {0};
+        CHECK_OK(dd_graph_set_input(g, x, xv, sizeof xv));
+        CHECK_OK(dd_graph_set_input(g, v, vv, sizeof vv));
+        CHECK_OK(dd_graph_set_input(g, dd_graph_find(g, "target"), target, sizeof target));
+        CHECK_OK(dd_graph_forward(g));
+        CHECK_OK(dd_graph_get(g, o, out[k]));
+        CHECK_OK(dd_graph_backward(g, loss));
+        total = p->total; /* the parameters' gradients (CPU memory) */
+        grads[k] = malloc(total * sizeof(float));
+        if (grads[k]) memcpy(grads[k], p->grad, total * sizeof(float));
+        if (k == 0) {
+            /* direct calls on the same parameters */
+            const float *P = p->data;
+            const dd_param_info *I = p->info;
+            float y1[N * CO], y2[N * CO], y3[N * CO], ye[N * CO], ref[N * CO];
+            const int w1 = dd_params_find(p, "d1.weight"), b1 = dd_params_find(p, "d1.bias");
+            const int w2 = dd_params_find(p, "d2.weight"), b2 = dd_params_find(p, "d2.bias");
+            const int w3 = dd_params_find(p, "d3.weight"), we = dd_params_find(p, "e.weight");
+            const int be = dd_params_find(p, "e.bias");
+            dd_cpu_backend.dense_forward(y1, xv, P + I[w1].offset, P + I[b1].offset, N, CIN, CO);
+            dd_cpu_backend.act_forward(y1, y1, N * CO, DD_ACT_GELU_TANH);
+            dd_cpu_backend.dense_forward(ye, vv, P + I[we].offset, P + I[be].offset, N, CIN, CO);
+            dd_cpu_backend.dense_forward(y2, xv, P + I[w2].offset, P + I[b2].offset, N, CIN, CO);
+            dd_cpu_backend.dense_forward(y3, xv, P + I[w3].offset, NULL, N, CIN, CO);
+            double err = 0.0;
+            for (int i = 0; i < N * CO; i++) {
+                ref[i] = y1[i] + ye[i] + y2[i] + y3[i];
+                err = fmax(err, fabs((double)ref[i] - out[0][i]));
+            }
+            CHECKF(err < 1e-6, "grouped forward differs from direct calls by %g", err);
+        }
+        dd_graph_free(g);
+        if (k == 0) keep = p;
+        else dd_params_free(p);
+    }
+    dd_params_free(keep);
+    CHECKF(!memcmp(out[0], out[1], sizeof out[0]), "outputs differ with and without groups");
+    CHECKF(grads[0] && grads[1] && !memcmp(grads[0], grads[1], total * sizeof(float)),
+           "gradients differ with and without groups");
+    free(grads[0]), free(grads[1]);
+}
+
 int main(void) {
+    test_dense_groups();
     test_counts();
     test_names();
     test_sinusoid();
