@@ -425,8 +425,12 @@ static __device__ __forceinline__ float gn_dz(float dy, float xhat, float gm, fl
  * passes, sums in double, as on the CPU), then y (+ res: a rounded add of its own, as the CPU's,
  * not contracted into the swish's product). The group's values are read from memory once: a
  * thread keeps its (up to V) values in registers for the three passes when the group fits
- * (M <= V blockDim: every group of the UNets), else it reads them again. Each channel's gamma
- * and shift (beta + add) are staged once in shared memory, and the channel of an element is
+ * (M <= V blockDim: every group of the UNets), else it reads them again. With the values in
+ * registers, a thread sums its V (8 to 32) values in float and only the threads' sums are added
+ * in double: the double sums cost a conversion and a double add an element in each pass, the
+ * conversion at an eighth of the FP32 rate, while a float sum of 32 values is off by a few units
+ * in the last place, far inside the tests' 1e-5 (session 11: compiled and emulator-checked, not
+ * yet timed on a GPU). Each channel's gamma and shift (beta + add) are staged once in shared memory, and the channel of an element is
  * stepped along with its index instead of divided out.
  * The kernel is bound by instructions, not by memory (ncu on an H200, 8 warps a group: 0.8
  * instructions issued a cycle per scheduler, 25% of memory bandwidth): what a block does once
@@ -459,24 +463,30 @@ static __global__ void __launch_bounds__(THREADS)
     float v[V];
     double s = 0.0;
     if (cached) {
+        float sf = 0.0f; /* a thread's V values in float, the threads' sums in double */
 #pragma unroll
         for (int j = 0; j < V; j++) {
             const int i = tid + j * T;
             v[j] = i < M ? xg[i] : 0.0f;
-            if (i < M) s += v[j];
+            sf += v[j];
         }
+        s = sf;
     } else {
         for (int i = tid; i < M; i += T) s += xg[i];
     }
     const double mu = block_sum_once(s, sh) / (double)M;
+    const float m = (float)mu;
     double q = 0.0;
     if (cached) {
+        /* about the float mean (the one y uses): the sum of squares exceeds the one about mu by
+         * M (m - mu)^2, below float rounding of the variance */
+        float qf = 0.0f;
 #pragma unroll
-        for (int j = 0; j < V; j++)
-            if (tid + j * T < M) {
-                const double d = v[j] - mu;
-                q += d * d;
-            }
+        for (int j = 0; j < V; j++) {
+            const float d = tid + j * T < M ? v[j] - m : 0.0f;
+            qf = fmaf(d, d, qf);
+        }
+        q = qf;
     } else {
         for (int i = tid; i < M; i += T) {
             const double d = xg[i] - mu;
@@ -484,7 +494,7 @@ static __global__ void __launch_bounds__(THREADS)
         }
     }
     const double var = block_sum_once(q, sh + 32) / (double)M;
-    const float m = (float)mu, r = (float)(1.0 / sqrt(var + (double)eps));
+    const float r = (float)(1.0 / sqrt(var + (double)eps));
     if (tid == 0) {
         mean[ng] = m;
         rstd[ng] = r;

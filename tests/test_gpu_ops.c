@@ -323,17 +323,20 @@ static void test_dense(void) {
 /* params 0: dgamma, dbeta and dadd NULL (only dx wanted), which must leave them untouched;
  * with_ws 0: backward without its workspace (the backend's slower path for the parameters);
  * with_res: a residual added to y, whose gradient dres += dy */
+static float gn_offset; /* added to x: a mean far from zero against the spread */
+
 static void case_gn_ws(int N, int C, int HW, int G, int swish, int with_add, int params,
                        int with_ws, int with_res) {
     dd_gn_shape s = {N, C, HW, G, swish, 1e-5f};
     char tag[120];
-    snprintf(tag, sizeof tag, "group_norm N%d C%d HW%d G%d%s%s%s%s%s", N, C, HW, G,
+    snprintf(tag, sizeof tag, "group_norm N%d C%d HW%d G%d%s%s%s%s%s%s", N, C, HW, G,
              swish ? " swish" : "", with_add ? " +add" : "", with_res ? " +res" : "",
-             params ? "" : " (dx only)", with_ws ? "" : " (no workspace)");
+             params ? "" : " (dx only)", with_ws ? "" : " (no workspace)",
+             gn_offset != 0.0f ? " x+40" : "");
     begin(tag);
     const size_t n = (size_t)N * C * HW, nng = (size_t)N * G, nnc = (size_t)N * C;
     /* an offset and scale so the mean and variance matter */
-    float *x = hrand(n, -2, 3), *gamma = hrand(C, 0.5f, 1.5f), *beta = hrand(C, -0.5f, 0.5f);
+    float *x = hrand(n, -2 + gn_offset, 3 + gn_offset), *gamma = hrand(C, 0.5f, 1.5f), *beta = hrand(C, -0.5f, 0.5f);
     float *add = hrand(nnc, -1, 1), *dy = hrand(n, -1, 1);
     float *dx0 = hrand(n, -1, 1), *dg0 = hrand(C, -1, 1), *db0 = hrand(C, -1, 1),
           *da0 = hrand(nnc, -1, 1);
@@ -401,6 +404,12 @@ static void test_group_norm(void) {
     case_gn(2, 8, 600, 2, 1, 1, 1);  /* 2400 */
     case_gn(2, 8, 1500, 2, 1, 1, 1); /* 6000 */
     case_gn(2, 4, 4500, 1, 1, 1, 1); /* 18000: the forward reads them again */
+    /* a mean 30 spreads from zero: the forward's float partial sums (8 to 32 values a thread)
+     * must still give the CPU's double statistics */
+    gn_offset = 40.0f;
+    case_gn(3, 16, 784, 8, 1, 1, 1);
+    case_gn(2, 64, 49, 8, 1, 1, 1);
+    gn_offset = 0.0f;
     if (!big || tf32_pass) return;   /* no products: the large shape once */
     case_gn(1024, 64, 784, 8, 1, 1, 1); /* batch 1024 of 28x28x64: 51M values */
     case_gn(2, 192, 3000, 8, 1, 1, 1);  /* 72000 values per group */
