@@ -671,6 +671,9 @@ static __global__ void __launch_bounds__(THREADS, 4)
         const size_t o = base + (size_t)cc * HW;
         double sn = 0.0, sx = 0.0;
         if (cached) {
+            /* a lane's (at most GN_FWD_V) terms in float, the lanes' sums in double (as the
+             * forward's statistics: three conversions to double an element fewer) */
+            float snf = 0.0f, sxf = 0.0f;
 #pragma unroll
             for (int k = 0; k < GN_FWD_V; k++) {
                 const int p = wp * 32 + lane + k * wpc * 32;
@@ -678,11 +681,13 @@ static __global__ void __launch_bounds__(THREADS, 4)
                 const float xh = (x[o + p] - m) * r, d = dy[o + p];
                 if (dres) dres[o + p] += d;
                 const float dz = gn_dz(d, xh, gm, sh, swish);
-                sn += dz;
-                sx += (double)dz * xh;
+                snf += dz;
+                sxf = fmaf(dz, xh, sxf);
                 cxh[k] = xh;
                 cdx[k] = dx[o + p] + r * (gm * dz);
             }
+            sn = snf;
+            sx = sxf;
         } else {
             for (int p = wp * 32 + lane; p < HW; p += wpc * 32) {
                 const float xh = (x[o + p] - m) * r, d = dy[o + p];
