@@ -72,6 +72,7 @@ const dd_backend dd_cpu_backend = {
     .dense_forward = dd_cpu_dense_forward,
     .dense_backward = dd_cpu_dense_backward,
     .dense_group_forward = dd_cpu_dense_group_forward,
+    .dense_group_backward = dd_cpu_dense_group_backward,
 
     .group_norm_forward = dd_cpu_group_norm_forward,
     .group_norm_workspace = dd_cpu_group_norm_workspace,

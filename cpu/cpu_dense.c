@@ -23,6 +23,16 @@ int dd_cpu_dense_group_forward(int count, float *const *y, const float *x, const
     return 0;
 }
 
+/* the layers' backward calls in order (the same sums as running the nodes one by one) */
+int dd_cpu_dense_group_backward(int count, float *dx, float *const *dw, float *const *db,
+                                const float *const *dy, const float *x, const float *const *w,
+                                int N, int Cin, const int *cout) {
+    for (int l = 0; l < count; l++)
+        dd_cpu_dense_backward(dx, dw ? dw[l] : NULL, db ? db[l] : NULL, dy[l], x, w[l], N, Cin,
+                              cout[l]);
+    return 0;
+}
+
 int dd_cpu_dense_backward(float *dx, float *dw, float *db, const float *dy, const float *x,
                           const float *w, int N, int Cin, int Cout) {
     /* dx (N, Cin) += dy (N, Cout) @ w (Cout, Cin) */

@@ -61,6 +61,9 @@ int dd_cpu_dense_backward(float *dx, float *dw, float *db, const float *dy, cons
                           const float *w, int N, int Cin, int Cout);
 int dd_cpu_dense_group_forward(int count, float *const *y, const float *x, const float *const *w,
                                const float *const *b, int N, int Cin, const int *cout);
+int dd_cpu_dense_group_backward(int count, float *dx, float *const *dw, float *const *db,
+                                const float *const *dy, const float *x, const float *const *w,
+                                int N, int Cin, const int *cout);
 
 int dd_cpu_group_norm_forward(float *y, float *mean, float *rstd, const float *x,
                               const float *gamma, const float *beta, const float *add,

@@ -901,6 +901,25 @@ int dd_cuda_dense_group_forward(int count, float *const *y, const float *x, cons
     return 0;
 }
 
+/* The group's backward: one kernel when every layer fits dense_small_backward, else one call
+ * each. */
+int dd_cuda_dense_group_backward(int count, float *dx, float *const *dw, float *const *db,
+                                 const float *const *dy, const float *x, const float *const *w,
+                                 int N, int Cin, const int *cout) {
+    if (count < 1 || count > DD_DENSE_GROUP_MAX)
+        return dd_error("dense group backward: %d layers, from 1 to %d", count,
+                        DD_DENSE_GROUP_MAX);
+    if (N <= 0) return 0;
+    int small = Cin > 0 && Cin <= DD_CUDA_DENSE_SMALL_BWD && N <= DD_CUDA_DENSE_SMALL_BWD_N;
+    for (int l = 0; l < count; l++) small &= cout[l] > 0 && cout[l] <= DD_CUDA_DENSE_SMALL_BWD;
+    if (small)
+        return dd_cuda_dense_group_small_backward(count, dx, dw, db, dy, x, w, N, Cin, cout);
+    for (int l = 0; l < count; l++)
+        DD_TRY(dd_cuda_dense_backward(dx, dw ? dw[l] : NULL, db ? db[l] : NULL, dy[l], x, w[l], N,
+                                      Cin, cout[l]));
+    return 0;
+}
+
 int dd_cuda_dense_backward(float *dx, float *dw, float *db, const float *dy, const float *x,
                            const float *w, int N, int Cin, int Cout) {
     if (N <= 0 || Cout <= 0) return 0;

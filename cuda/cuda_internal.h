@@ -130,6 +130,11 @@ int dd_cuda_dense_group_small_forward(int count, float *const *y, const float *x
 #define DD_CUDA_DENSE_SMALL_BWD_N 4096
 int dd_cuda_dense_small_backward(float *dx, float *dw, float *db, const float *dy,
                                  const float *x, const float *w, int N, int Cin, int Cout);
+/* dense_group_small_backward: dense_small_backward for count layers of one x in one kernel,
+ * dx += the layers' parts summed first (the same limits, every layer) */
+int dd_cuda_dense_group_small_backward(int count, float *dx, float *const *dw, float *const *db,
+                                       const float *const *dy, const float *x,
+                                       const float *const *w, int N, int Cin, const int *cout);
 int dd_cuda_fill_rows(float *y, const float *b, int R, int Ccols);
 int dd_cuda_colsum_add(float *out, const float *m, int R, int Ccols);
 int dd_cuda_softmax_rows(float *p, int64_t rows, int L);
@@ -154,6 +159,9 @@ int dd_cuda_dense_backward(float *dx, float *dw, float *db, const float *dy, con
                            const float *w, int N, int Cin, int Cout);
 int dd_cuda_dense_group_forward(int count, float *const *y, const float *x, const float *const *w,
                                 const float *const *b, int N, int Cin, const int *cout);
+int dd_cuda_dense_group_backward(int count, float *dx, float *const *dw, float *const *db,
+                                 const float *const *dy, const float *x, const float *const *w,
+                                 int N, int Cin, const int *cout);
 size_t dd_cuda_attention_workspace(const dd_attn_shape *s);
 int dd_cuda_attention_forward(float *y, float *probs, const float *qkv, const dd_attn_shape *s);
 int dd_cuda_attention_backward(float *dqkv, const float *dy, const float *qkv, const float *probs,

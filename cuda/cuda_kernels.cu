@@ -1172,24 +1172,23 @@ int dd_cuda_dense_group_small_forward(int count, float *const *y, const float *x
  *   warp order through shared memory; the blocks of the first 32 k's also sum db[co] the same
  *   way. Deterministic, no atomics. */
 #define DENSE_BWD_MAX DD_CUDA_DENSE_SMALL_BWD
-static __global__ void __launch_bounds__(THREADS)
-    dense_small_backward_kernel(float *__restrict__ dx, float *__restrict__ dw,
-                                float *__restrict__ db, const float *__restrict__ dy,
-                                const float *__restrict__ x, const float *__restrict__ w, int N,
-                                int Cin, int Cout, int bx) {
-    __shared__ float shw[THREADS / 32][32], shb[THREADS / 32];
-    if ((int)blockIdx.x < bx) {
-        const int64_t i = (int64_t)blockIdx.x * blockDim.x + threadIdx.x;
-        if (i >= (int64_t)N * Cin) return; /* no barrier in this part */
-        const int n = (int)(i / Cin), k = (int)(i - (int64_t)n * Cin);
-        const float *dyn = dy + (size_t)n * Cout;
-        float acc = 0.0f;
+/* acc + sum over co of dy[n][co] w[co][k] */
+static __device__ __forceinline__ float dense_bwd_dx(float acc, const float *__restrict__ dy,
+                                                     const float *__restrict__ w, int n, int k,
+                                                     int Cin, int Cout) {
+    const float *dyn = dy + (size_t)n * Cout;
 #pragma unroll 8
-        for (int co = 0; co < Cout; co++) acc = fmaf(dyn[co], w[(size_t)co * Cin + k], acc);
-        dx[i] += acc;
-        return;
-    }
-    const int kt = (Cin + 31) / 32, b = (int)blockIdx.x - bx, co = b / kt;
+    for (int co = 0; co < Cout; co++) acc = fmaf(dyn[co], w[(size_t)co * Cin + k], acc);
+    return acc;
+}
+
+/* block b of the dw/db part (every thread of the block calls it: it has a barrier) */
+static __device__ __forceinline__ void dense_bwd_dw(float *__restrict__ dw, float *__restrict__ db,
+                                                    const float *__restrict__ dy,
+                                                    const float *__restrict__ x, int N, int Cin,
+                                                    int Cout, int b) {
+    __shared__ float shw[THREADS / 32][32], shb[THREADS / 32];
+    const int kt = (Cin + 31) / 32, co = b / kt;
     const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, k = (b - co * kt) * 32 + lane;
     const bool bias = db && b - co * kt == 0;
     float sw = 0.0f, sb = 0.0f;
@@ -1210,6 +1209,59 @@ static __global__ void __launch_bounds__(THREADS)
     }
 }
 
+static __global__ void __launch_bounds__(THREADS)
+    dense_small_backward_kernel(float *__restrict__ dx, float *__restrict__ dw,
+                                float *__restrict__ db, const float *__restrict__ dy,
+                                const float *__restrict__ x, const float *__restrict__ w, int N,
+                                int Cin, int Cout, int bx) {
+    if ((int)blockIdx.x < bx) {
+        const int64_t i = (int64_t)blockIdx.x * blockDim.x + threadIdx.x;
+        if (i >= (int64_t)N * Cin) return; /* no barrier in this part */
+        const int n = (int)(i / Cin), k = (int)(i - (int64_t)n * Cin);
+        dx[i] += dense_bwd_dx(0.0f, dy, w, n, k, Cin, Cout);
+        return;
+    }
+    dense_bwd_dw(dw, db, dy, x, N, Cin, Cout, (int)blockIdx.x - bx);
+}
+
+/* Layers of one x (dd_cuda_dense_group_backward): blocks [0, bx) dx += sum over the layers (in
+ * their order) of dy_l w_l, added to dx once; then each layer's dw/db blocks, layer l's from
+ * bx + first[l]. */
+struct DenseGroupBwd {
+    const float *dy[DD_DENSE_GROUP_MAX], *w[DD_DENSE_GROUP_MAX];
+    float *dw[DD_DENSE_GROUP_MAX], *db[DD_DENSE_GROUP_MAX];
+    int cout[DD_DENSE_GROUP_MAX];
+    int first[DD_DENSE_GROUP_MAX + 1];
+};
+
+static __global__ void __launch_bounds__(THREADS)
+    dense_group_backward_kernel(const DenseGroupBwd p, float *__restrict__ dx,
+                                const float *__restrict__ x, int N, int Cin, int count, int bx) {
+    if ((int)blockIdx.x < bx) {
+        const int64_t i = (int64_t)blockIdx.x * blockDim.x + threadIdx.x;
+        if (i >= (int64_t)N * Cin) return; /* no barrier in this part */
+        const int n = (int)(i / Cin), k = (int)(i - (int64_t)n * Cin);
+        float acc = 0.0f;
+#pragma unroll
+        for (int l = 0; l < DD_DENSE_GROUP_MAX; l++)
+            if (l < count) acc = dense_bwd_dx(acc, p.dy[l], p.w[l], n, k, Cin, p.cout[l]);
+        dx[i] += acc;
+        return;
+    }
+    const int b = (int)blockIdx.x - bx;
+    int l = 0;
+#pragma unroll
+    for (int i = 1; i < DD_DENSE_GROUP_MAX; i++)
+        if (b >= p.first[i]) l = i;
+    const float *dy = p.dy[0];
+    float *dw = p.dw[0], *db = p.db[0];
+    int cout = p.cout[0], b0 = 0;
+#pragma unroll
+    for (int i = 1; i < DD_DENSE_GROUP_MAX; i++)
+        if (l == i) dy = p.dy[i], dw = p.dw[i], db = p.db[i], cout = p.cout[i], b0 = p.first[i];
+    dense_bwd_dw(dw, db, dy, x, N, Cin, cout, b - b0);
+}
+
 int dd_cuda_dense_small_backward(float *dx, float *dw, float *db, const float *dy,
                                  const float *x, const float *w, int N, int Cin, int Cout) {
     if (N <= 0 || Cout <= 0 || Cin <= 0) return 0;
@@ -1223,6 +1275,45 @@ int dd_cuda_dense_small_backward(float *dx, float *dw, float *db, const float *d
     dense_small_backward_kernel<<<(unsigned int)(bx + bw), THREADS, 0, dd_cuda_stream>>>(
         dx, dw, db, dy, x, w, N, Cin, Cout, (int)bx);
     DD_CUDA_LAUNCHED("dense_backward");
+    return 0;
+}
+
+int dd_cuda_dense_group_small_backward(int count, float *dx, float *const *dw, float *const *db,
+                                       const float *const *dy, const float *x,
+                                       const float *const *w, int N, int Cin, const int *cout) {
+    if (count < 1 || count > DD_DENSE_GROUP_MAX)
+        return dd_error("dense group backward: %d layers, from 1 to %d", count,
+                        DD_DENSE_GROUP_MAX);
+    if (N <= 0 || Cin <= 0) return 0;
+    if (Cin > DENSE_BWD_MAX || N > DD_CUDA_DENSE_SMALL_BWD_N)
+        return dd_error("dense group backward (small kernel): %d rows of %d inputs, at most %d "
+                        "of %d",
+                        N, Cin, DD_CUDA_DENSE_SMALL_BWD_N, DENSE_BWD_MAX);
+    DenseGroupBwd p;
+    memset(&p, 0, sizeof p);
+    int64_t bw = 0;
+    const int kt = (Cin + 31) / 32;
+    for (int l = 0; l < DD_DENSE_GROUP_MAX; l++) {
+        p.first[l] = (int)bw;
+        if (l >= count) continue;
+        if (cout[l] <= 0 || cout[l] > DENSE_BWD_MAX)
+            return dd_error("dense group backward (small kernel): layer %d has %d outputs, from "
+                            "1 to %d",
+                            l, cout[l], DENSE_BWD_MAX);
+        p.dy[l] = dy[l];
+        p.w[l] = w[l];
+        p.dw[l] = dw ? dw[l] : NULL;
+        p.db[l] = db ? db[l] : NULL;
+        p.cout[l] = cout[l];
+        if (p.dw[l] || p.db[l]) bw += (int64_t)cout[l] * kt;
+    }
+    p.first[DD_DENSE_GROUP_MAX] = (int)bw;
+    for (int l = count; l < DD_DENSE_GROUP_MAX; l++) p.first[l] = (int)bw;
+    const int64_t bx = dx ? ((int64_t)N * Cin + THREADS - 1) / THREADS : 0;
+    if (bx + bw == 0) return 0;
+    dense_group_backward_kernel<<<(unsigned int)(bx + bw), THREADS, 0, dd_cuda_stream>>>(
+        p, dx, x, N, Cin, count, (int)bx);
+    DD_CUDA_LAUNCHED("dense_group_backward");
     return 0;
 }
 

@@ -819,6 +819,49 @@ int dd_graph_forward(dd_graph *g) {
     return 0;
 }
 
+/* The backward of dense nodes i, i - 1, .. of one group (visited in backward's order): one
+ * dense_group_backward call. A member stops the group when its output has no gradient or is
+ * a weight or bias of a member already taken (whose backward feeds its gradient). Returns how
+ * many nodes it ran, or -1. */
+static int backward_dense_group(dd_graph *g, int i) {
+    const dd_node *lead = &g->nodes[i];
+    float *dw[DD_DENSE_GROUP_MAX], *db[DD_DENSE_GROUP_MAX];
+    const float *dy[DD_DENSE_GROUP_MAX], *w[DD_DENSE_GROUP_MAX];
+    int cout[DD_DENSE_GROUP_MAX], count = 0;
+    const dd_node *taken[DD_DENSE_GROUP_MAX];
+    while (count < DD_DENSE_GROUP_MAX && i - count >= 0 &&
+           dense_same_group(lead, &g->nodes[i - count])) {
+        const dd_node *n = &g->nodes[i - count];
+        if (!g->t[n->out].grad) break;
+        int feeds = 0;
+        for (int j = 0; j < count; j++)
+            feeds |= taken[j]->in[1] == n->out || taken[j]->in[2] == n->out;
+        if (feeds) break;
+        taken[count] = n;
+        dy[count] = g->t[n->out].grad;
+        w[count] = D(n->in[1]);
+        dw[count] = G(n->in[1]);
+        db[count] = G(n->in[2]);
+        cout[count] = n->p.dense.Cout;
+        count++;
+    }
+    if (count < 2) return run_node(g, lead, 1) ? -1 : 1;
+    double t0 = 0.0;
+    if (g->profile) {
+        if (g->be->synchronize()) return -1;
+        t0 = dd_now();
+    }
+    if (g->be->dense_group_backward(count, G(lead->in[0]), dw, db, dy, D(lead->in[0]), w,
+                                    lead->p.dense.N, lead->p.dense.Cin, cout))
+        return -1;
+    if (g->profile) {
+        if (g->be->synchronize()) return -1;
+        g->profile->ms[DD_OP_DENSE][1] += (dd_now() - t0) * 1e3;
+        g->profile->calls[DD_OP_DENSE][1]++;
+    }
+    return count;
+}
+
 int dd_graph_backward(dd_graph *g, int loss) {
     if (!g->planned || !g->with_grad) return dd_error("backward: graph not planned with gradients");
     if (!valid(g, loss) || g->t[loss].numel != 1) return dd_error("backward: tensor %d is not a scalar loss", loss);
@@ -828,11 +871,18 @@ int dd_graph_backward(dd_graph *g, int loss) {
     /* the seed d(loss) = 1 comes from a planned device constant: a device-to-device copy, so
      * backward has no host transfer and can be captured as a CUDA graph */
     DD_TRY(g->be->copy(g->t[loss].grad, g->one, sizeof(float)));
-    for (int i = g->nn - 1; i >= 0; i--) {
+    for (int i = g->nn - 1; i >= 0;) {
         const dd_node *n = &g->nodes[i];
-        if (!g->t[n->out].grad) continue; /* nothing upstream needs a gradient */
-        if (run_node(g, n, 1))
+        if (!g->t[n->out].grad) { /* nothing upstream needs a gradient */
+            i--;
+            continue;
+        }
+        const int ran = n->op == DD_OP_DENSE && g->be->dense_group_backward
+                            ? backward_dense_group(g, i)
+                            : run_node(g, n, 1) ? -1 : 1;
+        if (ran < 0)
             return dd_error_prefix("backward %s (%s)", dd_op_names[n->op], g->t[n->out].name);
+        i -= ran;
     }
     return 0;
 }

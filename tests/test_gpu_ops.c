@@ -265,9 +265,11 @@ static void case_dense(int N, int Cin, int Cout, int bias, int want_dx) {
 }
 
 /* count layers of one x in one call, layer l with cout[l] outputs, a bias where bias_mask has
- * bit l (no_bias_array: b itself NULL), each against the CPU's dense_forward */
+ * bit l (no_bias_array: b itself NULL), each against the CPU's dense_forward; then the group's
+ * backward against the CPU's dense_backward calls: dx (unless no_dx), and each layer's dw and
+ * db (where it has a bias) added to random values */
 static void case_dense_group(int N, int Cin, int count, const int *cout, unsigned bias_mask,
-                             int no_bias_array) {
+                             int no_bias_array, int no_dx) {
     char tag[96];
     snprintf(tag, sizeof tag, "dense group N%d %d-> %d layers (%d..%d)%s", N, Cin, count, cout[0],
              cout[count - 1], no_bias_array ? ", no biases" : "");
@@ -276,6 +278,9 @@ static void case_dense_group(int N, int Cin, int count, const int *cout, unsigne
     float *x = hrand(nx, -1, 1), *gx = dup(x, nx);
     float *y[DD_DENSE_GROUP_MAX], *gy[DD_DENSE_GROUP_MAX];
     const float *gw[DD_DENSE_GROUP_MAX], *gb[DD_DENSE_GROUP_MAX];
+    const float *hw[DD_DENSE_GROUP_MAX], *hdy[DD_DENSE_GROUP_MAX], *gdy[DD_DENSE_GROUP_MAX];
+    float *hdw[DD_DENSE_GROUP_MAX], *hdb[DD_DENSE_GROUP_MAX], *gdw[DD_DENSE_GROUP_MAX],
+        *gdb[DD_DENSE_GROUP_MAX];
     for (int l = 0; l < count; l++) {
         const size_t nw = (size_t)cout[l] * Cin, ny = (size_t)N * cout[l];
         const int has_b = !no_bias_array && (bias_mask >> l & 1);
@@ -285,28 +290,53 @@ static void case_dense_group(int N, int Cin, int count, const int *cout, unsigne
         gy[l] = dpoison(ny);
         gw[l] = dup(w, nw);
         gb[l] = has_b ? dup(b, (size_t)cout[l]) : NULL;
+        /* backward's inputs and the gradients it adds to */
+        float *dw0 = hrand(nw, -1, 1), *db0 = hrand((size_t)cout[l], -1, 1);
+        hw[l] = w;
+        hdy[l] = hrand(ny, -1, 1);
+        gdy[l] = dup(hdy[l], ny);
+        hdw[l] = hcopy(dw0, nw);
+        gdw[l] = dup(dw0, nw);
+        hdb[l] = has_b ? hcopy(db0, (size_t)cout[l]) : NULL;
+        gdb[l] = has_b ? dup(db0, (size_t)cout[l]) : NULL;
     }
     OK(gpu->dense_group_forward(count, gy, gx, gw, no_bias_array ? NULL : gb, N, Cin, cout));
+    float *dx0 = hrand(nx, -1, 1), *hdx = hcopy(dx0, nx), *gdx = dup(dx0, nx);
+    OK(cpu->dense_group_backward(count, no_dx ? NULL : hdx, hdw, no_bias_array ? NULL : hdb, hdy,
+                                 x, hw, N, Cin, cout));
+    OK(gpu->dense_group_backward(count, no_dx ? NULL : gdx, gdw, no_bias_array ? NULL : gdb, gdy,
+                                 gx, gw, N, Cin, cout));
     sync_or_fail(tag);
+    char what[128];
     for (int l = 0; l < count; l++) {
-        char what[128];
         snprintf(what, sizeof what, "%s layer %d y", tag, l);
         expect(what, y[l], gy[l], (size_t)N * cout[l], mm_tol);
+        snprintf(what, sizeof what, "%s layer %d dw", tag, l);
+        expect(what, hdw[l], gdw[l], (size_t)cout[l] * Cin, mm_tol);
+        if (hdb[l]) {
+            snprintf(what, sizeof what, "%s layer %d db", tag, l);
+            expect(what, hdb[l], gdb[l], (size_t)cout[l], FP32_TOL);
+        }
     }
+    snprintf(what, sizeof what, "%s dx%s", tag, no_dx ? " (NULL: untouched)" : "");
+    expect(what, no_dx ? dx0 : hdx, gdx, nx, no_dx ? 0.0 : mm_tol);
     release();
 }
 
 static void test_dense(void) {
     /* the UNet's eight projections of its time embedding (64 -> 16..64) */
     const int unet[] = {16, 32, 64, 64, 64, 64, 32, 16};
-    case_dense_group(6, 64, 8, unet, 0xffu, 0);
+    case_dense_group(6, 64, 8, unet, 0xffu, 0, 0);
     const int odd[] = {5, 1, 33, 17};
-    case_dense_group(3, 84, 4, odd, 0x5u, 0); /* some layers without a bias */
-    case_dense_group(2, 300, 4, odd, 0u, 1);  /* no bias array; 300 inputs */
+    case_dense_group(3, 84, 4, odd, 0x5u, 0, 0); /* some layers without a bias */
+    case_dense_group(3, 84, 4, odd, 0x5u, 0, 1); /* and no dx */
+    /* no bias array; 300 inputs: past the one-kernel backward's 256, one call a layer */
+    case_dense_group(2, 300, 4, odd, 0u, 1, 0);
     const int sixteen[DD_DENSE_GROUP_MAX] = {1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15, 16};
-    case_dense_group(2, 7, DD_DENSE_GROUP_MAX, sixteen, 0xaaaau, 0); /* the most layers */
-    const int two[] = {20, 3};
-    case_dense_group(4, 1100, 2, two, 0x3u, 0); /* over 1024 inputs: one cuBLAS call each */
+    case_dense_group(2, 7, DD_DENSE_GROUP_MAX, sixteen, 0xaaaau, 0, 0); /* the most layers */
+    const int two[] = {20, 3}, wide[] = {300, 8};
+    case_dense_group(4, 1100, 2, two, 0x3u, 0, 0); /* over 1024 inputs: one cuBLAS call each */
+    case_dense_group(5, 40, 2, wide, 0x1u, 0, 0);  /* a layer of 300 outputs: one call each */
     case_dense(4, 7, 5, 1, 1);
     case_dense(33, 64, 128, 1, 1);
     case_dense(3, 84, 10, 0, 1);

@@ -449,11 +449,13 @@ static void test_reuse_memory(void) {
  * exist) and forward runs them as one dense_group_forward; the values are those of the graph
  * as built. out = gelu(x W1^T + b1) + x W2^T + b2 + x W3^T, with an unrelated dense layer of
  * another input (v) between the first two, checked against direct backend calls, and against
- * a backend without dense_group_forward (the nodes one by one) bit for bit, gradients too. */
+ * a backend without dense_group_forward and dense_group_backward (the nodes one by one) bit
+ * for bit, gradients too. */
 static void test_dense_groups(void) {
     enum { N = 3, CIN = 5, CO = 4 };
     dd_backend single = dd_cpu_backend; /* the same ops, no group entry */
     single.dense_group_forward = NULL;
+    single.dense_group_backward = NULL;
     const dd_backend *bes[2] = {&dd_cpu_backend, &single};
     float xv[N * CIN], vv[N * CIN], out[2][N * CO], *grads[2] = {NULL, NULL};
     size_t total = 0;

@@ -23,7 +23,7 @@
 
 enum {
     OP_ALLOC, OP_FREE, OP_ZERO, OP_TO_DEVICE, OP_TO_HOST, OP_COPY, OP_SYNC, OP_CONV_WS,
-    OP_CONV_F, OP_CONV_B, OP_DENSE_F, OP_DENSE_GROUP_F, OP_DENSE_B, OP_GN_F, OP_GN_WS, OP_GN_B, OP_ACT_F, OP_ACT_B, OP_ADD_F,
+    OP_CONV_F, OP_CONV_B, OP_DENSE_F, OP_DENSE_GROUP_F, OP_DENSE_B, OP_DENSE_GROUP_B, OP_GN_F, OP_GN_WS, OP_GN_B, OP_ACT_F, OP_ACT_B, OP_ADD_F,
     OP_ADD_B, OP_CAT_F, OP_CAT_B, OP_UP_F, OP_UP_B, OP_POOL_F, OP_POOL_B, OP_ATT_WS, OP_ATT_F,
     OP_ATT_B, OP_EMB_F, OP_EMB_B, OP_MSE_F, OP_MSE_B, OP_XENT_F, OP_XENT_B, OP_ADAM, OP_EMA,
     OP_COUNTER, OP_INDEX_FILL, OP_NORMAL, OP_TRAIN_DRAW, OP_Q_SAMPLE, OP_SAMPLER, OP_COUNT
@@ -83,6 +83,17 @@ static int w_dense_group_f(int count, float *const *y, const float *x, const flo
     }
     END(OP_DENSE_GROUP_F);
     return C->dense_group_forward(count, y, x, w, b, N, Ci, co);
+}
+static int w_dense_group_b(int count, float *dx, float *const *dw, float *const *db,
+                           const float *const *dy, const float *x, const float *const *w, int N,
+                           int Ci, const int *co) {
+    BEGIN(OP_DENSE_GROUP_B); H(count); H(dx); H(x); H(N); H(Ci);
+    for (int l = 0; l < count; l++) {
+        const float *dwl = dw ? dw[l] : NULL, *dbl = db ? db[l] : NULL;
+        H(dwl); H(dbl); H(dy[l]); H(w[l]); H(co[l]);
+    }
+    END(OP_DENSE_GROUP_B);
+    return C->dense_group_backward(count, dx, dw, db, dy, x, w, N, Ci, co);
 }
 static int w_dense_b(float *dx, float *dw, float *db, const float *dy, const float *x, const float *w, int N, int Ci, int Co) {
     BEGIN(OP_DENSE_B); H(dx); H(dw); H(db); H(dy); H(x); H(w); H(N); H(Ci); H(Co); END(OP_DENSE_B);
@@ -168,6 +179,7 @@ static const dd_backend logbe = {
     .to_host = w_to_host, .copy = w_copy, .synchronize = w_sync,
     .conv2d_workspace = w_conv_ws, .conv2d_forward = w_conv_f, .conv2d_backward = w_conv_b,
     .dense_forward = w_dense_f, .dense_backward = w_dense_b, .dense_group_forward = w_dense_group_f,
+    .dense_group_backward = w_dense_group_b,
     .group_norm_forward = w_gn_f, .group_norm_workspace = w_gn_ws, .group_norm_backward = w_gn_b,
     .act_forward = w_act_f, .act_backward = w_act_b, .add_forward = w_add_f,
     .add_backward = w_add_b, .concat_forward = w_cat_f, .concat_backward = w_cat_b,
@@ -281,6 +293,13 @@ static void test_training_step(void) {
            "training step: draws %d, noise %d, Adam %d, EMA %d, counter %d, conv backward %d",
            count(a, OP_TRAIN_DRAW), count(a, OP_NORMAL), count(a, OP_ADAM), count(a, OP_EMA),
            count(a, OP_COUNTER), count(a, OP_CONV_B));
+    /* the blocks' projections of the time embedding: one grouped call each way, the time MLP's
+     * two layers (and the class embedding's none) on their own */
+    CHECKF(count(a, OP_DENSE_GROUP_F) == 1 && count(a, OP_DENSE_GROUP_B) == 1 &&
+               count(a, OP_DENSE_F) == 2 && count(a, OP_DENSE_B) == 2,
+           "training step: grouped dense %d forward, %d backward; single %d forward, %d backward",
+           count(a, OP_DENSE_GROUP_F), count(a, OP_DENSE_GROUP_B), count(a, OP_DENSE_F),
+           count(a, OP_DENSE_B));
     /* and the steps did train: the counter moved 5 times */
     CHECK_OK(dd_params_read_step(r.params));
     CHECKF(r.params->adam_step == 5, "step counter %lld after 5 steps", (long long)r.params->adam_step);

@@ -111,6 +111,13 @@ typedef struct dd_backend {
      * dense_forward; b NULL (no layer has a bias) or b[l] NULL (layer l has none). */
     int (*dense_group_forward)(int count, float *const *y, const float *x, const float *const *w,
                                const float *const *b, int N, int Cin, const int *cout);
+    /* the same group's backward (may be NULL): for each l, dense_backward's dw[l] += and db[l]
+     * += (dw, db NULL or entries NULL: not wanted), and dx (may be NULL) += the sum over l of
+     * dy[l] w[l]; a backend may add the layers' parts into dx in one sum, so its rounding may
+     * differ from count dense_backward calls (the CPU's are those calls, in order l = 0, 1..) */
+    int (*dense_group_backward)(int count, float *dx, float *const *dw, float *const *db,
+                                const float *const *dy, const float *x, const float *const *w,
+                                int N, int Cin, const int *cout);
 
     /* group_norm with optional per-channel add, swish and residual fused (see dd_gn_shape) */
     int (*group_norm_forward)(float *y, float *mean, float *rstd, const float *x,
