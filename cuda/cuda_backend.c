@@ -172,6 +172,7 @@ static const dd_backend cuda_backend = {
     .dense_forward = dd_cuda_dense_forward,
     .dense_backward = dd_cuda_dense_backward,
     .dense_group_forward = dd_cuda_dense_group_forward,
+    .dense_group_act_forward = dd_cuda_dense_group_act_forward,
     .dense_group_backward = dd_cuda_dense_group_backward,
 
     .group_norm_forward = dd_cuda_group_norm_forward,

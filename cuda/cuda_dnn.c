@@ -895,10 +895,24 @@ int dd_cuda_dense_group_forward(int count, float *const *y, const float *x, cons
         return dd_error("dense group: %d layers, from 1 to %d", count, DD_DENSE_GROUP_MAX);
     if (N <= 0) return 0;
     if (Cin <= DD_CUDA_DENSE_SMALL_CIN)
-        return dd_cuda_dense_group_small_forward(count, y, x, w, b, N, Cin, cout);
+        return dd_cuda_dense_group_small_forward(count, y, x, -1, w, b, N, Cin, cout);
     for (int l = 0; l < count; l++)
         DD_TRY(dd_cuda_dense_forward(y[l], x, w[l], b ? b[l] : NULL, N, Cin, cout[l]));
     return 0;
+}
+
+/* The same of act(x), within the one-kernel forward's inputs */
+int dd_cuda_dense_group_act_forward(int count, float *const *y, const float *x, dd_act act,
+                                    const float *const *w, const float *const *b, int N, int Cin,
+                                    const int *cout) {
+    if (count < 1 || count > DD_DENSE_GROUP_MAX)
+        return dd_error("dense group: %d layers, from 1 to %d", count, DD_DENSE_GROUP_MAX);
+    if ((int)act < 0 || act >= DD_ACT_COUNT) return dd_error("dense group: activation %d", (int)act);
+    if (Cin > DD_DENSE_GROUP_ACT_CIN)
+        return dd_error("dense group of an activation: %d inputs, at most %d", Cin,
+                        DD_DENSE_GROUP_ACT_CIN);
+    if (N <= 0) return 0;
+    return dd_cuda_dense_group_small_forward(count, y, x, (int)act, w, b, N, Cin, cout);
 }
 
 /* The group's backward: one kernel when every layer fits dense_small_backward, else one call

@@ -119,10 +119,13 @@ int dd_cuda_sampler_step(float *x, float *x0_out, const float *out, const float 
 int dd_cuda_dense_small_forward(float *y, const float *x, const float *w, const float *b, int N,
                                 int Cin, int Cout);
 /* dense_group_small: dense_small for count layers of the same x in one kernel (the backend's
- * dense_group_forward) */
-int dd_cuda_dense_group_small_forward(int count, float *const *y, const float *x,
+ * dense_group_forward), of dd_act_apply(x, act) when act >= 0 (dense_group_act_forward) */
+int dd_cuda_dense_group_small_forward(int count, float *const *y, const float *x, int act,
                                       const float *const *w, const float *const *b, int N, int Cin,
                                       const int *cout);
+#if DD_CUDA_DENSE_SMALL_CIN < DD_DENSE_GROUP_ACT_CIN
+#error "the dense group's activation needs the one-kernel forward up to DD_DENSE_GROUP_ACT_CIN"
+#endif
 /* dense_small_backward: dx += dy w, dw += dy^T x, db += column sums of dy (any may be NULL) in
  * one kernel, FP32, for Cin and Cout up to DD_CUDA_DENSE_SMALL_BWD and N up to
  * DD_CUDA_DENSE_SMALL_BWD_N */
@@ -159,6 +162,9 @@ int dd_cuda_dense_backward(float *dx, float *dw, float *db, const float *dy, con
                            const float *w, int N, int Cin, int Cout);
 int dd_cuda_dense_group_forward(int count, float *const *y, const float *x, const float *const *w,
                                 const float *const *b, int N, int Cin, const int *cout);
+int dd_cuda_dense_group_act_forward(int count, float *const *y, const float *x, dd_act act,
+                                    const float *const *w, const float *const *b, int N, int Cin,
+                                    const int *cout);
 int dd_cuda_dense_group_backward(int count, float *dx, float *const *dw, float *const *db,
                                  const float *const *dy, const float *x, const float *const *w,
                                  int N, int Cin, const int *cout);

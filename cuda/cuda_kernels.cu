@@ -1030,7 +1030,7 @@ static __device__ __forceinline__ void dense_warp(float *__restrict__ y,
                                                   const float *__restrict__ x,
                                                   const float *__restrict__ w,
                                                   const float *__restrict__ b, int Cin, int Cout,
-                                                  int64_t task) {
+                                                  int64_t task, int act = -1) {
     const int lane = threadIdx.x & 31;
     const int chunks = (Cout + DENSE_OPW - 1) / DENSE_OPW;
     const int r = (int)(task / chunks), co0 = (int)(task - (int64_t)r * chunks) * DENSE_OPW;
@@ -1039,7 +1039,7 @@ static __device__ __forceinline__ void dense_warp(float *__restrict__ y,
 #pragma unroll
     for (int t = 0; t < XT; t++) {
         const int k = lane + 32 * t;
-        xv[t] = k < Cin ? xr[k] : 0.0f;
+        xv[t] = k < Cin ? (act < 0 ? xr[k] : dd_act_apply(xr[k], (dd_act)act)) : 0.0f;
     }
     float acc[DENSE_OPW];
 #pragma unroll
@@ -1087,8 +1087,7 @@ struct DenseGroup {
 
 template <int XT>
 static __global__ void __launch_bounds__(THREADS)
-    dense_group_kernel(const DenseGroup p, const float *__restrict__ x,
-                       int Cin) {
+    dense_group_kernel(const DenseGroup p, const float *__restrict__ x, int Cin, int act) {
     const int64_t task = (int64_t)blockIdx.x * (blockDim.x >> 5) + (threadIdx.x >> 5);
     if (task >= p.first[DD_DENSE_GROUP_MAX]) return; /* whole warps */
     int l = 0;
@@ -1102,7 +1101,7 @@ static __global__ void __launch_bounds__(THREADS)
 #pragma unroll
     for (int i = 1; i < DD_DENSE_GROUP_MAX; i++)
         if (l == i) y = p.y[i], w = p.w[i], b = p.b[i], cout = p.cout[i], t0 = p.first[i];
-    dense_warp<XT>(y, x, w, b, Cin, cout, task - t0);
+    dense_warp<XT>(y, x, w, b, Cin, cout, task - t0, act);
 }
 
 int dd_cuda_dense_small_forward(float *y, const float *x, const float *w, const float *b, int N,
@@ -1126,7 +1125,7 @@ int dd_cuda_dense_small_forward(float *y, const float *x, const float *w, const 
     return 0;
 }
 
-int dd_cuda_dense_group_small_forward(int count, float *const *y, const float *x,
+int dd_cuda_dense_group_small_forward(int count, float *const *y, const float *x, int act,
                                       const float *const *w, const float *const *b, int N, int Cin,
                                       const int *cout) {
     if (count < 1 || count > DD_DENSE_GROUP_MAX)
@@ -1154,11 +1153,12 @@ int dd_cuda_dense_group_small_forward(int count, float *const *y, const float *x
     if (blocks > INT_MAX) return dd_error("dense group (small kernel): %d rows, too many", N);
     const unsigned int nb = (unsigned int)blocks;
     if (Cin <= 64)
-        dense_group_kernel<2><<<nb, THREADS, 0, dd_cuda_stream>>>(p, x, Cin);
+        dense_group_kernel<2><<<nb, THREADS, 0, dd_cuda_stream>>>(p, x, Cin, act);
     else if (Cin <= 256)
-        dense_group_kernel<8><<<nb, THREADS, 0, dd_cuda_stream>>>(p, x, Cin);
+        dense_group_kernel<8><<<nb, THREADS, 0, dd_cuda_stream>>>(p, x, Cin, act);
     else
-        dense_group_kernel<DD_CUDA_DENSE_SMALL_CIN / 32><<<nb, THREADS, 0, dd_cuda_stream>>>(p, x, Cin);
+        dense_group_kernel<DD_CUDA_DENSE_SMALL_CIN / 32>
+            <<<nb, THREADS, 0, dd_cuda_stream>>>(p, x, Cin, act);
     DD_CUDA_LAUNCHED("dense_group_forward");
     return 0;
 }

@@ -51,6 +51,7 @@ void dd_graph_free(dd_graph *g) {
     free(g->t);
     free(g->nodes);
     free(g->index_scratch);
+    free(g->fold);
     free(g);
 }
 
@@ -485,6 +486,8 @@ static int pack_offsets(dd_graph *g, size_t *arena_floats) {
         const dd_node *n = &g->nodes[k];
         first[n->out] = k;
         if (last[n->out] < k) last[n->out] = k;
+        /* a dense node that reads a skipped activation's input reads it here */
+        if (g->fold && g->fold[k].src >= 0 && last[g->fold[k].src] < k) last[g->fold[k].src] = k;
         for (int a = 0; a < DD_MAX_AUX; a++)
             if (n->aux[a] >= 0) first[n->aux[a]] = k, last[n->aux[a]] = last[n->aux[a]] < k ? k : last[n->aux[a]];
         for (int j = 0; j < DD_MAX_INPUTS; j++)
@@ -581,11 +584,63 @@ static int group_dense_nodes(dd_graph *g) {
     return 0;
 }
 
+/* For a forward-only graph that reuses memory (so no activation is read after forward unless
+ * kept): an activation whose output is read only by dense layers (as their x, up to
+ * DD_DENSE_GROUP_ACT_CIN inputs) and is not kept is skipped, and those layers apply it to its
+ * input as they read it (dense_group_act_forward): one launch and one pass over memory fewer,
+ * the same values. Runs after group_dense_nodes, before the memory is packed (pack_offsets
+ * keeps the activation's input alive up to its last dense reader). */
+static int fold_activations(dd_graph *g) {
+    free(g->fold);
+    g->fold = NULL;
+    if (!g->be->dense_group_act_forward) return 0;
+    g->fold = malloc((size_t)g->nn * sizeof *g->fold);
+    int *readers = calloc((size_t)g->nt, sizeof(int)), *others = calloc((size_t)g->nt, sizeof(int));
+    if (!g->fold || !readers || !others) {
+        free(readers), free(others);
+        return dd_error("out of host memory");
+    }
+    for (int k = 0; k < g->nn; k++) g->fold[k].skip = 0, g->fold[k].src = -1, g->fold[k].act = 0;
+    for (int k = 0; k < g->nn; k++) {
+        const dd_node *n = &g->nodes[k];
+        for (int j = 0; j < DD_MAX_INPUTS; j++) {
+            const int t = n->in[j];
+            if (t < 0) continue;
+            if (j == 0 && n->op == DD_OP_DENSE && n->p.dense.Cin <= DD_DENSE_GROUP_ACT_CIN)
+                readers[t]++;
+            else
+                others[t]++;
+        }
+        for (int a = 0; a < DD_MAX_AUX; a++)
+            if (n->aux[a] >= 0) others[n->aux[a]]++;
+    }
+    int folded = 0;
+    for (int k = 0; k < g->nn; k++) {
+        const dd_node *n = &g->nodes[k];
+        const int t = n->out;
+        if (n->op != DD_OP_ACT || g->t[t].keep || !readers[t] || others[t]) continue;
+        g->fold[k].skip = 1;
+        for (int j = k + 1; j < g->nn; j++)
+            if (g->nodes[j].op == DD_OP_DENSE && g->nodes[j].in[0] == t) {
+                g->fold[j].src = n->in[0];
+                g->fold[j].act = n->p.act.act;
+            }
+        folded++;
+    }
+    free(readers), free(others);
+    if (!folded) {
+        free(g->fold);
+        g->fold = NULL;
+    }
+    return 0;
+}
+
 int dd_graph_plan(dd_graph *g, int with_grad) {
     if (g->planned) return dd_error("graph already planned");
     dd_params *P = g->params;
     if (!P->allocated) return dd_error("plan: allocate the parameters first (dd_params_alloc)");
     DD_TRY(group_dense_nodes(g));
+    if (g->reuse && !with_grad) DD_TRY(fold_activations(g));
     /* Every non-parameter tensor gets its own slot, unless a forward-only graph asked to reuse
      * memory (backward needs the activations anyway, and distinct slots keep every activation
      * readable for tests). */
@@ -788,14 +843,17 @@ static int forward_dense_group(dd_graph *g, int i) {
         cout[count] = n->p.dense.Cout;
         count++;
     }
-    if (count < 2) return run_node(g, lead, 0) ? -1 : 1;
+    const int folded = g->fold && g->fold[i].src >= 0; /* x = act(src): the same for all */
+    if (count < 2 && !folded) return run_node(g, lead, 0) ? -1 : 1;
     double t0 = 0.0;
     if (g->profile) {
         if (g->be->synchronize()) return -1;
         t0 = dd_now();
     }
-    if (g->be->dense_group_forward(count, y, D(lead->in[0]), w, b, lead->p.dense.N,
-                                   lead->p.dense.Cin, cout))
+    if (folded ? g->be->dense_group_act_forward(count, y, D(g->fold[i].src), g->fold[i].act, w, b,
+                                                lead->p.dense.N, lead->p.dense.Cin, cout)
+               : g->be->dense_group_forward(count, y, D(lead->in[0]), w, b, lead->p.dense.N,
+                                            lead->p.dense.Cin, cout))
         return -1;
     if (g->profile) {
         if (g->be->synchronize()) return -1;
@@ -809,6 +867,10 @@ int dd_graph_forward(dd_graph *g) {
     if (!g->planned) return dd_error("forward: graph not planned");
     for (int i = 0; i < g->nn;) {
         const dd_node *n = &g->nodes[i];
+        if (g->fold && g->fold[i].skip) { /* its dense readers apply it */
+            i++;
+            continue;
+        }
         const int ran = n->op == DD_OP_DENSE && g->be->dense_group_forward
                             ? forward_dense_group(g, i)
                             : run_node(g, n, 0) ? -1 : 1;

@@ -308,9 +308,35 @@ static void case_dense_group(int N, int Cin, int count, const int *cout, unsigne
                                  gx, gw, N, Cin, cout));
     sync_or_fail(tag);
     char what[128];
+    /* of act(x), where the one-kernel forward takes it: against act_forward, then the layers */
+    const int with_act = Cin <= DD_DENSE_GROUP_ACT_CIN;
+    const dd_act act = count % 2 ? DD_ACT_GELU_TANH : DD_ACT_SWISH;
+    float *ax = halloc(nx * sizeof(float)), *ya[DD_DENSE_GROUP_MAX], *gya[DD_DENSE_GROUP_MAX];
+    OK(cpu->act_forward(ax, x, nx, act));
+    for (int l = 0; with_act && l < count; l++) {
+        const int has_b = !no_bias_array && (bias_mask >> l & 1);
+        ya[l] = halloc((size_t)N * cout[l] * sizeof(float));
+        gya[l] = dpoison((size_t)N * cout[l]);
+        /* the CPU's weights and biases: copies of what went to the GPU */
+        float *w = halloc((size_t)cout[l] * Cin * sizeof(float));
+        float *b = has_b ? halloc((size_t)cout[l] * sizeof(float)) : NULL;
+        OK(gpu->to_host(w, gw[l], (size_t)cout[l] * Cin * sizeof(float)));
+        if (b) OK(gpu->to_host(b, gb[l], (size_t)cout[l] * sizeof(float)));
+        OK(cpu->dense_forward(ya[l], ax, w, b, N, Cin, cout[l]));
+    }
+    if (with_act) {
+        OK(gpu->dense_group_act_forward(count, gya, gx, act, gw, no_bias_array ? NULL : gb, N,
+                                        Cin, cout));
+        sync_or_fail(tag);
+    }
     for (int l = 0; l < count; l++) {
         snprintf(what, sizeof what, "%s layer %d y", tag, l);
         expect(what, y[l], gy[l], (size_t)N * cout[l], mm_tol);
+        if (with_act) {
+            snprintf(what, sizeof what, "%s layer %d y of %s(x)", tag, l,
+                     act == DD_ACT_SWISH ? "swish" : "gelu");
+            expect(what, ya[l], gya[l], (size_t)N * cout[l], mm_tol);
+        }
         snprintf(what, sizeof what, "%s layer %d dw", tag, l);
         expect(what, hdw[l], gdw[l], (size_t)cout[l] * Cin, mm_tol);
         if (hdb[l]) {

@@ -72,6 +72,7 @@ enum { DD_SAMPLER_EA, DD_SAMPLER_EB, DD_SAMPLER_RA, DD_SAMPLER_RB, DD_SAMPLER_C0
        DD_SAMPLER_C2, DD_SAMPLER_SIGMA, DD_SAMPLER_COLS };
 
 #define DD_DENSE_GROUP_MAX 16
+#define DD_DENSE_GROUP_ACT_CIN 1024
 
 typedef struct dd_backend {
     const char *name; /* "cpu" or "cuda" */
@@ -111,6 +112,14 @@ typedef struct dd_backend {
      * dense_forward; b NULL (no layer has a bias) or b[l] NULL (layer l has none). */
     int (*dense_group_forward)(int count, float *const *y, const float *x, const float *const *w,
                                const float *const *b, int N, int Cin, const int *cout);
+    /* the same of act(x) (may be NULL), for Cin up to DD_DENSE_GROUP_ACT_CIN: every input goes
+     * through dd_act_apply (kernels.h) as it is read, so y is exactly act_forward's output fed
+     * to dense_group_forward; a forward-only graph runs an activation read only by dense
+     * layers this way (the time MLP's gelu, the swish before the blocks' projections), without
+     * its own launch and pass over memory */
+    int (*dense_group_act_forward)(int count, float *const *y, const float *x, dd_act act,
+                                   const float *const *w, const float *const *b, int N, int Cin,
+                                   const int *cout);
     /* the same group's backward (may be NULL): for each l, dense_backward's dw[l] += and db[l]
      * += (dw, db NULL or entries NULL: not wanted), and dx (may be NULL) += the sum over l of
      * dy[l] w[l]; a backend may add the layers' parts into dx in one sum, so its rounding may

@@ -174,6 +174,13 @@ typedef struct dd_graph {
     int32_t *index_scratch; /* host: shifted index inputs on their way to the backend */
     float *one;             /* backend: the constant 1, the seed of backward */
     dd_profile *profile;    /* NULL, or where node times are added (see dd_profile) */
+    /* Per node, set by dd_graph_plan for a forward-only graph that reuses memory, when the
+     * backend has dense_group_act_forward: an activation read only by dense layers is not run
+     * (skip), and those layers read its input (src, a tensor id; -1: none) through it (act). */
+    struct dd_fold {
+        int skip, src;
+        dd_act act;
+    } *fold;
 } dd_graph;
 
 dd_graph *dd_graph_new(dd_params *params);
