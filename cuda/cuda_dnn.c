@@ -901,12 +901,10 @@ int dd_cuda_dense_group_forward(int count, float *const *y, const float *x, cons
     return 0;
 }
 
-/* The same of act(x), within the one-kernel forward's inputs */
+/* The same of act(x), within the one-kernel forward's inputs (which checks the count) */
 int dd_cuda_dense_group_act_forward(int count, float *const *y, const float *x, dd_act act,
                                     const float *const *w, const float *const *b, int N, int Cin,
                                     const int *cout) {
-    if (count < 1 || count > DD_DENSE_GROUP_MAX)
-        return dd_error("dense group: %d layers, from 1 to %d", count, DD_DENSE_GROUP_MAX);
     if ((int)act < 0 || act >= DD_ACT_COUNT) return dd_error("dense group: activation %d", (int)act);
     if (Cin > DD_DENSE_GROUP_ACT_CIN)
         return dd_error("dense group of an activation: %d inputs, at most %d", Cin,

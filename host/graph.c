@@ -806,15 +806,28 @@ static int backward_node(dd_graph *g, const dd_node *n) {
     return dd_error("backward: unknown op %d", (int)n->op);
 }
 
-/* A node under the profile: drained before, synchronized after, timed in between. */
-static int profiled(dd_graph *g, const dd_node *n, int backward) {
+/* Under the profile (g->profile), a call is drained before, synchronized after and timed in
+ * between: profile_begin, the call, profile_end (each does nothing without a profile). */
+static int profile_begin(dd_graph *g, double *t0) {
+    if (!g->profile) return 0;
     DD_TRY(g->be->synchronize());
-    const double t0 = dd_now();
-    DD_TRY(backward ? backward_node(g, n) : forward_node(g, n));
-    DD_TRY(g->be->synchronize());
-    g->profile->ms[n->op][backward] += (dd_now() - t0) * 1e3;
-    g->profile->calls[n->op][backward]++;
+    *t0 = dd_now();
     return 0;
+}
+
+static int profile_end(dd_graph *g, dd_op op, int backward, double t0) {
+    if (!g->profile) return 0;
+    DD_TRY(g->be->synchronize());
+    g->profile->ms[op][backward] += (dd_now() - t0) * 1e3;
+    g->profile->calls[op][backward]++;
+    return 0;
+}
+
+static int profiled(dd_graph *g, const dd_node *n, int backward) {
+    double t0 = 0.0;
+    DD_TRY(profile_begin(g, &t0));
+    DD_TRY(backward ? backward_node(g, n) : forward_node(g, n));
+    return profile_end(g, n->op, backward, t0);
 }
 
 static int run_node(dd_graph *g, const dd_node *n, int backward) {
@@ -846,20 +859,13 @@ static int forward_dense_group(dd_graph *g, int i) {
     const int folded = g->fold && g->fold[i].src >= 0; /* x = act(src): the same for all */
     if (count < 2 && !folded) return run_node(g, lead, 0) ? -1 : 1;
     double t0 = 0.0;
-    if (g->profile) {
-        if (g->be->synchronize()) return -1;
-        t0 = dd_now();
-    }
-    if (folded ? g->be->dense_group_act_forward(count, y, D(g->fold[i].src), g->fold[i].act, w, b,
-                                                lead->p.dense.N, lead->p.dense.Cin, cout)
-               : g->be->dense_group_forward(count, y, D(lead->in[0]), w, b, lead->p.dense.N,
-                                            lead->p.dense.Cin, cout))
+    if (profile_begin(g, &t0) ||
+        (folded ? g->be->dense_group_act_forward(count, y, D(g->fold[i].src), g->fold[i].act, w,
+                                                 b, lead->p.dense.N, lead->p.dense.Cin, cout)
+                : g->be->dense_group_forward(count, y, D(lead->in[0]), w, b, lead->p.dense.N,
+                                             lead->p.dense.Cin, cout)) ||
+        profile_end(g, DD_OP_DENSE, 0, t0))
         return -1;
-    if (g->profile) {
-        if (g->be->synchronize()) return -1;
-        g->profile->ms[DD_OP_DENSE][0] += (dd_now() - t0) * 1e3;
-        g->profile->calls[DD_OP_DENSE][0]++;
-    }
     return count;
 }
 
@@ -909,18 +915,11 @@ static int backward_dense_group(dd_graph *g, int i) {
     }
     if (count < 2) return run_node(g, lead, 1) ? -1 : 1;
     double t0 = 0.0;
-    if (g->profile) {
-        if (g->be->synchronize()) return -1;
-        t0 = dd_now();
-    }
-    if (g->be->dense_group_backward(count, G(lead->in[0]), dw, db, dy, D(lead->in[0]), w,
-                                    lead->p.dense.N, lead->p.dense.Cin, cout))
+    if (profile_begin(g, &t0) ||
+        g->be->dense_group_backward(count, G(lead->in[0]), dw, db, dy, D(lead->in[0]), w,
+                                    lead->p.dense.N, lead->p.dense.Cin, cout) ||
+        profile_end(g, DD_OP_DENSE, 1, t0))
         return -1;
-    if (g->profile) {
-        if (g->be->synchronize()) return -1;
-        g->profile->ms[DD_OP_DENSE][1] += (dd_now() - t0) * 1e3;
-        g->profile->calls[DD_OP_DENSE][1]++;
-    }
     return count;
 }
 
