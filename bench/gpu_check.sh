@@ -299,7 +299,7 @@ elif [ "$(limit 240)" = 0 ]; then
 else
     L=$(limit 240)
     say "diffusion bench --device cuda (limit ${L}s)"
-    if DIFFUSION_CONV_LOG=2 timeout "$L" "$BUILD/diffusion" bench --device cuda --min-time "$MIN_S" \
+    if DIFFUSION_CONV_LOG=2 DIFFUSION_GN_LOG=1 timeout "$L" "$BUILD/diffusion" bench --device cuda --min-time "$MIN_S" \
             --json "$LOGS/bench.json" > "$LOGS/bench.log" 2>&1; then
         BENCH_JSON="$LOGS/bench.json"
         record "diffusion bench" "ok" "bench.json"
@@ -319,7 +319,21 @@ else
             fi
         fi
     fi
-    grep -v "^diffusion: conv" "$LOGS/bench.log"
+    grep -v -E "^diffusion: (conv|group_norm)" "$LOGS/bench.log"
+    # the group norm forward's launch per shape: every candidate's time, the fixed choice marked
+    grep -E "^diffusion: (group_norm|warning: group_norm)" "$LOGS/bench.log" > "$LOGS/gn_choices.txt" || true
+    if [ -s "$LOGS/gn_choices.txt" ]; then
+        # per shape line: the fixed launch's time minus the fastest one's (the chosen one's)
+        GNX=$(awk '/^diffusion: group_norm/ {
+                   n++; f = 0; b = 1e30; fn = ""
+                   for (i = 1; i < NF; i++) {
+                       if ($i == "(fixed)") { f = $(i - 1); fn = $(i - 2) }
+                       if ($i ~ /^(t[0-9]+v[0-9]+|reread)$/ && $(i + 1) + 0 < b) b = $(i + 1) + 0
+                   }
+                   if (fn == $NF) k++; else s += f - b
+               } END { printf "%d shapes, %d kept the fixed launch; %.1f us saved over one call of each", n, k, s }' "$LOGS/gn_choices.txt")
+        record "group norm choices" "info" "$GNX (gn_choices.txt)"
+    fi
     # which convolution kernel each shape and direction got (handwritten or cuDNN), every
     # candidate's time (DIFFUSION_CONV_LOG=2: what tuning the kernels further can start from), and
     # any handwritten kernel that disagreed with cuDNN and was dropped
@@ -360,10 +374,11 @@ fi
 # beside the main bench run (auto: the faster per shape), what each is worth; --profile adds each
 # row's time by op (every node timed between synchronizes) to bench_*.log
 if [ -n "$BENCH_JSON" ] && [ "$(limit 120)" != 0 ]; then
-    for setting in "DIFFUSION_CONV=cudnn" "DIFFUSION_CONV=own-tf32" "DIFFUSION_CUDA_GRAPHS=0"; do
+    for setting in "DIFFUSION_CONV=cudnn" "DIFFUSION_CONV=own-tf32" "DIFFUSION_CUDA_GRAPHS=0" \
+            "DIFFUSION_CUDA_OFF=dense-group,direct-conv,gn-tune" "DIFFUSION_GN=fixed"; do
         L=$(limit 60)
         [ "$L" = 0 ] && break
-        LOGF="$LOGS/bench_$(echo "$setting" | tr '=-' '__').log"
+        LOGF="$LOGS/bench_$(echo "$setting" | tr '=,-' '___').log"
         say "diffusion bench (bar rows) with $setting (limit ${L}s)"
         if env "$setting" timeout "$L" "$BUILD/diffusion" bench --device cuda --min-time 0.3 \
                 --train 128 --forward 64 --ddim 256 --profile > "$LOGF" 2>&1; then

@@ -177,6 +177,7 @@ static const dd_backend cuda_backend = {
 
     .group_norm_forward = dd_cuda_group_norm_forward,
     .group_norm_workspace = dd_cuda_group_norm_workspace,
+    .group_norm_prepare = dd_cuda_group_norm_prepare,
     .group_norm_backward = dd_cuda_group_norm_backward,
 
     .act_forward = dd_cuda_act_forward,
@@ -232,9 +233,50 @@ static int cuda_init(void) {
     return 0;
 }
 
+/* The table as used: cuda_backend less what DIFFUSION_CUDA_OFF turns off, a comma-separated
+ * list of optimisations to leave out, so that one run can say what each is worth (bench/README.md)
+ * or step around one that misbehaves on some card:
+ *   dense-group   the grouped dense calls (dense_group_forward/backward, and so dense-act too)
+ *   dense-act     activations folded into the grouped dense reads (dense_group_act_forward)
+ *   direct-conv   the direct few-channel convolutions (dc1, dc4, dc8) as autotuner candidates
+ *   gn-tune       the group norm forward's timed launch configurations (as DIFFUSION_GN=fixed) */
+static dd_backend cuda_backend_used;
+
+static int read_off_list(void) {
+    cuda_backend_used = cuda_backend;
+    const char *gn = getenv("DIFFUSION_GN"); /* checked here, so that a bad value fails at once */
+    if (gn && gn[0]) DD_TRY(dd_cuda_gn_set_policy(gn));
+    const char *env = getenv("DIFFUSION_CUDA_OFF");
+    if (!env) return 0;
+    for (const char *p = env; *p;) {
+        const size_t len = strcspn(p, ", ");
+        char tok[32];
+        snprintf(tok, sizeof tok, "%.*s", (int)(len < sizeof tok ? len : sizeof tok - 1), p);
+        p += len;
+        while (*p == ',' || *p == ' ') p++;
+        if (!len) continue;
+        if (!strcmp(tok, "dense-group")) {
+            cuda_backend_used.dense_group_forward = NULL;
+            cuda_backend_used.dense_group_backward = NULL;
+            cuda_backend_used.dense_group_act_forward = NULL;
+        } else if (!strcmp(tok, "dense-act")) {
+            cuda_backend_used.dense_group_act_forward = NULL;
+        } else if (!strcmp(tok, "direct-conv")) {
+            (void)dd_conv_own_set_direct(0);
+        } else if (!strcmp(tok, "gn-tune")) {
+            DD_TRY(dd_cuda_gn_set_policy("fixed"));
+        } else {
+            return dd_error("DIFFUSION_CUDA_OFF: unknown '%s' (expected a comma-separated list of "
+                            "dense-group, dense-act, direct-conv, gn-tune)",
+                            tok);
+        }
+    }
+    return 0;
+}
+
 const dd_backend *dd_cuda_backend(void) {
     if (init_state == 0) {
-        if (cuda_init() == 0) {
+        if (read_off_list() == 0 && cuda_init() == 0) {
             init_state = 1;
         } else {
             init_state = -1;
@@ -246,7 +288,7 @@ const dd_backend *dd_cuda_backend(void) {
         dd_error("%s", init_msg);
         return NULL;
     }
-    return &cuda_backend;
+    return &cuda_backend_used;
 }
 
 /* ---------------------------------------------------------------- include/diffusion/cuda.h */

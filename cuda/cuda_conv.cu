@@ -1684,6 +1684,9 @@ int sm_count = 0; /* set by dd_conv_own_prepare (outside any capture) */
 /* 1: a split's sums by the last block of each output tile (last_split); 0: by a second kernel
  * (DIFFUSION_CONV_SPLIT_REDUCE=kernel, dd_conv_own_set_fused_reduce) */
 int fused_reduce = 1;
+/* 0: the direct kernels (dc1, dc4, dc8) are left out of the autotuner's candidates
+ * (DIFFUSION_CUDA_OFF=direct-conv, dd_conv_own_set_direct) */
+int direct_on = 1;
 
 unsigned int ceil_div(int64_t a, int64_t b) { return (unsigned int)((a + b - 1) / b); }
 
@@ -2081,7 +2084,7 @@ int dd_conv_own_config_applies(int dir, int cfg, const dd_conv_shape *s) {
         /* forward only, where the block's weights fit; and only where few channels make the
          * tiled kernels wasteful (the autotuner need not time them on the rest): up to 4 output
          * channels (dc1, dc4), or up to 4 input channels (dc8) */
-        if (data) return 0;
+        if (data || !direct_on) return 0;
         const int co = direct_co(cfg);
         const bool fits = co == 1 ? direct_fits<1>(g) : co == 4 ? direct_fits<4>(g)
                                                               : direct_fits<8>(g);
@@ -2124,6 +2127,12 @@ int dd_conv_own_supported(const dd_conv_shape *s) {
     for (size_t i = 0; i < sizeof v / sizeof v[0]; i++)
         if (v[i] > lim) return 0;
     return 1;
+}
+
+int dd_conv_own_set_direct(int on) {
+    const int was = direct_on;
+    direct_on = on != 0;
+    return was;
 }
 
 int dd_conv_own_set_fused_reduce(int on) {

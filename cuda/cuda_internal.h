@@ -77,6 +77,7 @@ int dd_cuda_group_norm_forward(float *y, float *mean, float *rstd, const float *
                                const float *gamma, const float *beta, const float *add,
                                const float *res, const dd_gn_shape *s);
 size_t dd_cuda_group_norm_workspace(const dd_gn_shape *s);
+int dd_cuda_group_norm_prepare(const dd_gn_shape *s, int has_add, int has_res);
 int dd_cuda_group_norm_backward(float *dx, float *dgamma, float *dbeta, float *dadd,
                                 float *dres, const float *dy, const float *x, const float *mean,
                                 const float *rstd, const float *gamma, const float *beta,
@@ -206,6 +207,9 @@ int dd_conv_own_prepare(void); /* reads the SM count; call outside any capture f
  * tile to finish, off by a second kernel (also DIFFUSION_CONV_SPLIT_REDUCE=kernel, read by
  * dd_conv_own_prepare). The same sums in the same order either way. Returns the old setting. */
 int dd_conv_own_set_fused_reduce(int on);
+/* Whether the direct kernels (dc1, dc4, dc8) are autotuner candidates (on by default; off with
+ * DIFFUSION_CUDA_OFF=direct-conv). Returns the old setting. */
+int dd_conv_own_set_direct(int on);
 /* y = conv(x, w) + b (b may be NULL); dx += conv^T(dy, w) (dx may be NULL); dw += (may be NULL),
  * db += (may be NULL). When the output alone has too few tiles to fill the GPU (always, for the
  * filter gradient), the reduction is split and the splits' partials use up to ws_bytes of ws (ws
@@ -230,6 +234,12 @@ int dd_conv_fill(float *out, size_t n, unsigned int seed);
  * DIFFUSION_CONV=own) with these configurations per direction (-1: the default pick), and forget
  * every shape's earlier choice. Fails for a configuration out of range. */
 int dd_cuda_conv_force_own(int fwd_cfg, int bwd_data_cfg, int bwd_filter_cfg);
+/* cuda_kernels.cu, for tests: the group norm forward's launch as DIFFUSION_GN = policy ("auto":
+ * timed per shape, "fixed", or a configuration's name), from now on; forgets every choice. */
+int dd_cuda_gn_set_policy(const char *policy);
+/* The name of group norm forward configuration i, NULL past the last. */
+const char *dd_cuda_gn_config_name(int i);
+
 /* As DIFFUSION_CONV = policy ("auto", "cudnn", "own", "own-tf32"), from now on; forgets every
  * choice. */
 int dd_cuda_conv_set_policy(const char *policy);

@@ -12,6 +12,8 @@
  * Shape letters as in include/diffusion/backend.h. */
 #include <limits.h>
 #include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
 
 #include "cuda_internal.h"
@@ -434,9 +436,9 @@ static __device__ __forceinline__ float gn_dz(float dy, float xhat, float gm, fl
  * stepped along with its index instead of divided out.
  * The kernel is bound by instructions, not by memory (ncu on an H200, 8 warps a group: 0.8
  * instructions issued a cycle per scheduler, 25% of memory bandwidth): what a block does once
- * (two block sums, the double square root and division) every warp repeats, so a group gets as
- * few warps as hold its values, up to where fewer threads lose more latency than they save
- * instructions (gn_forward_launch). */
+ * (two block sums, the double square root and division) every warp repeats, so a group should
+ * get as few warps as hold its values, up to where fewer threads lose more latency than they
+ * save instructions: where that is, the GPU measures per shape (gn_fwd_cfgs below). */
 #define GN_FWD_V 8       /* the fused backward's positions a lane keeps in registers */
 #define GN_FWD_CG_MAX 256 /* channels a group whose gamma and shift are staged in shared memory */
 template <int V> /* values a thread keeps in registers */
@@ -525,26 +527,294 @@ static __global__ void __launch_bounds__(THREADS)
     }
 }
 
-/* The launch for groups of M values (ncu on an H200 at batch 256, us a group-norm: 2 warps of 8
- * values beat 4 at M = 392, 7.7 against 9.8; 2 warps of 16 beat 7 of 4 at M = 784, 11.5
- * against 15.4; but 2 warps of 32 lost to 8 of 8 at M = 1568, 27 against 19.6): 2 warps of 8
- * or 16 values a thread up to 1024 values, then 8 warps of 8, 16 or 32, else (over 8192
- * values) 8 warps reading the values again. */
-static void gn_forward_launch(const dd_gn_shape *s, float *y, float *mean, float *rstd,
-                              const float *x, const float *gamma, const float *beta,
-                              const float *add, const float *res) {
-    const size_t M = (size_t)(s->C / s->G) * s->HW;
+/* Launch configurations of gn_forward_kernel: V values a thread in registers, T threads a block
+ * (one block a group). Which is fastest depends on the group size M and the card, and guessing
+ * it has cost before (ncu on an H200 at batch 256, us a group-norm: 2 warps of 8 values beat 4
+ * at M = 392, 7.7 against 9.8; 2 warps of 16 beat 7 of 4 at M = 784, 11.5 against 15.4; but 2
+ * warps of 32 lost to 8 of 8 at M = 1568, 27 against 19.6), so the GPU decides: for each new
+ * shape, outside a capture, every configuration that holds the group (per T, the smallest V with
+ * V T >= M) is timed on scratch buffers and the fastest kept, once its output matched the fixed
+ * choice's (GN_FWD_FIXED). The last entry reads the values again (groups over 8192 values). */
+typedef struct {
+    int V, T;
+    const char *name;
+} gn_fwd_cfg;
+static const gn_fwd_cfg gn_fwd_cfgs[] = {
+    {8, 32, "t32v8"},   {16, 32, "t32v16"},  {32, 32, "t32v32"},   {64, 32, "t32v64"},
+    {8, 64, "t64v8"},   {16, 64, "t64v16"},  {32, 64, "t64v32"},   {64, 64, "t64v64"},
+    {8, 128, "t128v8"}, {16, 128, "t128v16"}, {32, 128, "t128v32"}, {64, 128, "t128v64"},
+    {8, 256, "t256v8"}, {16, 256, "t256v16"}, {32, 256, "t256v32"}, {0, 256, "reread"},
+};
+#define GN_FWD_CFGS ((int)(sizeof gn_fwd_cfgs / sizeof gn_fwd_cfgs[0]))
+#define GN_FWD_REREAD (GN_FWD_CFGS - 1)
+
+static int gn_cfg_find(int V, int T) {
+    for (int i = 0; i < GN_FWD_CFGS; i++)
+        if (gn_fwd_cfgs[i].V == V && gn_fwd_cfgs[i].T == T) return i;
+    return GN_FWD_REREAD;
+}
+
+/* The untimed choice (session 10's rules): 2 warps of 8 or 16 values a thread up to 1024
+ * values, then 8 warps of 8, 16 or 32, else (over 8192 values) 8 warps reading the values
+ * again. */
+static int gn_fwd_fixed(size_t M) {
+    if (M <= 8 * 64) return gn_cfg_find(8, 64);
+    if (M <= 16 * 64) return gn_cfg_find(16, 64);
+    if (M <= 8 * THREADS) return gn_cfg_find(8, THREADS);
+    if (M <= 16 * THREADS) return gn_cfg_find(16, THREADS);
+    if (M <= 32 * THREADS) return gn_cfg_find(32, THREADS);
+    return GN_FWD_REREAD;
+}
+
+/* Whether configuration c runs groups of M values as itself: it holds them (and is the smallest
+ * V of its T that does), or it is the re-reading one and nothing holds them. */
+static int gn_fwd_applies(int c, size_t M) {
+    const gn_fwd_cfg *f = &gn_fwd_cfgs[c];
+    if (c == GN_FWD_REREAD) return M > 32 * THREADS;
+    return M <= (size_t)f->V * f->T && (f->V == 8 || M > (size_t)f->V / 2 * f->T);
+}
+
+static int gn_fwd_run(int c, const dd_gn_shape *s, float *y, float *mean, float *rstd,
+                      const float *x, const float *gamma, const float *beta, const float *add,
+                      const float *res) {
     const unsigned int blocks = (unsigned int)(s->N * s->G);
-#define GN_FWD_LAUNCH(V, T)                                                                       \
-    gn_forward_kernel<V><<<blocks, T, 0, dd_cuda_stream>>>(y, mean, rstd, x, gamma, beta, add,    \
-                                                           res, s->C, s->HW, s->G, s->swish,      \
-                                                           s->eps)
-    if (M <= 8 * 64) GN_FWD_LAUNCH(8, 64);
-    else if (M <= 16 * 64) GN_FWD_LAUNCH(16, 64);
-    else if (M <= 8 * THREADS) GN_FWD_LAUNCH(8, THREADS);
-    else if (M <= 16 * THREADS) GN_FWD_LAUNCH(16, THREADS);
-    else GN_FWD_LAUNCH(32, THREADS);
+    const int T = gn_fwd_cfgs[c].T;
+#define GN_FWD_LAUNCH(V)                                                                              gn_forward_kernel<V><<<blocks, T, 0, dd_cuda_stream>>>(y, mean, rstd, x, gamma, beta, add,                                                               res, s->C, s->HW, s->G, s->swish,                                                                 s->eps)
+    switch (gn_fwd_cfgs[c].V) {
+    case 8: GN_FWD_LAUNCH(8); break;
+    case 16: GN_FWD_LAUNCH(16); break;
+    case 64: GN_FWD_LAUNCH(64); break;
+    default: GN_FWD_LAUNCH(32); break; /* 32, and the re-reading one (M > 32 T: not cached) */
+    }
 #undef GN_FWD_LAUNCH
+    DD_CUDA_LAUNCHED("group_norm_forward");
+    return 0;
+}
+
+/* The policy: DIFFUSION_GN = auto (default: time per shape) | fixed (gn_fwd_fixed, untimed) |
+ * a configuration's name (used wherever it holds the groups, else the fixed choice). */
+#define GN_POLICY_AUTO (-1)
+#define GN_POLICY_FIXED (-2)
+static int gn_policy = GN_POLICY_AUTO, gn_policy_read = 0, gn_log = -1;
+
+typedef struct {
+    dd_gn_shape s;
+    int has_add, has_res, cfg;
+} gn_choice;
+#define GN_CHOICES_MAX 128
+static gn_choice gn_choices[GN_CHOICES_MAX];
+static int gn_nchoices = 0;
+
+int dd_cuda_gn_set_policy(const char *p) {
+    int v;
+    if (!p || !strcmp(p, "auto")) v = GN_POLICY_AUTO;
+    else if (!strcmp(p, "fixed")) v = GN_POLICY_FIXED;
+    else {
+        v = -3;
+        for (int i = 0; i < GN_FWD_CFGS; i++)
+            if (!strcmp(p, gn_fwd_cfgs[i].name)) v = i;
+        if (v == -3) {
+            char names[512];
+            size_t k = 0;
+            for (int i = 0; i < GN_FWD_CFGS && k < sizeof names; i++)
+                k += (size_t)snprintf(names + k, sizeof names - k, ", %s", gn_fwd_cfgs[i].name);
+            return dd_error("DIFFUSION_GN=%s: expected auto, fixed%s", p, names);
+        }
+    }
+    gn_policy = v;
+    gn_policy_read = 1;
+    gn_nchoices = 0; /* forget every shape's choice */
+    return 0;
+}
+
+const char *dd_cuda_gn_config_name(int i) {
+    return i >= 0 && i < GN_FWD_CFGS ? gn_fwd_cfgs[i].name : NULL;
+}
+
+static int same_gn(const gn_choice *c, const dd_gn_shape *s, int has_add, int has_res) {
+    return c->s.N == s->N && c->s.C == s->C && c->s.HW == s->HW && c->s.G == s->G &&
+           c->s.swish == s->swish && c->has_add == has_add && c->has_res == has_res;
+}
+
+#define GN_TIMING_REPS 6
+#define GN_TIMING_SPIN 2000000LL /* clocks (~1 ms): longer than enqueuing the timed calls */
+
+/* Times every configuration that applies to the shape on scratch buffers (never the caller's:
+ * a group norm may run in place) and returns the fastest that agrees with the fixed one
+ * (max |y - y_fixed| / max |y_fixed| and the same for mean and rstd within 1e-5); *cfg stays the
+ * fixed choice when nothing else applies. -1 on a failed call. */
+static int gn_fwd_tune(const dd_gn_shape *s, int has_add, int has_res, int *cfg) {
+    const size_t M = (size_t)(s->C / s->G) * s->HW, n = (size_t)s->N * s->C * s->HW,
+                 nng = (size_t)s->N * s->G, nnc = (size_t)s->N * s->C;
+    const int fixed = gn_fwd_fixed(M);
+    *cfg = fixed;
+    int cand[GN_FWD_CFGS], nc = 0;
+    for (int c = 0; c < GN_FWD_CFGS; c++)
+        if (gn_fwd_applies(c, M)) cand[nc++] = c;
+    if (nc < 2) return 0;
+    /* x, res, y, y_fixed (n each); add (N C); gamma, beta (C); mean, rstd and their fixed
+     * copies (N G); 2 floats for dd_conv_maxdiff */
+    const size_t parts[] = {n, n, n, n, nnc, (size_t)s->C, (size_t)s->C, nng, nng, nng, nng, 2};
+    const int np = (int)(sizeof parts / sizeof parts[0]);
+    size_t off[sizeof parts / sizeof parts[0]], total = 0;
+    for (int i = 0; i < np; i++) {
+        off[i] = total;
+        total += (parts[i] * sizeof(float) + 255) / 256 * 256;
+    }
+    void *base = NULL;
+    cudaEvent_t ev[2] = {NULL, NULL};
+    int rc = -1;
+    float best_ms = INFINITY, times[GN_FWD_CFGS];
+    char bad[256] = "";
+    cudaError_t err = cudaMalloc(&base, total);
+    if (err != cudaSuccess && err != cudaErrorMemoryAllocation) /* an earlier fault, say */
+        return dd_cuda_fail(__FILE__, __LINE__, "cudaMalloc", err);
+    if (err != cudaSuccess) {
+        (void)cudaGetLastError();
+        base = NULL;
+        /* no room to time: the fixed choice, said once per shape */
+        fprintf(stderr, "diffusion: warning: no GPU memory to time the group norms (%.1f MiB): %s; "
+                        "the fixed choice is used\n",
+                (double)total / 1048576.0, cudaGetErrorString(err));
+        return 0;
+    }
+    {
+        float *p[sizeof parts / sizeof parts[0]];
+        for (int i = 0; i < np; i++) p[i] = (float *)((char *)base + off[i]);
+        float *x = p[0], *res = p[1], *y = p[2], *yf = p[3], *add = p[4], *gamma = p[5],
+              *beta = p[6], *mean = p[7], *rstd = p[8], *meanf = p[9], *rstdf = p[10],
+              *diff = p[11];
+        if (dd_conv_fill(x, n, 11u) || dd_conv_fill(res, n, 12u) || dd_conv_fill(add, nnc, 13u) ||
+            dd_conv_fill(gamma, (size_t)s->C, 14u) || dd_conv_fill(beta, (size_t)s->C, 15u))
+            goto done;
+        const float *a = has_add ? add : NULL, *r = has_res ? res : NULL;
+        if (gn_fwd_run(fixed, s, yf, meanf, rstdf, x, gamma, beta, a, r)) goto done;
+        if (cudaEventCreate(&ev[0]) != cudaSuccess || cudaEventCreate(&ev[1]) != cudaSuccess) {
+            dd_error("cudaEventCreate failed");
+            goto done;
+        }
+        for (int k = 0; k < nc; k++) {
+            const int c = cand[k];
+            times[c] = INFINITY;
+            if (gn_fwd_run(c, s, y, mean, rstd, x, gamma, beta, a, r)) goto done; /* warm-up */
+            if (dd_conv_spin(GN_TIMING_SPIN)) goto done;
+            if (cudaEventRecord(ev[0], dd_cuda_stream) != cudaSuccess) goto failed_event;
+            for (int i = 0; i < GN_TIMING_REPS; i++)
+                if (gn_fwd_run(c, s, y, mean, rstd, x, gamma, beta, a, r)) goto done;
+            if (cudaEventRecord(ev[1], dd_cuda_stream) != cudaSuccess ||
+                cudaEventSynchronize(ev[1]) != cudaSuccess)
+                goto failed_event;
+            float ms = 0.0f;
+            if (cudaEventElapsedTime(&ms, ev[0], ev[1]) != cudaSuccess) goto failed_event;
+            ms /= GN_TIMING_REPS;
+            /* its last output against the fixed choice's */
+            double e = 0.0;
+            const float *outs[3] = {y, mean, rstd}, *refs[3] = {yf, meanf, rstdf};
+            const size_t cnt[3] = {n, nng, nng};
+            for (int o = 0; o < 3; o++) {
+                float d[2];
+                if (dd_conv_maxdiff(d, outs[o], refs[o], cnt[o], diff)) goto done;
+                const double rel = d[1] > 0.0f ? (double)d[0] / d[1] : d[0] == 0.0f ? 0.0 : INFINITY;
+                if (!(rel <= e)) e = rel;
+            }
+            if (!(e <= 1e-5)) {
+                size_t b = strlen(bad);
+                snprintf(bad + b, sizeof bad - b, "%s%s: max rel err %.2e", b ? ", " : "",
+                         gn_fwd_cfgs[c].name, e);
+                continue;
+            }
+            times[c] = ms;
+            if (ms < best_ms) {
+                best_ms = ms;
+                *cfg = c;
+            }
+        }
+        rc = 0;
+        if (gn_log > 0) {
+            char line[1024];
+            size_t k = (size_t)snprintf(line, sizeof line,
+                                        "diffusion: group_norm N=%d C=%d HW=%d G=%d%s%s%s, us:",
+                                        s->N, s->C, s->HW, s->G, s->swish ? " swish" : "",
+                                        has_add ? " +add" : "", has_res ? " +res" : "");
+            for (int j = 0; j < nc && k < sizeof line; j++)
+                k += (size_t)snprintf(line + k, sizeof line - k, " %s %.1f%s",
+                                      gn_fwd_cfgs[cand[j]].name, 1e3 * times[cand[j]],
+                                      cand[j] == fixed ? " (fixed)" : "");
+            fprintf(stderr, "%s -> %s\n", line, gn_fwd_cfgs[*cfg].name);
+        }
+        if (bad[0])
+            fprintf(stderr, "diffusion: warning: group_norm N=%d C=%d HW=%d G=%d: configurations "
+                            "disagree with the fixed one (%s); they are not used\n",
+                    s->N, s->C, s->HW, s->G, bad);
+        goto done;
+    }
+failed_event:
+    dd_error("timing the group norm configurations: %s", cudaGetErrorString(cudaGetLastError()));
+done:
+    if (rc) {
+        *cfg = fixed;
+        (void)cudaStreamSynchronize(dd_cuda_stream);
+    }
+    if (ev[0]) (void)cudaEventDestroy(ev[0]);
+    if (ev[1]) (void)cudaEventDestroy(ev[1]);
+    if (base) (void)cudaFree(base);
+    return rc;
+}
+
+/* The configuration for the shape: the policy's, or (auto) the cached timed choice, timing it
+ * now when outside a capture; inside one an untimed shape takes the fixed choice. */
+static int gn_fwd_config(const dd_gn_shape *s, int has_add, int has_res, int *cfg) {
+    const size_t M = (size_t)(s->C / s->G) * s->HW;
+    if (gn_log < 0) {
+        const char *log = getenv("DIFFUSION_GN_LOG");
+        gn_log = log && log[0] && strcmp(log, "0");
+    }
+    if (!gn_policy_read) { /* read at the backend's start too (a bad value fails there) */
+        const char *env = getenv("DIFFUSION_GN");
+        DD_TRY(dd_cuda_gn_set_policy(env && env[0] ? env : "auto"));
+    }
+    if (gn_policy == GN_POLICY_FIXED) {
+        *cfg = gn_fwd_fixed(M);
+        return 0;
+    }
+    if (gn_policy >= 0) {
+        *cfg = gn_fwd_applies(gn_policy, M) ? gn_policy : gn_fwd_fixed(M);
+        return 0;
+    }
+    for (int i = 0; i < gn_nchoices; i++)
+        if (same_gn(&gn_choices[i], s, has_add, has_res)) {
+            *cfg = gn_choices[i].cfg;
+            return 0;
+        }
+    if (dd_cuda_capturing()) {
+        *cfg = gn_fwd_fixed(M);
+        return 0;
+    }
+    if (gn_fwd_tune(s, has_add, has_res, cfg)) {
+        /* a fault inside a kernel stays with the context: the run cannot go on */
+        const cudaError_t st = cudaStreamSynchronize(dd_cuda_stream);
+        (void)cudaGetLastError();
+        if (st != cudaSuccess) {
+            dd_error_prefix("group_norm: the GPU faulted (%s) while its configurations were "
+                            "timed (DIFFUSION_GN=fixed leaves the timing out)",
+                            cudaGetErrorString(st));
+            dd_cuda_note_fault(dd_error_message());
+            return -1;
+        }
+        fprintf(stderr, "diffusion: warning: timing the group norm configurations failed (%s); "
+                        "the fixed choice is used\n",
+                dd_error_message());
+        dd_error_clear();
+        *cfg = gn_fwd_fixed(M);
+    }
+    if (gn_nchoices < GN_CHOICES_MAX) {
+        gn_choice *c = &gn_choices[gn_nchoices++];
+        c->s = *s;
+        c->has_add = has_add;
+        c->has_res = has_res;
+        c->cfg = *cfg;
+    }
+    return 0;
 }
 
 /* The backward without its workspace (or with more than GN_FUSED_CG_MAX channels a group): two
@@ -774,6 +1044,12 @@ size_t dd_cuda_group_norm_workspace(const dd_gn_shape *s) {
     return (size_t)2 * s->N * s->C * sizeof(double);
 }
 
+int dd_cuda_group_norm_prepare(const dd_gn_shape *s, int has_add, int has_res) {
+    if (s->N * s->G == 0) return 0;
+    int cfg;
+    return gn_fwd_config(s, has_add, has_res, &cfg);
+}
+
 int dd_cuda_group_norm_forward(float *y, float *mean, float *rstd, const float *x,
                                const float *gamma, const float *beta, const float *add,
                                const float *res, const dd_gn_shape *s) {
@@ -781,9 +1057,9 @@ int dd_cuda_group_norm_forward(float *y, float *mean, float *rstd, const float *
     const size_t M = (size_t)(s->C / s->G) * s->HW;
     if (M > INT_MAX)
         return dd_error("group_norm: %zu values a group, at most %d", M, INT_MAX);
-    gn_forward_launch(s, y, mean, rstd, x, gamma, beta, add, res);
-    DD_CUDA_LAUNCHED("group_norm_forward");
-    return 0;
+    int cfg;
+    DD_TRY(gn_fwd_config(s, add != NULL, res != NULL, &cfg));
+    return gn_fwd_run(cfg, s, y, mean, rstd, x, gamma, beta, add, res);
 }
 
 int dd_cuda_group_norm_backward(float *dx, float *dgamma, float *dbeta, float *dadd,

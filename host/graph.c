@@ -671,6 +671,9 @@ int dd_graph_plan(dd_graph *g, int with_grad) {
         if (n->op == DD_OP_CONV2D) w = g->be->conv2d_workspace(&n->p.conv);
         if (n->op == DD_OP_ATTENTION && with_grad) w = g->be->attention_workspace(&n->p.attn);
         if (n->op == DD_OP_GROUP_NORM && with_grad) w = g->be->group_norm_workspace(&n->p.gn);
+        if (n->op == DD_OP_GROUP_NORM && g->be->group_norm_prepare &&
+            g->be->group_norm_prepare(&n->p.gn, n->in[3] >= 0, n->in[4] >= 0))
+            return dd_error_prefix("planning group_norm node %d", i);
         if (w > ws) ws = w;
     }
     if (g->be->alloc((void **)&g->arena, (off ? off : DD_ALIGN_FLOATS) * sizeof(float)))

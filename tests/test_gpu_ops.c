@@ -39,6 +39,9 @@
 #include <cuda_runtime.h>
 /* the backend's stream (cuda/cuda_internal.h), to break a capture on purpose in test_capture */
 extern cudaStream_t dd_cuda_stream;
+/* cuda/cuda_internal.h: the group norm forward's launch configurations, forced one by one */
+int dd_cuda_gn_set_policy(const char *policy);
+const char *dd_cuda_gn_config_name(int i);
 #endif
 
 #include "diffusion/backend.h"
@@ -436,6 +439,49 @@ static void case_gn_ws(int N, int C, int HW, int G, int swish, int with_add, int
     release();
 }
 
+#ifdef DD_HAVE_CUDA
+/* The forward's launch configurations forced one by one (DIFFUSION_GN=<name>: where one does not
+ * hold the groups, the fixed choice runs), then auto again (timed per shape, as every other case
+ * here runs it), against the CPU. */
+static void case_gn_configs(int N, int C, int HW, int G, int swish, int with_add, int with_res) {
+    dd_gn_shape s = {N, C, HW, G, swish, 1e-5f};
+    const size_t n = (size_t)N * C * HW, nng = (size_t)N * G, nnc = (size_t)N * C;
+    float *x = hrand(n, 28, 33), *gamma = hrand(C, 0.5f, 1.5f), *beta = hrand(C, -0.5f, 0.5f);
+    float *add = hrand(nnc, -1, 1), *res = hrand(n, -1, 1);
+    float *y = halloc(n * sizeof(float)), *mean = halloc(nng * sizeof(float)),
+          *rstd = halloc(nng * sizeof(float));
+    OK(cpu->group_norm_forward(y, mean, rstd, x, gamma, beta, with_add ? add : NULL,
+                               with_res ? res : NULL, &s));
+    float *gx = dup(x, n), *gg = dup(gamma, C), *gb = dup(beta, C);
+    float *ga = with_add ? dup(add, nnc) : NULL, *gres = with_res ? dup(res, n) : NULL;
+    float *nan_h = halloc(n * sizeof(float)), *gy = dalloc(n * sizeof(float)),
+          *gm = dalloc(nng * sizeof(float)), *gr = dalloc(nng * sizeof(float));
+    for (size_t i = 0; i < n; i++) nan_h[i] = NAN;
+    for (int c = 0; dd_cuda_gn_config_name(c); c++) {
+        char tag[160], what[200];
+        snprintf(tag, sizeof tag, "group_norm forward %s N%d C%d HW%d G%d%s%s%s (x + 30)",
+                 dd_cuda_gn_config_name(c), N, C, HW, G, swish ? " swish" : "",
+                 with_add ? " +add" : "", with_res ? " +res" : "");
+        begin(tag);
+        OK(dd_cuda_gn_set_policy(dd_cuda_gn_config_name(c)));
+        /* NaN outputs: whatever the configuration leaves unwritten fails */
+        OK(gpu->to_device(gy, nan_h, n * sizeof(float)));
+        OK(gpu->to_device(gm, nan_h, nng * sizeof(float)));
+        OK(gpu->to_device(gr, nan_h, nng * sizeof(float)));
+        OK(gpu->group_norm_forward(gy, gm, gr, gx, gg, gb, ga, gres, &s));
+        sync_or_fail(tag);
+        snprintf(what, sizeof what, "%s y", tag);
+        expect(what, y, gy, n, FP32_TOL);
+        snprintf(what, sizeof what, "%s mean", tag);
+        expect(what, mean, gm, nng, FP32_TOL);
+        snprintf(what, sizeof what, "%s rstd", tag);
+        expect(what, rstd, gr, nng, FP32_TOL);
+    }
+    release();
+    OK(dd_cuda_gn_set_policy("auto"));
+}
+#endif
+
 /* each shape with and without the workspace, and with a residual (both backward paths) */
 static void case_gn(int N, int C, int HW, int G, int swish, int with_add, int params) {
     case_gn_ws(N, C, HW, G, swish, with_add, params, 1, 0);
@@ -466,6 +512,20 @@ static void test_group_norm(void) {
     case_gn(3, 16, 784, 8, 1, 1, 1);
     case_gn(2, 64, 49, 8, 1, 1, 1);
     gn_offset = 0.0f;
+#ifdef DD_HAVE_CUDA
+    /* every forward configuration where it is the smallest of its block size: groups of 200,
+     * 392, 784, 1568, 3000, 6000 and 9000 (re-read) values, and the UNet's at batch 256 */
+    if (!tf32_pass) {
+        case_gn_configs(2, 4, 50, 1, 1, 1, 0);
+        case_gn_configs(3, 16, 49, 2, 1, 0, 1);
+        case_gn_configs(2, 16, 49, 1, 0, 1, 1);
+        case_gn_configs(2, 16, 784, 8, 1, 1, 0);
+        case_gn_configs(2, 2, 1500, 1, 1, 0, 1);
+        case_gn_configs(1, 8, 1500, 2, 1, 1, 1);
+        case_gn_configs(1, 2, 4500, 1, 0, 1, 0);
+        if (big) case_gn_configs(256, 16, 784, 8, 1, 1, 1);
+    }
+#endif
     if (!big || tf32_pass) return;   /* no products: the large shape once */
     case_gn(1024, 64, 784, 8, 1, 1, 1); /* batch 1024 of 28x28x64: 51M values */
     case_gn(2, 192, 3000, 8, 1, 1, 1);  /* 72000 values per group */

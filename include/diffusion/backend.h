@@ -136,6 +136,10 @@ typedef struct dd_backend {
      * ws: group_norm_workspace(s) bytes (may be NULL when that is 0; a backend may also accept
      * NULL and run slower) */
     size_t (*group_norm_workspace)(const dd_gn_shape *s); /* bytes, backward */
+    /* optional (NULL: nothing to do): called by planning for every group norm of a graph, before
+     * any capture, with whether the forward gets an add and a res. The CUDA backend chooses the
+     * forward's launch configuration for the shape there (it times them: DIFFUSION_GN). */
+    int (*group_norm_prepare)(const dd_gn_shape *s, int has_add, int has_res);
     int (*group_norm_backward)(float *dx, float *dgamma, float *dbeta, float *dadd, float *dres,
                                const float *dy, const float *x, const float *mean,
                                const float *rstd, const float *gamma, const float *beta,

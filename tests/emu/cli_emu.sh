@@ -115,6 +115,19 @@ print(abs(v[0] - v[1]) / max(1e-6, abs(v[1])))" 2>/dev/null || echo no-fld-value
       --steps 5 --eta 1 --seed 2 --animation anim_$d.gif --raw img_$d.raw --out img_$d.png --quiet --device $d
   done
   within "guided DDIM of the image model, emulated cuda vs cpu" "$(cmp_raw img_cuda.raw img_cpu.raw)" 2e-3
+  # the same with the optimisations that can be switched off left out (grouped dense calls and
+  # their folded activations, the direct convolutions, the timed group norm launches), and with
+  # the group norm's timing logged: one line per shape, the fixed choice named among the times
+  DIFFUSION_CUDA_OFF=dense-group,direct-conv,gn-tune must "$D" sample --checkpoint unet/model.safetensors \
+    --labels all --n 1 --guidance 2 --sampler ddim --steps 5 --eta 1 --seed 2 --raw img_off.raw \
+    --out img_off.png --quiet --device cuda
+  within "guided DDIM of the image model, emulated cuda with DIFFUSION_CUDA_OFF vs cpu" \
+    "$(cmp_raw img_off.raw img_cpu.raw)" 2e-3
+  DIFFUSION_GN_LOG=1 "$D" sample --checkpoint unet/model.safetensors --labels all --n 1 \
+    --sampler ddim --steps 2 --seed 2 --out img_log.png --quiet --device cuda >out.log 2>err.log
+  rc=$?
+  [ $rc -eq 0 ] && grep -q -E "^diffusion: group_norm N=[0-9]+ C=8 HW=[0-9]+ G=[0-9]+.*, us: .* \(fixed\).* -> t[0-9]+v[0-9]+\$" err.log &&
+    ok || bad "DIFFUSION_GN_LOG=1: exit $rc, $(head -3 err.log)"
   [ "$(head -c 6 anim_cuda.gif)" = "GIF89a" ] && ok || bad "anim_cuda.gif is not a GIF"
 else
   echo "(Fashion-MNIST not installed: the classifier, FLD and image model part is left out)"
@@ -159,6 +172,16 @@ DIFFUSION_CONV_TIMING_REPS=0 "$D" bench --device cuda --channels 8 --size 12x12 
 rc=$?
 [ $rc -ne 0 ] && grep -q "DIFFUSION_CONV_TIMING_REPS=0: a count from 1 to 1000" err.log && ok ||
   bad "DIFFUSION_CONV_TIMING_REPS=0: exit $rc, $(tail -3 err.log)"
+
+# bad settings for the switches: one clear line and a non-zero exit
+DIFFUSION_CUDA_OFF=dense-group,bogus "$D" "${S[@]}" --n 8 --device cuda --out x.png >out.log 2>err.log
+rc=$?
+[ $rc -ne 0 ] && grep -q "DIFFUSION_CUDA_OFF: unknown 'bogus'" err.log && [ ! -e x.png ] && ok ||
+  bad "DIFFUSION_CUDA_OFF=dense-group,bogus: exit $rc, $(tail -3 err.log)"
+DIFFUSION_GN=t7v7 "$D" "${S[@]}" --n 8 --device cuda --out x.png >out.log 2>err.log
+rc=$?
+[ $rc -ne 0 ] && grep -q "DIFFUSION_GN=t7v7: expected auto, fixed, t32v8" err.log && [ ! -e x.png ] && ok ||
+  bad "DIFFUSION_GN=t7v7: exit $rc, $(tail -3 err.log)"
 
 # no GPU: --device cuda fails with one clear line; auto falls back to the CPU
 EMU_NO_GPU=1 "$D" "${S[@]}" --n 8 --device cuda --out x.png >out.log 2>err.log

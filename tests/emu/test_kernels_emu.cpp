@@ -28,6 +28,8 @@ extern "C" int dd_cuda_fail(const char *file, int line, const char *call, cudaEr
     printf("dd_cuda_fail: %s:%d: %s\n", file, line, call);
     return -1;
 }
+extern "C" int dd_cuda_capturing(void) { return 0; }
+extern "C" void dd_cuda_note_fault(const char *what) { printf("dd_cuda_note_fault: %s\n", what); }
 
 namespace {
 
@@ -276,6 +278,37 @@ void case_gn(int N, int C, int HW, int G, int swish, int with_add, int params, i
     }
 }
 
+/* The forward's launch configurations, each forced in turn (DIFFUSION_GN=<name>; one that does
+ * not hold the groups runs the fixed choice), then the autotuner (auto: prepare times them all in
+ * the emulation and keeps one that agrees with the fixed choice), against the CPU. */
+void case_gn_configs(int N, int C, int HW, int G, int swish, int with_add, int res) {
+    dd_gn_shape s = {N, C, HW, G, swish, 1e-5f};
+    const size_t n = (size_t)N * C * HW, nng = (size_t)N * G, nnc = (size_t)N * C;
+    auto x = rnd(n, -2 + 30, 3 + 30), gamma = rnd(C, 0.5f, 1.5f), beta = rnd(C, -0.5f, 0.5f),
+         add = rnd(nnc, -1, 1), r = rnd(n, -1, 1);
+    std::vector<float> y(n), mean(nng), rstd(nng);
+    OK(cpu->group_norm_forward(y.data(), mean.data(), rstd.data(), x.data(), gamma.data(),
+                               beta.data(), with_add ? add.data() : NULL, res ? r.data() : NULL,
+                               &s));
+    for (int c = -1; c == -1 || dd_cuda_gn_config_name(c); c++) {
+        const char *name = c < 0 ? "auto" : dd_cuda_gn_config_name(c);
+        char t[160];
+        snprintf(t, sizeof t, "group_norm forward %s N%d C%d HW%d G%d%s%s%s (x + 30)", name, N, C,
+                 HW, G, swish ? " swish" : "", with_add ? " +add" : "", res ? " +res" : "");
+        begin(t);
+        OK(dd_cuda_gn_set_policy(name));
+        if (c < 0) OK(dd_cuda_group_norm_prepare(&s, with_add, res));
+        auto gy = dout(n), gmean = dout(nng), grstd = dout(nng);
+        OK(dd_cuda_group_norm_forward(gy, gmean, grstd, dup(x), dup(gamma), dup(beta),
+                                      with_add ? dup(add) : nullptr, res ? dup(r) : nullptr, &s));
+        expect("y", y, gy, FP32_TOL);
+        expect("mean", mean, gmean, FP32_TOL);
+        expect("rstd", rstd, grstd, FP32_TOL);
+        end();
+    }
+    OK(dd_cuda_gn_set_policy("auto"));
+}
+
 /* ---------------------------------------------------------------- softmax rows, dense helpers */
 
 void case_softmax(int64_t rows, int L) {
@@ -504,6 +537,15 @@ int main() {
     case_gn(2, 3, 70, 1, 1, 1, 0, 1);  /* dx only, 3 channels: two warps a channel */
     case_gn(1, 300, 2, 1, 1, 1, 1, 1); /* beyond the one-pass kernel: the two-kernel path */
     case_gn(2, 4, 9, 2, 1, 1, 0, 0);   /* nothing but the residual's gradient */
+    /* group sizes M that each forward configuration holds as the smallest of its block size:
+     * 200, 392, 784, 1568, 3000, 6000 and 9000 (the re-reading one) values */
+    case_gn_configs(2, 4, 50, 1, 1, 1, 0);
+    case_gn_configs(3, 16, 49, 2, 1, 0, 1);
+    case_gn_configs(2, 16, 49, 1, 0, 1, 1);
+    case_gn_configs(2, 16, 784, 8, 1, 1, 0);
+    case_gn_configs(2, 2, 1500, 1, 1, 0, 1);
+    case_gn_configs(1, 8, 1500, 2, 1, 1, 1);
+    case_gn_configs(1, 2, 4500, 1, 0, 1, 0);
 
     case_softmax(1, 1);
     case_softmax(9, 31);
