@@ -527,6 +527,100 @@ static __global__ void __launch_bounds__(THREADS)
     }
 }
 
+/* gn_forward_kernel's cached path with the group read and written as float4 (a quarter of the
+ * load and store instructions, for a kernel bound by instructions): a thread keeps V4 float4s.
+ * Needs M % 4 == 0 (so every group starts on a float4), x, y and res 16-byte aligned, Cg <=
+ * GN_FWD_CG_MAX and M <= 4 V4 blockDim (gn_fwd_applies and gn_fwd_run check). The same sums per
+ * thread in float and across threads in double, and the same per-element formulas. */
+template <int V4>
+static __global__ void __launch_bounds__(THREADS)
+    gn_forward_vec_kernel(float *y, float *mean, float *rstd, const float *x, const float *gamma,
+                          const float *beta, const float *add, const float *res, int C, int HW,
+                          int G, int swish, float eps) {
+    __shared__ double sh[64];
+    __shared__ float sgm[GN_FWD_CG_MAX], ssh[GN_FWD_CG_MAX];
+    const int ng = blockIdx.x, n = ng / G, g = ng - n * G, Cg = C / G;
+    const int T = blockDim.x, tid = threadIdx.x;
+    const int M = Cg * HW, M4 = M >> 2;
+    const size_t base = ((size_t)n * C + (size_t)g * Cg) * HW;
+    const float4 *xg = reinterpret_cast<const float4 *>(x + base);
+    float4 *yg = reinterpret_cast<float4 *>(y + base);
+    const float4 *rg = res ? reinterpret_cast<const float4 *>(res + base) : NULL;
+    const float *addn = add ? add + (size_t)n * C + (size_t)g * Cg : NULL;
+    for (int cc = tid; cc < Cg; cc += T) { /* read after block_sum_once's barrier */
+        sgm[cc] = gamma[g * Cg + cc];
+        ssh[cc] = beta[g * Cg + cc] + (addn ? addn[cc] : 0.0f);
+    }
+    float4 v[V4];
+    float sf = 0.0f;
+#pragma unroll
+    for (int j = 0; j < V4; j++) {
+        const int q = tid + j * T;
+        v[j] = q < M4 ? xg[q] : make_float4(0.0f, 0.0f, 0.0f, 0.0f);
+        sf += v[j].x;
+        sf += v[j].y;
+        sf += v[j].z;
+        sf += v[j].w;
+    }
+    const double mu = block_sum_once((double)sf, sh) / (double)M;
+    const float m = (float)mu;
+    float qf = 0.0f;
+#pragma unroll
+    for (int j = 0; j < V4; j++)
+        if (tid + j * T < M4) {
+            float d = v[j].x - m;
+            qf = fmaf(d, d, qf);
+            d = v[j].y - m;
+            qf = fmaf(d, d, qf);
+            d = v[j].z - m;
+            qf = fmaf(d, d, qf);
+            d = v[j].w - m;
+            qf = fmaf(d, d, qf);
+        }
+    const double var = block_sum_once((double)qf, sh + 32) / (double)M;
+    const float r = (float)(1.0 / sqrt(var + (double)eps));
+    if (tid == 0) {
+        mean[ng] = m;
+        rstd[ng] = r;
+    }
+    /* the first element of float4 q = tid + j T is 4q: channel cc, position p; a step of T
+     * float4s is cstep channels and pstep positions */
+    int cc = 4 * tid / HW, p = 4 * tid - cc * HW;
+    const int cstep = 4 * T / HW, pstep = 4 * T - cstep * HW;
+#pragma unroll
+    for (int j = 0; j < V4; j++) {
+        const int q = tid + j * T;
+        if (q < M4) {
+            float o[4] = {v[j].x, v[j].y, v[j].z, v[j].w};
+            int ce = cc, pe = p;
+#pragma unroll
+            for (int e = 0; e < 4; e++) {
+                if (pe >= HW) {
+                    pe -= HW;
+                    ce++;
+                }
+                const float z = sgm[ce] * ((o[e] - m) * r) + ssh[ce];
+                o[e] = swish ? dd_swish(z) : z;
+                pe++;
+            }
+            if (rg) {
+                const float4 rv = rg[q];
+                o[0] = __fadd_rn(o[0], rv.x);
+                o[1] = __fadd_rn(o[1], rv.y);
+                o[2] = __fadd_rn(o[2], rv.z);
+                o[3] = __fadd_rn(o[3], rv.w);
+            }
+            yg[q] = make_float4(o[0], o[1], o[2], o[3]);
+        }
+        cc += cstep;
+        p += pstep;
+        if (p >= HW) {
+            p -= HW;
+            cc++;
+        }
+    }
+}
+
 /* Launch configurations of gn_forward_kernel: V values a thread in registers, T threads a block
  * (one block a group). Which is fastest depends on the group size M and the card, and guessing
  * it has cost before (ncu on an H200 at batch 256, us a group-norm: 2 warps of 8 values beat 4
@@ -536,21 +630,28 @@ static __global__ void __launch_bounds__(THREADS)
  * V T >= M) is timed on scratch buffers and the fastest kept, once its output matched the fixed
  * choice's (GN_FWD_FIXED). The last entry reads the values again (groups over 8192 values). */
 typedef struct {
-    int V, T;
+    int V, T, vec; /* vec: gn_forward_vec_kernel (V / 4 float4s a thread) */
     const char *name;
 } gn_fwd_cfg;
 static const gn_fwd_cfg gn_fwd_cfgs[] = {
-    {8, 32, "t32v8"},   {16, 32, "t32v16"},  {32, 32, "t32v32"},   {64, 32, "t32v64"},
-    {8, 64, "t64v8"},   {16, 64, "t64v16"},  {32, 64, "t64v32"},   {64, 64, "t64v64"},
-    {8, 128, "t128v8"}, {16, 128, "t128v16"}, {32, 128, "t128v32"}, {64, 128, "t128v64"},
-    {8, 256, "t256v8"}, {16, 256, "t256v16"}, {32, 256, "t256v32"}, {0, 256, "reread"},
+    {8, 32, 0, "t32v8"},    {16, 32, 0, "t32v16"},   {32, 32, 0, "t32v32"},
+    {64, 32, 0, "t32v64"},  {8, 64, 0, "t64v8"},     {16, 64, 0, "t64v16"},
+    {32, 64, 0, "t64v32"},  {64, 64, 0, "t64v64"},   {8, 128, 0, "t128v8"},
+    {16, 128, 0, "t128v16"}, {32, 128, 0, "t128v32"}, {64, 128, 0, "t128v64"},
+    {8, 256, 0, "t256v8"},  {16, 256, 0, "t256v16"}, {32, 256, 0, "t256v32"},
+    {8, 32, 1, "t32q8"},    {16, 32, 1, "t32q16"},   {32, 32, 1, "t32q32"},
+    {64, 32, 1, "t32q64"},  {8, 64, 1, "t64q8"},     {16, 64, 1, "t64q16"},
+    {32, 64, 1, "t64q32"},  {64, 64, 1, "t64q64"},   {8, 128, 1, "t128q8"},
+    {16, 128, 1, "t128q16"}, {32, 128, 1, "t128q32"}, {64, 128, 1, "t128q64"},
+    {8, 256, 1, "t256q8"},  {16, 256, 1, "t256q16"}, {32, 256, 1, "t256q32"},
+    {0, 256, 0, "reread"},
 };
 #define GN_FWD_CFGS ((int)(sizeof gn_fwd_cfgs / sizeof gn_fwd_cfgs[0]))
 #define GN_FWD_REREAD (GN_FWD_CFGS - 1)
 
 static int gn_cfg_find(int V, int T) {
     for (int i = 0; i < GN_FWD_CFGS; i++)
-        if (gn_fwd_cfgs[i].V == V && gn_fwd_cfgs[i].T == T) return i;
+        if (gn_fwd_cfgs[i].V == V && gn_fwd_cfgs[i].T == T && !gn_fwd_cfgs[i].vec) return i;
     return GN_FWD_REREAD;
 }
 
@@ -566,11 +667,15 @@ static int gn_fwd_fixed(size_t M) {
     return GN_FWD_REREAD;
 }
 
-/* Whether configuration c runs groups of M values as itself: it holds them (and is the smallest
- * V of its T that does), or it is the re-reading one and nothing holds them. */
-static int gn_fwd_applies(int c, size_t M) {
+/* Whether configuration c runs the shape's groups as itself: it holds them (and is the smallest
+ * V of its T that does; a float4 one only for groups of whole float4s, their gamma and shift
+ * staged), or it is the re-reading one and nothing holds them. (A float4 one given unaligned
+ * buffers runs the fixed choice instead: gn_fwd_run.) */
+static int gn_fwd_applies(int c, const dd_gn_shape *s) {
     const gn_fwd_cfg *f = &gn_fwd_cfgs[c];
+    const size_t M = (size_t)(s->C / s->G) * s->HW;
     if (c == GN_FWD_REREAD) return M > 32 * THREADS;
+    if (f->vec && (M % 4 || s->C / s->G > GN_FWD_CG_MAX)) return 0;
     return M <= (size_t)f->V * f->T && (f->V == 8 || M > (size_t)f->V / 2 * f->T);
 }
 
@@ -579,6 +684,24 @@ static int gn_fwd_run(int c, const dd_gn_shape *s, float *y, float *mean, float 
                       const float *res) {
     const unsigned int blocks = (unsigned int)(s->N * s->G);
     const int T = gn_fwd_cfgs[c].T;
+    if (gn_fwd_cfgs[c].vec) {
+        if (((uintptr_t)x | (uintptr_t)y | (uintptr_t)res) & 15)
+            c = gn_fwd_fixed((size_t)(s->C / s->G) * s->HW); /* not float4-aligned */
+        else {
+#define GN_VEC_LAUNCH(V4)                                                                         \
+    gn_forward_vec_kernel<V4><<<blocks, T, 0, dd_cuda_stream>>>(                                  \
+        y, mean, rstd, x, gamma, beta, add, res, s->C, s->HW, s->G, s->swish, s->eps)
+            switch (gn_fwd_cfgs[c].V) {
+            case 8: GN_VEC_LAUNCH(2); break;
+            case 16: GN_VEC_LAUNCH(4); break;
+            case 32: GN_VEC_LAUNCH(8); break;
+            default: GN_VEC_LAUNCH(16); break;
+            }
+#undef GN_VEC_LAUNCH
+            DD_CUDA_LAUNCHED("group_norm_forward");
+            return 0;
+        }
+    }
 #define GN_FWD_LAUNCH(V)                                                                              gn_forward_kernel<V><<<blocks, T, 0, dd_cuda_stream>>>(y, mean, rstd, x, gamma, beta, add,                                                               res, s->C, s->HW, s->G, s->swish,                                                                 s->eps)
     switch (gn_fwd_cfgs[c].V) {
     case 8: GN_FWD_LAUNCH(8); break;
@@ -601,7 +724,7 @@ typedef struct {
     dd_gn_shape s;
     int has_add, has_res, cfg;
 } gn_choice;
-#define GN_CHOICES_MAX 128
+#define GN_CHOICES_MAX 256 /* shapes timed; later ones take the fixed rule */
 static gn_choice gn_choices[GN_CHOICES_MAX];
 static int gn_nchoices = 0;
 
@@ -650,7 +773,7 @@ static int gn_fwd_tune(const dd_gn_shape *s, int has_add, int has_res, int *cfg)
     *cfg = fixed;
     int cand[GN_FWD_CFGS], nc = 0;
     for (int c = 0; c < GN_FWD_CFGS; c++)
-        if (gn_fwd_applies(c, M)) cand[nc++] = c;
+        if (gn_fwd_applies(c, s)) cand[nc++] = c;
     if (nc < 2) return 0;
     /* x, res, y, y_fixed (n each); add (N C); gamma, beta (C); mean, rstd and their fixed
      * copies (N G); 2 floats for dd_conv_maxdiff */
@@ -778,7 +901,7 @@ static int gn_fwd_config(const dd_gn_shape *s, int has_add, int has_res, int *cf
         return 0;
     }
     if (gn_policy >= 0) {
-        *cfg = gn_fwd_applies(gn_policy, M) ? gn_policy : gn_fwd_fixed(M);
+        *cfg = gn_fwd_applies(gn_policy, s) ? gn_policy : gn_fwd_fixed(M);
         return 0;
     }
     for (int i = 0; i < gn_nchoices; i++)
@@ -786,7 +909,7 @@ static int gn_fwd_config(const dd_gn_shape *s, int has_add, int has_res, int *cf
             *cfg = gn_choices[i].cfg;
             return 0;
         }
-    if (dd_cuda_capturing()) {
+    if (dd_cuda_capturing() || gn_nchoices == GN_CHOICES_MAX) { /* untimed: the fixed rule */
         *cfg = gn_fwd_fixed(M);
         return 0;
     }
@@ -807,7 +930,7 @@ static int gn_fwd_config(const dd_gn_shape *s, int has_add, int has_res, int *cf
         dd_error_clear();
         *cfg = gn_fwd_fixed(M);
     }
-    if (gn_nchoices < GN_CHOICES_MAX) {
+    {
         gn_choice *c = &gn_choices[gn_nchoices++];
         c->s = *s;
         c->has_add = has_add;

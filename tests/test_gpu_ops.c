@@ -523,6 +523,7 @@ static void test_group_norm(void) {
         case_gn_configs(2, 2, 1500, 1, 1, 0, 1);
         case_gn_configs(1, 8, 1500, 2, 1, 1, 1);
         case_gn_configs(1, 2, 4500, 1, 0, 1, 0);
+        case_gn_configs(2, 6, 7, 2, 1, 1, 1); /* 21 values: no float4 configuration applies */
         if (big) case_gn_configs(256, 16, 784, 8, 1, 1, 1);
     }
 #endif

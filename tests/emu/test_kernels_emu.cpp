@@ -538,7 +538,7 @@ int main() {
     case_gn(1, 300, 2, 1, 1, 1, 1, 1); /* beyond the one-pass kernel: the two-kernel path */
     case_gn(2, 4, 9, 2, 1, 1, 0, 0);   /* nothing but the residual's gradient */
     /* group sizes M that each forward configuration holds as the smallest of its block size:
-     * 200, 392, 784, 1568, 3000, 6000 and 9000 (the re-reading one) values */
+     * 200, 392, 784, 1568, 3000, 6000 and 9000 (the re-reading one) values, scalar and float4 */
     case_gn_configs(2, 4, 50, 1, 1, 1, 0);
     case_gn_configs(3, 16, 49, 2, 1, 0, 1);
     case_gn_configs(2, 16, 49, 1, 0, 1, 1);
@@ -546,6 +546,7 @@ int main() {
     case_gn_configs(2, 2, 1500, 1, 1, 0, 1);
     case_gn_configs(1, 8, 1500, 2, 1, 1, 1);
     case_gn_configs(1, 2, 4500, 1, 0, 1, 0);
+    case_gn_configs(2, 6, 7, 2, 1, 1, 1); /* 21 values: no float4 configuration applies */
 
     case_softmax(1, 1);
     case_softmax(9, 31);
