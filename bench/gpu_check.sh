@@ -320,7 +320,8 @@ else
         fi
     fi
     grep -v -E "^diffusion: (conv|group_norm)" "$LOGS/bench.log"
-    # the group norm forward's launch per shape: every candidate's time, the fixed choice marked
+    # the group norm's forward and backward launches per shape: every candidate's time, the
+    # fixed choice marked
     grep -E "^diffusion: (group_norm|warning: group_norm)" "$LOGS/bench.log" > "$LOGS/gn_choices.txt" || true
     if [ -s "$LOGS/gn_choices.txt" ]; then
         # per shape line: the fixed launch's time minus the fastest one's (the chosen one's)
@@ -328,7 +329,7 @@ else
                    n++; f = 0; b = 1e30; fn = ""
                    for (i = 1; i < NF; i++) {
                        if ($i == "(fixed)") { f = $(i - 1); fn = $(i - 2) }
-                       if ($i ~ /^(t[0-9]+v[0-9]+|reread)$/ && $(i + 1) + 0 < b) b = $(i + 1) + 0
+                       if ($i ~ /^(t[0-9]+[vq][0-9]+|b[0-9]+v[0-9]+|reread)$/ && $(i + 1) + 0 < b) b = $(i + 1) + 0
                    }
                    if (fn == $NF) k++; else s += f - b
                } END { printf "%d shapes, %d kept the fixed launch; %.1f us saved over one call of each", n, k, s }' "$LOGS/gn_choices.txt")

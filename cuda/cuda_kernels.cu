@@ -439,7 +439,6 @@ static __device__ __forceinline__ float gn_dz(float dy, float xhat, float gm, fl
  * (two block sums, the double square root and division) every warp repeats, so a group should
  * get as few warps as hold its values, up to where fewer threads lose more latency than they
  * save instructions: where that is, the GPU measures per shape (gn_fwd_cfgs below). */
-#define GN_FWD_V 8       /* the fused backward's positions a lane keeps in registers */
 #define GN_FWD_CG_MAX 256 /* channels a group whose gamma and shift are staged in shared memory */
 template <int V> /* values a thread keeps in registers */
 static __global__ void __launch_bounds__(THREADS)
@@ -728,19 +727,27 @@ typedef struct {
 static gn_choice gn_choices[GN_CHOICES_MAX];
 static int gn_nchoices = 0;
 
+/* forward configurations first, then the backward's (gn_bwd_cfgs below) */
+static const char *gn_bwd_name(int i);
+const char *dd_cuda_gn_config_name(int i) {
+    if (i >= 0 && i < GN_FWD_CFGS) return gn_fwd_cfgs[i].name;
+    return gn_bwd_name(i - GN_FWD_CFGS);
+}
+
 int dd_cuda_gn_set_policy(const char *p) {
     int v;
     if (!p || !strcmp(p, "auto")) v = GN_POLICY_AUTO;
     else if (!strcmp(p, "fixed")) v = GN_POLICY_FIXED;
     else {
         v = -3;
-        for (int i = 0; i < GN_FWD_CFGS; i++)
-            if (!strcmp(p, gn_fwd_cfgs[i].name)) v = i;
+        for (int i = 0; dd_cuda_gn_config_name(i); i++)
+            if (!strcmp(p, dd_cuda_gn_config_name(i))) v = i;
         if (v == -3) {
-            char names[512];
+            char names[1024];
             size_t k = 0;
-            for (int i = 0; i < GN_FWD_CFGS && k < sizeof names; i++)
-                k += (size_t)snprintf(names + k, sizeof names - k, ", %s", gn_fwd_cfgs[i].name);
+            for (int i = 0; dd_cuda_gn_config_name(i) && k < sizeof names; i++)
+                k += (size_t)snprintf(names + k, sizeof names - k, ", %s",
+                                      dd_cuda_gn_config_name(i));
             return dd_error("DIFFUSION_GN=%s: expected auto, fixed%s", p, names);
         }
     }
@@ -750,9 +757,6 @@ int dd_cuda_gn_set_policy(const char *p) {
     return 0;
 }
 
-const char *dd_cuda_gn_config_name(int i) {
-    return i >= 0 && i < GN_FWD_CFGS ? gn_fwd_cfgs[i].name : NULL;
-}
 
 static int same_gn(const gn_choice *c, const dd_gn_shape *s, int has_add, int has_res) {
     return c->s.N == s->N && c->s.C == s->C && c->s.HW == s->HW && c->s.G == s->G &&
@@ -900,8 +904,9 @@ static int gn_fwd_config(const dd_gn_shape *s, int has_add, int has_res, int *cf
         *cfg = gn_fwd_fixed(M);
         return 0;
     }
-    if (gn_policy >= 0) {
-        *cfg = gn_fwd_applies(gn_policy, s) ? gn_policy : gn_fwd_fixed(M);
+    if (gn_policy >= 0) { /* a backward configuration's name: the forward's fixed rule */
+        *cfg = gn_policy < GN_FWD_CFGS && gn_fwd_applies(gn_policy, s) ? gn_policy
+                                                                        : gn_fwd_fixed(M);
         return 0;
     }
     for (int i = 0; i < gn_nchoices; i++)
@@ -1035,7 +1040,8 @@ static __global__ void gn_backward_dx_kernel(float *dx, const float *dy, const f
  * the UNets have 2 to 8); more go to the two-kernel path below */
 #define GN_FUSED_CG_MAX 256
 
-static __global__ void __launch_bounds__(THREADS, 4)
+template <int V> /* positions a lane keeps in registers (the cached path) */
+static __global__ void __launch_bounds__(THREADS, V == 8 ? 4 : V == 16 ? 2 : 1)
     gn_backward_fused_kernel(float *dx, double *ws, float *dadd, float *dres, const float *dy,
                              const float *x, const float *mean, const float *rstd,
                              const float *gamma, const float *beta, const float *add, int N, int C,
@@ -1050,11 +1056,11 @@ static __global__ void __launch_bounds__(THREADS, 4)
     const size_t M = (size_t)Cg * HW, base = ((size_t)n * C + (size_t)g * Cg) * HW;
     const float m = mean[ng], r = rstd[ng];
 
-    /* cached: one pass over the channels covers the group and a thread has at most GN_FWD_V
+    /* cached: one pass over the channels covers the group and a thread has at most V
      * positions: its xhat and partly updated dx stay in registers for the second part instead of
      * going through memory (the same roundings, so the same results) */
-    const bool cached = dx && Cg <= cpp && (HW + wpc * 32 - 1) / (wpc * 32) <= GN_FWD_V;
-    float cxh[GN_FWD_V], cdx[GN_FWD_V];
+    const bool cached = dx && Cg <= cpp && (HW + wpc * 32 - 1) / (wpc * 32) <= V;
+    float cxh[V], cdx[V];
     for (int c0 = 0; c0 < Cg; c0 += cpp) {
         const int cc = c0 + wc;
         if (wc >= cpp || cc >= Cg) continue; /* whole warps: the shuffles below stay converged */
@@ -1064,11 +1070,11 @@ static __global__ void __launch_bounds__(THREADS, 4)
         const size_t o = base + (size_t)cc * HW;
         double sn = 0.0, sx = 0.0;
         if (cached) {
-            /* a lane's (at most GN_FWD_V) terms in float, the lanes' sums in double (as the
+            /* a lane's (at most V) terms in float, the lanes' sums in double (as the
              * forward's statistics: three conversions to double an element fewer) */
             float snf = 0.0f, sxf = 0.0f;
 #pragma unroll
-            for (int k = 0; k < GN_FWD_V; k++) {
+            for (int k = 0; k < V; k++) {
                 const int p = wp * 32 + lane + k * wpc * 32;
                 if (p >= HW) continue;
                 const float xh = (x[o + p] - m) * r, d = dy[o + p];
@@ -1129,7 +1135,7 @@ static __global__ void __launch_bounds__(THREADS, 4)
         if (wc < Cg) { /* this warp's channel: the one pass's cc = wc */
             const size_t o = base + (size_t)wc * HW;
 #pragma unroll
-            for (int k = 0; k < GN_FWD_V; k++) {
+            for (int k = 0; k < V; k++) {
                 const int p = wp * 32 + lane + k * wpc * 32;
                 if (p < HW) dx[o + p] = cdx[k] - r * (a1 + cxh[k] * a2);
             }
@@ -1185,6 +1191,278 @@ int dd_cuda_group_norm_forward(float *y, float *mean, float *rstd, const float *
     return gn_fwd_run(cfg, s, y, mean, rstd, x, gamma, beta, add, res);
 }
 
+/* Launch configurations of the fused backward: T threads a block, V positions a lane keeps in
+ * registers. T sets how the block's warps split the group's channels (gn_bwd_positions), V
+ * whether a lane's positions fit its registers (else dx goes through memory twice). As for the
+ * forward, the GPU times them per shape (the first backward call of a shape outside a capture)
+ * and keeps the fastest whose dx, dadd, dres, dgamma and dbeta match the fixed one's (b256v8,
+ * the launch before session 12) within 1e-5. DIFFUSION_GN (fixed, or auto) covers both. */
+typedef struct {
+    int T, V;
+    const char *name;
+} gn_bwd_cfg;
+static const gn_bwd_cfg gn_bwd_cfgs[] = {
+    {256, 8, "b256v8"}, {256, 16, "b256v16"}, {256, 32, "b256v32"},
+    {128, 8, "b128v8"}, {128, 16, "b128v16"}, {128, 32, "b128v32"},
+    {64, 8, "b64v8"},   {64, 16, "b64v16"},   {64, 32, "b64v32"},
+};
+#define GN_BWD_CFGS ((int)(sizeof gn_bwd_cfgs / sizeof gn_bwd_cfgs[0]))
+#define GN_BWD_FIXED 0
+
+static const char *gn_bwd_name(int i) { return i >= 0 && i < GN_BWD_CFGS ? gn_bwd_cfgs[i].name : NULL; }
+
+/* positions a lane takes in one pass over the channels with T threads, or INT_MAX when the
+ * channels take more than one pass (no caching) */
+static int gn_bwd_positions(int T, int Cg, int HW) {
+    const int nw = T / 32, wpc = Cg >= nw ? 1 : nw / Cg, cpp = nw / wpc;
+    return Cg > cpp ? INT_MAX : (HW + wpc * 32 - 1) / (wpc * 32);
+}
+
+/* configuration c runs as itself: the smallest V that caches its T's positions, or V = 8 where
+ * nothing caches (V matters only to the cached path, which needs dx) */
+static int gn_bwd_applies(int c, const dd_gn_shape *s, int has_dx) {
+    const gn_bwd_cfg *f = &gn_bwd_cfgs[c];
+    const int pos = has_dx ? gn_bwd_positions(f->T, s->C / s->G, s->HW) : INT_MAX;
+    const int v = pos <= 8 ? 8 : pos <= 16 ? 16 : pos <= 32 ? 32 : 8;
+    return f->V == v;
+}
+
+static int gn_bwd_run(int c, const dd_gn_shape *s, float *dx, float *dgamma, float *dbeta,
+                      float *dadd, float *dres, const float *dy, const float *x,
+                      const float *mean, const float *rstd, const float *gamma, const float *beta,
+                      const float *add, void *ws) {
+    const int params = dgamma || dbeta;
+    const int T = gn_bwd_cfgs[c].T;
+    static_assert(THREADS / 32 <= GN_FUSED_CG_MAX, "shares fit gn_sh");
+#define GN_BWD_LAUNCH(V)                                                                          \
+    gn_backward_fused_kernel<V><<<s->N * s->G, T, 0, dd_cuda_stream>>>(                           \
+        dx, params ? (double *)ws : NULL, dadd, dres, dy, x, mean, rstd, gamma, beta, add, s->N,  \
+        s->C, s->HW, s->G, s->swish)
+    switch (gn_bwd_cfgs[c].V) {
+    case 16: GN_BWD_LAUNCH(16); break;
+    case 32: GN_BWD_LAUNCH(32); break;
+    default: GN_BWD_LAUNCH(8); break;
+    }
+#undef GN_BWD_LAUNCH
+    DD_CUDA_LAUNCHED("group_norm_backward");
+    if (params) {
+        const int per = THREADS / 32;
+        gn_param_sums_kernel<<<(s->C + per - 1) / per, THREADS, 0, dd_cuda_stream>>>(
+            dgamma, dbeta, (const double *)ws, s->N, s->C);
+        DD_CUDA_LAUNCHED("group_norm_backward (parameter sums)");
+    }
+    return 0;
+}
+
+typedef struct {
+    dd_gn_shape s;
+    int flags, cfg; /* flags: dx, params, add, dadd, dres (bits 0-4) */
+} gn_bwd_choice;
+static gn_bwd_choice gn_bwd_choices[GN_CHOICES_MAX];
+static int gn_bwd_nchoices = 0;
+
+/* Times every backward configuration that applies on scratch buffers and returns the fastest
+ * that agrees with the fixed one; -1 on a failed call (*cfg is then the fixed one). */
+static int gn_bwd_tune(const dd_gn_shape *s, int flags, int *cfg) {
+    const size_t n = (size_t)s->N * s->C * s->HW, nng = (size_t)s->N * s->G,
+                 nnc = (size_t)s->N * s->C, C = (size_t)s->C;
+    const int has_dx = flags & 1, params = flags & 2, has_add = flags & 4, has_dadd = flags & 8,
+              has_dres = flags & 16;
+    *cfg = GN_BWD_FIXED;
+    int cand[GN_BWD_CFGS], nc = 0;
+    for (int c = 0; c < GN_BWD_CFGS; c++)
+        if (c == GN_BWD_FIXED || gn_bwd_applies(c, s, has_dx)) cand[nc++] = c;
+    if (nc < 2) return 0;
+    /* x, dy, dx, dres, the fixed one's dx and dres (n each); mean, rstd (N G); gamma, beta,
+     * dgamma, dbeta and the fixed one's (C); add, dadd and the fixed one's (N C); ws (4 N C);
+     * 2 floats for dd_conv_maxdiff */
+    const size_t parts[] = {n, n, n, n, n, n, nng, nng, C, C, C, C, C, C, nnc, nnc, nnc,
+                            4 * nnc, 2};
+    const int np = (int)(sizeof parts / sizeof parts[0]);
+    size_t off[sizeof parts / sizeof parts[0]], total = 0;
+    for (int i = 0; i < np; i++) {
+        off[i] = total;
+        total += (parts[i] * sizeof(float) + 255) / 256 * 256;
+    }
+    void *base = NULL;
+    cudaEvent_t ev[2] = {NULL, NULL};
+    int rc = -1;
+    float best_ms = INFINITY, times[GN_BWD_CFGS];
+    char bad[256] = "";
+    cudaError_t err = cudaMalloc(&base, total);
+    if (err != cudaSuccess && err != cudaErrorMemoryAllocation)
+        return dd_cuda_fail(__FILE__, __LINE__, "cudaMalloc", err);
+    if (err != cudaSuccess) {
+        (void)cudaGetLastError();
+        fprintf(stderr, "diffusion: warning: no GPU memory to time the group norm backward "
+                        "(%.1f MiB): %s; the fixed choice is used\n",
+                (double)total / 1048576.0, cudaGetErrorString(err));
+        return 0;
+    }
+    {
+        float *p[sizeof parts / sizeof parts[0]];
+        for (int i = 0; i < np; i++) p[i] = (float *)((char *)base + off[i]);
+        float *x = p[0], *dy = p[1], *dx = p[2], *dres = p[3], *dxf = p[4], *dresf = p[5],
+              *mean = p[6], *rstd = p[7], *gamma = p[8], *beta = p[9], *dg = p[10], *db = p[11],
+              *dgf = p[12], *dbf = p[13], *add = p[14], *dadd = p[15], *daddf = p[16],
+              *ws = p[17], *diff = p[18];
+        const float *a = has_add ? add : NULL;
+        float *o_dx[2] = {has_dx ? dx : NULL, has_dx ? dxf : NULL};
+        float *o_dg[2] = {params ? dg : NULL, params ? dgf : NULL};
+        float *o_db[2] = {params ? db : NULL, params ? dbf : NULL};
+        float *o_da[2] = {has_dadd ? dadd : NULL, has_dadd ? daddf : NULL};
+        float *o_dr[2] = {has_dres ? dres : NULL, has_dres ? dresf : NULL};
+        if (dd_conv_fill(x, n, 21u) || dd_conv_fill(dy, n, 22u) || dd_conv_fill(add, nnc, 23u) ||
+            dd_conv_fill(gamma, C, 24u) || dd_conv_fill(beta, C, 25u))
+            goto done;
+        /* the statistics of x, by the forward (its y into dx, zeroed below) */
+        if (gn_fwd_run(gn_fwd_fixed((size_t)(s->C / s->G) * s->HW), s, dx, mean, rstd, x, gamma,
+                       beta, a, NULL))
+            goto done;
+        /* the outputs from zero (the backward adds into them): dx .. dresf, dgamma .. dbf, dadd
+         * and daddf; then the fixed configuration */
+        if (cudaMemsetAsync(p[2], 0, off[6] - off[2], dd_cuda_stream) != cudaSuccess ||
+            cudaMemsetAsync(p[10], 0, off[14] - off[10], dd_cuda_stream) != cudaSuccess ||
+            cudaMemsetAsync(p[15], 0, off[17] - off[15], dd_cuda_stream) != cudaSuccess)
+            goto failed_event;
+        if (gn_bwd_run(GN_BWD_FIXED, s, o_dx[1], o_dg[1], o_db[1], o_da[1], o_dr[1], dy, x, mean,
+                       rstd, gamma, beta, a, ws))
+            goto done;
+        if (cudaEventCreate(&ev[0]) != cudaSuccess || cudaEventCreate(&ev[1]) != cudaSuccess) {
+            dd_error("cudaEventCreate failed");
+            goto done;
+        }
+        for (int k = 0; k < nc; k++) {
+            const int c = cand[k];
+            times[c] = INFINITY;
+            /* one call from zero, checked against the fixed one's, then the timed calls */
+            if (cudaMemsetAsync(dx, 0, n * sizeof(float), dd_cuda_stream) != cudaSuccess ||
+                cudaMemsetAsync(dres, 0, n * sizeof(float), dd_cuda_stream) != cudaSuccess ||
+                cudaMemsetAsync(dg, 0, C * sizeof(float), dd_cuda_stream) != cudaSuccess ||
+                cudaMemsetAsync(db, 0, C * sizeof(float), dd_cuda_stream) != cudaSuccess ||
+                cudaMemsetAsync(dadd, 0, nnc * sizeof(float), dd_cuda_stream) != cudaSuccess)
+                goto failed_event;
+            if (gn_bwd_run(c, s, o_dx[0], o_dg[0], o_db[0], o_da[0], o_dr[0], dy, x, mean, rstd,
+                           gamma, beta, a, ws))
+                goto done;
+            double e = 0.0;
+            const float *outs[5] = {dx, dres, dg, db, dadd}, *refs[5] = {dxf, dresf, dgf, dbf, daddf};
+            const size_t cnt[5] = {n, n, C, C, nnc};
+            const int want[5] = {has_dx, has_dres, params, params, has_dadd};
+            for (int o = 0; o < 5; o++) {
+                if (!want[o]) continue;
+                float d[2];
+                if (dd_conv_maxdiff(d, outs[o], refs[o], cnt[o], diff)) goto done;
+                const double rel = d[1] > 0.0f ? (double)d[0] / d[1] : d[0] == 0.0f ? 0.0 : INFINITY;
+                if (!(rel <= e)) e = rel;
+            }
+            if (!(e <= 1e-5)) {
+                size_t b = strlen(bad);
+                snprintf(bad + b, sizeof bad - b, "%s%s: max rel err %.2e", b ? ", " : "",
+                         gn_bwd_cfgs[c].name, e);
+                continue;
+            }
+            if (dd_conv_spin(GN_TIMING_SPIN)) goto done;
+            if (cudaEventRecord(ev[0], dd_cuda_stream) != cudaSuccess) goto failed_event;
+            for (int i = 0; i < GN_TIMING_REPS; i++)
+                if (gn_bwd_run(c, s, o_dx[0], o_dg[0], o_db[0], o_da[0], o_dr[0], dy, x, mean,
+                               rstd, gamma, beta, a, ws))
+                    goto done;
+            if (cudaEventRecord(ev[1], dd_cuda_stream) != cudaSuccess ||
+                cudaEventSynchronize(ev[1]) != cudaSuccess)
+                goto failed_event;
+            float ms = 0.0f;
+            if (cudaEventElapsedTime(&ms, ev[0], ev[1]) != cudaSuccess) goto failed_event;
+            times[c] = ms / GN_TIMING_REPS;
+            if (times[c] < best_ms) {
+                best_ms = times[c];
+                *cfg = c;
+            }
+        }
+        rc = 0;
+        if (gn_log > 0) {
+            char line[1024];
+            size_t k = (size_t)snprintf(
+                line, sizeof line, "diffusion: group_norm backward N=%d C=%d HW=%d G=%d%s%s%s%s%s, us:",
+                s->N, s->C, s->HW, s->G, s->swish ? " swish" : "", has_dx ? " dx" : "",
+                params ? " params" : "", has_dadd ? " dadd" : "", has_dres ? " dres" : "");
+            for (int j = 0; j < nc && k < sizeof line; j++)
+                k += (size_t)snprintf(line + k, sizeof line - k, " %s %.1f%s",
+                                      gn_bwd_cfgs[cand[j]].name, 1e3 * times[cand[j]],
+                                      cand[j] == GN_BWD_FIXED ? " (fixed)" : "");
+            fprintf(stderr, "%s -> %s\n", line, gn_bwd_cfgs[*cfg].name);
+        }
+        if (bad[0])
+            fprintf(stderr, "diffusion: warning: group_norm backward N=%d C=%d HW=%d G=%d: "
+                            "configurations disagree with the fixed one (%s); they are not used\n",
+                    s->N, s->C, s->HW, s->G, bad);
+        goto done;
+    }
+failed_event:
+    dd_error("timing the group norm backward configurations: %s",
+             cudaGetErrorString(cudaGetLastError()));
+done:
+    if (rc) {
+        *cfg = GN_BWD_FIXED;
+        (void)cudaStreamSynchronize(dd_cuda_stream);
+    }
+    if (ev[0]) (void)cudaEventDestroy(ev[0]);
+    if (ev[1]) (void)cudaEventDestroy(ev[1]);
+    if (base) (void)cudaFree(base);
+    return rc;
+}
+
+/* The backward's configuration: the policy's (fixed, or a forward configuration's name:
+ * b256v8; a backward one's: itself where it applies), or (auto) the cached timed choice, timing
+ * it now when outside a capture. */
+static int gn_bwd_config(const dd_gn_shape *s, int flags, int *cfg) {
+    *cfg = GN_BWD_FIXED;
+    if (gn_log < 0) {
+        const char *log = getenv("DIFFUSION_GN_LOG");
+        gn_log = log && log[0] && strcmp(log, "0");
+    }
+    if (!gn_policy_read) {
+        const char *env = getenv("DIFFUSION_GN");
+        DD_TRY(dd_cuda_gn_set_policy(env && env[0] ? env : "auto"));
+    }
+    if (gn_policy >= GN_FWD_CFGS) {
+        const int b = gn_policy - GN_FWD_CFGS;
+        *cfg = gn_bwd_applies(b, s, flags & 1) ? b : GN_BWD_FIXED;
+        return 0;
+    }
+    if (gn_policy != GN_POLICY_AUTO) return 0;
+    for (int i = 0; i < gn_bwd_nchoices; i++) {
+        const gn_bwd_choice *c = &gn_bwd_choices[i];
+        if (c->flags == flags && c->s.N == s->N && c->s.C == s->C && c->s.HW == s->HW &&
+            c->s.G == s->G && c->s.swish == s->swish) {
+            *cfg = c->cfg;
+            return 0;
+        }
+    }
+    if (dd_cuda_capturing() || gn_bwd_nchoices == GN_CHOICES_MAX) return 0;
+    if (gn_bwd_tune(s, flags, cfg)) {
+        const cudaError_t st = cudaStreamSynchronize(dd_cuda_stream);
+        (void)cudaGetLastError();
+        if (st != cudaSuccess) {
+            dd_error_prefix("group_norm backward: the GPU faulted (%s) while its configurations "
+                            "were timed (DIFFUSION_GN=fixed leaves the timing out)",
+                            cudaGetErrorString(st));
+            dd_cuda_note_fault(dd_error_message());
+            return -1;
+        }
+        fprintf(stderr, "diffusion: warning: timing the group norm backward configurations "
+                        "failed (%s); the fixed choice is used\n",
+                dd_error_message());
+        dd_error_clear();
+        *cfg = GN_BWD_FIXED;
+    }
+    gn_bwd_choice *c = &gn_bwd_choices[gn_bwd_nchoices++];
+    c->s = *s;
+    c->flags = flags;
+    c->cfg = *cfg;
+    return 0;
+}
+
 int dd_cuda_group_norm_backward(float *dx, float *dgamma, float *dbeta, float *dadd,
                                 float *dres, const float *dy, const float *x, const float *mean,
                                 const float *rstd, const float *gamma, const float *beta,
@@ -1192,18 +1470,12 @@ int dd_cuda_group_norm_backward(float *dx, float *dgamma, float *dbeta, float *d
     if (s->N * s->G == 0) return 0;
     const int Cg = s->C / s->G, params = dgamma || dbeta;
     if (Cg <= GN_FUSED_CG_MAX && (ws || !params)) {
-        static_assert(THREADS / 32 <= GN_FUSED_CG_MAX, "shares fit gn_sh");
-        gn_backward_fused_kernel<<<s->N * s->G, THREADS, 0, dd_cuda_stream>>>(
-            dx, params ? (double *)ws : NULL, dadd, dres, dy, x, mean, rstd, gamma, beta, add,
-            s->N, s->C, s->HW, s->G, s->swish);
-        DD_CUDA_LAUNCHED("group_norm_backward");
-        if (params) {
-            const int per = THREADS / 32;
-            gn_param_sums_kernel<<<(s->C + per - 1) / per, THREADS, 0, dd_cuda_stream>>>(
-                dgamma, dbeta, (const double *)ws, s->N, s->C);
-            DD_CUDA_LAUNCHED("group_norm_backward (parameter sums)");
-        }
-        return 0;
+        const int flags = (dx ? 1 : 0) | (params ? 2 : 0) | (add ? 4 : 0) | (dadd ? 8 : 0) |
+                          (dres ? 16 : 0);
+        int cfg;
+        DD_TRY(gn_bwd_config(s, flags, &cfg));
+        return gn_bwd_run(cfg, s, dx, dgamma, dbeta, dadd, dres, dy, x, mean, rstd, gamma, beta,
+                          add, ws);
     }
     /* no workspace (or a huge group): the parameter gradients by a kernel of their own, and
      * dres += dy by another */

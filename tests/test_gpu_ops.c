@@ -480,6 +480,56 @@ static void case_gn_configs(int N, int C, int HW, int G, int swish, int with_add
     release();
     OK(dd_cuda_gn_set_policy("auto"));
 }
+
+/* The fused backward's launch configurations (the names starting with b) forced one by one,
+ * against the CPU's backward from the same statistics and starting gradients. */
+static void case_gn_bwd_configs(int N, int C, int HW, int G, int swish) {
+    dd_gn_shape s = {N, C, HW, G, swish, 1e-5f};
+    const size_t n = (size_t)N * C * HW, nng = (size_t)N * G, nnc = (size_t)N * C;
+    float *x = hrand(n, -2, 3), *gamma = hrand(C, 0.5f, 1.5f), *beta = hrand(C, -0.5f, 0.5f);
+    float *add = hrand(nnc, -1, 1), *dy = hrand(n, -1, 1);
+    float *dx0 = hrand(n, -1, 1), *dg0 = hrand(C, -1, 1), *db0 = hrand(C, -1, 1),
+          *da0 = hrand(nnc, -1, 1), *dr0 = hrand(n, -1, 1);
+    float *y = halloc(n * sizeof(float)), *mean = halloc(nng * sizeof(float)),
+          *rstd = halloc(nng * sizeof(float));
+    float *dx = hcopy(dx0, n), *dg = hcopy(dg0, C), *db = hcopy(db0, C), *da = hcopy(da0, nnc),
+          *dr = hcopy(dr0, n);
+    OK(cpu->group_norm_forward(y, mean, rstd, x, gamma, beta, add, NULL, &s));
+    OK(cpu->group_norm_backward(dx, dg, db, da, dr, dy, x, mean, rstd, gamma, beta, add, &s,
+                                NULL));
+    float *gx = dup(x, n), *gg = dup(gamma, C), *gb = dup(beta, C), *ga = dup(add, nnc),
+          *gdy = dup(dy, n), *gm = dup(mean, nng), *gr = dup(rstd, nng);
+    float *gdx = dalloc(n * sizeof(float)), *gdg = dalloc(C * sizeof(float)),
+          *gdb = dalloc(C * sizeof(float)), *gda = dalloc(nnc * sizeof(float)),
+          *gdr = dalloc(n * sizeof(float));
+    const size_t wsb = gpu->group_norm_workspace(&s);
+    void *gws = wsb ? dalloc(wsb) : NULL;
+    for (int c = 0; dd_cuda_gn_config_name(c); c++) {
+        if (dd_cuda_gn_config_name(c)[0] != 'b') continue;
+        char tag[160], what[200];
+        snprintf(tag, sizeof tag, "group_norm backward %s N%d C%d HW%d G%d%s",
+                 dd_cuda_gn_config_name(c), N, C, HW, G, swish ? " swish" : "");
+        begin(tag);
+        OK(dd_cuda_gn_set_policy(dd_cuda_gn_config_name(c)));
+        OK(gpu->to_device(gdx, dx0, n * sizeof(float)));
+        OK(gpu->to_device(gdg, dg0, C * sizeof(float)));
+        OK(gpu->to_device(gdb, db0, C * sizeof(float)));
+        OK(gpu->to_device(gda, da0, nnc * sizeof(float)));
+        OK(gpu->to_device(gdr, dr0, n * sizeof(float)));
+        OK(gpu->group_norm_backward(gdx, gdg, gdb, gda, gdr, gdy, gx, gm, gr, gg, gb, ga, &s,
+                                    gws));
+        sync_or_fail(tag);
+        const float *ref[5] = {dx, dg, db, da, dr}, *got[5] = {gdx, gdg, gdb, gda, gdr};
+        const size_t cnt[5] = {n, (size_t)C, (size_t)C, nnc, n};
+        const char *nm[5] = {"dx", "dgamma", "dbeta", "dadd", "dres"};
+        for (int o = 0; o < 5; o++) {
+            snprintf(what, sizeof what, "%s %s", tag, nm[o]);
+            expect(what, ref[o], got[o], cnt[o], FP32_TOL);
+        }
+    }
+    release();
+    OK(dd_cuda_gn_set_policy("auto"));
+}
 #endif
 
 /* each shape with and without the workspace, and with a residual (both backward paths) */
@@ -524,6 +574,10 @@ static void test_group_norm(void) {
         case_gn_configs(1, 8, 1500, 2, 1, 1, 1);
         case_gn_configs(1, 2, 4500, 1, 0, 1, 0);
         case_gn_configs(2, 6, 7, 2, 1, 1, 1); /* 21 values: no float4 configuration applies */
+        /* each backward configuration where it is the smallest V for its positions */
+        static const int hws[] = {200, 400, 784, 1500, 3000};
+        for (int i = 0; i < 5; i++) case_gn_bwd_configs(2, 4, hws[i], 2, 1);
+        case_gn_bwd_configs(3, 64, 49, 8, 1);
         if (big) case_gn_configs(256, 16, 784, 8, 1, 1, 1);
     }
 #endif

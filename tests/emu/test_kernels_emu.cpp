@@ -309,6 +309,49 @@ void case_gn_configs(int N, int C, int HW, int G, int swish, int with_add, int r
     OK(dd_cuda_gn_set_policy("auto"));
 }
 
+/* The fused backward's launch configurations (the names starting with b), each forced in turn,
+ * then auto (the first call of the shape times them all in the emulation), against the CPU:
+ * from the CPU's statistics, adding into the same starting gradients. */
+void case_gn_bwd_configs(int N, int C, int HW, int G, int swish, int all) {
+    dd_gn_shape s = {N, C, HW, G, swish, 1e-5f};
+    const size_t n = (size_t)N * C * HW, nng = (size_t)N * G, nnc = (size_t)N * C;
+    auto x = rnd(n, -2, 3), gamma = rnd(C, 0.5f, 1.5f), beta = rnd(C, -0.5f, 0.5f),
+         add = rnd(nnc, -1, 1), dy = rnd(n, -1, 1);
+    auto dx0 = rnd(n, -1, 1), dg0 = rnd(C, -1, 1), db0 = rnd(C, -1, 1), da0 = rnd(nnc, -1, 1),
+         dr0 = rnd(n, -1, 1);
+    std::vector<float> y(n), mean(nng), rstd(nng);
+    auto dx = dx0, dg = dg0, db = db0, da = da0, dr = dr0;
+    const float *a = all ? add.data() : NULL;
+    OK(cpu->group_norm_forward(y.data(), mean.data(), rstd.data(), x.data(), gamma.data(),
+                               beta.data(), a, NULL, &s));
+    OK(cpu->group_norm_backward(dx.data(), all ? dg.data() : NULL, all ? db.data() : NULL,
+                                all ? da.data() : NULL, all ? dr.data() : NULL, dy.data(),
+                                x.data(), mean.data(), rstd.data(), gamma.data(), beta.data(), a,
+                                &s, NULL));
+    for (int c = -1; c == -1 || dd_cuda_gn_config_name(c); c++) {
+        const char *name = c < 0 ? "auto" : dd_cuda_gn_config_name(c);
+        if (c >= 0 && name[0] != 'b') continue;
+        char t[160];
+        snprintf(t, sizeof t, "group_norm backward %s N%d C%d HW%d G%d%s%s", name, N, C, HW, G,
+                 swish ? " swish" : "", all ? " +params +add +res" : " (dx only)");
+        begin(t);
+        OK(dd_cuda_gn_set_policy(name));
+        auto gdx = dup(dx0), gdg = dup(dg0), gdb = dup(db0), gda = dup(da0), gdr = dup(dr0);
+        const size_t wsb = dd_cuda_group_norm_workspace(&s);
+        void *gws = wsb ? (void *)dout(wsb / sizeof(float) + 1) : nullptr;
+        OK(dd_cuda_group_norm_backward(gdx, all ? gdg : NULL, all ? gdb : NULL, all ? gda : NULL,
+                                       all ? gdr : NULL, dup(dy), dup(x), dup(mean), dup(rstd),
+                                       dup(gamma), dup(beta), all ? dup(add) : nullptr, &s, gws));
+        expect("dx", dx, gdx, FP32_TOL);
+        expect("dgamma", dg, gdg, all ? FP32_TOL : 0.0);
+        expect("dbeta", db, gdb, all ? FP32_TOL : 0.0);
+        expect("dadd", da, gda, all ? FP32_TOL : 0.0);
+        expect("dres", dr, gdr, all ? FP32_TOL : 0.0);
+        end();
+    }
+    OK(dd_cuda_gn_set_policy("auto"));
+}
+
 /* ---------------------------------------------------------------- softmax rows, dense helpers */
 
 void case_softmax(int64_t rows, int L) {
@@ -547,6 +590,12 @@ int main() {
     case_gn_configs(1, 8, 1500, 2, 1, 1, 1);
     case_gn_configs(1, 2, 4500, 1, 0, 1, 0);
     case_gn_configs(2, 6, 7, 2, 1, 1, 1); /* 21 values: no float4 configuration applies */
+    /* 2 channels a group at 200 to 3000 positions: each backward configuration where it is the
+     * smallest V that holds its block size's positions (b64v32 at 784, b256v32 at 3000, ...);
+     * 8 channels at 7x7 (the UNet's 64 channels): more channels than 2 warps take at once */
+    for (int hw : {200, 400, 784, 1500, 3000}) case_gn_bwd_configs(2, 4, hw, 2, 1, 1);
+    case_gn_bwd_configs(2, 4, 784, 2, 0, 0);
+    case_gn_bwd_configs(3, 16, 49, 2, 1, 1);
 
     case_softmax(1, 1);
     case_softmax(9, 31);
