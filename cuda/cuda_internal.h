@@ -234,10 +234,12 @@ int dd_conv_fill(float *out, size_t n, unsigned int seed);
  * DIFFUSION_CONV=own) with these configurations per direction (-1: the default pick), and forget
  * every shape's earlier choice. Fails for a configuration out of range. */
 int dd_cuda_conv_force_own(int fwd_cfg, int bwd_data_cfg, int bwd_filter_cfg);
-/* cuda_kernels.cu, for tests: the group norm forward's launch as DIFFUSION_GN = policy ("auto":
- * timed per shape, "fixed", or a configuration's name), from now on; forgets every choice. */
+/* cuda_kernels.cu, for tests: the group norm's launches as DIFFUSION_GN = policy ("auto": timed
+ * per shape, "fixed", or a configuration's name: a forward one leaves the backward fixed and the
+ * other way round), from now on; forgets every choice. */
 int dd_cuda_gn_set_policy(const char *policy);
-/* The name of group norm forward configuration i, NULL past the last. */
+/* The name of group norm configuration i (the forward's, t..., then the backward's, b...), NULL
+ * past the last. */
 const char *dd_cuda_gn_config_name(int i);
 
 /* As DIFFUSION_CONV = policy ("auto", "cudnn", "own", "own-tf32"), from now on; forgets every

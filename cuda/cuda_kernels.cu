@@ -729,6 +729,7 @@ static int gn_nchoices = 0;
 
 /* forward configurations first, then the backward's (gn_bwd_cfgs below) */
 static const char *gn_bwd_name(int i);
+static void gn_bwd_forget(void);
 const char *dd_cuda_gn_config_name(int i) {
     if (i >= 0 && i < GN_FWD_CFGS) return gn_fwd_cfgs[i].name;
     return gn_bwd_name(i - GN_FWD_CFGS);
@@ -753,7 +754,8 @@ int dd_cuda_gn_set_policy(const char *p) {
     }
     gn_policy = v;
     gn_policy_read = 1;
-    gn_nchoices = 0; /* forget every shape's choice */
+    gn_nchoices = 0; /* forget every shape's choice, forward and backward */
+    gn_bwd_forget();
     return 0;
 }
 
@@ -1260,6 +1262,7 @@ typedef struct {
 } gn_bwd_choice;
 static gn_bwd_choice gn_bwd_choices[GN_CHOICES_MAX];
 static int gn_bwd_nchoices = 0;
+static void gn_bwd_forget(void) { gn_bwd_nchoices = 0; }
 
 /* Times every backward configuration that applies on scratch buffers and returns the fastest
  * that agrees with the fixed one; -1 on a failed call (*cfg is then the fixed one). */
