@@ -765,6 +765,40 @@ static int same_gn(const gn_choice *c, const dd_gn_shape *s, int has_add, int ha
            c->s.swish == s->swish && c->has_add == has_add && c->has_res == has_res;
 }
 
+/* DIFFUSION_GN_LOG and DIFFUSION_GN, read once (DIFFUSION_GN also at the backend's start,
+ * where a bad value fails at once) */
+static int gn_settings(void) {
+    if (gn_log < 0) {
+        const char *log = getenv("DIFFUSION_GN_LOG");
+        gn_log = log && log[0] && strcmp(log, "0");
+    }
+    if (!gn_policy_read) {
+        const char *env = getenv("DIFFUSION_GN");
+        DD_TRY(dd_cuda_gn_set_policy(env && env[0] ? env : "auto"));
+    }
+    return 0;
+}
+
+/* After a failed timing of `pass`'s configurations: -1 when the GPU faulted (a fault inside a
+ * kernel stays with the context: the run cannot go on), else 0 after a warning (the caller takes
+ * the fixed choice). */
+static int gn_tune_failed(const char *pass) {
+    const cudaError_t st = cudaStreamSynchronize(dd_cuda_stream);
+    (void)cudaGetLastError();
+    if (st != cudaSuccess) {
+        dd_error_prefix("%s: the GPU faulted (%s) while its configurations were timed "
+                        "(DIFFUSION_GN=fixed leaves the timing out)",
+                        pass, cudaGetErrorString(st));
+        dd_cuda_note_fault(dd_error_message());
+        return -1;
+    }
+    fprintf(stderr, "diffusion: warning: timing the %s configurations failed (%s); the fixed "
+                    "choice is used\n",
+            pass, dd_error_message());
+    dd_error_clear();
+    return 0;
+}
+
 #define GN_TIMING_REPS 6
 #define GN_TIMING_SPIN 2000000LL /* clocks (~1 ms): longer than enqueuing the timed calls */
 
@@ -894,14 +928,7 @@ done:
  * now when outside a capture; inside one an untimed shape takes the fixed choice. */
 static int gn_fwd_config(const dd_gn_shape *s, int has_add, int has_res, int *cfg) {
     const size_t M = (size_t)(s->C / s->G) * s->HW;
-    if (gn_log < 0) {
-        const char *log = getenv("DIFFUSION_GN_LOG");
-        gn_log = log && log[0] && strcmp(log, "0");
-    }
-    if (!gn_policy_read) { /* read at the backend's start too (a bad value fails there) */
-        const char *env = getenv("DIFFUSION_GN");
-        DD_TRY(dd_cuda_gn_set_policy(env && env[0] ? env : "auto"));
-    }
+    DD_TRY(gn_settings());
     if (gn_policy == GN_POLICY_FIXED) {
         *cfg = gn_fwd_fixed(M);
         return 0;
@@ -921,20 +948,7 @@ static int gn_fwd_config(const dd_gn_shape *s, int has_add, int has_res, int *cf
         return 0;
     }
     if (gn_fwd_tune(s, has_add, has_res, cfg)) {
-        /* a fault inside a kernel stays with the context: the run cannot go on */
-        const cudaError_t st = cudaStreamSynchronize(dd_cuda_stream);
-        (void)cudaGetLastError();
-        if (st != cudaSuccess) {
-            dd_error_prefix("group_norm: the GPU faulted (%s) while its configurations were "
-                            "timed (DIFFUSION_GN=fixed leaves the timing out)",
-                            cudaGetErrorString(st));
-            dd_cuda_note_fault(dd_error_message());
-            return -1;
-        }
-        fprintf(stderr, "diffusion: warning: timing the group norm configurations failed (%s); "
-                        "the fixed choice is used\n",
-                dd_error_message());
-        dd_error_clear();
+        DD_TRY(gn_tune_failed("group_norm"));
         *cfg = gn_fwd_fixed(M);
     }
     {
@@ -1420,14 +1434,7 @@ done:
  * it now when outside a capture. */
 static int gn_bwd_config(const dd_gn_shape *s, int flags, int *cfg) {
     *cfg = GN_BWD_FIXED;
-    if (gn_log < 0) {
-        const char *log = getenv("DIFFUSION_GN_LOG");
-        gn_log = log && log[0] && strcmp(log, "0");
-    }
-    if (!gn_policy_read) {
-        const char *env = getenv("DIFFUSION_GN");
-        DD_TRY(dd_cuda_gn_set_policy(env && env[0] ? env : "auto"));
-    }
+    DD_TRY(gn_settings());
     if (gn_policy >= GN_FWD_CFGS) {
         const int b = gn_policy - GN_FWD_CFGS;
         *cfg = gn_bwd_applies(b, s, flags & 1) ? b : GN_BWD_FIXED;
@@ -1444,19 +1451,7 @@ static int gn_bwd_config(const dd_gn_shape *s, int flags, int *cfg) {
     }
     if (dd_cuda_capturing() || gn_bwd_nchoices == GN_CHOICES_MAX) return 0;
     if (gn_bwd_tune(s, flags, cfg)) {
-        const cudaError_t st = cudaStreamSynchronize(dd_cuda_stream);
-        (void)cudaGetLastError();
-        if (st != cudaSuccess) {
-            dd_error_prefix("group_norm backward: the GPU faulted (%s) while its configurations "
-                            "were timed (DIFFUSION_GN=fixed leaves the timing out)",
-                            cudaGetErrorString(st));
-            dd_cuda_note_fault(dd_error_message());
-            return -1;
-        }
-        fprintf(stderr, "diffusion: warning: timing the group norm backward configurations "
-                        "failed (%s); the fixed choice is used\n",
-                dd_error_message());
-        dd_error_clear();
+        DD_TRY(gn_tune_failed("group_norm backward"));
         *cfg = GN_BWD_FIXED;
     }
     gn_bwd_choice *c = &gn_bwd_choices[gn_bwd_nchoices++];
