@@ -802,6 +802,115 @@ static int gn_tune_failed(const char *pass) {
 #define GN_TIMING_REPS 6
 #define GN_TIMING_SPIN 2000000LL /* clocks (~1 ms): longer than enqueuing the timed calls */
 
+/* One cudaMalloc for the tuners' scratch: part i is parts[i] floats at p[i] (256-byte aligned).
+ * Out of memory: *base NULL and 0, after a warning naming `what` (the caller keeps the fixed
+ * choice); -1 on any other error (an earlier fault, say). At most 24 parts. */
+static int gn_scratch(const size_t *parts, int np, float **p, void **base, const char *what) {
+    size_t off[24], total = 0;
+    if (np > 24) return dd_error("gn_scratch: %d parts, at most 24", np);
+    for (int i = 0; i < np; i++) {
+        off[i] = total;
+        total += (parts[i] * sizeof(float) + 255) / 256 * 256;
+    }
+    *base = NULL;
+    const cudaError_t err = cudaMalloc(base, total);
+    if (err != cudaSuccess && err != cudaErrorMemoryAllocation)
+        return dd_cuda_fail(__FILE__, __LINE__, "cudaMalloc", err);
+    if (err != cudaSuccess) {
+        (void)cudaGetLastError();
+        *base = NULL;
+        fprintf(stderr, "diffusion: warning: no GPU memory to time the %s (%.1f MiB): %s; the "
+                        "fixed choice is used\n",
+                what, (double)total / 1048576.0, cudaGetErrorString(err));
+        return 0;
+    }
+    for (int i = 0; i < np; i++) p[i] = (float *)((char *)*base + off[i]);
+    return 0;
+}
+
+/* *e = the largest max|out - ref| / max|ref| over the k outputs given (outs[o] NULL: left out);
+ * diff is 2 floats of device scratch */
+static int gn_max_rel(const float *const *outs, const float *const *refs, const size_t *cnt,
+                      int k, float *diff, double *e) {
+    *e = 0.0;
+    for (int o = 0; o < k; o++) {
+        if (!outs[o]) continue;
+        float d[2];
+        DD_TRY(dd_conv_maxdiff(d, outs[o], refs[o], cnt[o], diff));
+        const double rel = d[1] > 0.0f ? (double)d[0] / d[1] : d[0] == 0.0f ? 0.0 : INFINITY;
+        if (!(rel <= *e)) *e = rel;
+    }
+    return 0;
+}
+
+/* The loop both tuners share: per candidate, check(c, &err) makes one call and measures it
+ * against the fixed configuration's output (over 1e-5: named in a warning and left out), then
+ * GN_TIMING_REPS calls run(c) are timed after a spin; the fastest that agrees goes to *cfg.
+ * DIFFUSION_GN_LOG prints `head` with each candidate's time and the choice. `pass` names the
+ * configurations in messages, `shape` the shape. -1 on a failed call (*cfg is then fixed). */
+template <class Run, class Check>
+static int gn_tune_loop(const char *pass, const char *shape, const char *head, const int *cand,
+                        int nc, int fixed, const char *(*name)(int), Run run, Check check,
+                        int *cfg) {
+    cudaEvent_t ev[2] = {NULL, NULL};
+    float times[64], best_ms = INFINITY;
+    char bad[256] = "";
+    int rc = -1;
+    *cfg = fixed;
+    if (cudaEventCreate(&ev[0]) != cudaSuccess || cudaEventCreate(&ev[1]) != cudaSuccess) {
+        dd_error("cudaEventCreate failed");
+        goto done;
+    }
+    for (int k = 0; k < nc; k++) {
+        const int c = cand[k];
+        times[k] = INFINITY;
+        double e = 0.0;
+        if (check(c, &e)) goto done;
+        if (!(e <= 1e-5)) {
+            size_t b = strlen(bad);
+            snprintf(bad + b, sizeof bad - b, "%s%s: max rel err %.2e", b ? ", " : "", name(c), e);
+            continue;
+        }
+        if (dd_conv_spin(GN_TIMING_SPIN)) goto done;
+        if (cudaEventRecord(ev[0], dd_cuda_stream) != cudaSuccess) goto failed_event;
+        for (int i = 0; i < GN_TIMING_REPS; i++)
+            if (run(c)) goto done;
+        if (cudaEventRecord(ev[1], dd_cuda_stream) != cudaSuccess ||
+            cudaEventSynchronize(ev[1]) != cudaSuccess)
+            goto failed_event;
+        float ms = 0.0f;
+        if (cudaEventElapsedTime(&ms, ev[0], ev[1]) != cudaSuccess) goto failed_event;
+        times[k] = ms / GN_TIMING_REPS;
+        if (times[k] < best_ms) {
+            best_ms = times[k];
+            *cfg = c;
+        }
+    }
+    rc = 0;
+    if (gn_log > 0) {
+        char line[1024];
+        size_t k = (size_t)snprintf(line, sizeof line, "%s", head);
+        for (int j = 0; j < nc && k < sizeof line; j++)
+            k += (size_t)snprintf(line + k, sizeof line - k, " %s %.1f%s", name(cand[j]),
+                                  1e3 * times[j], cand[j] == fixed ? " (fixed)" : "");
+        fprintf(stderr, "%s -> %s\n", line, name(*cfg));
+    }
+    if (bad[0])
+        fprintf(stderr, "diffusion: warning: %s: configurations disagree with the fixed one (%s); "
+                        "they are not used\n",
+                shape, bad);
+    goto done;
+failed_event:
+    dd_error("timing the %s configurations: %s", pass, cudaGetErrorString(cudaGetLastError()));
+done:
+    if (rc) *cfg = fixed;
+    if (ev[0]) (void)cudaEventDestroy(ev[0]);
+    if (ev[1]) (void)cudaEventDestroy(ev[1]);
+    return rc;
+}
+
+static const char *gn_fwd_name(int c) { return gn_fwd_cfgs[c].name; }
+
 /* Times every configuration that applies to the shape on scratch buffers (never the caller's:
  * a group norm may run in place) and returns the fastest that agrees with the fixed one
  * (max |y - y_fixed| / max |y_fixed| and the same for mean and rstd within 1e-5); *cfg stays the
@@ -818,109 +927,34 @@ static int gn_fwd_tune(const dd_gn_shape *s, int has_add, int has_res, int *cfg)
     /* x, res, y, y_fixed (n each); add (N C); gamma, beta (C); mean, rstd and their fixed
      * copies (N G); 2 floats for dd_conv_maxdiff */
     const size_t parts[] = {n, n, n, n, nnc, (size_t)s->C, (size_t)s->C, nng, nng, nng, nng, 2};
-    const int np = (int)(sizeof parts / sizeof parts[0]);
-    size_t off[sizeof parts / sizeof parts[0]], total = 0;
-    for (int i = 0; i < np; i++) {
-        off[i] = total;
-        total += (parts[i] * sizeof(float) + 255) / 256 * 256;
-    }
-    void *base = NULL;
-    cudaEvent_t ev[2] = {NULL, NULL};
+    float *p[sizeof parts / sizeof parts[0]];
+    void *base;
+    DD_TRY(gn_scratch(parts, (int)(sizeof parts / sizeof parts[0]), p, &base, "group norms"));
+    if (!base) return 0;
+    float *x = p[0], *res = p[1], *y = p[2], *yf = p[3], *add = p[4], *gamma = p[5], *beta = p[6],
+          *mean = p[7], *rstd = p[8], *meanf = p[9], *rstdf = p[10], *diff = p[11];
+    const float *a = has_add ? add : NULL, *r = has_res ? res : NULL;
+    char shape[96], head[160];
+    snprintf(shape, sizeof shape, "group_norm N=%d C=%d HW=%d G=%d", s->N, s->C, s->HW, s->G);
+    snprintf(head, sizeof head, "diffusion: %s%s%s%s, us:", shape, s->swish ? " swish" : "",
+             has_add ? " +add" : "", has_res ? " +res" : "");
+    auto run = [&](int c) { return gn_fwd_run(c, s, y, mean, rstd, x, gamma, beta, a, r); };
+    auto check = [&](int c, double *e) { /* its output against the fixed choice's */
+        const float *outs[3] = {y, mean, rstd}, *refs[3] = {yf, meanf, rstdf};
+        const size_t cnt[3] = {n, nng, nng};
+        DD_TRY(run(c));
+        return gn_max_rel(outs, refs, cnt, 3, diff, e);
+    };
     int rc = -1;
-    float best_ms = INFINITY, times[GN_FWD_CFGS];
-    char bad[256] = "";
-    cudaError_t err = cudaMalloc(&base, total);
-    if (err != cudaSuccess && err != cudaErrorMemoryAllocation) /* an earlier fault, say */
-        return dd_cuda_fail(__FILE__, __LINE__, "cudaMalloc", err);
-    if (err != cudaSuccess) {
-        (void)cudaGetLastError();
-        base = NULL;
-        /* no room to time: the fixed choice, said once per shape */
-        fprintf(stderr, "diffusion: warning: no GPU memory to time the group norms (%.1f MiB): %s; "
-                        "the fixed choice is used\n",
-                (double)total / 1048576.0, cudaGetErrorString(err));
-        return 0;
-    }
-    {
-        float *p[sizeof parts / sizeof parts[0]];
-        for (int i = 0; i < np; i++) p[i] = (float *)((char *)base + off[i]);
-        float *x = p[0], *res = p[1], *y = p[2], *yf = p[3], *add = p[4], *gamma = p[5],
-              *beta = p[6], *mean = p[7], *rstd = p[8], *meanf = p[9], *rstdf = p[10],
-              *diff = p[11];
-        if (dd_conv_fill(x, n, 11u) || dd_conv_fill(res, n, 12u) || dd_conv_fill(add, nnc, 13u) ||
-            dd_conv_fill(gamma, (size_t)s->C, 14u) || dd_conv_fill(beta, (size_t)s->C, 15u))
-            goto done;
-        const float *a = has_add ? add : NULL, *r = has_res ? res : NULL;
-        if (gn_fwd_run(fixed, s, yf, meanf, rstdf, x, gamma, beta, a, r)) goto done;
-        if (cudaEventCreate(&ev[0]) != cudaSuccess || cudaEventCreate(&ev[1]) != cudaSuccess) {
-            dd_error("cudaEventCreate failed");
-            goto done;
-        }
-        for (int k = 0; k < nc; k++) {
-            const int c = cand[k];
-            times[c] = INFINITY;
-            if (gn_fwd_run(c, s, y, mean, rstd, x, gamma, beta, a, r)) goto done; /* warm-up */
-            if (dd_conv_spin(GN_TIMING_SPIN)) goto done;
-            if (cudaEventRecord(ev[0], dd_cuda_stream) != cudaSuccess) goto failed_event;
-            for (int i = 0; i < GN_TIMING_REPS; i++)
-                if (gn_fwd_run(c, s, y, mean, rstd, x, gamma, beta, a, r)) goto done;
-            if (cudaEventRecord(ev[1], dd_cuda_stream) != cudaSuccess ||
-                cudaEventSynchronize(ev[1]) != cudaSuccess)
-                goto failed_event;
-            float ms = 0.0f;
-            if (cudaEventElapsedTime(&ms, ev[0], ev[1]) != cudaSuccess) goto failed_event;
-            ms /= GN_TIMING_REPS;
-            /* its last output against the fixed choice's */
-            double e = 0.0;
-            const float *outs[3] = {y, mean, rstd}, *refs[3] = {yf, meanf, rstdf};
-            const size_t cnt[3] = {n, nng, nng};
-            for (int o = 0; o < 3; o++) {
-                float d[2];
-                if (dd_conv_maxdiff(d, outs[o], refs[o], cnt[o], diff)) goto done;
-                const double rel = d[1] > 0.0f ? (double)d[0] / d[1] : d[0] == 0.0f ? 0.0 : INFINITY;
-                if (!(rel <= e)) e = rel;
-            }
-            if (!(e <= 1e-5)) {
-                size_t b = strlen(bad);
-                snprintf(bad + b, sizeof bad - b, "%s%s: max rel err %.2e", b ? ", " : "",
-                         gn_fwd_cfgs[c].name, e);
-                continue;
-            }
-            times[c] = ms;
-            if (ms < best_ms) {
-                best_ms = ms;
-                *cfg = c;
-            }
-        }
-        rc = 0;
-        if (gn_log > 0) {
-            char line[1024];
-            size_t k = (size_t)snprintf(line, sizeof line,
-                                        "diffusion: group_norm N=%d C=%d HW=%d G=%d%s%s%s, us:",
-                                        s->N, s->C, s->HW, s->G, s->swish ? " swish" : "",
-                                        has_add ? " +add" : "", has_res ? " +res" : "");
-            for (int j = 0; j < nc && k < sizeof line; j++)
-                k += (size_t)snprintf(line + k, sizeof line - k, " %s %.1f%s",
-                                      gn_fwd_cfgs[cand[j]].name, 1e3 * times[cand[j]],
-                                      cand[j] == fixed ? " (fixed)" : "");
-            fprintf(stderr, "%s -> %s\n", line, gn_fwd_cfgs[*cfg].name);
-        }
-        if (bad[0])
-            fprintf(stderr, "diffusion: warning: group_norm N=%d C=%d HW=%d G=%d: configurations "
-                            "disagree with the fixed one (%s); they are not used\n",
-                    s->N, s->C, s->HW, s->G, bad);
-        goto done;
-    }
-failed_event:
-    dd_error("timing the group norm configurations: %s", cudaGetErrorString(cudaGetLastError()));
-done:
+    if (!dd_conv_fill(x, n, 11u) && !dd_conv_fill(res, n, 12u) && !dd_conv_fill(add, nnc, 13u) &&
+        !dd_conv_fill(gamma, (size_t)s->C, 14u) && !dd_conv_fill(beta, (size_t)s->C, 15u) &&
+        !gn_fwd_run(fixed, s, yf, meanf, rstdf, x, gamma, beta, a, r))
+        rc = gn_tune_loop("group norm", shape, head, cand, nc, fixed, gn_fwd_name, run, check, cfg);
     if (rc) {
         *cfg = fixed;
         (void)cudaStreamSynchronize(dd_cuda_stream);
     }
-    if (ev[0]) (void)cudaEventDestroy(ev[0]);
-    if (ev[1]) (void)cudaEventDestroy(ev[1]);
-    if (base) (void)cudaFree(base);
+    (void)cudaFree(base);
     return rc;
 }
 
@@ -1290,142 +1324,65 @@ static int gn_bwd_tune(const dd_gn_shape *s, int flags, int *cfg) {
     for (int c = 0; c < GN_BWD_CFGS; c++)
         if (c == GN_BWD_FIXED || gn_bwd_applies(c, s, has_dx)) cand[nc++] = c;
     if (nc < 2) return 0;
-    /* x, dy, dx, dres, the fixed one's dx and dres (n each); mean, rstd (N G); gamma, beta,
-     * dgamma, dbeta and the fixed one's (C); add, dadd and the fixed one's (N C); ws (4 N C);
-     * 2 floats for dd_conv_maxdiff */
-    const size_t parts[] = {n, n, n, n, n, n, nng, nng, C, C, C, C, C, C, nnc, nnc, nnc,
+    /* x, dy (n each); then the outputs, each with the fixed one's copy: dx, dres (n), dgamma,
+     * dbeta (C), dadd (N C); mean, rstd (N G); gamma, beta (C); add (N C); ws (4 N C); 2 floats
+     * for dd_conv_maxdiff */
+    const size_t parts[] = {n, n, n, n, C, C, nnc, n, n, C, C, nnc, nng, nng, C, C, nnc,
                             4 * nnc, 2};
-    const int np = (int)(sizeof parts / sizeof parts[0]);
-    size_t off[sizeof parts / sizeof parts[0]], total = 0;
-    for (int i = 0; i < np; i++) {
-        off[i] = total;
-        total += (parts[i] * sizeof(float) + 255) / 256 * 256;
+    float *p[sizeof parts / sizeof parts[0]];
+    void *base;
+    DD_TRY(gn_scratch(parts, (int)(sizeof parts / sizeof parts[0]), p, &base,
+                      "group norm backward"));
+    if (!base) return 0;
+    /* o[0..4]: dx, dres, dgamma, dbeta, dadd (NULL where not wanted); f[0..4]: the fixed one's */
+    const int want[5] = {has_dx, has_dres, params, params, has_dadd};
+    const size_t cnt[5] = {n, n, C, C, nnc};
+    float *o[5], *f[5];
+    for (int k = 0; k < 5; k++) {
+        o[k] = want[k] ? p[2 + k] : NULL;
+        f[k] = want[k] ? p[7 + k] : NULL;
     }
-    void *base = NULL;
-    cudaEvent_t ev[2] = {NULL, NULL};
-    int rc = -1;
-    float best_ms = INFINITY, times[GN_BWD_CFGS];
-    char bad[256] = "";
-    cudaError_t err = cudaMalloc(&base, total);
-    if (err != cudaSuccess && err != cudaErrorMemoryAllocation)
-        return dd_cuda_fail(__FILE__, __LINE__, "cudaMalloc", err);
-    if (err != cudaSuccess) {
-        (void)cudaGetLastError();
-        fprintf(stderr, "diffusion: warning: no GPU memory to time the group norm backward "
-                        "(%.1f MiB): %s; the fixed choice is used\n",
-                (double)total / 1048576.0, cudaGetErrorString(err));
+    float *x = p[0], *dy = p[1], *mean = p[12], *rstd = p[13], *gamma = p[14], *beta = p[15],
+          *add = p[16], *ws = p[17], *diff = p[18];
+    const float *a = has_add ? add : NULL;
+    char shape[96], head[200];
+    snprintf(shape, sizeof shape, "group_norm backward N=%d C=%d HW=%d G=%d", s->N, s->C, s->HW,
+             s->G);
+    snprintf(head, sizeof head, "diffusion: %s%s%s%s%s%s, us:", shape, s->swish ? " swish" : "",
+             has_dx ? " dx" : "", params ? " params" : "", has_dadd ? " dadd" : "",
+             has_dres ? " dres" : "");
+    auto run_into = [&](int c, float *const *out) {
+        return gn_bwd_run(c, s, out[0], out[2], out[3], out[4], out[1], dy, x, mean, rstd, gamma,
+                          beta, a, ws);
+    };
+    auto zero = [&](float *const *out) { /* the backward adds into its outputs */
+        for (int k = 0; k < 5; k++)
+            if (out[k] && cudaMemsetAsync(out[k], 0, cnt[k] * sizeof(float), dd_cuda_stream) !=
+                              cudaSuccess)
+                return dd_error("cudaMemsetAsync: %s", cudaGetErrorString(cudaGetLastError()));
         return 0;
-    }
-    {
-        float *p[sizeof parts / sizeof parts[0]];
-        for (int i = 0; i < np; i++) p[i] = (float *)((char *)base + off[i]);
-        float *x = p[0], *dy = p[1], *dx = p[2], *dres = p[3], *dxf = p[4], *dresf = p[5],
-              *mean = p[6], *rstd = p[7], *gamma = p[8], *beta = p[9], *dg = p[10], *db = p[11],
-              *dgf = p[12], *dbf = p[13], *add = p[14], *dadd = p[15], *daddf = p[16],
-              *ws = p[17], *diff = p[18];
-        const float *a = has_add ? add : NULL;
-        float *o_dx[2] = {has_dx ? dx : NULL, has_dx ? dxf : NULL};
-        float *o_dg[2] = {params ? dg : NULL, params ? dgf : NULL};
-        float *o_db[2] = {params ? db : NULL, params ? dbf : NULL};
-        float *o_da[2] = {has_dadd ? dadd : NULL, has_dadd ? daddf : NULL};
-        float *o_dr[2] = {has_dres ? dres : NULL, has_dres ? dresf : NULL};
-        if (dd_conv_fill(x, n, 21u) || dd_conv_fill(dy, n, 22u) || dd_conv_fill(add, nnc, 23u) ||
-            dd_conv_fill(gamma, C, 24u) || dd_conv_fill(beta, C, 25u))
-            goto done;
-        /* the statistics of x, by the forward (its y into dx, zeroed below) */
-        if (gn_fwd_run(gn_fwd_fixed((size_t)(s->C / s->G) * s->HW), s, dx, mean, rstd, x, gamma,
-                       beta, a, NULL))
-            goto done;
-        /* the outputs from zero (the backward adds into them): dx .. dresf, dgamma .. dbf, dadd
-         * and daddf; then the fixed configuration */
-        if (cudaMemsetAsync(p[2], 0, off[6] - off[2], dd_cuda_stream) != cudaSuccess ||
-            cudaMemsetAsync(p[10], 0, off[14] - off[10], dd_cuda_stream) != cudaSuccess ||
-            cudaMemsetAsync(p[15], 0, off[17] - off[15], dd_cuda_stream) != cudaSuccess)
-            goto failed_event;
-        if (gn_bwd_run(GN_BWD_FIXED, s, o_dx[1], o_dg[1], o_db[1], o_da[1], o_dr[1], dy, x, mean,
-                       rstd, gamma, beta, a, ws))
-            goto done;
-        if (cudaEventCreate(&ev[0]) != cudaSuccess || cudaEventCreate(&ev[1]) != cudaSuccess) {
-            dd_error("cudaEventCreate failed");
-            goto done;
-        }
-        for (int k = 0; k < nc; k++) {
-            const int c = cand[k];
-            times[c] = INFINITY;
-            /* one call from zero, checked against the fixed one's, then the timed calls */
-            if (cudaMemsetAsync(dx, 0, n * sizeof(float), dd_cuda_stream) != cudaSuccess ||
-                cudaMemsetAsync(dres, 0, n * sizeof(float), dd_cuda_stream) != cudaSuccess ||
-                cudaMemsetAsync(dg, 0, C * sizeof(float), dd_cuda_stream) != cudaSuccess ||
-                cudaMemsetAsync(db, 0, C * sizeof(float), dd_cuda_stream) != cudaSuccess ||
-                cudaMemsetAsync(dadd, 0, nnc * sizeof(float), dd_cuda_stream) != cudaSuccess)
-                goto failed_event;
-            if (gn_bwd_run(c, s, o_dx[0], o_dg[0], o_db[0], o_da[0], o_dr[0], dy, x, mean, rstd,
-                           gamma, beta, a, ws))
-                goto done;
-            double e = 0.0;
-            const float *outs[5] = {dx, dres, dg, db, dadd}, *refs[5] = {dxf, dresf, dgf, dbf, daddf};
-            const size_t cnt[5] = {n, n, C, C, nnc};
-            const int want[5] = {has_dx, has_dres, params, params, has_dadd};
-            for (int o = 0; o < 5; o++) {
-                if (!want[o]) continue;
-                float d[2];
-                if (dd_conv_maxdiff(d, outs[o], refs[o], cnt[o], diff)) goto done;
-                const double rel = d[1] > 0.0f ? (double)d[0] / d[1] : d[0] == 0.0f ? 0.0 : INFINITY;
-                if (!(rel <= e)) e = rel;
-            }
-            if (!(e <= 1e-5)) {
-                size_t b = strlen(bad);
-                snprintf(bad + b, sizeof bad - b, "%s%s: max rel err %.2e", b ? ", " : "",
-                         gn_bwd_cfgs[c].name, e);
-                continue;
-            }
-            if (dd_conv_spin(GN_TIMING_SPIN)) goto done;
-            if (cudaEventRecord(ev[0], dd_cuda_stream) != cudaSuccess) goto failed_event;
-            for (int i = 0; i < GN_TIMING_REPS; i++)
-                if (gn_bwd_run(c, s, o_dx[0], o_dg[0], o_db[0], o_da[0], o_dr[0], dy, x, mean,
-                               rstd, gamma, beta, a, ws))
-                    goto done;
-            if (cudaEventRecord(ev[1], dd_cuda_stream) != cudaSuccess ||
-                cudaEventSynchronize(ev[1]) != cudaSuccess)
-                goto failed_event;
-            float ms = 0.0f;
-            if (cudaEventElapsedTime(&ms, ev[0], ev[1]) != cudaSuccess) goto failed_event;
-            times[c] = ms / GN_TIMING_REPS;
-            if (times[c] < best_ms) {
-                best_ms = times[c];
-                *cfg = c;
-            }
-        }
-        rc = 0;
-        if (gn_log > 0) {
-            char line[1024];
-            size_t k = (size_t)snprintf(
-                line, sizeof line, "diffusion: group_norm backward N=%d C=%d HW=%d G=%d%s%s%s%s%s, us:",
-                s->N, s->C, s->HW, s->G, s->swish ? " swish" : "", has_dx ? " dx" : "",
-                params ? " params" : "", has_dadd ? " dadd" : "", has_dres ? " dres" : "");
-            for (int j = 0; j < nc && k < sizeof line; j++)
-                k += (size_t)snprintf(line + k, sizeof line - k, " %s %.1f%s",
-                                      gn_bwd_cfgs[cand[j]].name, 1e3 * times[cand[j]],
-                                      cand[j] == GN_BWD_FIXED ? " (fixed)" : "");
-            fprintf(stderr, "%s -> %s\n", line, gn_bwd_cfgs[*cfg].name);
-        }
-        if (bad[0])
-            fprintf(stderr, "diffusion: warning: group_norm backward N=%d C=%d HW=%d G=%d: "
-                            "configurations disagree with the fixed one (%s); they are not used\n",
-                    s->N, s->C, s->HW, s->G, bad);
-        goto done;
-    }
-failed_event:
-    dd_error("timing the group norm backward configurations: %s",
-             cudaGetErrorString(cudaGetLastError()));
-done:
+    };
+    auto run = [&](int c) { return run_into(c, o); };
+    auto check = [&](int c, double *e) { /* one call from zero against the fixed one's */
+        DD_TRY(zero(o));
+        DD_TRY(run_into(c, o));
+        return gn_max_rel(o, f, cnt, 5, diff, e);
+    };
+    int rc = -1;
+    /* the statistics of x by the forward (its y into dres's fixed copy, zeroed after), then the
+     * fixed configuration's outputs from zero */
+    if (!dd_conv_fill(x, n, 21u) && !dd_conv_fill(dy, n, 22u) && !dd_conv_fill(add, nnc, 23u) &&
+        !dd_conv_fill(gamma, C, 24u) && !dd_conv_fill(beta, C, 25u) &&
+        !gn_fwd_run(gn_fwd_fixed((size_t)(s->C / s->G) * s->HW), s, p[8], mean, rstd, x, gamma,
+                    beta, a, NULL) &&
+        !zero(f) && !run_into(GN_BWD_FIXED, f))
+        rc = gn_tune_loop("group norm backward", shape, head, cand, nc, GN_BWD_FIXED, gn_bwd_name,
+                          run, check, cfg);
     if (rc) {
         *cfg = GN_BWD_FIXED;
         (void)cudaStreamSynchronize(dd_cuda_stream);
     }
-    if (ev[0]) (void)cudaEventDestroy(ev[0]);
-    if (ev[1]) (void)cudaEventDestroy(ev[1]);
-    if (base) (void)cudaFree(base);
+    (void)cudaFree(base);
     return rc;
 }
 
