@@ -3,6 +3,7 @@
 #include "diffusion/graph.h"
 
 #include <math.h>
+#include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -959,10 +960,25 @@ int dd_graph_find(const dd_graph *g, const char *name) {
     return -1;
 }
 
+int dd_graph_bind(dd_graph *g, int id, void *data) {
+    if (!g->planned) return dd_error("bind: graph not planned");
+    if (!valid(g, id)) return dd_error("bind: bad tensor id %d", id);
+    if (g->t[id].param >= 0) return dd_error("bind: %s is a parameter", g->t[id].name);
+    if (!data) return dd_error("bind: %s: no memory given", g->t[id].name);
+    if ((uintptr_t)data % (DD_ALIGN_FLOATS * sizeof(float))) return 1;
+    g->t[id].data = data;
+    return 0;
+}
+
+void dd_graph_unbind(dd_graph *g, int id) {
+    if (g->planned && valid(g, id) && g->t[id].param < 0) g->t[id].data = g->arena + g->t[id].offset;
+}
+
 int dd_graph_set_input(dd_graph *g, int id, const void *host, size_t bytes) {
     if (!g->planned) return dd_error("set_input: graph not planned");
     if (!valid(g, id)) return dd_error("set_input: bad tensor id %d", id);
     dd_tensor *t = &g->t[id];
+    dd_graph_unbind(g, id);
     if (bytes != t->numel * 4)
         return dd_error("input %s: %zu bytes given, %zu expected", t->name, bytes, t->numel * 4);
     if (!t->is_index) return g->be->to_device(t->data, host, bytes);

@@ -2,6 +2,7 @@
 #include "diffusion/runner.h"
 
 #include <math.h>
+#include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -84,10 +85,6 @@ int dd_runner_eval_graph(dd_runner *r, int B, dd_runner_graph **out) {
     return 0;
 }
 
-static size_t per_example(const dd_runner *r) {
-    return (size_t)r->cfg.in_channels * r->cfg.height * r->cfg.width;
-}
-
 /* One call's arguments: what its body needs, and (as the dd_replay key) the buffers it reads. */
 typedef struct {
     dd_runner *r;
@@ -105,43 +102,80 @@ static void call_key(const call *c, const void *key[DD_REPLAY_KEYS]) {
     memcpy(key, k, sizeof k);
 }
 
-/* Copy the batch into the graph's inputs, all within backend memory (no host round trip). */
+/* The caller's buffer as graph tensor id: bound in place of its arena slot (no copy; see
+ * dd_graph_bind), or, when it is not aligned like the arena, copied there. */
+static int feed_floats(const call *c, int id, const float *src) {
+    dd_graph *g = c->rg->g; /* 4-byte values: floats, or the int32 labels */
+    const int rc = dd_graph_bind(g, id, (void *)src); /* the graph only reads its inputs */
+    if (rc <= 0) return rc;
+    return c->r->be->copy(g->t[id].data, src, g->t[id].numel * sizeof(float));
+}
+
+/* Give the tensors feed and forward_body bound their arena slots back, so that the graph's
+ * tensors are its own again between calls (dd_graph_set_input, dd_graph_get); a replayed
+ * recording keeps the buffers it was recorded with, which the replay key names. */
+static void unbind_all(const call *c) {
+    const dd_runner_graph *rg = c->rg;
+    const int ids[] = {rg->x, rg->target, rg->labels, rg->out};
+    for (size_t i = 0; i < sizeof ids / sizeof ids[0]; i++)
+        if (ids[i] >= 0) dd_graph_unbind(rg->g, ids[i]);
+}
+
+/* The batch as the graph's inputs, all within backend memory (no host round trip). */
 static int feed(const call *c) {
     const dd_backend *be = c->r->be;
     const dd_runner_graph *rg = c->rg;
     dd_graph *g = rg->g;
-    size_t n = (size_t)rg->B * per_example(c->r);
-    DD_TRY(be->copy(g->t[rg->x].data, c->x, n * sizeof(float)));
-    if (rg->target >= 0 && c->target)
-        DD_TRY(be->copy(g->t[rg->target].data, c->target, n * sizeof(float)));
+    DD_TRY(feed_floats(c, rg->x, c->x));
+    if (rg->target >= 0 && c->target) DD_TRY(feed_floats(c, rg->target, c->target));
     if (rg->t >= 0) {
         if (!c->t) return dd_error("model needs timesteps");
         /* SPEC's t = 1..T -> the table row t - 1 */
         DD_TRY(be->index_fill((int32_t *)g->t[rg->t].data, c->t, rg->B, NULL, -g->t[rg->t].index_base));
     }
-    if (rg->labels >= 0) {
+    if (rg->labels >= 0) { /* 0-based, as the graph takes them: bound like x */
         if (!c->labels) return dd_error("conditional model needs labels");
-        DD_TRY(be->copy(g->t[rg->labels].data, c->labels, (size_t)rg->B * sizeof(int32_t)));
+        DD_TRY(feed_floats(c, rg->labels, (const float *)c->labels));
     }
     return 0;
 }
 
+/* Do [a, a + n) and [b, b + m) (floats) share memory? */
+static int overlap(const float *a, size_t n, const float *b, size_t m) {
+    return (uintptr_t)a < (uintptr_t)(b + m) && (uintptr_t)b < (uintptr_t)(a + n);
+}
+
+static int forward_work(const call *c) {
+    const dd_runner_graph *rg = c->rg;
+    DD_TRY(feed(c));
+    /* the model writes its output straight into out, unless out is unaligned or shares memory
+     * with the input (which the graph may still read when it writes the output) */
+    const size_t n = rg->g->t[rg->out].numel;
+    int copy_out = c->out != NULL;
+    if (c->out && !overlap(c->out, n, c->x, rg->g->t[rg->x].numel)) {
+        const int rc = dd_graph_bind(rg->g, rg->out, c->out);
+        if (rc < 0) return rc;
+        copy_out = rc;
+    }
+    DD_TRY(dd_graph_forward(rg->g));
+    if (!copy_out) return 0;
+    return c->r->be->copy(c->out, rg->g->t[rg->out].data, n * sizeof(float));
+}
+
 static int forward_body(void *ctx) {
     const call *c = ctx;
-    DD_TRY(feed(c));
-    DD_TRY(dd_graph_forward(c->rg->g));
-    if (!c->out) return 0;
-    return c->r->be->copy(c->out, c->rg->g->t[c->rg->out].data,
-                          (size_t)c->rg->B * per_example(c->r) * sizeof(float));
+    const int rc = forward_work(c);
+    unbind_all(c);
+    return rc;
 }
 
 static int train_body(void *ctx) {
     const call *c = ctx;
     dd_params *p = c->r->params;
     const float *loss = c->rg->g->t[c->rg->loss].data;
-    DD_TRY(feed(c));
-    DD_TRY(dd_graph_forward(c->rg->g));
-    DD_TRY(dd_graph_backward(c->rg->g, c->rg->loss));
+    int rc = feed(c) || dd_graph_forward(c->rg->g) || dd_graph_backward(c->rg->g, c->rg->loss);
+    unbind_all(c);
+    DD_TRY(rc ? -1 : 0);
     DD_TRY(dd_params_adam(p, c->lr, 0.9, 0.999, 1e-8, loss));
     if (c->ema_decay > 0) DD_TRY(dd_params_ema(p, c->ema_decay, 1, loss));
     return dd_params_step_done(p, loss);

@@ -36,9 +36,9 @@ typedef struct {
     int B, nb, guided, conditional, clip, steps;
     float g;
     size_t per, n;  /* n = B * per */
-    float *x;       /* backend (B, per): the chain */
+    float *x;       /* backend (B, per): the chain (guided: the first half of xin) */
     float *x0;      /* backend (B, per): x0 estimate of the last step */
-    float *xin;     /* backend (2B, per), guided only: x twice */
+    float *xin;     /* backend (2B, per), guided only: x, then its copy for the second half */
     float *out;     /* backend (nb, per): model output */
     int32_t *t;     /* backend (nb): this step's t for every sample */
     int32_t *lab;   /* backend (nb), conditional models only */
@@ -57,7 +57,7 @@ struct dd_sample_cache {
 };
 
 static void run_free(run *r) {
-    void *dev[] = {r->x, r->x0, r->xin, r->out, r->t, r->lab, r->tab, r->ttab, r->k, r->noff};
+    void *dev[] = {r->xin ? r->xin : r->x, r->x0, r->out, r->t, r->lab, r->tab, r->ttab, r->k, r->noff};
     for (size_t i = 0; i < sizeof dev / sizeof dev[0]; i++)
         if (dev[i]) r->be->free(dev[i]);
     free(r->t_host);
@@ -136,14 +136,16 @@ static int run_alloc(run *r, const dd_backend *be, const dd_denoiser *m, const d
     const size_t bytes = r->n * sizeof(float);
     r->t_host = malloc((size_t)steps * sizeof(int));
     if (!r->t_host) return dd_error("sampler: out of host memory");
-    int rc = be->alloc((void **)&r->x, bytes) || be->alloc((void **)&r->x0, bytes) ||
+    /* guided: the chain is the model input's first half, so a step copies x once, not twice */
+    int rc = (r->guided ? be->alloc((void **)&r->xin, 2 * bytes) : be->alloc((void **)&r->x, bytes)) ||
+             be->alloc((void **)&r->x0, bytes) ||
              be->alloc((void **)&r->out, (size_t)r->nb * r->per * sizeof(float)) ||
              be->alloc((void **)&r->t, (size_t)r->nb * sizeof(int32_t)) ||
              be->alloc((void **)&r->tab, (size_t)steps * DD_SAMPLER_COLS * sizeof(float)) ||
              be->alloc((void **)&r->ttab, (size_t)steps * sizeof(int32_t)) ||
              be->alloc((void **)&r->k, sizeof(int64_t)) ||
              be->alloc((void **)&r->noff, sizeof(int64_t));
-    if (!rc && r->guided) rc = be->alloc((void **)&r->xin, 2 * bytes);
+    if (!rc && r->guided) r->x = r->xin;
     if (!rc && r->conditional)
         rc = be->alloc((void **)&r->lab, (size_t)r->nb * sizeof(int32_t));
     if (rc) {
@@ -233,7 +235,6 @@ static int step_body(void *ctx) {
     DD_TRY(be->index_fill(r->t, r->ttab, r->nb, r->k, 0));
     const float *in = r->x;
     if (r->guided) {
-        DD_TRY(be->copy(r->xin, r->x, r->n * sizeof(float)));
         DD_TRY(be->copy(r->xin + r->n, r->x, r->n * sizeof(float)));
         in = r->xin;
     }

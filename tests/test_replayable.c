@@ -216,6 +216,12 @@ static int count(const steplog *s, int op) {
     return c;
 }
 
+static int count_log(int op) { /* in the log being written */
+    int c = 0;
+    for (int i = 0; i < L.n && i < MAX_LOG; i++) c += L.op[i] == op;
+    return c;
+}
+
 /* A replayable step: only device work, no transfer, allocation or synchronisation. */
 static void expect_device_only(const char *what, const steplog *s) {
     static const int host_ops[] = {OP_ALLOC, OP_FREE, OP_TO_DEVICE, OP_TO_HOST, OP_SYNC};
@@ -300,6 +306,10 @@ static void test_training_step(void) {
            "training step: grouped dense %d forward, %d backward; single %d forward, %d backward",
            count(a, OP_DENSE_GROUP_F), count(a, OP_DENSE_GROUP_B), count(a, OP_DENSE_F),
            count(a, OP_DENSE_B));
+    /* the batch reaches the graph in place: x, the target and the labels are bound, not copied;
+     * the one copy is backward's seed, d(loss) = 1 */
+    CHECKF(count(a, OP_COPY) == 1, "training step: %d copies (want 1: the inputs are bound)",
+           count(a, OP_COPY));
     /* and the steps did train: the counter moved 5 times */
     CHECK_OK(dd_params_read_step(r.params));
     CHECKF(r.params->adam_step == 5, "step counter %lld after 5 steps", (long long)r.params->adam_step);
@@ -335,6 +345,8 @@ static void test_classifier_step(void) {
     L.on = 0;
     expect_same("classifier step", a, b);
     expect_device_only("classifier step", a);
+    CHECKF(count(a, OP_COPY) == 1, "classifier step: %d copies (want 1, the seed of backward)",
+           count(a, OP_COPY));
     CHECKF(count(a, OP_XENT_B) == 1 && count(a, OP_ADAM) == 1 && count(a, OP_EMA) == 0 &&
                count(a, OP_COUNTER) == 1,
            "classifier step: xent backward %d, Adam %d, EMA %d, counter %d", count(a, OP_XENT_B),
@@ -414,6 +426,11 @@ static void sampling_case(const char *what, int ddim, float guidance, int use_ca
         CHECKF(count(slog[n - 1], OP_DENSE_GROUP_F) == 1 && count(slog[n - 1], OP_DENSE_F) == 2,
                "%s: a step has %d grouped dense calls and %d single ones (want 1 and 2)", what,
                count(slog[n - 1], OP_DENSE_GROUP_F), count(slog[n - 1], OP_DENSE_F));
+        /* the model reads the chain and writes its output in place (bound graph tensors): the
+         * only copy is guidance's second half of the model's input */
+        const int copies = count(slog[n - 1], OP_COPY);
+        CHECKF(copies == (guidance != 1.0f), "%s: a step has %d copies (want %d)", what, copies,
+               guidance != 1.0f);
         if (run == 0) printf("  %s: %d backend calls a step\n", what, slog[n - 1]->n);
     }
     free(first_run);
@@ -422,10 +439,82 @@ static void sampling_case(const char *what, int ddim, float guidance, int use_ca
     dd_schedule_free(&s);
 }
 
+/* ---------------------------------------------------------------- bound inputs and outputs */
+
+/* dd_runner_denoise binds the caller's buffers to the graph's input and output (no copy) when
+ * they are aligned like the arena, copies them when not, and copies the output when it shares
+ * memory with the input; every way gives the same bits, and the graph's tensors are its own again
+ * after the call (so dd_graph_set_input never writes the caller's memory). */
+static void test_bound_buffers(void) {
+    dd_model_config cfg = small_cond_unet();
+    const int B = 3;
+    const size_t n = (size_t)B * cfg.height * cfg.width;
+    dd_runner r;
+    CHECK_OK(dd_runner_init(&r, &cfg, &logbe, 5));
+    float *x, *out, *xu, *outu, *io;
+    int32_t *t, *lab;
+    CHECK_OK(logbe.alloc((void **)&x, n * sizeof(float)));
+    CHECK_OK(logbe.alloc((void **)&out, n * sizeof(float)));
+    CHECK_OK(logbe.alloc((void **)&xu, (n + 1) * sizeof(float)));
+    CHECK_OK(logbe.alloc((void **)&outu, (n + 1) * sizeof(float)));
+    CHECK_OK(logbe.alloc((void **)&io, n * sizeof(float)));
+    CHECK_OK(logbe.alloc((void **)&t, B * sizeof(int32_t)));
+    CHECK_OK(logbe.alloc((void **)&lab, B * sizeof(int32_t)));
+    tu_fill_uniform(x, n, -1, 1, 11);
+    for (int i = 0; i < B; i++) t[i] = 1 + 3 * i, lab[i] = i % 3;
+    float *keep = malloc(n * sizeof(float)), *want = malloc(n * sizeof(float));
+    memcpy(keep, x, n * sizeof(float));
+
+    CHECK_OK(dd_runner_denoise(&r, out, x, t, lab, B)); /* builds and plans the graph */
+    memcpy(want, out, n * sizeof(float));
+    L.on = 1;
+    L.n = 0;
+    CHECK_OK(dd_runner_denoise(&r, out, x, t, lab, B));
+    CHECKF(count_log(OP_COPY) == 0, "aligned buffers: %d copies (want 0)", count_log(OP_COPY));
+    CHECKF(!memcmp(out, want, n * sizeof(float)), "aligned buffers: another output");
+
+    /* one float past an aligned address: copied in and out */
+    memcpy(xu + 1, x, n * sizeof(float));
+    L.n = 0;
+    CHECK_OK(dd_runner_denoise(&r, outu + 1, xu + 1, t, lab, B));
+    CHECKF(count_log(OP_COPY) == 2, "unaligned buffers: %d copies (want 2)", count_log(OP_COPY));
+    CHECKF(!memcmp(outu + 1, want, n * sizeof(float)), "unaligned buffers: another output");
+
+    /* in place: the input bound, the output written to the arena and copied over it */
+    memcpy(io, x, n * sizeof(float));
+    L.n = 0;
+    CHECK_OK(dd_runner_denoise(&r, io, io, t, lab, B));
+    CHECKF(count_log(OP_COPY) == 1, "in place: %d copies (want 1)", count_log(OP_COPY));
+    CHECKF(!memcmp(io, want, n * sizeof(float)), "in place: another output");
+    L.on = 0;
+
+    /* the graph's own slots again: a host write to its input leaves the caller's x alone */
+    dd_runner_graph *rg;
+    CHECK_OK(dd_runner_eval_graph(&r, B, &rg));
+    CHECKF(rg->g->t[rg->x].data != x && rg->g->t[rg->out].data != out,
+           "the graph's input or output still points at the caller's buffer after the call");
+    float *zeros = calloc(n, sizeof(float));
+    CHECK_OK(dd_graph_set_input(rg->g, rg->x, zeros, n * sizeof(float)));
+    CHECKF(!memcmp(x, keep, n * sizeof(float)), "dd_graph_set_input wrote the caller's buffer");
+    /* and a misaligned pointer is refused without a message, a parameter with one */
+    CHECKF(dd_graph_bind(rg->g, rg->x, xu + 1) == 1, "binding an unaligned buffer did not say 1");
+    CHECKF(rg->g->t[rg->x].data != xu + 1, "an unaligned buffer was bound");
+    int param = -1;
+    for (int i = 0; i < rg->g->nt && param < 0; i++)
+        if (rg->g->t[i].param >= 0) param = i;
+    CHECKF(param >= 0 && dd_graph_bind(rg->g, param, x) == -1, "binding a parameter was not refused");
+    dd_error_clear();
+    free(zeros), free(keep), free(want);
+    void *bufs[] = {x, out, xu, outu, io, t, lab};
+    for (size_t i = 0; i < sizeof bufs / sizeof bufs[0]; i++) logbe.free(bufs[i]);
+    dd_runner_free(&r);
+}
+
 int main(void) {
     for (int i = 0; i < 64; i++) slog[i] = malloc(sizeof(steplog));
     test_training_step();
     test_classifier_step();
+    test_bound_buffers();
     sampling_case("DDIM, guided", 1, 2.0f, 0);
     sampling_case("DDPM, plain conditional", 0, 1.0f, 0);
     sampling_case("DDIM, guided, two batches through a cache", 1, 3.0f, 1);

@@ -239,6 +239,17 @@ int dd_graph_set_input(dd_graph *g, int id, const void *host, size_t bytes);
 int dd_graph_get(dd_graph *g, int id, float *host);
 int dd_graph_get_grad(dd_graph *g, int id, float *host);
 int dd_graph_find(const dd_graph *g, const char *name); /* tensor id or -1 */
+
+/* Storage the caller owns, in place of a tensor's arena slot: after dd_graph_bind, the graph's
+ * nodes read and write the activation (not a parameter) `id` at `data` (backend memory of
+ * t->numel values that the caller keeps alive), so an input or output need not be copied to or
+ * from the arena. Returns 0 when bound, 1 (and binds nothing, no message) when data is not
+ * 16-byte aligned like the arena's slots, so that the caller copies instead; -1 after
+ * dd_error() on a bad call. dd_graph_unbind gives the tensor its own slot back (a no-op when
+ * not bound); dd_graph_set_input unbinds before it writes, so it never writes the caller's
+ * memory. */
+int dd_graph_bind(dd_graph *g, int id, void *data);
+void dd_graph_unbind(dd_graph *g, int id);
 static inline dd_tensor *dd_graph_tensor(dd_graph *g, int id) { return &g->t[id]; }
 
 #ifdef __cplusplus
