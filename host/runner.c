@@ -173,9 +173,10 @@ static int train_body(void *ctx) {
     const call *c = ctx;
     dd_params *p = c->r->params;
     const float *loss = c->rg->g->t[c->rg->loss].data;
-    int rc = feed(c) || dd_graph_forward(c->rg->g) || dd_graph_backward(c->rg->g, c->rg->loss);
+    const int failed =
+        feed(c) || dd_graph_forward(c->rg->g) || dd_graph_backward(c->rg->g, c->rg->loss);
     unbind_all(c);
-    DD_TRY(rc ? -1 : 0);
+    if (failed) return -1;
     DD_TRY(dd_params_adam(p, c->lr, 0.9, 0.999, 1e-8, loss));
     if (c->ema_decay > 0) DD_TRY(dd_params_ema(p, c->ema_decay, 1, loss));
     return dd_params_step_done(p, loss);
