@@ -7,6 +7,7 @@
 #include <stdatomic.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
 #include <unistd.h>
 
 #include "diffusion/error.h"
@@ -39,6 +40,16 @@ int dd_atomic_open(dd_atomic_file *af, const char *path) {
         memset(af, 0, sizeof *af);
         return dd_error("cannot write %s: cannot create a file in its folder: %s", path, strerror(err));
     }
+    return 0;
+}
+
+int dd_atomic_check(const char *path) {
+    struct stat st;
+    if (stat(path, &st) == 0 && S_ISDIR(st.st_mode))
+        return dd_error("cannot write %s: it is a folder", path);
+    dd_atomic_file af;
+    DD_TRY(dd_atomic_open(&af, path));
+    dd_atomic_abort(&af);
     return 0;
 }
 

@@ -119,6 +119,15 @@ must_fail "CUDA\|GPU\|cuda" "$D" train "${TINY[@]}" --epochs 1 --out bad6 --devi
 mkdir ro && touch ro/file
 must_fail "cannot" "$D" sample --checkpoint run/model.safetensors --n 2 --out ro/file/x.png
 must_fail "cannot" "$D" train "${TINY[@]}" --epochs 1 --out ro/file/run
+# an output that cannot be written fails before the work (no samples drawn, no row timed, no
+# classifier trained), not after it
+must_fail "ro/file/x.raw" "$D" sample --checkpoint run/model.safetensors --n 2 --out early.png --raw ro/file/x.raw
+[ ! -e early.png ] && ok || bad "sample wrote early.png before it found --raw unwritable"
+must_fail "ro: it is a folder" "$D" sample --checkpoint run/model.safetensors --n 2 --out ro
+must_fail "ro/file/b.json" "$D" bench --device cpu --train 2 --forward 2 --ddim 2 --min-time 0.01 --json ro/file/b.json
+grep -q "^train_step" out.log && bad "bench timed its rows before it found --json unwritable" || ok
+must_fail "ro: it is a folder" "$D" train-classifier --data fashion-mnist --limit 64 --epochs 1 --quiet --out ro
+grep -q "epoch" out.log && bad "train-classifier trained before it found --out unwritable" || ok
 must_fail "already trained" "$D" train "${TINY[@]}" --epochs 1 --out again --resume run/model.safetensors
 must_fail "unknown" "$D" train --data fashion-mnist --bogus
 must_fail "unknown command" "$D" frobnicate

@@ -11,6 +11,7 @@
 
 #include "cli_common.h"
 #include "commands.h"
+#include "diffusion/atomic_file.h"
 #include "diffusion/error.h"
 #include "diffusion/progress.h"
 #include "diffusion/safetensors.h"
@@ -198,6 +199,8 @@ int cmd_bench(int argc, char **argv) {
     if (cli_model_config(&mo, DD_MODEL_UNET, &cfg)) return cli_error("%s", dd_error_message());
     if (dd_model_is_conditional(&cfg) || cfg.kind == DD_MODEL_LENET)
         return cli_error("bench times unconditional diffusion models (unet, unet-fixed, mlp2d)");
+    /* before the timings, which may take minutes */
+    if (json && dd_atomic_check(json)) return cli_error("%s", dd_error_message());
     const dd_backend *be = cli_backend(device);
     if (!be) return cli_error("%s", dd_error_message());
     int gpu = !strcmp(be->name, "cuda");

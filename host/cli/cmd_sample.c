@@ -8,6 +8,7 @@
 
 #include "cli_common.h"
 #include "commands.h"
+#include "diffusion/atomic_file.h"
 #include "diffusion/data.h"
 #include "diffusion/error.h"
 #include "diffusion/image.h"
@@ -135,6 +136,11 @@ int cmd_sample(int argc, char **argv) {
         return cli_error("--label %d is out of range: the model has classes 0..%d", label, m->classes - 1);
     if (sc.ddim && sc.steps > m->timesteps)
         return cli_error("--steps %d is more than the model's T = %d timesteps (DDIM needs tau <= T)", sc.steps, m->timesteps);
+    /* the output files before the work, so that a long run cannot end in "cannot write" */
+    char csv[1100];
+    if (is2d && with_ext(csv, sizeof csv, out, ".csv")) return cli_error("%s", dd_error_message());
+    if ((is2d && dd_atomic_check(csv)) || dd_atomic_check(out) || (raw && dd_atomic_check(raw)))
+        return cli_error("%s", dd_error_message());
     const dd_backend *be = cli_backend(device);
     if (!be) return cli_error("%s", dd_error_message());
 
@@ -195,10 +201,8 @@ int cmd_sample(int argc, char **argv) {
         if (rc) dd_reverse_gif_abort(sx.gif);
         else rc = dd_reverse_gif_close(sx.gif);
     }
-    char path[1100];
     if (!rc && is2d) {
-        rc = with_ext(path, sizeof path, out, ".csv");
-        if (!rc) rc = dd_write_points_csv(path, x, labels, n);
+        rc = dd_write_points_csv(csv, x, labels, n);
         dd_plot_opts po = dd_plot_opts_default();
         po.title = sc.ddim ? "DDIM samples" : "DDPM samples";
         po.num_classes = cond ? m->classes : 0;

@@ -9,6 +9,7 @@
 
 #include "cli_common.h"
 #include "commands.h"
+#include "diffusion/atomic_file.h"
 #include "diffusion/classifier.h"
 #include "diffusion/error.h"
 #include "diffusion/progress.h"
@@ -111,6 +112,7 @@ int cmd_train_classifier(int argc, char **argv) {
     if (!rc && test.num_classes > train.num_classes)
         rc = dd_error("the test split has %d classes, the training split %d", test.num_classes, train.num_classes);
     if (!rc) rc = make_parent(out);
+    if (!rc) rc = dd_atomic_check(out); /* before the training, not after */
     dd_runner r;
     memset(&r, 0, sizeof r);
     if (!rc) rc = dd_classifier_init(&r, be, train.num_classes, seed);

@@ -27,6 +27,11 @@ int dd_atomic_open(dd_atomic_file *af, const char *path);
 int dd_atomic_commit(dd_atomic_file *af);
 /* Close and remove the temporary (after an error while writing). */
 void dd_atomic_abort(dd_atomic_file *af);
+/* Can `path` be written? Fails with a message when its folder is missing or unwritable (as
+ * dd_atomic_open) or when path is a folder; creates and removes a temporary beside it and leaves
+ * an existing target untouched. For a command to check its output files before a long run, not
+ * after. */
+int dd_atomic_check(const char *path);
 /* The whole of it for bytes in memory. */
 int dd_write_file_atomic(const char *path, const void *bytes, size_t len);
 
