@@ -1515,11 +1515,12 @@ int dd_cuda_softmax_rows_backward(float *d, const float *p, int64_t rows, int L)
  *   added in d order, into S (P x Pp);
  * - softmax: 4 lanes a row (max first, exponentials summed in double, each lane over every
  *   4th j, then across the quad in a fixed order; one reciprocal), the padding columns set to
- *   0; probs written out whole (coalesced);
+ *   0; probs written out whole (coalesced), unless no backward reads them (probs_unread);
  * - y_di = sum_j p_ij v_dj, the products added in j order (padding adds zeros), a thread per
  *   2 rows x 4 d's, written straight to y. */
 #define ATTN_FUSED_FLOATS 12288 /* 48 KB: dynamic shared memory without an opt-in */
 #define ATTN_FUSED_WARPS 4
+#define ATTN_STAGE 4 /* staging: elements of each of q, k, v a thread loads at once */
 static __device__ __forceinline__ int attn_pad4(int P) { return (P + 3) & ~3; }
 static __global__ void __launch_bounds__(32 * ATTN_FUSED_WARPS)
     attention_fused_kernel(float *y, float *probs, const float *qkv, int C, int heads, int P,
@@ -1529,12 +1530,27 @@ static __global__ void __launch_bounds__(32 * ATTN_FUSED_WARPS)
     const int Pp = attn_pad4(P), T = 32 * ATTN_FUSED_WARPS, tid = threadIdx.x;
     float *qs = sm, *ks = qs + D * Pp, *vs = ks + D * Pp, *S = vs + D * Pp; /* S: Pp x Pp */
     const float *q = qkv + (size_t)n * 3 * C * P + (size_t)h * DP;
-    for (int e = tid; e < D * Pp; e += T) {
-        const int d = e / Pp, i = e - d * Pp;
-        const bool in = i < P;
-        qs[e] = in ? q[d * P + i] : 0.0f;
-        ks[e] = in ? q[(size_t)C * P + d * P + i] : 0.0f;
-        vs[e] = in ? q[(size_t)2 * C * P + d * P + i] : 0.0f;
+    /* ATTN_STAGE elements of each of q, k, v a thread are loaded before any is stored, so that
+     * their loads are in flight together (a load-store loop waits one memory latency a turn) */
+    for (int e0 = tid; e0 < D * Pp; e0 += ATTN_STAGE * T) {
+        float rq[ATTN_STAGE], rk[ATTN_STAGE], rv[ATTN_STAGE];
+#pragma unroll
+        for (int u = 0; u < ATTN_STAGE; u++) {
+            const int e = e0 + u * T, d = e / Pp, i = e - d * Pp;
+            const bool in = e < D * Pp && i < P;
+            rq[u] = in ? q[d * P + i] : 0.0f;
+            rk[u] = in ? q[(size_t)C * P + d * P + i] : 0.0f;
+            rv[u] = in ? q[(size_t)2 * C * P + d * P + i] : 0.0f;
+        }
+#pragma unroll
+        for (int u = 0; u < ATTN_STAGE; u++) {
+            const int e = e0 + u * T;
+            if (e < D * Pp) {
+                qs[e] = rq[u];
+                ks[e] = rk[u];
+                vs[e] = rv[u];
+            }
+        }
     }
     __syncthreads();
     const int J4 = Pp / 4;
@@ -1630,9 +1646,11 @@ int dd_cuda_attention_fused_forward(float *y, float *probs, const float *qkv,
     if (!dd_cuda_attention_fused_fits(s) || blocks > INT_MAX)
         return dd_error("attention (fused kernel): shape N %d C %d heads %d P %d does not fit",
                         s->N, s->C, s->heads, s->P);
+    /* probs only where a backward will read them */
     attention_fused_kernel<<<(unsigned int)blocks, 32 * ATTN_FUSED_WARPS,
                              attn_fused_floats(s) * sizeof(float), dd_cuda_stream>>>(
-        y, probs, qkv, s->C, s->heads, s->P, 1.0f / sqrtf((float)(s->C / s->heads)));
+        y, s->probs_unread ? NULL : probs, qkv, s->C, s->heads, s->P,
+        1.0f / sqrtf((float)(s->C / s->heads)));
     DD_CUDA_LAUNCHED("attention_forward (fused)");
     return 0;
 }

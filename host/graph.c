@@ -642,6 +642,11 @@ int dd_graph_plan(dd_graph *g, int with_grad) {
     if (!P->allocated) return dd_error("plan: allocate the parameters first (dd_params_alloc)");
     DD_TRY(group_dense_nodes(g));
     if (g->reuse && !with_grad) DD_TRY(fold_activations(g));
+    /* a forward-only graph that shares memory reads no attention probabilities after their node
+     * (they are not kept): the backend may skip writing them */
+    for (int k = 0; k < g->nn; k++)
+        if (g->nodes[k].op == DD_OP_ATTENTION)
+            g->nodes[k].p.attn.probs_unread = g->reuse && !with_grad && !g->t[g->nodes[k].aux[0]].keep;
     /* Every non-parameter tensor gets its own slot, unless a forward-only graph asked to reuse
      * memory (backward needs the activations anyway, and distinct slots keep every activation
      * readable for tests). */

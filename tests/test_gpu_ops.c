@@ -49,6 +49,11 @@ const char *dd_cuda_gn_config_name(int i);
 #include "diffusion/error.h"
 #include "testutil.h"
 
+#ifdef DD_HAVE_CUDA
+/* cuda/cuda_internal.h: does the fused attention forward take this shape? */
+int dd_cuda_attention_fused_fits(const dd_attn_shape *s);
+#endif
+
 #define FP32_TOL 1e-5
 #define TF32_TOL 1e-3
 
@@ -742,7 +747,7 @@ static void test_upsample_maxpool(void) {
 /* ---------------------------------------------------------------- attention */
 
 static void case_attn(int N, int C, int heads, int P) {
-    dd_attn_shape s = {N, C, heads, P};
+    dd_attn_shape s = {N, C, heads, P, 0};
     char tag[64];
     snprintf(tag, sizeof tag, "attention N%d C%d heads%d P%d", N, C, heads, P);
     begin(tag);
@@ -774,6 +779,24 @@ static void case_attn(int N, int C, int heads, int P) {
     expect(what, probs, gpr, npr, mm_tol);
     snprintf(what, sizeof what, "%s dqkv", tag);
     expect(what, dq, gdq, nqkv, mm_tol);
+#ifdef DD_HAVE_CUDA
+    /* a forward-only graph's call (probs_unread): the same y, and the fused kernel leaves the
+     * probabilities unwritten */
+    dd_attn_shape su = s;
+    su.probs_unread = 1;
+    float *gy2 = dpoison(ny), *gpr2 = dpoison(npr);
+    OK(gpu->attention_forward(gy2, gpr2, gqkv, &su));
+    sync_or_fail(tag);
+    snprintf(what, sizeof what, "%s y, probs unread", tag);
+    expect(what, y, gy2, ny, mm_tol);
+    if (dd_cuda_attention_fused_fits(&s)) {
+        float *h = halloc(npr * sizeof(float));
+        if (gpu->to_host(h, gpr2, npr * sizeof(float))) fatal("to_host");
+        size_t written = 0;
+        for (size_t i = 0; i < npr; i++) written += !isnan(h[i]);
+        CHECKF(written == 0, "%s: %zu probabilities written, though unread", tag, written);
+    }
+#endif
     release();
 }
 

@@ -216,7 +216,7 @@ static void check_group_norm(const char *name) {
 static void check_attention(const char *name) {
     ref r;
     if (ref_load(&r, name)) return;
-    dd_attn_shape s = {(int)P(&r, "N"), (int)P(&r, "C"), (int)P(&r, "heads"), (int)P(&r, "P")};
+    dd_attn_shape s = {(int)P(&r, "N"), (int)P(&r, "C"), (int)P(&r, "heads"), (int)P(&r, "P"), 0};
     const size_t ny = (size_t)s.N * s.C * s.P, np = (size_t)s.N * s.heads * s.P * s.P;
     float *y = filled_nan(ny), *probs = filled_nan(np), *dqkv = zeros(3 * ny);
     void *ws = malloc(B->attention_workspace(&s) + 64);

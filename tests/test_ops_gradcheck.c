@@ -447,7 +447,7 @@ static void attn_bwd(gc_case *c, float **g, const float *dy) {
 static void attention_case(int N, int C, int heads, int P) {
     gc_case *c = new_case((size_t)N * C * P, 1e-3f, "attention N=%d C=%d heads=%d P=%d", N, C,
                           heads, P);
-    c->attn = (dd_attn_shape){N, C, heads, P};
+    c->attn = (dd_attn_shape){N, C, heads, P, 0};
     add_tensor(c, "qkv", (size_t)N * 3 * C * P, -1.5f, 1.5f, 1);
     c->s1 = malloc((size_t)N * heads * P * P * sizeof(float));
     c->ws_floats = (B->attention_workspace(&c->attn) + sizeof(float) - 1) / sizeof(float);

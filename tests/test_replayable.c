@@ -133,7 +133,12 @@ static int w_pool_b(float *dx, const float *dy, const float *x, int N, int Cc, i
 }
 static size_t w_gn_ws(const dd_gn_shape *s) { BEGIN(OP_GN_WS); H(*s); END(OP_GN_WS); return C->group_norm_workspace(s); }
 static size_t w_att_ws(const dd_attn_shape *s) { BEGIN(OP_ATT_WS); H(*s); END(OP_ATT_WS); return C->attention_workspace(s); }
-static int w_att_f(float *y, float *p, const float *qkv, const dd_attn_shape *s) { BEGIN(OP_ATT_F); H(y); H(p); H(qkv); H(*s); END(OP_ATT_F); return C->attention_forward(y, p, qkv, s); }
+static int att_probs_unread = -1; /* the last attention forward's dd_attn_shape.probs_unread */
+static int w_att_f(float *y, float *p, const float *qkv, const dd_attn_shape *s) {
+    BEGIN(OP_ATT_F); H(y); H(p); H(qkv); H(*s); END(OP_ATT_F);
+    att_probs_unread = s->probs_unread;
+    return C->attention_forward(y, p, qkv, s);
+}
 static int w_att_b(float *dq, const float *dy, const float *qkv, const float *p, const dd_attn_shape *s, void *ws) {
     BEGIN(OP_ATT_B); H(dq); H(dy); H(qkv); H(p); H(*s); H(ws); END(OP_ATT_B);
     return C->attention_backward(dq, dy, qkv, p, s, ws);
@@ -306,6 +311,8 @@ static void test_training_step(void) {
            "training step: grouped dense %d forward, %d backward; single %d forward, %d backward",
            count(a, OP_DENSE_GROUP_F), count(a, OP_DENSE_GROUP_B), count(a, OP_DENSE_F),
            count(a, OP_DENSE_B));
+    /* a backward follows: the attention must write its probabilities */
+    CHECKF(att_probs_unread == 0, "training step: attention told its probabilities go unread");
     /* the batch reaches the graph in place: x, the target and the labels are bound, not copied;
      * the one copy is backward's seed, d(loss) = 1 */
     CHECKF(count(a, OP_COPY) == 1, "training step: %d copies (want 1: the inputs are bound)",
@@ -426,6 +433,8 @@ static void sampling_case(const char *what, int ddim, float guidance, int use_ca
         CHECKF(count(slog[n - 1], OP_DENSE_GROUP_F) == 1 && count(slog[n - 1], OP_DENSE_F) == 2,
                "%s: a step has %d grouped dense calls and %d single ones (want 1 and 2)", what,
                count(slog[n - 1], OP_DENSE_GROUP_F), count(slog[n - 1], OP_DENSE_F));
+        /* no backward: the attention may leave its probabilities unwritten */
+        CHECKF(att_probs_unread == 1, "%s: the attention was not told its probabilities go unread", what);
         /* the model reads the chain and writes its output in place (bound graph tensors): the
          * only copy is guidance's second half of the model's input */
         const int copies = count(slog[n - 1], OP_COPY);

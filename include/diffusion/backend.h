@@ -54,9 +54,13 @@ typedef struct {
 /* attention: qkv (N, 3C, P) from one conv; heads split C into D = C/heads channels:
  * q[n,h,d,p] = qkv[n, h*D + d, p], k = qkv[n, C + h*D + d, p], v = qkv[n, 2C + h*D + d, p].
  * probs (N, heads, P, P) = softmax_j(sum_d q[.,d,i] k[.,d,j] / sqrt(D)), saved for backward.
- * y[n, h*D + d, i] = sum_j probs[n,h,i,j] v[n,h,d,j]  -> y (N, C, P). */
+ * y[n, h*D + d, i] = sum_j probs[n,h,i,j] v[n,h,d,j]  -> y (N, C, P).
+ * probs_unread: no backward follows (a forward-only graph), so the forward may leave probs as
+ * it likes (a backend that needs it as scratch still gets the buffer; one that does not may skip
+ * writing it: 9.8 MB a call at batch 256 in the UNet's middle attention). */
 typedef struct {
     int N, C, heads, P;
+    int probs_unread;
 } dd_attn_shape;
 
 /* A Philox address (include/diffusion/philox.h) that may depend on a counter in backend memory:
