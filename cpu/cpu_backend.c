@@ -104,7 +104,7 @@ const dd_backend dd_cpu_backend = {
     .adam_update = dd_cpu_adam_update,
     .ema_update = dd_cpu_ema_update,
     .counter_add = dd_cpu_counter_add,
-    .index_fill = dd_cpu_index_fill,
+    .sampler_advance = dd_cpu_sampler_advance,
 
     .normal = dd_cpu_normal,
     .train_draw = dd_cpu_train_draw,

@@ -163,22 +163,24 @@ int dd_cpu_maxpool2x2_backward(float *dx, const float *dy, const float *x, int N
     return 0;
 }
 
-/* table (rows, dim), idx (N) -> y (N, dim). Indices were validated by the caller. */
+/* table (rows, dim), idx (N) -> y (N, dim), row idx[n] - base. Indices were validated by the
+ * caller. */
 int dd_cpu_embedding_forward(float *y, const float *table, const int32_t *idx, int N, int rows,
-                             int dim) {
+                             int dim, int base) {
     (void)rows;
     for (int n = 0; n < N; n++)
-        memcpy(y + (size_t)n * dim, table + (size_t)idx[n] * dim, (size_t)dim * sizeof(float));
+        memcpy(y + (size_t)n * dim, table + (size_t)(idx[n] - base) * dim,
+               (size_t)dim * sizeof(float));
     return 0;
 }
 
-/* dtable[idx[n]] += dy[n]; serial, because two samples may share a row */
+/* dtable[idx[n] - base] += dy[n]; serial, because two samples may share a row */
 int dd_cpu_embedding_backward(float *dtable, const float *dy, const int32_t *idx, int N, int rows,
-                              int dim) {
+                              int dim, int base) {
     (void)rows;
     if (!dtable) return 0;
     for (int n = 0; n < N; n++) {
-        float *d = dtable + (size_t)idx[n] * dim;
+        float *d = dtable + (size_t)(idx[n] - base) * dim;
         const float *g = dy + (size_t)n * dim;
         for (int i = 0; i < dim; i++) d[i] += g[i];
     }

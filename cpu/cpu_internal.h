@@ -86,9 +86,9 @@ int dd_cpu_maxpool2x2_forward(float *y, const float *x, int N, int C, int H, int
 int dd_cpu_maxpool2x2_backward(float *dx, const float *dy, const float *x, int N, int C, int H,
                                int W);
 int dd_cpu_embedding_forward(float *y, const float *table, const int32_t *idx, int N, int rows,
-                             int dim);
+                             int dim, int base);
 int dd_cpu_embedding_backward(float *dtable, const float *dy, const int32_t *idx, int N, int rows,
-                              int dim);
+                              int dim, int base);
 
 size_t dd_cpu_attention_workspace(const dd_attn_shape *s);
 int dd_cpu_attention_forward(float *y, float *probs, const float *qkv, const dd_attn_shape *s);
@@ -108,7 +108,8 @@ int dd_cpu_adam_update(float *p, float *m, float *v, const float *g, size_t n, f
 int dd_cpu_ema_update(float *ema, const float *p, size_t n, float decay, const int64_t *step,
                       const float *guard);
 int dd_cpu_counter_add(int64_t *c, int64_t d, const float *guard);
-int dd_cpu_index_fill(int32_t *dst, const int32_t *src, int n, const int64_t *k, int32_t add);
+int dd_cpu_sampler_advance(int64_t *k, int64_t *noff, int64_t dn, int32_t *t, const int32_t *ttab,
+                           int n);
 
 int dd_cpu_normal(float *out, size_t n, dd_rng_at at);
 int dd_cpu_train_draw(int32_t *t, int32_t *lab_out, const int32_t *lab_in, int N, int T,

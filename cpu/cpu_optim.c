@@ -34,7 +34,10 @@ int dd_cpu_counter_add(int64_t *c, int64_t d, const float *guard) {
     return 0;
 }
 
-int dd_cpu_index_fill(int32_t *dst, const int32_t *src, int n, const int64_t *k, int32_t add) {
-    for (int i = 0; i < n; i++) dst[i] = src[k ? *k : i] + add;
+int dd_cpu_sampler_advance(int64_t *k, int64_t *noff, int64_t dn, int32_t *t, const int32_t *ttab,
+                           int n) {
+    *k += 1;
+    *noff += dn;
+    for (int i = 0; i < n; i++) t[i] = ttab[*k];
     return 0;
 }

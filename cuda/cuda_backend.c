@@ -206,7 +206,7 @@ static const dd_backend cuda_backend = {
     .adam_update = dd_cuda_adam_update,
     .ema_update = dd_cuda_ema_update,
     .counter_add = dd_cuda_counter_add,
-    .index_fill = dd_cuda_index_fill,
+    .sampler_advance = dd_cuda_sampler_advance,
 
     .normal = dd_cuda_normal,
     .train_draw = dd_cuda_train_draw,

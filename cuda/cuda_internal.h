@@ -69,9 +69,9 @@ int dd_cuda_maxpool2x2_forward(float *y, const float *x, int N, int C, int H, in
 int dd_cuda_maxpool2x2_backward(float *dx, const float *dy, const float *x, int N, int C, int H,
                                 int W);
 int dd_cuda_embedding_forward(float *y, const float *table, const int32_t *idx, int N, int rows,
-                              int dim);
+                              int dim, int base);
 int dd_cuda_embedding_backward(float *dtable, const float *dy, const int32_t *idx, int N, int rows,
-                               int dim);
+                               int dim, int base);
 
 int dd_cuda_group_norm_forward(float *y, float *mean, float *rstd, const float *x,
                                const float *gamma, const float *beta, const float *add,
@@ -97,7 +97,8 @@ int dd_cuda_adam_update(float *p, float *m, float *v, const float *g, size_t n, 
 int dd_cuda_ema_update(float *ema, const float *p, size_t n, float decay, const int64_t *step,
                        const float *guard);
 int dd_cuda_counter_add(int64_t *c, int64_t d, const float *guard);
-int dd_cuda_index_fill(int32_t *dst, const int32_t *src, int n, const int64_t *k, int32_t add);
+int dd_cuda_sampler_advance(int64_t *k, int64_t *noff, int64_t dn, int32_t *t, const int32_t *ttab,
+                            int n);
 
 int dd_cuda_normal(float *out, size_t n, dd_rng_at at);
 int dd_cuda_train_draw(int32_t *t, int32_t *lab_out, const int32_t *lab_in, int N, int T,

@@ -351,11 +351,11 @@ int dd_cuda_maxpool2x2_backward(float *dx, const float *dy, const float *x, int 
 /* ---------------------------------------------------------------- embedding */
 
 static __global__ void embedding_kernel(float *y, const float *table, const int32_t *idx, int N,
-                                        int dim) {
+                                        int dim, int base) {
     const size_t n_all = (size_t)N * dim;
     GRID_STRIDE(i, n_all) {
         const size_t n = i / dim, k = i - n * dim;
-        y[i] = table[(size_t)idx[n] * dim + k];
+        y[i] = table[(size_t)(idx[n] - base) * dim + k];
     }
 }
 
@@ -366,13 +366,13 @@ static __global__ void embedding_kernel(float *y, const float *table, const int3
  * rows * dim * N: right for the class tables (a few rows), too much for a huge table. */
 static __global__ void embedding_backward_rows_kernel(float *dtable, const float *dy,
                                                       const int32_t *idx, int N, int rows,
-                                                      int dim) {
+                                                      int dim, int base) {
     const size_t n_all = (size_t)rows * dim;
     GRID_STRIDE(i, n_all) {
         const int r = (int)(i / dim), k = (int)(i - (size_t)r * dim);
         float acc = dtable[i];
         for (int n = 0; n < N; n++)
-            if (idx[n] == r) acc += dy[(size_t)n * dim + k];
+            if (idx[n] - base == r) acc += dy[(size_t)n * dim + k];
         dtable[i] = acc;
     }
 }
@@ -380,11 +380,12 @@ static __global__ void embedding_backward_rows_kernel(float *dtable, const float
 /* The large-table path: one thread per dy element, atomic adds (correct with repeated rows, but
  * the order of the additions, hence the last bits, is not fixed). */
 static __global__ void embedding_backward_atomic_kernel(float *dtable, const float *dy,
-                                                        const int32_t *idx, int N, int dim) {
+                                                        const int32_t *idx, int N, int dim,
+                                                        int base) {
     const size_t n_all = (size_t)N * dim;
     GRID_STRIDE(i, n_all) {
         const size_t n = i / dim, k = i - n * dim;
-        atomicAdd(&dtable[(size_t)idx[n] * dim + k], dy[i]);
+        atomicAdd(&dtable[(size_t)(idx[n] - base) * dim + k], dy[i]);
     }
 }
 
@@ -392,25 +393,25 @@ static __global__ void embedding_backward_atomic_kernel(float *dtable, const flo
 #define EMB_ROWS_WORK_MAX ((size_t)1 << 26)
 
 int dd_cuda_embedding_forward(float *y, const float *table, const int32_t *idx, int N, int rows,
-                              int dim) {
+                              int dim, int base) {
     (void)rows; /* indices were validated by the graph */
     const size_t n = (size_t)N * dim;
     if (!n) return 0;
-    embedding_kernel<<<blocks_for(n), THREADS, 0, dd_cuda_stream>>>(y, table, idx, N, dim);
+    embedding_kernel<<<blocks_for(n), THREADS, 0, dd_cuda_stream>>>(y, table, idx, N, dim, base);
     DD_CUDA_LAUNCHED("embedding_forward");
     return 0;
 }
 
 int dd_cuda_embedding_backward(float *dtable, const float *dy, const int32_t *idx, int N, int rows,
-                               int dim) {
+                               int dim, int base) {
     const size_t n = (size_t)N * dim, nt = (size_t)rows * dim;
     if (!dtable || !n || !nt) return 0;
     if (nt * (size_t)N <= EMB_ROWS_WORK_MAX) {
         embedding_backward_rows_kernel<<<blocks_for(nt), THREADS, 0, dd_cuda_stream>>>(
-            dtable, dy, idx, N, rows, dim);
+            dtable, dy, idx, N, rows, dim, base);
     } else {
         embedding_backward_atomic_kernel<<<blocks_for(n), THREADS, 0, dd_cuda_stream>>>(
-            dtable, dy, idx, N, dim);
+            dtable, dy, idx, N, dim, base);
     }
     DD_CUDA_LAUNCHED("embedding_backward");
     return 0;
@@ -2153,15 +2154,24 @@ int dd_cuda_counter_add(int64_t *c, int64_t d, const float *guard) {
     return 0;
 }
 
-static __global__ void index_fill_kernel(int32_t *dst, const int32_t *src, int n,
-                                         const int64_t *k, int32_t add) {
-    GRID_STRIDE(i, (size_t)n) dst[i] = src[k ? *k : (int64_t)i] + add;
+/* One block: every thread reads the counter before thread 0 moves it on (the barrier), then all
+ * write the step's t. A batch is a few thousand samples at most, so one block's loop is short. */
+static __global__ void sampler_advance_kernel(int64_t *k, int64_t *noff, int64_t dn, int32_t *t,
+                                              const int32_t *ttab, int n) {
+    const int64_t kk = *k + 1;
+    __syncthreads();
+    if (threadIdx.x == 0) {
+        *k = kk;
+        *noff += dn;
+    }
+    const int32_t v = ttab[kk];
+    for (int i = threadIdx.x; i < n; i += blockDim.x) t[i] = v;
 }
 
-int dd_cuda_index_fill(int32_t *dst, const int32_t *src, int n, const int64_t *k, int32_t add) {
-    if (n <= 0) return 0;
-    index_fill_kernel<<<blocks_for((size_t)n), THREADS, 0, dd_cuda_stream>>>(dst, src, n, k, add);
-    DD_CUDA_LAUNCHED("index_fill");
+int dd_cuda_sampler_advance(int64_t *k, int64_t *noff, int64_t dn, int32_t *t, const int32_t *ttab,
+                            int n) {
+    sampler_advance_kernel<<<1, THREADS, 0, dd_cuda_stream>>>(k, noff, dn, t, ttab, n > 0 ? n : 0);
+    DD_CUDA_LAUNCHED("sampler_advance");
     return 0;
 }
 

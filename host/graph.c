@@ -51,7 +51,6 @@ void dd_graph_free(dd_graph *g) {
     }
     free(g->t);
     free(g->nodes);
-    free(g->index_scratch);
     free(g->fold);
     free(g);
 }
@@ -386,6 +385,7 @@ int dd_embedding(dd_graph *g, int table, int idx) {
     n->p.emb.N = (int)I->shape[0];
     n->p.emb.rows = (int)Tb->shape[0];
     n->p.emb.dim = (int)Tb->shape[1];
+    n->p.emb.base = I->index_base;
     return out;
 }
 
@@ -408,6 +408,8 @@ int dd_xent(dd_graph *g, int logits, int labels) {
     char s1[64];
     if (!is_act4(L) || L->shape[2] * L->shape[3] != 1 || !Y->is_index || Y->shape[0] != L->shape[0])
         return dd_error("xent: logits %s need (N, K, 1, 1) and N int labels", shp(L, s1, 64));
+    if (Y->index_base != 0) /* the labels go to the op as they are: classes 0..K-1 */
+        return dd_error("xent: labels %s must be 0-based (dd_input_index)", Y->name);
     int out = act_tensor(g, "loss", 1, 1, 1, 1);
     int probs = act_tensor(g, "xent:probs", L->shape[0], L->shape[1], 1, 1);
     if (out < 0 || probs < 0) return -1;
@@ -665,12 +667,7 @@ int dd_graph_plan(dd_graph *g, int with_grad) {
             }
         }
     }
-    size_t ws = 0, index_max = 1;
-    for (int i = 0; i < g->nt; i++)
-        if (g->t[i].is_index && g->t[i].numel > index_max) index_max = g->t[i].numel;
-    free(g->index_scratch);
-    g->index_scratch = malloc(index_max * sizeof(int32_t));
-    if (!g->index_scratch) return dd_error("out of host memory");
+    size_t ws = 0;
     for (int i = 0; i < g->nn; i++) {
         const dd_node *n = &g->nodes[i];
         size_t w = 0;
@@ -759,7 +756,7 @@ static int forward_node(dd_graph *g, const dd_node *n) {
         return be->attention_forward(y, D(n->aux[0]), D(n->in[0]), &n->p.attn);
     case DD_OP_EMBEDDING:
         return be->embedding_forward(y, D(n->in[0]), IDX(n->in[1]), n->p.emb.N, n->p.emb.rows,
-                                     n->p.emb.dim);
+                                     n->p.emb.dim, n->p.emb.base);
     case DD_OP_MSE:
         return be->mse_forward(y, D(n->in[0]), D(n->in[1]), g->t[n->in[0]].numel);
     case DD_OP_XENT:
@@ -804,7 +801,7 @@ static int backward_node(dd_graph *g, const dd_node *n) {
         return be->attention_backward(G(n->in[0]), dy, D(n->in[0]), D(n->aux[0]), &n->p.attn, g->ws);
     case DD_OP_EMBEDDING:
         return be->embedding_backward(G(n->in[0]), dy, IDX(n->in[1]), n->p.emb.N, n->p.emb.rows,
-                                      n->p.emb.dim);
+                                      n->p.emb.dim, n->p.emb.base);
     case DD_OP_MSE:
         return be->mse_backward(G(n->in[0]), dy, D(n->in[0]), D(n->in[1]), g->t[n->in[0]].numel);
     case DD_OP_XENT:
@@ -987,14 +984,14 @@ int dd_graph_set_input(dd_graph *g, int id, const void *host, size_t bytes) {
     if (bytes != t->numel * 4)
         return dd_error("input %s: %zu bytes given, %zu expected", t->name, bytes, t->numel * 4);
     if (!t->is_index) return g->be->to_device(t->data, host, bytes);
-    /* indices: shift by the base and check against every table they address */
+    /* indices: checked against every table they address; the ops that read them subtract the
+     * base themselves, so the values go as they are */
     int rows = -1;
     for (int i = 0; i < g->nn; i++) {
         const dd_node *n = &g->nodes[i];
         if (n->op == DD_OP_EMBEDDING && n->in[1] == id && (rows < 0 || n->p.emb.rows < rows)) rows = n->p.emb.rows;
         if (n->op == DD_OP_XENT && n->in[1] == id && (rows < 0 || n->p.xent.K < rows)) rows = n->p.xent.K;
     }
-    int32_t *buf = g->index_scratch; /* planned: no allocation per step */
     const int32_t *v = host;
     for (size_t i = 0; i < t->numel; i++) {
         int64_t k = (int64_t)v[i] - t->index_base;
@@ -1002,9 +999,8 @@ int dd_graph_set_input(dd_graph *g, int id, const void *host, size_t bytes) {
             return dd_error("input %s: value %d at position %zu is out of range [%d, %d)", t->name,
                             v[i], i, t->index_base, t->index_base + rows);
         }
-        buf[i] = (int32_t)k;
     }
-    return g->be->to_device(t->data, buf, bytes);
+    return g->be->to_device(t->data, host, bytes);
 }
 
 int dd_graph_get(dd_graph *g, int id, float *host) {

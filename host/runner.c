@@ -105,7 +105,7 @@ static void call_key(const call *c, const void *key[DD_REPLAY_KEYS]) {
 /* The caller's buffer as graph tensor id: bound in place of its arena slot (no copy; see
  * dd_graph_bind), or, when it is not aligned like the arena, copied there. */
 static int feed_floats(const call *c, int id, const float *src) {
-    dd_graph *g = c->rg->g; /* 4-byte values: floats, or the int32 labels */
+    dd_graph *g = c->rg->g; /* 4-byte values: floats, or the int32 timesteps and labels */
     const int rc = dd_graph_bind(g, id, (void *)src); /* the graph only reads its inputs */
     if (rc <= 0) return rc;
     return c->r->be->copy(g->t[id].data, src, g->t[id].numel * sizeof(float));
@@ -116,22 +116,19 @@ static int feed_floats(const call *c, int id, const float *src) {
  * recording keeps the buffers it was recorded with, which the replay key names. */
 static void unbind_all(const call *c) {
     const dd_runner_graph *rg = c->rg;
-    const int ids[] = {rg->x, rg->target, rg->labels, rg->out};
+    const int ids[] = {rg->x, rg->target, rg->t, rg->labels, rg->out};
     for (size_t i = 0; i < sizeof ids / sizeof ids[0]; i++)
         if (ids[i] >= 0) dd_graph_unbind(rg->g, ids[i]);
 }
 
 /* The batch as the graph's inputs, all within backend memory (no host round trip). */
 static int feed(const call *c) {
-    const dd_backend *be = c->r->be;
     const dd_runner_graph *rg = c->rg;
-    dd_graph *g = rg->g;
     DD_TRY(feed_floats(c, rg->x, c->x));
     if (rg->target >= 0 && c->target) DD_TRY(feed_floats(c, rg->target, c->target));
-    if (rg->t >= 0) {
+    if (rg->t >= 0) { /* SPEC's t = 1..T, as the graph takes them (its embedding subtracts 1) */
         if (!c->t) return dd_error("model needs timesteps");
-        /* SPEC's t = 1..T -> the table row t - 1 */
-        DD_TRY(be->index_fill((int32_t *)g->t[rg->t].data, c->t, rg->B, NULL, -g->t[rg->t].index_base));
+        DD_TRY(feed_floats(c, rg->t, (const float *)c->t));
     }
     if (rg->labels >= 0) { /* 0-based, as the graph takes them: bound like x */
         if (!c->labels) return dd_error("conditional model needs labels");

@@ -2,8 +2,9 @@
  * (../shared/SPEC.md). The host computes every step's scalars once, in double, into a table in
  * backend memory (one row per step, DD_SAMPLER_COLS floats, plus the step's t); a step is then
  * the same backend calls every time, reading its row through a step counter in backend memory:
- * broadcast t, the model (one call of B, or 2B with guidance), one fused sampler_step (guidance,
- * the objective's conversion, x0 estimate, clamp, update, noise), counter += 1. So nothing goes
+ * sampler_advance (counter += 1, the noise address += n, broadcast t), the model (one call of B,
+ * or 2B with guidance), one fused sampler_step (guidance, the objective's conversion, x0
+ * estimate, clamp, update, noise). So nothing goes
  * back to the host inside the loop, and on CUDA the whole step is recorded once as a CUDA graph
  * and replayed (dd_replay). Buffers are allocated once per run, nothing per step. */
 #include <math.h>
@@ -44,7 +45,7 @@ typedef struct {
     int32_t *lab;   /* backend (nb), conditional models only */
     float *tab;     /* backend (steps, DD_SAMPLER_COLS): every step's scalars */
     int32_t *ttab;  /* backend (steps): every step's t */
-    int64_t *k;     /* backend (1): the step counter (the table row) */
+    int64_t *k;     /* backend (1): the step counter (the table row), -1 before the first */
     int64_t *noff;  /* backend (1): the Philox offset of this step's noise, += n a step */
     int *t_host;    /* host (steps): every step's t, for the step callback */
     dd_rng_at noise; /* step k's noise: (seed, stream) at *noff */
@@ -84,8 +85,7 @@ static int label_ok(const dd_denoiser *m, int32_t l) {
 /* Check the request (before anything is allocated). */
 static int check_request(const dd_backend *be, const dd_schedule *s, const dd_denoiser *m,
                          const dd_sample_opts *o) {
-    if (!be || !be->alloc || !be->normal || !be->sampler_step || !be->index_fill ||
-        !be->counter_add)
+    if (!be || !be->alloc || !be->normal || !be->sampler_step || !be->sampler_advance)
         return dd_error("sampler: backend '%s' lacks the diffusion ops",
                         be && be->name ? be->name : "(null)");
     if (!s || !s->beta) return dd_error("sampler: no schedule");
@@ -208,7 +208,7 @@ static void fill_row(float *row, const dd_schedule *s, dd_objective obj, int t, 
     row[DD_SAMPLER_SIGMA] = sigma;
 }
 
-/* Upload the tables made in tab / t_host, zero the counter, draw x_T. */
+/* Upload the tables made in tab / t_host, set the counters one step before the first, draw x_T. */
 static int run_start(run *r, const float *tab, dd_rng *rng) {
     const dd_backend *be = r->be;
     int32_t *tt = malloc((size_t)r->steps * sizeof(int32_t));
@@ -218,11 +218,13 @@ static int run_start(run *r, const float *tab, dd_rng *rng) {
     free(tt);
     DD_TRY(rc);
     DD_TRY(be->to_device(r->tab, tab, (size_t)r->steps * DD_SAMPLER_COLS * sizeof(float)));
-    DD_TRY(be->zero(r->k, sizeof(int64_t)));
+    const int64_t before = -1;
+    DD_TRY(be->to_device(r->k, &before, sizeof before));
     DD_TRY(be->normal(r->x, r->n, (dd_rng_at){rng->seed, rng->stream, rng->offset, NULL, 0}));
-    rng->offset += r->n;
-    /* every step owns n addresses, used or not: step k's noise starts at offset + k n */
+    /* every step owns n addresses, used or not: step k's noise starts at offset + k n (offset
+     * past x_T's draws), and the step's sampler_advance adds the n */
     const int64_t noff = (int64_t)rng->offset;
+    rng->offset += r->n;
     DD_TRY(be->to_device(r->noff, &noff, sizeof noff));
     r->noise = (dd_rng_at){rng->seed, rng->stream, 0, r->noff, 1};
     return 0;
@@ -232,7 +234,7 @@ static int run_start(run *r, const float *tab, dd_rng *rng) {
 static int step_body(void *ctx) {
     run *r = ctx;
     const dd_backend *be = r->be;
-    DD_TRY(be->index_fill(r->t, r->ttab, r->nb, r->k, 0));
+    DD_TRY(be->sampler_advance(r->k, r->noff, (int64_t)r->n, r->t, r->ttab, r->nb));
     const float *in = r->x;
     if (r->guided) {
         DD_TRY(be->copy(r->xin + r->n, r->x, r->n * sizeof(float)));
@@ -241,10 +243,8 @@ static int step_body(void *ctx) {
     DD_TRY(r->m->fn(r->m->ctx, r->out, in, r->t, r->lab, r->nb));
     /* the row comes from k; the noise from noff (its own counter, so that a recorded step
      * serves any later run whatever its seed offset) */
-    DD_TRY(be->sampler_step(r->x, r->x0, r->out, r->guided ? r->out + r->n : NULL, r->n, r->g,
-                            r->clip, r->tab, r->k, r->noise));
-    DD_TRY(be->counter_add(r->k, 1, NULL));
-    return be->counter_add(r->noff, (int64_t)r->n, NULL);
+    return be->sampler_step(r->x, r->x0, r->out, r->guided ? r->out + r->n : NULL, r->n, r->g,
+                            r->clip, r->tab, r->k, r->noise);
 }
 
 static int loop(run *r, dd_sample_opts *o, float *out) {

@@ -815,25 +815,26 @@ static void test_attention(void) {
 
 /* ---------------------------------------------------------------- embedding, losses */
 
-/* idx[n] = (n * 7 + 3) % rows, and every third sample reuses the row of the one before: repeated
- * rows, which the backward must sum. Small tables take the deterministic path (the CPU's order of
- * additions: exact), a large one the atomic path (any order: within FP32_TOL). */
-static void case_embedding(int N, int rows, int dim, int exact) {
+/* idx[n] = base + (n * 7 + 3) % rows, and every third sample reuses the row of the one before:
+ * repeated rows, which the backward must sum. Small tables take the deterministic path (the CPU's
+ * order of additions: exact), a large one the atomic path (any order: within FP32_TOL). */
+static void case_embedding(int N, int rows, int dim, int base, int exact) {
     char tag[80];
-    snprintf(tag, sizeof tag, "embedding N%d rows%d dim%d", N, rows, dim);
+    snprintf(tag, sizeof tag, "embedding N%d rows%d dim%d base%d", N, rows, dim, base);
     begin(tag);
     int32_t *idx = halloc((size_t)N * sizeof(int32_t));
-    for (int n = 0; n < N; n++) idx[n] = n % 3 == 2 ? idx[n - 1] : (int32_t)((n * 7 + 3) % rows);
+    for (int n = 0; n < N; n++)
+        idx[n] = n % 3 == 2 ? idx[n - 1] : base + (int32_t)((n * 7 + 3) % rows);
     const size_t nt = (size_t)rows * dim, ny = (size_t)N * dim;
     float *table = hrand(nt, -1, 1), *dy = hrand(ny, -1, 1), *dt0 = hrand(nt, -1, 1);
     float *y = halloc(ny * sizeof(float)), *dt = hcopy(dt0, nt);
-    OK(cpu->embedding_forward(y, table, idx, N, rows, dim));
-    OK(cpu->embedding_backward(dt, dy, idx, N, rows, dim));
+    OK(cpu->embedding_forward(y, table, idx, N, rows, dim, base));
+    OK(cpu->embedding_backward(dt, dy, idx, N, rows, dim, base));
     int32_t *gidx = dup_bytes(idx, (size_t)N * sizeof(int32_t));
     float *gy = dpoison(ny), *gdt = dup(dt0, nt), *gdy = dup(dy, ny);
-    OK(gpu->embedding_forward(gy, dup(table, nt), gidx, N, rows, dim));
-    OK(gpu->embedding_backward(gdt, gdy, gidx, N, rows, dim));
-    OK(gpu->embedding_backward(NULL, gdy, gidx, N, rows, dim)); /* NULL gradient: nothing */
+    OK(gpu->embedding_forward(gy, dup(table, nt), gidx, N, rows, dim, base));
+    OK(gpu->embedding_backward(gdt, gdy, gidx, N, rows, dim, base));
+    OK(gpu->embedding_backward(NULL, gdy, gidx, N, rows, dim, base)); /* NULL gradient: nothing */
     sync_or_fail(tag);
     char what[128];
     snprintf(what, sizeof what, "%s y", tag);
@@ -844,10 +845,11 @@ static void case_embedding(int N, int rows, int dim, int exact) {
 }
 
 static void test_embedding(void) {
-    case_embedding(9, 10, 6, 1);
-    case_embedding(1024, 11, 64, 1); /* the class table at batch 1024 */
+    case_embedding(9, 10, 6, 0, 1);
+    case_embedding(1024, 11, 64, 0, 1); /* the class table at batch 1024 */
+    case_embedding(256, 100, 64, 1, 1); /* the timestep table: t = 1..T, rows 0..T-1 */
     if (!big || tf32_pass) return;
-    case_embedding(300, 4096, 64, 0); /* rows * dim * N above 2^26: atomic path */
+    case_embedding(300, 4096, 64, 1, 0); /* rows * dim * N above 2^26: atomic path */
 }
 
 static void case_mse(size_t n) {
@@ -957,17 +959,25 @@ static void test_optim(void) {
     sync_or_fail("ema");
     expect("ema (plain, warm-up, guarded)", ema, gema, n, FP32_TOL);
 
-    const int32_t src[5] = {3, 1, 4, 1, 5};
-    int32_t dst[5];
-    int32_t *gsrc = dup_bytes(src, sizeof src), *gdst = dup_bytes(src, sizeof src);
-    CHECK_OK(cpu->index_fill(dst, src, 5, NULL, -1));
-    CHECK_OK(gpu->index_fill(gdst, gsrc, 5, NULL, -1));
-    expect_bytes("index_fill (shifted copy)", dst, gdst, sizeof dst);
-    const int64_t two = 2;
-    int64_t *gtwo = dup_bytes(&two, sizeof two);
-    CHECK_OK(cpu->index_fill(dst, src, 5, &two, 0));
-    CHECK_OK(gpu->index_fill(gdst, gsrc, 5, gtwo, 0));
-    expect_bytes("index_fill (broadcast)", dst, gdst, sizeof dst);
+    /* the sampler's step start, over more samples than one block has threads: two steps from
+     * the counter's start (-1), then a third */
+    const int32_t ttab[3] = {100, 95, 90};
+    enum { NT = 700 };
+    int32_t t[NT];
+    int64_t k = -1, noff = 1000;
+    int32_t *gttab = dup_bytes(ttab, sizeof ttab), *gt = dup_bytes(t, sizeof t);
+    int64_t *gk = dup_bytes(&k, sizeof k), *gnoff = dup_bytes(&noff, sizeof noff);
+    for (int s = 0; s < 3; s++) {
+        CHECK_OK(cpu->sampler_advance(&k, &noff, 784, t, ttab, NT));
+        CHECK_OK(gpu->sampler_advance(gk, gnoff, 784, gt, gttab, NT));
+    }
+    sync_or_fail("sampler_advance");
+    CHECKF(k == 2 && noff == 1000 + 3 * 784 && t[0] == 90 && t[NT - 1] == 90,
+           "sampler_advance on the CPU: k %lld, noff %lld, t %d..%d", (long long)k,
+           (long long)noff, t[0], t[NT - 1]);
+    expect_bytes("sampler_advance t", t, gt, sizeof t);
+    expect_bytes("sampler_advance k", &k, gk, sizeof k);
+    expect_bytes("sampler_advance noise offset", &noff, gnoff, sizeof noff);
     release();
 }
 

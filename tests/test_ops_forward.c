@@ -373,15 +373,19 @@ static void check_adam(void) {
     CHECK_OK(B->ema_update(ema, pp, 2, 0.9f, &two, &bad_loss));
     CHECKF(fabsf(ema[0] - 2.55f) < 1e-6f, "ema with a NaN guard changed: %g", ema[0]);
 
-    /* index_fill: a shifted copy, and one table entry broadcast */
-    const int32_t src[4] = {5, 7, 9, 11};
-    int32_t dst[4];
-    CHECK_OK(B->index_fill(dst, src, 4, NULL, -1));
-    CHECKF(dst[0] == 4 && dst[1] == 6 && dst[2] == 8 && dst[3] == 10, "index_fill copy: %d %d %d %d",
-           dst[0], dst[1], dst[2], dst[3]);
-    CHECK_OK(B->index_fill(dst, src, 3, &two, 0));
-    CHECKF(dst[0] == 9 && dst[1] == 9 && dst[2] == 9 && dst[3] == 10, "index_fill broadcast: %d %d %d",
-           dst[0], dst[1], dst[2]);
+    /* sampler_advance: the counter from -1 to 0 and then 1, the noise address on by 50 each
+     * time, the step's t broadcast to the first 3 of 4 */
+    const int32_t ttab[2] = {5, 7};
+    int32_t t[4] = {0, 0, 0, -3};
+    int64_t k = -1, noff = 100;
+    CHECK_OK(B->sampler_advance(&k, &noff, 50, t, ttab, 3));
+    CHECKF(k == 0 && noff == 150 && t[0] == 5 && t[2] == 5 && t[3] == -3,
+           "sampler_advance: k %lld, noff %lld, t %d %d %d %d", (long long)k, (long long)noff, t[0],
+           t[1], t[2], t[3]);
+    CHECK_OK(B->sampler_advance(&k, &noff, 50, t, ttab, 3));
+    CHECKF(k == 1 && noff == 200 && t[0] == 7 && t[1] == 7 && t[2] == 7 && t[3] == -3,
+           "sampler_advance, second step: k %lld, noff %lld, t %d %d %d %d", (long long)k,
+           (long long)noff, t[0], t[1], t[2], t[3]);
 }
 
 /* ---------------------------------------------------------------- diffusion helpers */

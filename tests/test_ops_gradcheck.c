@@ -459,21 +459,29 @@ static void attention_case(int N, int C, int heads, int P) {
 
 /* ---------------------------------------------------------------- embedding */
 
+/* the index base in H: values run base..base + rows - 1 */
 static void emb_fwd(gc_case *c) {
-    CHECK_OK(B->embedding_forward(c->y, c->t[0].v, c->idx, c->N, c->C1, c->C2));
+    CHECK_OK(B->embedding_forward(c->y, c->t[0].v, c->idx, c->N, c->C1, c->C2, c->H));
 }
 static void emb_bwd(gc_case *c, float **g, const float *dy) {
-    CHECK_OK(B->embedding_backward(g[0], dy, c->idx, c->N, c->C1, c->C2));
+    CHECK_OK(B->embedding_backward(g[0], dy, c->idx, c->N, c->C1, c->C2, c->H));
 }
 
-static void embedding_case(int N, int rows, int dim) {
-    gc_case *c = new_case((size_t)N * dim, 1e-2f, "embedding N=%d rows=%d dim=%d", N, rows, dim);
-    c->N = N, c->C1 = rows, c->C2 = dim;
-    add_tensor(c, "table", (size_t)rows * dim, -1, 1, 1);
+static void embedding_case(int N, int rows, int dim, int base) {
+    gc_case *c = new_case((size_t)N * dim, 1e-2f, "embedding N=%d rows=%d dim=%d base=%d", N, rows,
+                          dim, base);
+    c->N = N, c->C1 = rows, c->C2 = dim, c->H = base;
+    const float *table = add_tensor(c, "table", (size_t)rows * dim, -1, 1, 1);
     c->idx = malloc((size_t)N * sizeof(int32_t));
     /* repeated rows (their gradients must sum), row 0 and the last row included */
-    for (int n = 0; n < N; n++) c->idx[n] = (int32_t)((n * 3 + n / 2) % rows);
-    c->idx[0] = rows - 1;
+    for (int n = 0; n < N; n++) c->idx[n] = base + (int32_t)((n * 3 + n / 2) % rows);
+    c->idx[0] = base + rows - 1;
+    /* the rows themselves: value v reads row v - base */
+    emb_fwd(c);
+    for (int n = 0; n < N; n++)
+        CHECKF(!memcmp(c->y + (size_t)n * dim, table + (size_t)(c->idx[n] - base) * dim,
+                       (size_t)dim * sizeof(float)),
+               "%s: sample %d does not hold row %d", c->label, n, c->idx[n] - base);
     c->fwd = emb_fwd;
     c->bwd = emb_bwd;
     run_case(c);
@@ -588,8 +596,9 @@ int main(int argc, char **argv) {
         attention_case(1, 8, 4, 2);
     }
     if (WANT("embedding")) {
-        embedding_case(7, 5, 3);
-        embedding_case(1, 1, 4);
+        embedding_case(7, 5, 3, 0);
+        embedding_case(1, 1, 4, 0);
+        embedding_case(6, 4, 3, 1); /* SPEC's timesteps: 1..T address rows 0..T-1 */
     }
     if (WANT("mse")) {
         mse_case(1);

@@ -26,7 +26,7 @@ enum {
     OP_CONV_F, OP_CONV_B, OP_DENSE_F, OP_DENSE_GROUP_F, OP_DENSE_B, OP_DENSE_GROUP_B, OP_GN_F, OP_GN_WS, OP_GN_B, OP_ACT_F, OP_ACT_B, OP_ADD_F,
     OP_ADD_B, OP_CAT_F, OP_CAT_B, OP_UP_F, OP_UP_B, OP_POOL_F, OP_POOL_B, OP_ATT_WS, OP_ATT_F,
     OP_ATT_B, OP_EMB_F, OP_EMB_B, OP_MSE_F, OP_MSE_B, OP_XENT_F, OP_XENT_B, OP_ADAM, OP_EMA,
-    OP_COUNTER, OP_INDEX_FILL, OP_NORMAL, OP_TRAIN_DRAW, OP_Q_SAMPLE, OP_SAMPLER, OP_COUNT
+    OP_COUNTER, OP_ADVANCE, OP_NORMAL, OP_TRAIN_DRAW, OP_Q_SAMPLE, OP_SAMPLER, OP_COUNT
 };
 
 #define MAX_LOG 4096
@@ -143,8 +143,8 @@ static int w_att_b(float *dq, const float *dy, const float *qkv, const float *p,
     BEGIN(OP_ATT_B); H(dq); H(dy); H(qkv); H(p); H(*s); H(ws); END(OP_ATT_B);
     return C->attention_backward(dq, dy, qkv, p, s, ws);
 }
-static int w_emb_f(float *y, const float *t, const int32_t *i, int N, int r, int d) { BEGIN(OP_EMB_F); H(y); H(t); H(i); H(N); H(r); H(d); END(OP_EMB_F); return C->embedding_forward(y, t, i, N, r, d); }
-static int w_emb_b(float *dt, const float *dy, const int32_t *i, int N, int r, int d) { BEGIN(OP_EMB_B); H(dt); H(dy); H(i); H(N); H(r); H(d); END(OP_EMB_B); return C->embedding_backward(dt, dy, i, N, r, d); }
+static int w_emb_f(float *y, const float *t, const int32_t *i, int N, int r, int d, int b) { BEGIN(OP_EMB_F); H(y); H(t); H(i); H(N); H(r); H(d); H(b); END(OP_EMB_F); return C->embedding_forward(y, t, i, N, r, d, b); }
+static int w_emb_b(float *dt, const float *dy, const int32_t *i, int N, int r, int d, int b) { BEGIN(OP_EMB_B); H(dt); H(dy); H(i); H(N); H(r); H(d); H(b); END(OP_EMB_B); return C->embedding_backward(dt, dy, i, N, r, d, b); }
 static int w_mse_f(float *l, const float *p, const float *t, size_t n) { BEGIN(OP_MSE_F); H(l); H(p); H(t); H(n); END(OP_MSE_F); return C->mse_forward(l, p, t, n); }
 static int w_mse_b(float *dp, const float *dl, const float *p, const float *t, size_t n) { BEGIN(OP_MSE_B); H(dp); H(dl); H(p); H(t); H(n); END(OP_MSE_B); return C->mse_backward(dp, dl, p, t, n); }
 static int w_xent_f(float *l, float *p, const float *lg, const int32_t *lb, int N, int K) { BEGIN(OP_XENT_F); H(l); H(p); H(lg); H(lb); H(N); H(K); END(OP_XENT_F); return C->xent_forward(l, p, lg, lb, N, K); }
@@ -159,9 +159,9 @@ static int w_ema(float *e, const float *p, size_t n, float d, const int64_t *ste
     return C->ema_update(e, p, n, d, step, guard);
 }
 static int w_counter(int64_t *c, int64_t d, const float *guard) { BEGIN(OP_COUNTER); H(c); H(d); H(guard); END(OP_COUNTER); return C->counter_add(c, d, guard); }
-static int w_index_fill(int32_t *d, const int32_t *s, int n, const int64_t *k, int32_t a) {
-    BEGIN(OP_INDEX_FILL); H(d); H(s); H(n); H(k); H(a); END(OP_INDEX_FILL);
-    return C->index_fill(d, s, n, k, a);
+static int w_advance(int64_t *k, int64_t *noff, int64_t dn, int32_t *t, const int32_t *tt, int n) {
+    BEGIN(OP_ADVANCE); H(k); H(noff); H(dn); H(t); H(tt); H(n); END(OP_ADVANCE);
+    return C->sampler_advance(k, noff, dn, t, tt, n);
 }
 static int w_normal(float *o, size_t n, dd_rng_at at) { BEGIN(OP_NORMAL); H(o); H(n); H(at); END(OP_NORMAL); return C->normal(o, n, at); }
 static int w_train_draw(int32_t *t, int32_t *lo, const int32_t *li, int N, int T, float p, int32_t g, dd_rng_at at) {
@@ -194,7 +194,7 @@ static const dd_backend logbe = {
     .attention_backward = w_att_b, .embedding_forward = w_emb_f,
     .embedding_backward = w_emb_b, .mse_forward = w_mse_f, .mse_backward = w_mse_b,
     .xent_forward = w_xent_f, .xent_backward = w_xent_b, .adam_update = w_adam,
-    .ema_update = w_ema, .counter_add = w_counter, .index_fill = w_index_fill,
+    .ema_update = w_ema, .counter_add = w_counter, .sampler_advance = w_advance,
     .normal = w_normal, .train_draw = w_train_draw, .q_sample = w_q_sample,
     .sampler_step = w_sampler,
 };
@@ -428,6 +428,10 @@ static void sampling_case(const char *what, int ddim, float guidance, int use_ca
                "%s: a step has %d sampler updates, %d convolutions, %d noise draws", what,
                count(slog[n - 1], OP_SAMPLER), count(slog[n - 1], OP_CONV_F),
                count(slog[n - 1], OP_NORMAL));
+        /* the step's counters and its t: one call, and the model reads that t as it is */
+        CHECKF(count(slog[n - 1], OP_ADVANCE) == 1 && count(slog[n - 1], OP_COUNTER) == 0,
+               "%s: a step has %d sampler_advance and %d counter_add calls (want 1 and 0)", what,
+               count(slog[n - 1], OP_ADVANCE), count(slog[n - 1], OP_COUNTER));
         /* the blocks' projections of the time embedding: one grouped call, the time MLP's two
          * layers on their own */
         CHECKF(count(slog[n - 1], OP_DENSE_GROUP_F) == 1 && count(slog[n - 1], OP_DENSE_F) == 2,
@@ -500,8 +504,10 @@ static void test_bound_buffers(void) {
     /* the graph's own slots again: a host write to its input leaves the caller's x alone */
     dd_runner_graph *rg;
     CHECK_OK(dd_runner_eval_graph(&r, B, &rg));
-    CHECKF(rg->g->t[rg->x].data != x && rg->g->t[rg->out].data != out,
-           "the graph's input or output still points at the caller's buffer after the call");
+    CHECKF(rg->g->t[rg->x].data != x && rg->g->t[rg->out].data != out &&
+               rg->g->t[rg->t].data != (void *)t && rg->g->t[rg->labels].data != (void *)lab,
+           "the graph's input, output, timesteps or labels still point at the caller's buffers "
+           "after the call");
     float *zeros = calloc(n, sizeof(float));
     CHECK_OK(dd_graph_set_input(rg->g, rg->x, zeros, n * sizeof(float)));
     CHECKF(!memcmp(x, keep, n * sizeof(float)), "dd_graph_set_input wrote the caller's buffer");

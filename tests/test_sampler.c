@@ -79,8 +79,11 @@ static int mb_sampler_step(float *x, float *x0_out, const float *out, const floa
     }
     return 0;
 }
-static int mb_index_fill(int32_t *dst, const int32_t *src, int n, const int64_t *k, int32_t add) {
-    for (int i = 0; i < n; i++) dst[i] = src[k ? *k : i] + add;
+static int mb_sampler_advance(int64_t *k, int64_t *noff, int64_t dn, int32_t *t,
+                              const int32_t *ttab, int n) {
+    ++*k;
+    *noff += dn;
+    for (int i = 0; i < n; i++) t[i] = ttab[*k];
     return 0;
 }
 static int mb_counter_add(int64_t *c, int64_t d, const float *guard) {
@@ -97,7 +100,7 @@ static const dd_backend mini_backend = {
     .copy = mb_memcpy,
     .synchronize = mb_sync,
     .counter_add = mb_counter_add,
-    .index_fill = mb_index_fill,
+    .sampler_advance = mb_sampler_advance,
     .normal = mb_normal,
     .train_draw = mb_train_draw,
     .q_sample = mb_q_sample,

@@ -177,11 +177,13 @@ typedef struct dd_backend {
     int (*attention_backward)(float *dqkv, const float *dy, const float *qkv, const float *probs,
                               const dd_attn_shape *s, void *ws);
 
-    /* embedding lookup: table (rows, dim), idx (N) int32 in [0, rows) -> y (N, dim) */
+    /* embedding lookup: table (rows, dim), idx (N) int32 in [base, base + rows) -> y (N, dim),
+     * y[n] = table[idx[n] - base] (base 1: SPEC's timesteps 1..T address rows 0..T-1, so a
+     * caller's t buffer is read as it is, without a shifted copy) */
     int (*embedding_forward)(float *y, const float *table, const int32_t *idx, int N, int rows,
-                             int dim);
+                             int dim, int base);
     int (*embedding_backward)(float *dtable, const float *dy, const int32_t *idx, int N, int rows,
-                              int dim);
+                              int dim, int base);
 
     /* mean squared error: loss[0] = mean((pred - target)^2) over n values;
      * backward: dpred += dloss[0] * 2 (pred - target) / n */
@@ -218,9 +220,11 @@ typedef struct dd_backend {
                       const float *guard);
     /* *c += d (a single int64 in backend memory) */
     int (*counter_add)(int64_t *c, int64_t d, const float *guard);
-    /* dst[i] = src[k ? *k : i] + add for i < n: with k, one table entry broadcast (the sampler's
-     * time step); without, a shifted copy (1-based times -> 0-based table rows) */
-    int (*index_fill)(int32_t *dst, const int32_t *src, int n, const int64_t *k, int32_t add);
+    /* The start of a sampler step, one call: *k += 1 and *noff += dn (the step counter and the
+     * step's noise address), then t[i] = ttab[*k] for i < n (the step's time, broadcast); all
+     * in backend memory */
+    int (*sampler_advance)(int64_t *k, int64_t *noff, int64_t dn, int32_t *t,
+                           const int32_t *ttab, int n);
 
     /* ---- diffusion helpers (the host owns the maths, these are its per-element kernels) ---- */
     /* out[i] = dd_philox_normal(seed, stream, dd_rng_at_offset(at) + i) for i < n

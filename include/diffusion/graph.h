@@ -120,7 +120,7 @@ typedef struct {
     int64_t shape[DD_MAX_DIMS]; /* activations: (N, C, H, W); dense outputs (N, C, 1, 1) */
     size_t numel;
     int is_index;   /* int32 values (timesteps, labels) */
-    int index_base; /* subtracted from host values by dd_graph_set_input */
+    int index_base; /* values run from it: embedding reads row value - base */
     int param;    /* index into dd_params, or -1 */
     int needs_grad;
     int keep;     /* dd_graph_keep: own memory even in a graph that reuses memory */
@@ -144,7 +144,7 @@ typedef struct {
         struct { dd_act act; } act;
         struct { int N, Ca, Cb, HW; } concat;
         struct { int N, C, H, W; } pool; /* upsample and maxpool: input sizes */
-        struct { int N, rows, dim; } emb;
+        struct { int N, rows, dim, base; } emb; /* base: the index input's */
         struct { int N, K; } xent;
     } p;
 } dd_node;
@@ -171,7 +171,6 @@ typedef struct dd_graph {
     size_t arena_floats, grad_floats;
     void *ws;
     size_t ws_bytes;
-    int32_t *index_scratch; /* host: shifted index inputs on their way to the backend */
     float *one;             /* backend: the constant 1, the seed of backward */
     dd_profile *profile;    /* NULL, or where node times are added (see dd_profile) */
     /* Per node, set by dd_graph_plan for a forward-only graph that reuses memory, when the

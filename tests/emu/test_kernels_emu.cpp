@@ -203,22 +203,23 @@ void case_maxpool(int N, int C, int H, int W) {
 }
 
 /* a large table (rows * dim * N above 2^26) takes the atomic path: any order, within FP32_TOL */
-void case_embedding(int N, int rows, int dim) {
+void case_embedding(int N, int rows, int dim, int base) {
     const int atomic = (size_t)rows * dim * N > ((size_t)1 << 26);
     begin("embedding N" + std::to_string(N) + " rows" + std::to_string(rows) + " dim" +
-          std::to_string(dim) + (atomic ? " (atomic)" : ""));
+          std::to_string(dim) + " base" + std::to_string(base) + (atomic ? " (atomic)" : ""));
     const size_t nt = (size_t)rows * dim, ny = (size_t)N * dim;
     std::vector<int32_t> idx(N);
-    for (int n = 0; n < N; n++) idx[n] = (int32_t)(rng.next() % (uint64_t)(n % 3 ? rows : 2));
+    for (int n = 0; n < N; n++)
+        idx[n] = base + (int32_t)(rng.next() % (uint64_t)(n % 3 ? rows : 2));
     auto table = rnd(nt, -1, 1), dy = rnd(ny, -1, 1), dt = rnd(nt, -1, 1);
     std::vector<float> y(ny);
     auto gy = dout(ny), gdt = dup(dt);
     auto gidx = dup_i32(idx);
-    OK(cpu->embedding_forward(y.data(), table.data(), idx.data(), N, rows, dim));
-    OK(cpu->embedding_backward(dt.data(), dy.data(), idx.data(), N, rows, dim));
-    OK(dd_cuda_embedding_forward(gy, dup(table), gidx, N, rows, dim));
-    OK(dd_cuda_embedding_backward(gdt, dup(dy), gidx, N, rows, dim));
-    OK(dd_cuda_embedding_backward(NULL, dup(dy), gidx, N, rows, dim));
+    OK(cpu->embedding_forward(y.data(), table.data(), idx.data(), N, rows, dim, base));
+    OK(cpu->embedding_backward(dt.data(), dy.data(), idx.data(), N, rows, dim, base));
+    OK(dd_cuda_embedding_forward(gy, dup(table), gidx, N, rows, dim, base));
+    OK(dd_cuda_embedding_backward(gdt, dup(dy), gidx, N, rows, dim, base));
+    OK(dd_cuda_embedding_backward(NULL, dup(dy), gidx, N, rows, dim, base));
     expect("y", y, gy, 0.0);
     expect("dtable", dt, gdt, atomic ? FP32_TOL : 0.0);
     end();
@@ -468,15 +469,25 @@ void case_adam_ema(size_t n, int guard, int with_step) {
     end();
 }
 
-void case_index_fill(int n, int with_k) {
-    begin("index_fill n" + std::to_string(n) + (with_k ? " k" : ""));
-    std::vector<int32_t> src(n + 3), dst(n);
-    for (auto &s : src) s = (int32_t)(rng.next() % 1000);
-    const int64_t k = 2;
-    int32_t *gdst = (int32_t *)dout(n);
-    OK(cpu->index_fill(dst.data(), src.data(), n, with_k ? &k : NULL, 17));
-    OK(dd_cuda_index_fill(gdst, dup_i32(src), n, with_k ? dup_i64(k) : NULL, 17));
-    expect_exact("dst", dst.data(), gdst, (size_t)n);
+/* the sampler's step start, `steps` times from the counter's start (-1): n samples, more than
+ * one block's threads or fewer */
+void case_sampler_advance(int n, int steps) {
+    begin("sampler_advance n" + std::to_string(n) + " steps" + std::to_string(steps));
+    std::vector<int32_t> ttab(steps), t(n);
+    for (auto &s : ttab) s = (int32_t)(rng.next() % 1000);
+    int64_t k = -1, noff = 77;
+    int64_t *gk = dup_i64(k), *gnoff = dup_i64(noff);
+    int32_t *gt = (int32_t *)dout(n), *gttab = dup_i32(ttab);
+    for (int s = 0; s < steps; s++) {
+        OK(cpu->sampler_advance(&k, &noff, 784, t.data(), ttab.data(), n));
+        OK(dd_cuda_sampler_advance(gk, gnoff, 784, gt, gttab, n));
+    }
+    if (k != steps - 1 || noff != 77 + 784 * (int64_t)steps || t[n - 1] != ttab[steps - 1])
+        emu_fail("%s: on the CPU: k %lld, noise offset %lld", tag.c_str(), (long long)k,
+                 (long long)noff);
+    expect_exact("t", t.data(), gt, (size_t)n);
+    expect_exact("k", &k, gk, 1);
+    expect_exact("noise offset", &noff, gnoff, 1);
     end();
 }
 
@@ -565,9 +576,10 @@ int main() {
     case_upsample(1, 1, 1, 1);
     case_maxpool(2, 3, 7, 9);
     case_maxpool(1, 2, 4, 2);
-    case_embedding(7, 4, 5);
-    case_embedding(1, 1, 1);
-    case_embedding(64, 1024, 1025); /* the atomic path */
+    case_embedding(7, 4, 5, 0);
+    case_embedding(1, 1, 1, 0);
+    case_embedding(9, 100, 64, 1); /* the timestep table: t = 1..T, rows 0..T-1 */
+    case_embedding(64, 1024, 1025, 1); /* the atomic path */
 
     case_gn(2, 6, 5, 3, 1, 1, 1, 1);
     case_gn(3, 8, 49, 4, 0, 0, 1, 1);
@@ -616,9 +628,9 @@ int main() {
         case_adam_ema(1000, guard, 1);
         case_adam_ema(3, guard, 0);
     }
-    case_index_fill(1, 0);
-    case_index_fill(300, 1);
-    case_index_fill(300, 0);
+    case_sampler_advance(1, 1);
+    case_sampler_advance(300, 3);
+    case_sampler_advance(700, 2); /* more samples than the block's threads */
 
     case_rng(1, 1, 0);
     case_rng(1001, 37, 1);
