@@ -12,12 +12,12 @@ static int cpu_alloc(void **p, size_t bytes) {
     size_t n = dd_cpu_round(bytes ? bytes : 1);
     if (n < bytes) {
         *p = NULL;
-        return dd_error("cpu backend: out of memory allocating %zu bytes (size overflows)", bytes);
+        return dd_error_size("cpu backend: out of memory allocating %zu bytes (size overflows)", bytes);
     }
     void *q = aligned_alloc(DD_CPU_ALIGN, n);
     if (!q) {
         *p = NULL;
-        return dd_error("cpu backend: out of memory allocating %zu bytes (%.1f MiB)", bytes,
+        return dd_error_size("cpu backend: out of memory allocating %zu bytes (%.1f MiB)", bytes,
                         (double)bytes / (1024.0 * 1024.0));
     }
     memset(q, 0, n);

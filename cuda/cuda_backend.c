@@ -64,7 +64,7 @@ static int cu_alloc(void **p, size_t bytes) {
         size_t free_b = 0, total_b = 0;
         (void)cudaMemGetInfo(&free_b, &total_b);
         *p = NULL;
-        return dd_error("cuda backend: out of GPU memory allocating %zu bytes (%.1f MiB); "
+        return dd_error_size("cuda backend: out of GPU memory allocating %zu bytes (%.1f MiB); "
                         "%.1f MiB free of %.1f MiB",
                         bytes, (double)bytes / 1048576.0, (double)free_b / 1048576.0,
                         (double)total_b / 1048576.0);

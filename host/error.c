@@ -5,14 +5,27 @@
 #include <string.h>
 
 static _Thread_local char msg[1024];
+static _Thread_local int oom; /* the message is dd_error_size's: a request too large */
 
 int dd_error(const char *fmt, ...) {
     va_list ap;
     va_start(ap, fmt);
     vsnprintf(msg, sizeof msg, fmt, ap);
     va_end(ap);
+    oom = 0;
     return -1;
 }
+
+int dd_error_size(const char *fmt, ...) {
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(msg, sizeof msg, fmt, ap);
+    va_end(ap);
+    oom = 1;
+    return -1;
+}
+
+int dd_error_was_size(void) { return oom; }
 
 int dd_error_prefix(const char *fmt, ...) {
     char old[sizeof msg], pre[512];
@@ -27,4 +40,7 @@ int dd_error_prefix(const char *fmt, ...) {
 }
 
 const char *dd_error_message(void) { return msg[0] ? msg : "unknown error"; }
-void dd_error_clear(void) { msg[0] = 0; }
+void dd_error_clear(void) {
+    msg[0] = 0;
+    oom = 0;
+}

@@ -638,10 +638,38 @@ static int fold_activations(dd_graph *g) {
     return 0;
 }
 
+/* cuDNN's descriptors, and the kernels' int indices, hold at most 2^31 - 1 values a tensor. For
+ * the activations (N, C, H, W) that limit is one on the batch: the error names the largest batch
+ * every tensor of the graph allows. */
+static int check_sizes(const dd_graph *g) {
+    int big = -1;
+    size_t most = SIZE_MAX; /* the largest batch that fits every activation */
+    for (int i = 0; i < g->nt; i++) {
+        const dd_tensor *t = &g->t[i];
+        if (t->numel > (size_t)INT32_MAX && big < 0) big = i;
+        if (t->param < 0 && t->ndim == 4 && t->shape[0] > 0) {
+            const size_t per = t->numel / (size_t)t->shape[0];
+            if (per && (size_t)INT32_MAX / per < most) most = (size_t)INT32_MAX / per;
+        }
+    }
+    if (big < 0) return 0;
+    const dd_tensor *t = &g->t[big];
+    if (t->param < 0 && t->ndim == 4 && most > 0)
+        return dd_error_size("a batch of %lld is too large: tensor %s (%lld, %lld, %lld, %lld) "
+                             "would hold %zu values, more than the 2^31 - 1 a tensor may; at "
+                             "most %zu fit",
+                             (long long)t->shape[0], t->name, (long long)t->shape[0],
+                             (long long)t->shape[1], (long long)t->shape[2],
+                             (long long)t->shape[3], t->numel, most);
+    return dd_error_size("tensor %s would hold %zu values, more than the 2^31 - 1 a tensor may",
+                         t->name, t->numel);
+}
+
 int dd_graph_plan(dd_graph *g, int with_grad) {
     if (g->planned) return dd_error("graph already planned");
     dd_params *P = g->params;
     if (!P->allocated) return dd_error("plan: allocate the parameters first (dd_params_alloc)");
+    DD_TRY(check_sizes(g));
     DD_TRY(group_dense_nodes(g));
     if (g->reuse && !with_grad) DD_TRY(fold_activations(g));
     /* a forward-only graph that shares memory reads no attention probabilities after their node

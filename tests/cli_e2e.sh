@@ -116,6 +116,23 @@ must_fail "conditional" "$D" sample --checkpoint run/model.safetensors --label 1
 must_fail "T = 100" "$D" sample --checkpoint run/model.safetensors --sampler ddim --steps 101
 must_fail "CUDA\|GPU\|cuda" "$D" sample --checkpoint run/model.safetensors --device cuda
 must_fail "CUDA\|GPU\|cuda" "$D" train "${TINY[@]}" --epochs 1 --out bad6 --device cuda
+# out of memory (held to 3 GB of address space, so the answer does not depend on the machine):
+# the error names the allocation and the option that needs less
+( ulimit -v 3000000
+  must_fail "out of memory.*drawing all 100000 samples at once: draw fewer at a time with a smaller --batch" \
+    "$D" sample --checkpoint run/model.safetensors --device cpu --n 100000 --out oom.png
+  must_fail "out of memory.*--batch draws 50000 samples at once" \
+    "$D" sample --checkpoint run/model.safetensors --device cpu --n 100000 --batch 50000 --out oom.png
+  must_fail "out of memory.*training batches of 20000: try a smaller --batch" \
+    "$D" train --data fashion-mnist --limit 24000 --channels 8 --batch 20000 --epochs 1 --samples 0 \
+    --quiet --device cpu --out oom
+  echo "$pass $fail" > oom.counts )
+# a tensor over 2^31 - 1 values (cuDNN's limit, and the kernels' int indices), whatever the
+# memory: the 8-channel UNet's 16-channel 28x28 maps hold 12,544 values a sample
+must_fail "a batch of 200000 is too large: .*; at most 171196 fit (drawing all 200000 samples at once" \
+  "$D" sample --checkpoint run/model.safetensors --device cpu --n 200000 --out oom.png
+read pass fail < oom.counts
+[ ! -e oom.png ] && ok || bad "a sample run out of memory wrote oom.png"
 mkdir ro && touch ro/file
 must_fail "cannot" "$D" sample --checkpoint run/model.safetensors --n 2 --out ro/file/x.png
 must_fail "cannot" "$D" train "${TINY[@]}" --epochs 1 --out ro/file/run

@@ -21,7 +21,9 @@ static const char *usage =
     "  --checkpoint FILE   a model.safetensors or epoch-NNN.safetensors from diffusion train\n"
     "  --n N               samples (per class with --labels all; default 16, 2-D: 2000)\n"
     "  --batch B           sample B at a time (default: all N at once); the batches continue\n"
-    "                      one noise stream, so the samples depend on --seed and --batch\n"
+    "                      one noise stream, so the samples depend on --seed and --batch.\n"
+    "                      One batch must fit the memory, and no tensor may pass 2^31 - 1\n"
+    "                      values (the default UNet: at most 85,598 a batch, 42,799 guided)\n"
     "  --out FILE          PNG to write (default samples.png; 2-D models also write FILE.csv)\n"
     "  --sampler S         ddpm | ddim (default ddpm)\n"
     "  --steps TAU         DDIM steps, at most T (default 20)\n"
@@ -151,6 +153,7 @@ int cmd_sample(int argc, char **argv) {
         rows = m->classes;
         n = rows * cols;
     }
+    const int batch_given = batch > 0 && batch < n;
     if (batch <= 0 || batch > n) batch = n;
     if (anim && batch < n)
         return cli_error("--animation shows one batch: leave out --batch, or make it at least --n (%d)", n);
@@ -219,6 +222,9 @@ int cmd_sample(int argc, char **argv) {
     free(sx.xt);
     free(sx.x0);
     dd_runner_free(&r);
+    if (rc && dd_error_was_size() && batch > 1)
+        return cli_error("%s (%s %d samples at once: draw fewer at a time with a smaller --batch)",
+                         dd_error_message(), batch_given ? "--batch draws" : "drawing all", batch);
     if (rc) return cli_error("%s", dd_error_message());
     printf("wrote %s\n", out);
     return 0;

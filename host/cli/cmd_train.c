@@ -139,6 +139,9 @@ int cmd_train(int argc, char **argv) {
     o.progress = quiet ? 0 : -1;
     rc = dd_train(&o, &d, be);
     dd_dataset_free(&d);
+    if (rc && dd_error_was_size() && !resume && ri->batch > 1) /* a resumed run keeps its batch */
+        return cli_error("%s (training batches of %d: try a smaller --batch)",
+                         dd_error_message(), ri->batch);
     if (rc) return cli_error("%s", dd_error_message());
     printf("trained: %s/model.safetensors\n", out);
     return 0;

@@ -19,6 +19,15 @@ int dd_error_prefix(const char *fmt, ...)
     __attribute__((format(printf, 1, 2)))
 #endif
     ;
+/* dd_error for a request too large: memory a backend could not allocate, or a tensor over the
+ * size limit. dd_error_was_size() then says 1 (through any dd_error_prefix) until the next
+ * dd_error, so a command can say which of its options (a batch size) would need less. */
+int dd_error_size(const char *fmt, ...)
+#if defined(__GNUC__)
+    __attribute__((format(printf, 1, 2)))
+#endif
+    ;
+int dd_error_was_size(void);
 const char *dd_error_message(void);
 void dd_error_clear(void);
 
