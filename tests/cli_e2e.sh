@@ -54,6 +54,27 @@ size_at_least resumed/epoch-002.safetensors 600000
 [ ! -e resumed/epoch-001.safetensors ] && ok || bad "resume re-ran epoch 1"
 grep -q '^batch,2,18,' resumed/history.csv && ok || bad "resumed history does not continue at step 18: $(tail -2 resumed/history.csv)"
 
+# resuming a run trained with its own --lr and --ema, without giving them again, continues it
+# exactly (the checkpoint's values, not the defaults): the same bytes as the unbroken run
+SP=(--data spiral --limit 640 --samples 0 --quiet)
+must "$D" train "${SP[@]}" --epochs 2 --lr 3e-3 --ema 0.99 --out sp-whole
+must "$D" train "${SP[@]}" --epochs 1 --lr 3e-3 --ema 0.99 --out sp-half
+must "$D" train "${SP[@]}" --epochs 2 --out sp-half --resume sp-half/epoch-001.safetensors
+cmp -s sp-whole/epoch-002.safetensors sp-half/epoch-002.safetensors && ok || bad "a resumed run without --lr and --ema is not the unbroken run"
+grep -q '"lr":.*0.0030' sp-half/config.json && ok || bad "the resumed config.json does not have the checkpoint's lr"
+# what the checkpoint fixes cannot be changed on resume; the same value, or a new --lr, can
+must_fail "--batch 64: the checkpoint was trained with 32, and a resumed run keeps it" \
+  "$D" train "${SP[@]}" --epochs 3 --out sp-x --resume sp-half/epoch-002.safetensors --batch 64
+must_fail "--seed 5: the checkpoint was trained with 0" \
+  "$D" train "${SP[@]}" --epochs 3 --out sp-x --resume sp-half/epoch-002.safetensors --seed 5
+must_fail "--objective v: the checkpoint was trained with eps" \
+  "$D" train "${SP[@]}" --epochs 3 --out sp-x --resume sp-half/epoch-002.safetensors --objective v
+must_fail "the model options ask for .*hidden 32.*, but the checkpoint holds .*hidden 16" \
+  "$D" train "${SP[@]}" --epochs 3 --out sp-x --resume sp-half/epoch-002.safetensors --hidden 32
+[ ! -e sp-x ] && ok || bad "a refused resume left sp-x/"
+must "$D" train "${SP[@]}" --epochs 3 --out sp-y --resume sp-half/epoch-002.safetensors --batch 32 --hidden 16 --lr 1e-4
+grep -q '"lr":.*9.99999.*e-05' sp-y/config.json && ok || bad "--lr given on resume did not replace the checkpoint's"
+
 # ---- sampling: DDPM, DDIM, a grid of the asked size, animation, raw
 must "$D" sample --checkpoint run/model.safetensors --n 6 --out ddpm.png --quiet --seed 3
 png_size ddpm.png 176x118   # 3 x 2 cells of 56 px, 2 px borders

@@ -9,6 +9,71 @@
 #include "diffusion/error.h"
 #include "diffusion/train.h"
 
+/* --resume: the checkpoint fixes the model, the schedule, the objective, the seed, the batch and
+ * the validation split (so the run continues exactly where it stopped). An option given for one
+ * of those must agree with it, or the command fails instead of quietly ignoring the option. The
+ * learning rate, EMA decay and label dropout come from the checkpoint too unless given: then
+ * the given value replaces it, with a note. */
+typedef struct {
+    int batch, seed, sched, beta_start, beta_end, objective, val, lr, ema, pu, model;
+} given_opts;
+
+static int fixed_by_checkpoint(const char *opt, int differs, const char *theirs, const char *ours) {
+    if (!differs) return 0;
+    return dd_error("--%s %s: the checkpoint was trained with %s, and a resumed run keeps it "
+                    "(leave --%s out, or start a new run)",
+                    opt, ours, theirs, opt);
+}
+
+static int resume_options(const char *resume, const given_opts *gv, dd_run_info *ri,
+                          dd_schedule_kind sched, double bs, double be, int quiet,
+                          dd_run_info *saved) {
+    DD_TRY(dd_run_read_info(resume, saved));
+    char a[64], b[64];
+#define NUM(fmt, v) (snprintf(a, sizeof a, fmt, v), a)
+#define NUM2(fmt, v) (snprintf(b, sizeof b, fmt, v), b)
+    if (gv->batch)
+        DD_TRY(fixed_by_checkpoint("batch", ri->batch != saved->batch, NUM("%d", saved->batch),
+                                   NUM2("%d", ri->batch)));
+    if (gv->seed)
+        DD_TRY(fixed_by_checkpoint("seed", ri->seed != saved->seed,
+                                   NUM("%llu", (unsigned long long)saved->seed),
+                                   NUM2("%llu", (unsigned long long)ri->seed)));
+    if (gv->sched)
+        DD_TRY(fixed_by_checkpoint("schedule", sched != saved->schedule,
+                                   dd_schedule_kind_name(saved->schedule), dd_schedule_kind_name(sched)));
+    if (gv->beta_start)
+        DD_TRY(fixed_by_checkpoint("beta-start", bs != saved->beta_start,
+                                   NUM("%g", saved->beta_start), NUM2("%g", bs)));
+    if (gv->beta_end)
+        DD_TRY(fixed_by_checkpoint("beta-end", be != saved->beta_end, NUM("%g", saved->beta_end),
+                                   NUM2("%g", be)));
+    if (gv->objective)
+        DD_TRY(fixed_by_checkpoint("objective", ri->objective != saved->objective,
+                                   dd_objective_name(saved->objective), dd_objective_name(ri->objective)));
+    if (gv->val)
+        DD_TRY(fixed_by_checkpoint("val-fraction", ri->val_fraction != saved->val_fraction,
+                                   NUM("%g", saved->val_fraction), NUM2("%g", ri->val_fraction)));
+    /* the checkpoint's, unless given */
+    const struct {
+        int given;
+        float *ours;
+        float theirs;
+        const char *opt;
+    } hyper[] = {{gv->lr, &ri->lr, saved->lr, "lr"},
+                 {gv->ema, &ri->ema_decay, saved->ema_decay, "ema"},
+                 {gv->pu, &ri->prob_uncond, saved->prob_uncond, "prob-uncond"}};
+    for (size_t i = 0; i < sizeof hyper / sizeof hyper[0]; i++) {
+        if (!hyper[i].given) *hyper[i].ours = hyper[i].theirs;
+        else if (*hyper[i].ours != hyper[i].theirs && !quiet)
+            fprintf(stderr, "note: --%s %g replaces the checkpoint's %g\n", hyper[i].opt,
+                    (double)*hyper[i].ours, (double)hyper[i].theirs);
+    }
+#undef NUM
+#undef NUM2
+    return 0;
+}
+
 static const char *usage =
     "usage: diffusion train --data SET [OPTIONS]\n"
     "\n"
@@ -39,7 +104,9 @@ static const char *usage =
     "  --val-fraction F    held out for validation (default 0.1)\n"
     "  --seed N            data order, noise, initial weights (default 0)\n"
     "  --device DEV        auto | cpu | cuda (default auto)\n"
-    "  --resume FILE       continue from a checkpoint (its model, seed and batch)\n"
+    "  --resume FILE       continue from a checkpoint: its model, schedule, objective, seed,\n"
+    "                      batch and validation split (an option that disagrees is an error),\n"
+    "                      and its --lr, --ema and --prob-uncond unless given\n"
     "  --out DIR           run folder (default runs/train)\n"
     "  --samples N         images in samples.png (default 12; 0: none)\n"
     "  --quiet             no progress bar\n";
@@ -69,6 +136,7 @@ int cmd_train(int argc, char **argv) {
     dd_run_info *ri = &o.run;
     dd_schedule_kind sched = DD_SCHEDULE_COSINE;
     double bs = -1, be_ = -1;
+    given_opts gv = {0};
     int rc = 0, c;
     optind = 1;
     opterr = 0;
@@ -80,18 +148,18 @@ int cmd_train(int argc, char **argv) {
             rc = cli_int("image-channels", optarg, 1, 3, &img_c);
             if (!rc && img_c == 2) rc = dd_error("--image-channels must be 1 or 3");
             break;
-        case O_COND: cond = 1; break;
-        case O_SCHED: rc = dd_schedule_kind_parse(optarg, &sched); have_sched = 1; break;
-        case O_BS: rc = cli_double("beta-start", optarg, 1e-12, 1, &bs); break;
-        case O_BE: rc = cli_double("beta-end", optarg, 1e-12, 1, &be_); break;
-        case O_OBJ: rc = dd_objective_parse(optarg, &ri->objective); break;
+        case O_COND: cond = gv.model = 1; break;
+        case O_SCHED: rc = dd_schedule_kind_parse(optarg, &sched); have_sched = gv.sched = 1; break;
+        case O_BS: rc = cli_double("beta-start", optarg, 1e-12, 1, &bs); gv.beta_start = 1; break;
+        case O_BE: rc = cli_double("beta-end", optarg, 1e-12, 1, &be_); gv.beta_end = 1; break;
+        case O_OBJ: rc = dd_objective_parse(optarg, &ri->objective); gv.objective = 1; break;
         case O_EPOCHS: rc = cli_int("epochs", optarg, 1, 1000000, &o.epochs); break;
-        case O_BATCH: rc = cli_int("batch", optarg, 1, 1 << 20, &ri->batch); break;
-        case O_LR: rc = cli_float("lr", optarg, 1e-12, 10, &ri->lr); break;
-        case O_PU: rc = cli_float("prob-uncond", optarg, 0, 1, &ri->prob_uncond); break;
-        case O_EMA: rc = cli_float("ema", optarg, 0, 0.999999, &ri->ema_decay); break;
-        case O_VAL: rc = cli_double("val-fraction", optarg, 0, 0.9, &ri->val_fraction); break;
-        case O_SEED: rc = cli_u64("seed", optarg, &ri->seed); break;
+        case O_BATCH: rc = cli_int("batch", optarg, 1, 1 << 20, &ri->batch); gv.batch = 1; break;
+        case O_LR: rc = cli_float("lr", optarg, 1e-12, 10, &ri->lr); gv.lr = 1; break;
+        case O_PU: rc = cli_float("prob-uncond", optarg, 0, 1, &ri->prob_uncond); gv.pu = 1; break;
+        case O_EMA: rc = cli_float("ema", optarg, 0, 0.999999, &ri->ema_decay); gv.ema = 1; break;
+        case O_VAL: rc = cli_double("val-fraction", optarg, 0, 0.9, &ri->val_fraction); gv.val = 1; break;
+        case O_SEED: rc = cli_u64("seed", optarg, &ri->seed); gv.seed = 1; break;
         case O_DEVICE: device = optarg; break;
         case O_RESUME: resume = optarg; break;
         case O_OUT: out = optarg; break;
@@ -102,12 +170,16 @@ int cmd_train(int argc, char **argv) {
             return cli_error("unknown or incomplete option '%s' (diffusion train --help)", argv[optind - 1]);
         default:
             if (c >= CLI_OPT_BASE && c < CLI_OPT_MODEL_END) rc = cli_model_opt(&mo, c, optarg);
+            gv.model = 1;
             break;
         }
     }
     if (rc) return cli_error("%s", dd_error_message());
     if (optind < argc) return cli_error("unexpected argument '%s'", argv[optind]);
     if (!data) return cli_error("--data is required (diffusion train --help)");
+    dd_run_info saved;
+    if (resume && resume_options(resume, &gv, ri, sched, bs, be_, quiet, &saved))
+        return cli_error("%s", dd_error_message());
     const dd_backend *be = cli_backend(device);
     if (!be) return cli_error("%s", dd_error_message());
 
@@ -124,6 +196,15 @@ int cmd_train(int argc, char **argv) {
     if ((cond || (mo.have_kind && (mo.kind == DD_MODEL_UNET_COND || mo.kind == DD_MODEL_MLP2D_COND))) && mo.classes < 0 && d.num_classes > 0)
         mo.classes = d.num_classes;
     rc = cli_model_config(&mo, kind, &ri->model);
+    if (!rc && resume && gv.model) { /* the model the options ask for must be the checkpoint's */
+        char ours[256], theirs[256];
+        dd_model_config_describe(&ri->model, ours, sizeof ours);
+        dd_model_config_describe(&saved.model, theirs, sizeof theirs);
+        if (strcmp(ours, theirs))
+            rc = dd_error("the model options ask for %s, but the checkpoint holds %s, and a resumed "
+                          "run keeps it (leave the model options out, or start a new run)",
+                          ours, theirs);
+    }
     if (rc) {
         dd_dataset_free(&d);
         return cli_error("%s", dd_error_message());
