@@ -378,11 +378,18 @@ int dd_train(const dd_train_opts *o, const dd_dataset *data, const dd_backend *b
             return dd_error("%s has already trained %d epochs; ask for more than that with --epochs", o->resume, ri.epoch);
         }
     }
-    if (check_data(&ri.model, data) || make_dirs(o->out_dir)) {
+    if (check_data(&ri.model, data)) {
         dd_runner_free(&r);
         return -1;
     }
     if (!o->resume && dd_runner_init(&r, &ri.model, be, ri.seed)) return -1;
+    /* the training graph and its memory first, so that a batch too large for the memory fails
+     * before the run folder is made */
+    dd_runner_graph *train_graph;
+    if (dd_runner_train_graph(&r, ri.batch, &train_graph) || make_dirs(o->out_dir)) {
+        dd_runner_free(&r);
+        return -1;
+    }
 
     int rc = 0;
     dd_schedule s;

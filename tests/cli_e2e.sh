@@ -154,6 +154,7 @@ must_fail "a batch of 200000 is too large: .*; at most 171196 fit (drawing all 2
   "$D" sample --checkpoint run/model.safetensors --device cpu --n 200000 --out oom.png
 read pass fail < oom.counts
 [ ! -e oom.png ] && ok || bad "a sample run out of memory wrote oom.png"
+[ ! -e oom ] && ok || bad "a training run out of memory left its run folder oom/"
 mkdir ro && touch ro/file
 must_fail "cannot" "$D" sample --checkpoint run/model.safetensors --n 2 --out ro/file/x.png
 must_fail "cannot" "$D" train "${TINY[@]}" --epochs 1 --out ro/file/run
