@@ -135,6 +135,9 @@ must_fail "out of range" "$D" sample --checkpoint cond/model.safetensors --label
 must_fail "conditional" "$D" sample --checkpoint run/model.safetensors --guidance 2
 must_fail "conditional" "$D" sample --checkpoint run/model.safetensors --label 1
 must_fail "T = 100" "$D" sample --checkpoint run/model.safetensors --sampler ddim --steps 101
+# DDIM's settings with DDPM: an error, not quietly ignored
+must_fail "--steps is DDIM's (add --sampler ddim)" "$D" sample --checkpoint run/model.safetensors --steps 5
+must_fail "--eta is DDIM's" "$D" sample --checkpoint run/model.safetensors --sampler ddpm --eta 1
 must_fail "CUDA\|GPU\|cuda" "$D" sample --checkpoint run/model.safetensors --device cuda
 must_fail "CUDA\|GPU\|cuda" "$D" train "${TINY[@]}" --epochs 1 --out bad6 --device cuda
 # out of memory (held to 3 GB of address space, so the answer does not depend on the machine):

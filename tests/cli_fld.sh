@@ -105,6 +105,7 @@ grep -q "computed, saved to" "$tmp/test3.err" && ok "new classifier, new referen
 bad "classifier: .*nope.safetensors" fld --classifier "$tmp/nope.safetensors" --against test
 bad "not a classifier checkpoint" fld --classifier "$unet" --against test
 bad "is a classifier, not a diffusion model" fld --classifier "$clf" --against "$clf"
+bad "--steps is DDIM's (add --sampler ddim)" fld --classifier "$clf" --against "$unet" --steps 5
 bad "guidance needs a conditional model" fld --classifier "$clf" --against "$unet" --guidance 2
 bad "per-label needs a conditional model" fld --classifier "$clf" --against "$unet" --per-label 3
 bad "more than the model's T = 10" fld --classifier "$clf" --against "$unet" --sampler ddim --steps 11

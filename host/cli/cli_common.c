@@ -50,6 +50,13 @@ int cli_float(const char *opt, const char *arg, double lo, double hi, float *out
     return 0;
 }
 
+int cli_ddim_only(int ddim, int steps_given, int eta_given) {
+    if (ddim || (!steps_given && !eta_given)) return 0;
+    return dd_error("--%s is DDIM's (add --sampler ddim); DDPM runs every one of the model's T "
+                    "steps",
+                    steps_given ? "steps" : "eta");
+}
+
 int cli_size(const char *opt, const char *arg, int *h, int *w) {
     char *end;
     long a = strtol(arg, &end, 10), b = a;

@@ -15,6 +15,9 @@ int cli_int(const char *opt, const char *arg, long lo, long hi, int *out);
 int cli_i64(const char *opt, const char *arg, int64_t lo, int64_t hi, int64_t *out);
 int cli_u64(const char *opt, const char *arg, uint64_t *out);
 int cli_float(const char *opt, const char *arg, double lo, double hi, float *out);
+/* --steps and --eta choose DDIM's schedule: with DDPM (ddim 0) either one is an error, not a
+ * setting quietly ignored */
+int cli_ddim_only(int ddim, int steps_given, int eta_given);
 int cli_double(const char *opt, const char *arg, double lo, double hi, double *out);
 /* "28x28" or "32" */
 int cli_size(const char *opt, const char *arg, int *h, int *w);

@@ -139,7 +139,7 @@ int cmd_fld(int argc, char **argv) {
     const char *clf_path = NULL, *data = NULL, *against = NULL, *device = "auto";
     sample_args sa = {.sc = {.ddim = 0, .steps = 20, .eta = 0.0f, .use_ema = 1},
                       .guidance = 1.0f, .per_label = -1, .batch = 256, .clip = 1, .n = -1};
-    int rc = 0, c, sampling_opt = 0;
+    int rc = 0, c, sampling_opt = 0, steps_given = 0, eta_given = 0;
     optind = 1;
     opterr = 0;
     while (!rc && (c = getopt_long(argc, argv, "", opts, NULL)) != -1) {
@@ -154,8 +154,8 @@ int cmd_fld(int argc, char **argv) {
             else if (!strcmp(optarg, "ddim")) sa.sc.ddim = 1;
             else rc = dd_error("--sampler: '%s' is not ddpm or ddim", optarg);
             break;
-        case O_STEPS: sampling_opt = 1; rc = cli_int("steps", optarg, 1, 1000000, &sa.sc.steps); break;
-        case O_ETA: sampling_opt = 1; rc = cli_float("eta", optarg, 0, 10, &sa.sc.eta); break;
+        case O_STEPS: sampling_opt = steps_given = 1; rc = cli_int("steps", optarg, 1, 1000000, &sa.sc.steps); break;
+        case O_ETA: sampling_opt = eta_given = 1; rc = cli_float("eta", optarg, 0, 10, &sa.sc.eta); break;
         case O_G: sampling_opt = 1; rc = cli_float("guidance", optarg, -100, 100, &sa.guidance); break;
         case O_PER_LABEL: sampling_opt = 1; rc = cli_int("per-label", optarg, 1, 1 << 24, &sa.per_label); break;
         case O_BATCH: rc = cli_int("batch", optarg, 1, 1 << 16, &sa.batch); break;
@@ -169,6 +169,7 @@ int cmd_fld(int argc, char **argv) {
             return cli_error("unknown or incomplete option '%s' (diffusion fld --help)", argv[optind - 1]);
         }
     }
+    if (!rc) rc = cli_ddim_only(sa.sc.ddim, steps_given, eta_given);
     if (rc) return cli_error("%s", dd_error_message());
     if (optind < argc) return cli_error("unexpected argument '%s'", argv[optind]);
     if (!clf_path) return cli_error("--classifier is required (diffusion fld --help)");

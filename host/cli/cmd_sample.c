@@ -84,6 +84,7 @@ int cmd_sample(int argc, char **argv) {
         {"help", no_argument, 0, O_HELP}, {0, 0, 0, 0}};
     const char *ckpt = NULL, *out = "samples.png", *anim = NULL, *raw = NULL, *device = "auto";
     int n = -1, batch = 0, label = -1, all_labels = 0, clip = 1, quiet = 0, rc = 0, c;
+    int steps_given = 0, eta_given = 0;
     float guidance = 1.0f;
     dd_sampler_choice sc = {.ddim = 0, .steps = 20, .eta = 0.0f, .use_ema = 1};
     uint64_t seed = 0;
@@ -100,8 +101,8 @@ int cmd_sample(int argc, char **argv) {
             else if (!strcmp(optarg, "ddim")) sc.ddim = 1;
             else rc = dd_error("--sampler: '%s' is not ddpm or ddim", optarg);
             break;
-        case O_STEPS: rc = cli_int("steps", optarg, 1, 1000000, &sc.steps); break;
-        case O_ETA: rc = cli_float("eta", optarg, 0, 10, &sc.eta); break;
+        case O_STEPS: rc = cli_int("steps", optarg, 1, 1000000, &sc.steps); steps_given = 1; break;
+        case O_ETA: rc = cli_float("eta", optarg, 0, 10, &sc.eta); eta_given = 1; break;
         case O_G: rc = cli_float("guidance", optarg, -100, 100, &guidance); break;
         case O_LABEL: rc = cli_int("label", optarg, 0, 1 << 30, &label); break;
         case O_LABELS:
@@ -120,6 +121,7 @@ int cmd_sample(int argc, char **argv) {
             return cli_error("unknown or incomplete option '%s' (diffusion sample --help)", argv[optind - 1]);
         }
     }
+    if (!rc) rc = cli_ddim_only(sc.ddim, steps_given, eta_given);
     if (rc) return cli_error("%s", dd_error_message());
     if (optind < argc) return cli_error("unexpected argument '%s'", argv[optind]);
     if (!ckpt) return cli_error("--checkpoint is required (diffusion sample --help)");
