@@ -135,7 +135,10 @@ must_fail "out of range" "$D" sample --checkpoint cond/model.safetensors --label
 must_fail "conditional" "$D" sample --checkpoint run/model.safetensors --guidance 2
 must_fail "conditional" "$D" sample --checkpoint run/model.safetensors --label 1
 must_fail "T = 100" "$D" sample --checkpoint run/model.safetensors --sampler ddim --steps 101
-# DDIM's settings with DDPM: an error, not quietly ignored
+# options that do not apply: an error, not quietly ignored
+must_fail "--prob-uncond is for conditional models" "$D" train "${SP[@]}" --epochs 1 --prob-uncond 0.3 --out bad7
+must_fail "--image-channels is for --data images:DIR" "$D" train "${SP[@]}" --epochs 1 --image-channels 1 --out bad8
+[ ! -e bad7 ] && [ ! -e bad8 ] && ok || bad "a refused train left its folder"
 must_fail "--steps is DDIM's (add --sampler ddim)" "$D" sample --checkpoint run/model.safetensors --steps 5
 must_fail "--eta is DDIM's" "$D" sample --checkpoint run/model.safetensors --sampler ddpm --eta 1
 must_fail "CUDA\|GPU\|cuda" "$D" sample --checkpoint run/model.safetensors --device cuda

@@ -15,7 +15,7 @@
  * learning rate, EMA decay and label dropout come from the checkpoint too unless given: then
  * the given value replaces it, with a note. */
 typedef struct {
-    int batch, seed, sched, beta_start, beta_end, objective, val, lr, ema, pu, model;
+    int batch, seed, sched, beta_start, beta_end, objective, val, lr, ema, pu, model, imgc;
 } given_opts;
 
 static int fixed_by_checkpoint(const char *opt, int differs, const char *theirs, const char *ours) {
@@ -147,6 +147,7 @@ int cmd_train(int argc, char **argv) {
         case O_IMGC:
             rc = cli_int("image-channels", optarg, 1, 3, &img_c);
             if (!rc && img_c == 2) rc = dd_error("--image-channels must be 1 or 3");
+            gv.imgc = 1;
             break;
         case O_COND: cond = gv.model = 1; break;
         case O_SCHED: rc = dd_schedule_kind_parse(optarg, &sched); have_sched = gv.sched = 1; break;
@@ -177,6 +178,8 @@ int cmd_train(int argc, char **argv) {
     if (rc) return cli_error("%s", dd_error_message());
     if (optind < argc) return cli_error("unexpected argument '%s'", argv[optind]);
     if (!data) return cli_error("--data is required (diffusion train --help)");
+    if (gv.imgc && strncmp(data, "images:", 7))
+        return cli_error("--image-channels is for --data images:DIR (%s has its own channels)", data);
     dd_run_info saved;
     if (resume && resume_options(resume, &gv, ri, sched, bs, be_, quiet, &saved))
         return cli_error("%s", dd_error_message());
@@ -205,6 +208,8 @@ int cmd_train(int argc, char **argv) {
                           "run keeps it (leave the model options out, or start a new run)",
                           ours, theirs);
     }
+    if (!rc && gv.pu && !dd_model_is_conditional(resume ? &saved.model : &ri->model))
+        rc = dd_error("--prob-uncond is for conditional models (train one with --conditional)");
     if (rc) {
         dd_dataset_free(&d);
         return cli_error("%s", dd_error_message());
