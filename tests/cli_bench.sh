@@ -54,6 +54,16 @@ bad() { # bad EXPECTED ARGS...
     fi
 }
 bad "not a list" --device cpu --train 2,x
+bad "batch 70000 is outside 1..65536" --device cpu --train 70000
+bad "at most 8 batch sizes" --device cpu --forward 1,2,3,4,5,6,7,8,9
+# a row too large for the memory (3 GB of address space) names the row and the options
+o=$(ulimit -v 3000000; "$bin" bench --device cpu --train 0 --forward 60000 --ddim 0 --min-time 0.01 2>&1)
+check "out of memory names the row and the batch options" grep -q \
+    "^diffusion: error: denoise_fwd at batch 60000: .*out of memory.*(try a smaller batch in --train, --forward or --ddim)" <<< "$o"
+# 0 leaves a kind of row out, as --ddim 0 does
+o=$("$bin" bench --device cpu --train 0 --forward 2 --ddim 0 --min-time 0.01 2>&1)
+check "--train 0 --ddim 0: the forward row alone" bash -c \
+    '[ "$(grep -c -E "^(train_step|denoise_fwd|ddim20_loop) " <<< "$1")" -eq 1 ] && grep -q -E "^denoise_fwd +2 " <<< "$1"' _ "$o"
 bad "min-time" --device cpu --min-time 0
 bad "unconditional" --device cpu --model unet-cond
 bad "needs the cuda backend" --device cpu --profiler-range

@@ -27,8 +27,9 @@ static const char *usage =
     "one denoising forward, and a whole DDIM-20 loop (eta 0). Median of five timings, ms.\n"
     "\n"
     "  --device DEV        auto | cpu | cuda (default auto)\n"
-    "  --train LIST        training batch sizes (default 32,128,512 on a GPU, 32 on the CPU)\n"
-    "  --forward LIST      denoising forward batch sizes (default 64,1024 / 64)\n"
+    "  --train LIST        training batch sizes (default 32,128,512 on a GPU, 32 on the CPU;\n"
+    "                      0: no training rows)\n"
+    "  --forward LIST      denoising forward batch sizes (default 64,1024 / 64; 0: none)\n"
     "  --ddim B            DDIM-20 loop batch, 0 to skip (default 256 / 16)\n"
     "  --min-time S        seconds per measurement, roughly (default 1)\n"
     "  --json FILE         also write the rows as JSON\n"
@@ -148,16 +149,20 @@ static int timed(int (*fn)(job *), job *j, const dd_backend *be, double min_s, d
     return 0;
 }
 
+/* "32,128" -> {32, 128}; "0" -> no rows */
 static int parse_list(const char *opt, const char *arg, int *v, int max, int *n) {
     *n = 0;
+    if (!strcmp(arg, "0")) return 0;
     const char *p = arg;
     while (*p) {
         char *end;
         long x = strtol(p, &end, 10);
-        if (end == p || x < 1 || x > 65536 || *n == max) return dd_error("--%s: '%s' is not a list like 32,128", opt, arg);
+        if (end == p || (*end && *end != ','))
+            return dd_error("--%s: '%s' is not a list like 32,128 (or 0 for none)", opt, arg);
+        if (x < 1 || x > 65536) return dd_error("--%s: batch %ld is outside 1..65536", opt, x);
+        if (*n == max) return dd_error("--%s: at most %d batch sizes", opt, max);
         v[(*n)++] = (int)x;
         p = *end == ',' ? end + 1 : end;
-        if (*end && *end != ',') return dd_error("--%s: '%s' is not a list like 32,128", opt, arg);
     }
     return *n ? 0 : dd_error("--%s: empty list", opt);
 }
@@ -295,6 +300,7 @@ int cmd_bench(int argc, char **argv) {
                 rc = profile_job(work[w].fn, &j, be, name);
                 fflush(stdout);
             }
+            if (rc) dd_error_prefix("%s at batch %d", work[w].name, B);
             dd_replay_reset(&j.rp);
             dd_sample_cache_free(j.so.cache);
             if (j.x0) be->free(j.x0);
@@ -317,6 +323,8 @@ int cmd_bench(int argc, char **argv) {
     cJSON_Delete(rows);
     dd_runner_free(&r);
     dd_schedule_free(&s);
+    if (rc && dd_error_was_size())
+        return cli_error("%s (try a smaller batch in --train, --forward or --ddim)", dd_error_message());
     if (rc) return cli_error("%s", dd_error_message());
     return 0;
 }
