@@ -383,22 +383,29 @@ int dd_train(const dd_train_opts *o, const dd_dataset *data, const dd_backend *b
         return -1;
     }
     if (!o->resume && dd_runner_init(&r, &ri.model, be, ri.seed)) return -1;
-    /* the training graph and its memory first, so that a batch too large for the memory fails
-     * before the run folder is made */
+    /* what can fail for the request's size before the run folder is made: the split leaving
+     * less than a batch, then the training graph and its memory */
+    int64_t *train_idx = NULL, *val_idx = NULL, n_train = 0, n_val = 0;
+    int rc = dd_split_indices(data->n, ri.val_fraction, ri.seed, &train_idx, &n_train, &val_idx, &n_val);
+    if (!rc && n_train < ri.batch)
+        rc = dd_error("%lld training examples are fewer than one batch of %d (lower --batch or raise --limit)",
+                      (long long)n_train, ri.batch);
     dd_runner_graph *train_graph;
-    if (dd_runner_train_graph(&r, ri.batch, &train_graph) || make_dirs(o->out_dir)) {
+    if (!rc) rc = dd_runner_train_graph(&r, ri.batch, &train_graph);
+    if (!rc) rc = make_dirs(o->out_dir);
+    if (rc) {
+        free(train_idx);
+        free(val_idx);
         dd_runner_free(&r);
         return -1;
     }
 
-    int rc = 0;
     dd_schedule s;
     memset(&s, 0, sizeof s);
     dd_train_batch tb;
     memset(&tb, 0, sizeof tb);
     train_bufs b;
     memset(&b, 0, sizeof b);
-    int64_t *train_idx = NULL, *val_idx = NULL, n_train = 0, n_val = 0;
     FILE *hist = NULL;
     char path[1100];
     const int B = ri.batch;
@@ -408,10 +415,6 @@ int dd_train(const dd_train_opts *o, const dd_dataset *data, const dd_backend *b
     snprintf(path, sizeof path, "%s/config.json", o->out_dir);
     rc = write_config_json(path, o, data, be->name);
     if (!rc) rc = dd_schedule_init(&s, ri.schedule, ri.model.timesteps, ri.beta_start, ri.beta_end);
-    if (!rc) rc = dd_split_indices(data->n, ri.val_fraction, ri.seed, &train_idx, &n_train, &val_idx, &n_val);
-    if (!rc && n_train < B)
-        rc = dd_error("%lld training examples are fewer than one batch of %d (lower --batch or raise --limit)",
-                      (long long)n_train, B);
     if (!rc) rc = dd_train_batch_init(&tb, be, &s, ri.objective, B, per);
     if (!rc) rc = be->alloc((void **)&b.x0, (size_t)B * per * sizeof(float));
     if (!rc) rc = be->alloc((void **)&b.y, (size_t)B * sizeof(int32_t));

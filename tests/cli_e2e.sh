@@ -138,7 +138,8 @@ must_fail "T = 100" "$D" sample --checkpoint run/model.safetensors --sampler ddi
 # options that do not apply: an error, not quietly ignored
 must_fail "--prob-uncond is for conditional models" "$D" train "${SP[@]}" --epochs 1 --prob-uncond 0.3 --out bad7
 must_fail "--image-channels is for --data images:DIR" "$D" train "${SP[@]}" --epochs 1 --image-channels 1 --out bad8
-[ ! -e bad7 ] && [ ! -e bad8 ] && ok || bad "a refused train left its folder"
+must_fail "36 training examples are fewer than one batch of 64" "$D" train "${SP[@]}" --limit 40 --batch 64 --epochs 1 --out bad9
+[ ! -e bad7 ] && [ ! -e bad8 ] && [ ! -e bad9 ] && ok || bad "a refused train left its folder"
 must_fail "--steps is DDIM's (add --sampler ddim)" "$D" sample --checkpoint run/model.safetensors --steps 5
 must_fail "--eta is DDIM's" "$D" sample --checkpoint run/model.safetensors --sampler ddpm --eta 1
 must_fail "CUDA\|GPU\|cuda" "$D" sample --checkpoint run/model.safetensors --device cuda
