@@ -123,8 +123,9 @@ int cmd_train_classifier(int argc, char **argv) {
     co.ctx = &ec;
     double t0 = dd_now();
     if (!rc) {
-        fprintf(stderr, "LeNet5 on %lld images of %s (%d classes), %d epochs, batch %d, lr %g, device %s\n",
-                (long long)train.n, data, train.num_classes, co.epochs, co.batch, (double)co.lr, be->name);
+        fprintf(stderr, "LeNet5 on %lld images of %s (%d classes), %d epoch%s, batch %d, lr %g, device %s\n",
+                (long long)train.n, data, train.num_classes, co.epochs, co.epochs == 1 ? "" : "s",
+                co.batch, (double)co.lr, be->name);
         rc = dd_classifier_train(&r, &train, &co, NULL);
     }
     double seconds = dd_now() - t0;
