@@ -2155,7 +2155,8 @@ int dd_cuda_counter_add(int64_t *c, int64_t d, const float *guard) {
 }
 
 /* One block: every thread reads the counter before thread 0 moves it on (the barrier), then all
- * write the step's t. A batch is a few thousand samples at most, so one block's loop is short. */
+ * write the step's t. A sampling batch is at most tens of thousands of samples (planning keeps
+ * every tensor under 2^31 values), a few hundred turns of one block's loop. */
 static __global__ void sampler_advance_kernel(int64_t *k, int64_t *noff, int64_t dn, int32_t *t,
                                               const int32_t *ttab, int n) {
     const int64_t kk = *k + 1;
