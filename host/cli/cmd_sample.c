@@ -169,6 +169,11 @@ int cmd_sample(int argc, char **argv) {
     dd_runner r;
     memset(&r, 0, sizeof r);
     rc = dd_run_load(ckpt, be, 0, &r, &ri);
+    if (!rc) { /* the model's graph for a whole batch first: one too large fails before the
+                * sampler's buffers are allocated (the sampler's first step reuses this graph) */
+        dd_runner_graph *rg;
+        rc = dd_runner_eval_graph(&r, guidance != 1.0f ? 2 * batch : batch, &rg);
+    }
     if (!rc && anim) {
         if (is2d) rc = dd_error("--animation is for image models; 2-D models write a scatter plot");
         sx.xt = malloc((size_t)n * per * sizeof(float));
