@@ -109,8 +109,12 @@ static size_t slot_bytes(const dd_conv_shape *s) {
            dd_cpu_round(chunk_floats(s) * sizeof(float)) + dd_cpu_round(wsize(s) * sizeof(float));
 }
 
+/* Both ways' needs where Winograd could run (DIFFUSION_CPU_CONV may change between the plan and
+ * a call) */
 size_t dd_cpu_conv2d_workspace(const dd_conv_shape *s) {
-    return front_bytes(s) + (size_t)dd_cpu_slots(s->N) * slot_bytes(s);
+    const size_t a = front_bytes(s) + (size_t)dd_cpu_slots(s->N) * slot_bytes(s);
+    const size_t b = dd_cpu_wino_workspace(s);
+    return a > b ? a : b;
 }
 
 typedef struct {
@@ -406,6 +410,7 @@ static void forward_range(float *y, const float *x, const float *w, const float 
 
 int dd_cpu_conv2d_forward(float *y, const float *x, const float *w, const float *b,
                           const dd_conv_shape *s, void *ws) {
+    if (dd_cpu_wino_chosen(s, 0)) return dd_cpu_wino_forward(y, x, w, b, s, ws);
     if (use_rows(s)) { /* the ranges below then take the rearranged weights for w */
         arrange_weights((float *)ws, w, s, 0, 1);
         w = (const float *)ws;
@@ -573,6 +578,7 @@ int dd_cpu_conv2d_backward(float *dx, float *dw, float *db, const float *dy, con
         }
         return 0;
     }
+    if (dd_cpu_wino_chosen(s, 1)) return dd_cpu_wino_backward(dx, dw, db, dy, x, w, s, ws);
 
     const int rows = use_rows(s);
     float *wflip = NULL; /* the transposed convolution's weights, when dx_by_flip */

@@ -55,6 +55,16 @@ int dd_cpu_conv2d_forward(float *y, const float *x, const float *w, const float 
 int dd_cpu_conv2d_backward(float *dx, float *dw, float *db, const float *dy, const float *x,
                            const float *w, const dd_conv_shape *s, void *ws);
 
+/* Winograd F(2x2, 3x3) (cpu_winograd.c), used by the conv2d functions above where
+ * dd_cpu_wino_chosen; its workspace is within dd_cpu_conv2d_workspace */
+int dd_cpu_wino_shape(const dd_conv_shape *s);
+int dd_cpu_wino_chosen(const dd_conv_shape *s, int backward);
+size_t dd_cpu_wino_workspace(const dd_conv_shape *s);
+int dd_cpu_wino_forward(float *y, const float *x, const float *w, const float *b,
+                        const dd_conv_shape *s, void *ws);
+int dd_cpu_wino_backward(float *dx, float *dw, float *db, const float *dy, const float *x,
+                         const float *w, const dd_conv_shape *s, void *ws);
+
 int dd_cpu_dense_forward(float *y, const float *x, const float *w, const float *b, int N, int Cin,
                          int Cout);
 int dd_cpu_dense_backward(float *dx, float *dw, float *db, const float *dy, const float *x,

@@ -12,6 +12,11 @@
  *   formulas, q_sample and sampler_step against the formulas of backend.h evaluated here in
  *   double, the normal entry against dd_philox_normal element by element (bit for bit).
  * - The batch-parallel conv and attention paths against one-sample-at-a-time calls.
+ * - Both ways the CPU computes a 3x3 "same" convolution (DIFFUSION_CPU_CONV=gemm: im2col and the
+ *   row-shift GEMMs; =winograd: Winograd F(2x2, 3x3), cpu/cpu_winograd.c): the PyTorch cases
+ *   above through each, and each against a double-precision direct convolution at the UNet's
+ *   shapes and at odd, narrow and one-pixel maps, forward and backward (which adds), batches
+ *   split over threads, in exactly the workspace the plan asked for.
  * - Memory entries (alignment, zero fill, the out-of-memory message) and dd_backend_by_name. */
 #include <math.h>
 #include <omp.h>
@@ -548,12 +553,143 @@ static void conv_batch_case(dd_conv_shape s) {
     free(dw), free(dw1), free(db), free(db1);
 }
 
+/* y = conv(x, w) + b, dx += conv^T(dy), dw += dy (x) x, db += sum dy, in double, the direct
+ * sums (any K, stride, pad) */
+static void conv_direct(double *y, double *dx, double *dw, double *db, const float *x,
+                        const float *w, const float *b, const float *dy, const dd_conv_shape *s) {
+    const int K = s->K;
+    for (int n = 0; n < s->N; n++)
+        for (int o = 0; o < s->Cout; o++)
+            for (int oh = 0; oh < s->Ho; oh++)
+                for (int ow = 0; ow < s->Wo; ow++) {
+                    const size_t yi = (((size_t)n * s->Cout + o) * s->Ho + oh) * s->Wo + ow;
+                    double acc = b ? b[o] : 0.0;
+                    for (int i = 0; i < s->Cin; i++)
+                        for (int a = 0; a < K; a++)
+                            for (int c = 0; c < K; c++) {
+                                const int ih = oh * s->stride - s->pad + a;
+                                const int iw = ow * s->stride - s->pad + c;
+                                if (ih < 0 || ih >= s->H || iw < 0 || iw >= s->W) continue;
+                                const size_t xi = (((size_t)n * s->Cin + i) * s->H + ih) * s->W + iw;
+                                const size_t wi = (((size_t)o * s->Cin + i) * K + a) * K + c;
+                                acc += (double)x[xi] * w[wi];
+                                dx[xi] += (double)dy[yi] * w[wi];
+                                dw[wi] += (double)dy[yi] * x[xi];
+                            }
+                    y[yi] = acc;
+                    db[o] += dy[yi];
+                }
+}
+
+static double rel_err_d(const float *a, const double *ref, size_t n) {
+    double e = 0.0, m = 0.0;
+    for (size_t i = 0; i < n; i++) {
+        e += (a[i] - ref[i]) * (a[i] - ref[i]);
+        m += ref[i] * ref[i];
+    }
+    return m > 0.0 ? sqrt(e / m) : sqrt(e);
+}
+
+/* One shape through DIFFUSION_CPU_CONV=policy against conv_direct. The gradients start from
+ * nonzero values (backward adds), the workspace is exactly what conv2d_workspace asked for
+ * under the other policy (the plan may be made before the variable changes) with a guard
+ * after it, and a backward with dx and db left out must give the same dw. */
+static void conv_policy_case(dd_conv_shape s, const char *policy, const char *other) {
+    const size_t nx = (size_t)s.N * s.Cin * s.H * s.W, ny = (size_t)s.N * s.Cout * s.Ho * s.Wo;
+    const size_t nw = (size_t)s.Cout * s.Cin * s.K * s.K;
+    float *x = malloc(nx * sizeof(float)), *w = malloc(nw * sizeof(float));
+    float *b = malloc(s.Cout * sizeof(float)), *dy = malloc(ny * sizeof(float));
+    tu_fill_uniform(x, nx, -1, 1, 41);
+    tu_fill_uniform(w, nw, -0.5f, 0.5f, 42);
+    tu_fill_uniform(b, s.Cout, -1, 1, 43);
+    tu_fill_uniform(dy, ny, -1, 1, 44);
+    float *dx = malloc(nx * sizeof(float)), *dw = malloc(nw * sizeof(float));
+    float *db = malloc(s.Cout * sizeof(float)), *dw2 = malloc(nw * sizeof(float));
+    tu_fill_uniform(dx, nx, -1, 1, 45);
+    tu_fill_uniform(dw, nw, -1, 1, 46);
+    tu_fill_uniform(db, s.Cout, -1, 1, 47);
+    memcpy(dw2, dw, nw * sizeof(float));
+    double *ry = calloc(ny, sizeof(double)), *rdx = malloc(nx * sizeof(double));
+    double *rdw = malloc(nw * sizeof(double)), *rdb = malloc(s.Cout * sizeof(double));
+    for (size_t i = 0; i < nx; i++) rdx[i] = dx[i];
+    for (size_t i = 0; i < nw; i++) rdw[i] = dw[i];
+    for (int i = 0; i < s.Cout; i++) rdb[i] = db[i];
+    conv_direct(ry, rdx, rdw, rdb, x, w, b, dy, &s);
+
+    setenv("DIFFUSION_CPU_CONV", other, 1);
+    const size_t wsb = B->conv2d_workspace(&s);
+    setenv("DIFFUSION_CPU_CONV", policy, 1);
+    const size_t wsf = (wsb + sizeof(float) - 1) / sizeof(float);
+    float *ws = malloc((wsf + 64) * sizeof(float));
+    for (int i = 0; i < 64; i++) ws[wsf + i] = 12345.0f;
+    float *y = filled_nan(ny);
+    CHECK_OK(B->conv2d_forward(y, x, w, b, &s, ws));
+    CHECK_OK(B->conv2d_backward(dx, dw, db, dy, x, w, &s, ws));
+    CHECK_OK(B->conv2d_backward(NULL, dw2, NULL, dy, x, w, &s, ws));
+    unsetenv("DIFFUSION_CPU_CONV");
+    char what[128];
+    snprintf(what, sizeof what, "conv N=%d %d->%d %dx%d k%d s%d p%d (%s)", s.N, s.Cin, s.Cout, s.H,
+             s.W, s.K, s.stride, s.pad, policy);
+    const double ey = rel_err_d(y, ry, ny), edx = rel_err_d(dx, rdx, nx);
+    const double edw = rel_err_d(dw, rdw, nw), edb = rel_err_d(db, rdb, s.Cout);
+    CHECKF(ey < 1e-6, "%s forward: %.2e from the direct sums", what, ey);
+    CHECKF(edx < 1e-6, "%s dx: %.2e from the direct sums", what, edx);
+    CHECKF(edw < 1e-6, "%s dw: %.2e from the direct sums", what, edw);
+    CHECKF(edb < 1e-6, "%s db: %.2e from the direct sums", what, edb);
+    CHECKF(tu_rel_err(dw2, dw, nw) < 1e-6, "%s dw alone differs from dw with dx and db", what);
+    int guard = 1;
+    for (int i = 0; i < 64; i++) guard &= ws[wsf + i] == 12345.0f;
+    CHECKF(guard, "%s wrote past its %zu-byte workspace", what, wsb);
+    free(x), free(w), free(b), free(dy), free(dx), free(dw), free(db), free(dw2), free(ry);
+    free(rdx), free(rdw), free(rdb), free(ws), free(y);
+}
+
+static void check_conv_policies(void) {
+    /* the PyTorch cases through each way (only the 3x3 pad 1 ones differ) */
+    static const char *const pol[2] = {"gemm", "winograd"};
+    for (int p = 0; p < 2; p++) {
+        setenv("DIFFUSION_CPU_CONV", pol[p], 1);
+        check_conv("conv_k3_s1_p1");
+        check_conv("conv_k3_s1_p1_1x1");
+        unsetenv("DIFFUSION_CPU_CONV");
+    }
+    const dd_conv_shape shapes[] = {
+        /* the UNet's: 28x28 (one image a chunk), 14x14 (two), 7x7 (four), more out than in */
+        {3, 32, 28, 28, 16, 3, 1, 1, 28, 28},
+        {5, 48, 14, 14, 32, 3, 1, 1, 14, 14},
+        {9, 64, 7, 7, 64, 3, 1, 1, 7, 7},
+        {2, 64, 7, 7, 192, 3, 1, 1, 7, 7},
+        /* odd and even sides, narrow maps, one pixel, one channel, more images than threads */
+        {3, 5, 9, 6, 7, 3, 1, 1, 9, 6},
+        {2, 3, 1, 7, 4, 3, 1, 1, 1, 7},
+        {2, 3, 8, 1, 2, 3, 1, 1, 8, 1},
+        {3, 2, 1, 1, 3, 3, 1, 1, 1, 1},
+        {4, 1, 5, 5, 1, 3, 1, 1, 5, 5},
+        {1, 16, 30, 2, 17, 3, 1, 1, 30, 2},
+        {7, 4, 2, 3, 3, 3, 1, 1, 2, 3},
+    };
+    for (size_t i = 0; i < sizeof shapes / sizeof shapes[0]; i++) {
+        conv_policy_case(shapes[i], "winograd", "gemm");
+        conv_policy_case(shapes[i], "gemm", "winograd");
+        conv_policy_case(shapes[i], "auto", "gemm");
+    }
+    /* shapes Winograd does not take: the variable must leave them on the GEMMs */
+    conv_policy_case((dd_conv_shape){2, 16, 28, 28, 32, 4, 2, 1, 14, 14}, "winograd", "gemm");
+    conv_policy_case((dd_conv_shape){2, 3, 6, 5, 4, 3, 1, 0, 4, 3}, "winograd", "gemm");
+    conv_policy_case((dd_conv_shape){2, 3, 6, 5, 4, 3, 2, 1, 3, 3}, "winograd", "gemm");
+    conv_policy_case((dd_conv_shape){2, 3, 6, 5, 4, 5, 1, 2, 6, 5}, "winograd", "gemm");
+}
+
 static void check_batch_paths(void) {
     conv_batch_case((dd_conv_shape){4, 3, 9, 8, 5, 3, 1, 1, 9, 8});
     conv_batch_case((dd_conv_shape){5, 64, 7, 7, 64, 3, 1, 1, 7, 7});     /* images batched */
     conv_batch_case((dd_conv_shape){3, 64, 7, 7, 192, 3, 1, 1, 7, 7});    /* more out than in */
     conv_batch_case((dd_conv_shape){3, 16, 28, 28, 16, 3, 1, 1, 28, 28}); /* row-shift form */
     conv_batch_case((dd_conv_shape){3, 16, 28, 28, 32, 4, 2, 1, 14, 14}); /* the downsample */
+    setenv("DIFFUSION_CPU_CONV", "winograd", 1); /* chunks of 4 images, threads, one at a time */
+    conv_batch_case((dd_conv_shape){5, 64, 7, 7, 64, 3, 1, 1, 7, 7});
+    conv_batch_case((dd_conv_shape){3, 16, 28, 28, 32, 3, 1, 1, 28, 28});
+    unsetenv("DIFFUSION_CPU_CONV");
 
     /* group_norm backward has two schedules: whole groups per thread (G >= threads, what the
      * small gradcheck cases run) and channels / (n, g) in parallel (fewer groups than threads,
@@ -693,6 +829,7 @@ int main(void) {
     check_adam();
     check_diffusion();
     check_batch_paths();
+    check_conv_policies();
     check_group_norm_moments();
     check_memory_and_select();
     return tu_finish();

@@ -256,9 +256,11 @@ static void conv_case(int N, int Cin, int H, int W, int Cout, int K, int stride,
     dd_conv_shape s = {N, Cin, H, W, Cout, K, stride, pad, 0, 0};
     s.Ho = (H + 2 * pad - K) / stride + 1;
     s.Wo = (W + 2 * pad - K) / stride + 1;
+    const char *pol = getenv("DIFFUSION_CPU_CONV");
     gc_case *c = new_case((size_t)N * Cout * s.Ho * s.Wo, 1e-2f,
-                          "conv2d N=%d Cin=%d %dx%d Cout=%d K=%d stride=%d pad=%d%s", N, Cin, H, W,
-                          Cout, K, stride, pad, bias ? "" : " no-bias");
+                          "conv2d N=%d Cin=%d %dx%d Cout=%d K=%d stride=%d pad=%d%s%s%s", N, Cin, H,
+                          W, Cout, K, stride, pad, bias ? "" : " no-bias", pol ? " via " : "",
+                          pol ? pol : "");
     c->conv = s;
     add_tensor(c, "x", (size_t)N * Cin * H * W, -1, 1, 1);
     add_tensor(c, "w", (size_t)Cout * Cin * K * K, -1, 1, 1);
@@ -545,6 +547,17 @@ int main(int argc, char **argv) {
         conv_case(2, 2, 4, 1, 3, 3, 1, 1, 1); /* W=1 */
         conv_case(1, 2, 3, 2, 2, 3, 1, 1, 1); /* W=2 */
         conv_case(1, 2, 2, 3, 2, 5, 1, 2, 1); /* K=5 pad 2 on 2x3 */
+        /* the 3x3 pad 1 cases through Winograd F(2x2, 3x3) (cpu/cpu_winograd.c), which the
+         * default policy keeps for wider layers than these: odd and even sides, one row, one
+         * column, one pixel */
+        setenv("DIFFUSION_CPU_CONV", "winograd", 1);
+        conv_case(2, 3, 5, 5, 4, 3, 1, 1, 1);
+        conv_case(1, 3, 5, 5, 4, 3, 1, 1, 0);
+        conv_case(3, 2, 4, 7, 3, 3, 1, 1, 1);
+        conv_case(2, 2, 4, 1, 3, 3, 1, 1, 1);
+        conv_case(1, 2, 1, 6, 2, 3, 1, 1, 1);
+        conv_case(2, 2, 1, 1, 3, 3, 1, 1, 1);
+        unsetenv("DIFFUSION_CPU_CONV");
     }
     if (WANT("dense")) {
         dense_case(3, 5, 4, 1);

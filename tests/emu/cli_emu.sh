@@ -108,6 +108,11 @@ print(abs(v[0] - v[1]) / max(1e-6, abs(v[1])))" 2>/dev/null || echo no-fld-value
   # the animation's per-step read-backs, on both devices (GroupNorm, attention, upsampling and
   # the 2B guided batch on the emulated GPU). TF32 off: with it, this barely trained model's
   # guided chain moves by O(1) (measured 1.35), as test_gpu_train's TF32 tolerance explains.
+  # Even in FP32 the chain (eta 1, guidance 2, a model one epoch old) spreads rounding: two
+  # emulated runs whose timed GroupNorm launches chose differently came 1.8e-3 and 2.9e-3 from
+  # the CPU, and the CPU's two ways to convolve (DIFFUSION_CPU_CONV=gemm and winograd) 6.0e-3
+  # from each other. An upsampling kernel that read a neighbour for a quarter of its outputs
+  # moved it by 2.0. Hence 1.5e-2.
   must "$D" train --data fashion-mnist --limit 96 --channels 8 --batch 32 --epochs 1 --samples 0 \
     --conditional --quiet --device cpu --out unet
   for d in cuda cpu; do
@@ -115,7 +120,7 @@ print(abs(v[0] - v[1]) / max(1e-6, abs(v[1])))" 2>/dev/null || echo no-fld-value
       --steps 5 --eta 1 --seed 2 --animation anim_$d.gif --raw img_$d.raw --out img_$d.png --quiet --device $d
     [ $d = cuda ] && cp err.log gn_log.txt
   done
-  within "guided DDIM of the image model, emulated cuda vs cpu" "$(cmp_raw img_cuda.raw img_cpu.raw)" 2e-3
+  within "guided DDIM of the image model, emulated cuda vs cpu" "$(cmp_raw img_cuda.raw img_cpu.raw)" 1.5e-2
   # with DIFFUSION_GN_LOG=1 the cuda run above logged the group norm's timing: a line per
   # forward shape, the fixed choice named among the times
   grep -q -E "^diffusion: group_norm N=[0-9]+ C=8 HW=[0-9]+ G=[0-9]+.*, us: .* \(fixed\).* -> t[0-9]+[vq][0-9]+\$" gn_log.txt &&
@@ -126,7 +131,7 @@ print(abs(v[0] - v[1]) / max(1e-6, abs(v[1])))" 2>/dev/null || echo no-fld-value
     --labels all --n 1 --guidance 2 --sampler ddim --steps 5 --eta 1 --seed 2 --raw img_off.raw \
     --out img_off.png --quiet --device cuda
   within "guided DDIM of the image model, emulated cuda with DIFFUSION_CUDA_OFF vs cpu" \
-    "$(cmp_raw img_off.raw img_cpu.raw)" 2e-3
+    "$(cmp_raw img_off.raw img_cpu.raw)" 1.5e-2
   [ "$(head -c 6 anim_cuda.gif)" = "GIF89a" ] && ok || bad "anim_cuda.gif is not a GIF"
 else
   echo "(Fashion-MNIST not installed: the classifier, FLD and image model part is left out)"

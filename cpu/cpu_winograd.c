@@ -1,0 +1,525 @@
+/* Winograd F(2x2, 3x3) convolutions on the CPU (Lavin and Gray, "Fast Algorithms for
+ * Convolutional Neural Networks", 2016): the UNet's 3x3 "same" convolutions (stride 1, pad 1) in
+ * 16 GEMMs with 4/9 of im2col's multiply-adds, chosen by cpu_conv.c per shape
+ * (dd_cpu_wino_chosen).
+ *
+ * The output is cut into 2x2 tiles (th x tw of them, the last row or column clipped when H or W
+ * is odd); tile (ty, tx) reads the 4x4 input patch at rows 2 ty - 1 .. 2 ty + 2, columns
+ * 2 tx - 1 .. 2 tx + 2 (zero outside the image). With
+ *   B^T = [1 0 -1 0; 0 1 1 0; 0 -1 1 0; 0 1 0 -1],  G = [1 0 0; 1/2 1/2 1/2; 1/2 -1/2 1/2; 0 0 1],
+ *   A^T = [1 1 1 0; 0 1 -1 -1]
+ * a tile of one output channel is y = A^T [sum over ci of (G g G^T) (.) (B^T d B)] A: per element
+ * xi of the 4x4 transformed tile, a GEMM over the input channels,
+ *   M[xi] (Cout, tiles) = U[xi] (Cout, Cin) @ V[xi] (Cin, tiles),
+ *   U[xi][o][i] = (G w[o][i] G^T)[xi],  V[xi][i][t] = (B^T d_i,t B)[xi].
+ * Backward, by the chain rule through the same identity:
+ *   dx: the transposed convolution, i.e. the convolution of dy with the flipped, transposed
+ *       weights (pad 3 - 1 - 1 = 1 again), so the forward code with those weights, added into dx;
+ *   dw[o][i] += G^T dU[o][i] G,  dU[xi] (Cout, Cin) = sum over tiles of Yh[xi] (Cout, tiles)
+ *       @ V[xi]^T, with Yh = A dy_tile A^T (the 2x2 output-gradient tile, zero outside the image,
+ *       spread to 4x4) and V the input's transform as in the forward.
+ * The transforms' coefficients are 0, +-1 and +-1/2, so the results stay within a few float
+ * roundings of the direct sums (relative error about 1e-7 at the UNet's shapes, tested against
+ * the im2col path in test_ops_forward and test_ops_gradcheck).
+ *
+ * A chunk of whole images (about WINO_TILES tiles: 1 image at 28x28, 2 at 14x14, 4 at 7x7) is
+ * transformed at a time so its V and M stay in the core's cache; threads take contiguous runs of
+ * images as in cpu_conv.c, each with its own slot of the workspace.
+ *
+ * Layout of a chunk's transformed data: plane xi, channel c, tile t at base + (xi C + c) ld + t,
+ * t = image-in-chunk T1 + ty tw + tx, ld = images T1, T1 = th tw. */
+#include <cblas.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "cpu_internal.h"
+
+#define WINO_TILES 64 /* tiles a chunk, at least one whole image */
+
+#if defined(__GNUC__) && !defined(__clang__)
+#define WINO_NO_MEMSET __attribute__((optimize("no-tree-loop-distribute-patterns")))
+#else
+#define WINO_NO_MEMSET
+#endif
+
+int dd_cpu_wino_shape(const dd_conv_shape *s) {
+    return s->K == 3 && s->stride == 1 && s->pad == 1 && s->Ho == s->H && s->Wo == s->W &&
+           s->H > 0 && s->W > 0 && s->Cin > 0 && s->Cout > 0;
+}
+
+/* DIFFUSION_CPU_CONV: auto (default: by shape, below) | gemm (never Winograd) | winograd
+ * (wherever the shape allows). Read at every call, so a test can switch it between calls; the
+ * workspace covers both ways (cpu_conv.c). */
+int dd_cpu_wino_chosen(const dd_conv_shape *s, int backward) {
+    if (!dd_cpu_wino_shape(s)) return 0;
+    const char *e = getenv("DIFFUSION_CPU_CONV");
+    if (e && !strcmp(e, "gemm")) return 0;
+    if (e && !strcmp(e, "winograd")) return 1;
+    /* auto: where it measured faster than cpu_conv.c's im2col and row-shift GEMMs (GEMM time
+     * over Winograd time, one thread of the 2-core AMD EPYC (Zen 4, AVX-512) development
+     * machine, OpenBLAS 0.3.21, batches 8, 32 and 64, the UNet's shapes):
+     *   forward: 0.55-0.78 with one input or output channel; 0.86-0.88 at 16 -> 16 channels on
+     *     14x14 and 1.01-1.21 on 28x28; 1.06-1.75 from 16 x 32 channels up, on every map;
+     *   backward (dx and dw together): 0.78-0.97 at 16 -> 16; on 7x7 maps 0.93-0.96 at 32 -> 32
+     *     and 1.01-1.09 at 32 -> 64; 1.11-1.36 from 16 x 32 up on 14x14 and 28x28; 1.06-1.38
+     *     from 64 x 64 up on 7x7 (0.71-0.91 at batch 2, where a 7x7 map's 16 tiles make the
+     *     GEMMs too short). */
+    const int64_t cc = (int64_t)s->Cin * s->Cout, hw = (int64_t)s->H * s->W;
+    const int cmin = s->Cin < s->Cout ? s->Cin : s->Cout;
+    if (cmin < 16 || cc < 512) return 0;
+    if (!backward) return 1;
+    return hw >= 196 || cc >= 4096;
+}
+
+typedef struct {
+    int th, tw, T1, nb; /* tiles down and across an image, tiles an image, images a chunk */
+    size_t ld;          /* columns of a chunk's planes: nb T1 */
+    int Cmax;           /* max(Cin, Cout): channels of the larger transformed side */
+} wgeom;
+
+/* Floats from one plane xi of a chunk's transformed data to the next: C ld and 16 more. Without
+ * the 16 the planes of the 7x7 maps at 64 channels lie 16 KiB apart, the 16 stores of a tile hit
+ * one set of the level-1 cache, and the transforms ran at a third of their speed. */
+#define WINO_PLANE_PAD 16
+static size_t plane_stride(int C, size_t ld) { return (size_t)C * ld + WINO_PLANE_PAD; }
+
+static wgeom wino_geom(const dd_conv_shape *s) {
+    wgeom g;
+    g.th = (s->H + 1) / 2;
+    g.tw = (s->W + 1) / 2;
+    g.T1 = g.th * g.tw;
+    g.nb = (WINO_TILES + g.T1 - 1) / g.T1;
+    if (g.nb > s->N) g.nb = s->N;
+    if (g.nb < 1) g.nb = 1;
+    g.ld = (size_t)g.nb * g.T1;
+    g.Cmax = s->Cin > s->Cout ? s->Cin : s->Cout;
+    return g;
+}
+
+/* a slot: two transformed buffers (16 Cmax ld floats each), the private dU (16 Cout Cin) and
+ * the row scratch of the transforms (4 rows of 2 tw + 4 floats) */
+static size_t buf_floats(wgeom g) { return (size_t)16 * plane_stride(g.Cmax, g.ld); }
+/* the filters' transformed planes (U, the flipped U, dU): Cout Cin floats apart and 16 more, for
+ * the same reason as plane_stride (a 64 x 64 convolution's U took 190 us to build without) */
+static size_t wplane(const dd_conv_shape *s) {
+    return (size_t)s->Cout * s->Cin + WINO_PLANE_PAD;
+}
+static size_t du_floats(const dd_conv_shape *s) { return 16 * wplane(s); }
+static size_t row_floats(wgeom g) {
+    return (size_t)4 * (2 * g.tw + 4);
+}
+static size_t slot_bytes(const dd_conv_shape *s, wgeom g) {
+    return 2 * dd_cpu_round(buf_floats(g) * sizeof(float)) +
+           dd_cpu_round(du_floats(s) * sizeof(float)) +
+           dd_cpu_round(row_floats(g) * sizeof(float));
+}
+/* U (or the flipped U of dx), then weights()'s gathered filters */
+static size_t front_bytes(const dd_conv_shape *s) {
+    const int c = s->Cin > s->Cout ? s->Cin : s->Cout;
+    return dd_cpu_round(du_floats(s) * sizeof(float)) + dd_cpu_round((size_t)9 * c * sizeof(float));
+}
+static float *front_tmp(const dd_conv_shape *s, void *ws) {
+    return (float *)((char *)ws + dd_cpu_round(du_floats(s) * sizeof(float)));
+}
+
+size_t dd_cpu_wino_workspace(const dd_conv_shape *s) {
+    if (!dd_cpu_wino_shape(s)) return 0;
+    const wgeom g = wino_geom(s);
+    return front_bytes(s) + (size_t)dd_cpu_slots(s->N) * slot_bytes(s, g);
+}
+
+typedef struct {
+    float *a, *b, *du, *rows;
+} wslot;
+
+static wslot get_slot(const dd_conv_shape *s, wgeom g, void *ws, int i) {
+    char *p = (char *)ws + front_bytes(s) + (size_t)i * slot_bytes(s, g);
+    wslot r;
+    r.a = (float *)p;
+    p += dd_cpu_round(buf_floats(g) * sizeof(float));
+    r.b = (float *)p;
+    p += dd_cpu_round(buf_floats(g) * sizeof(float));
+    r.du = (float *)p;
+    p += dd_cpu_round(du_floats(s) * sizeof(float));
+    r.rows = (float *)p;
+    return r;
+}
+
+/* U[xi][o][i] = (G g G^T)[xi] for nO x nI filters g: w[o][i] (flip 0: the convolution, nO = Cout,
+ * nI = Cin) or w[i][o] turned by 180 degrees (flip 1: its transpose, nO = Cin, nI = Cout). A row
+ * o at a time: its nI filters gathered element-major into tmp (9 nI floats), so the arithmetic
+ * and the stores run along i (a filter at a time it took 80 us of a 64 x 64 convolution's
+ * 380 us at batch 8). */
+WINO_NO_MEMSET static void weights(float *restrict U, const float *restrict w,
+                                   const dd_conv_shape *s, int flip, float *restrict tmp) {
+    const int nO = flip ? s->Cin : s->Cout, nI = flip ? s->Cout : s->Cin;
+    const size_t plane = wplane(s);
+    for (int o = 0; o < nO; o++) {
+        for (int i = 0; i < nI; i++) {
+            const float *src = flip ? w + ((size_t)i * s->Cin + o) * 9 : w + ((size_t)o * s->Cin + i) * 9;
+            for (int e = 0; e < 9; e++) tmp[(size_t)e * nI + i] = src[flip ? 8 - e : e];
+        }
+        const float *restrict g0 = tmp, *restrict g1 = tmp + nI, *restrict g2 = tmp + 2 * nI,
+                              *restrict g3 = tmp + 3 * nI, *restrict g4 = tmp + 4 * nI,
+                              *restrict g5 = tmp + 5 * nI, *restrict g6 = tmp + 6 * nI,
+                              *restrict g7 = tmp + 7 * nI, *restrict g8 = tmp + 8 * nI;
+        float *restrict u = U + (size_t)o * nI;
+        for (int i = 0; i < nI; i++) {
+            /* t = G g (4 x 3), rows of g: (g0 g1 g2), (g3 g4 g5), (g6 g7 g8) */
+            const float t00 = g0[i], t01 = g1[i], t02 = g2[i];
+            const float t10 = 0.5f * (g0[i] + g3[i] + g6[i]), t11 = 0.5f * (g1[i] + g4[i] + g7[i]),
+                        t12 = 0.5f * (g2[i] + g5[i] + g8[i]);
+            const float t20 = 0.5f * (g0[i] - g3[i] + g6[i]), t21 = 0.5f * (g1[i] - g4[i] + g7[i]),
+                        t22 = 0.5f * (g2[i] - g5[i] + g8[i]);
+            const float t30 = g6[i], t31 = g7[i], t32 = g8[i];
+            const float t[4][3] = {{t00, t01, t02}, {t10, t11, t12}, {t20, t21, t22}, {t30, t31, t32}};
+            for (int r = 0; r < 4; r++) { /* (G g) G^T */
+                u[(size_t)(4 * r) * plane + i] = t[r][0];
+                u[(size_t)(4 * r + 1) * plane + i] = 0.5f * (t[r][0] + t[r][1] + t[r][2]);
+                u[(size_t)(4 * r + 2) * plane + i] = 0.5f * (t[r][0] - t[r][1] + t[r][2]);
+                u[(size_t)(4 * r + 3) * plane + i] = t[r][2];
+            }
+        }
+    }
+}
+
+/* The three transforms, each written once with the tiles across an image (TW) as a parameter and
+ * instantiated for the UNet's widths (4, 7, 14 at 7x7, 14x14, 28x28) as well as for any width:
+ * with TW a constant the short loops below are unrolled and vectorised whole (the general copy
+ * ran the 7x7 maps' transforms at a third of the speed). An image is W = 2 TW - 1 or 2 TW wide,
+ * so loops run to 2 TW - 1 and the last column is handled on its own. */
+#define WINO_INLINE static inline __attribute__((always_inline))
+
+/* V (planes of C channels, at one image's column offset): (B^T d B) of each tile of x (C, H, W).
+ * Per channel and tile row: the four input rows combined by B^T into R (column j + 1 holds input
+ * column j; 0 and past W stay zero), then each tile's four columns by B. */
+WINO_INLINE void input_tw(float *restrict V, size_t ld, const float *restrict x, int C, int H,
+                          int W, int th, const int TW, float *restrict rows) {
+    const size_t ps = plane_stride(C, ld);
+    const int L = 2 * TW + 4;
+    float *restrict R0 = rows, *restrict R1 = R0 + L, *restrict R2 = R1 + L,
+                    *restrict R3 = R2 + L;
+    for (int j = 0; j < L; j++) R0[j] = R1[j] = R2[j] = R3[j] = 0.0f;
+    const int full = W == 2 * TW;
+    for (int c = 0; c < C; c++) {
+        const float *xc = x + (size_t)c * H * W;
+        for (int ty = 0; ty < th; ty++) {
+            const int h0 = 2 * ty - 1;
+            const float *restrict a1 = xc + (size_t)(h0 + 1) * W; /* 2 ty < H always */
+            if (h0 >= 0 && h0 + 3 < H) { /* all four rows inside */
+                const float *restrict a0 = a1 - W, *restrict a2 = a1 + W, *restrict a3 = a2 + W;
+                for (int j = 0; j < 2 * TW - 1; j++) {
+                    R0[j + 1] = a0[j] - a2[j];
+                    R1[j + 1] = a1[j] + a2[j];
+                    R2[j + 1] = a2[j] - a1[j];
+                    R3[j + 1] = a1[j] - a3[j];
+                }
+                if (full) {
+                    const int j = 2 * TW - 1;
+                    R0[j + 1] = a0[j] - a2[j];
+                    R1[j + 1] = a1[j] + a2[j];
+                    R2[j + 1] = a2[j] - a1[j];
+                    R3[j + 1] = a1[j] - a3[j];
+                }
+            } else { /* a row above or below the image: zero */
+                const int has0 = h0 >= 0, has2 = h0 + 2 < H, has3 = h0 + 3 < H;
+                for (int j = 0; j < W; j++) {
+                    const float v0 = has0 ? a1[j - W] : 0.0f, v1 = a1[j];
+                    const float v2 = has2 ? a1[j + W] : 0.0f, v3 = has3 ? a1[j + 2 * W] : 0.0f;
+                    R0[j + 1] = v0 - v2;
+                    R1[j + 1] = v1 + v2;
+                    R2[j + 1] = v2 - v1;
+                    R3[j + 1] = v1 - v3;
+                }
+            }
+            float *v = V + (size_t)c * ld + (size_t)ty * TW;
+            const float *Rr[4] = {R0, R1, R2, R3};
+            for (int r = 0; r < 4; r++) {
+                const float *restrict q = Rr[r];
+                float *restrict v0 = v + (size_t)(4 * r) * ps, *restrict v1 = v0 + ps,
+                                *restrict v2 = v1 + ps, *restrict v3 = v2 + ps;
+                for (int tx = 0; tx < TW; tx++) {
+                    const float e0 = q[2 * tx], e1 = q[2 * tx + 1], e2 = q[2 * tx + 2],
+                                e3 = q[2 * tx + 3];
+                    v0[tx] = e0 - e2;
+                    v1[tx] = e1 + e2;
+                    v2[tx] = e2 - e1;
+                    v3[tx] = e1 - e3;
+                }
+            }
+        }
+    }
+}
+
+/* y (C, H, W) of one image from M (planes of C channels, at the image's column offset): A^T m A
+ * of each tile, plus bias[c] when bias, written (acc 0) or added (acc 1) */
+WINO_INLINE void output_tw(float *restrict y, const float *restrict M, size_t ld,
+                           const float *restrict bias, int C, int H, int W, int th, const int TW,
+                           int acc, float *restrict rows) {
+    const size_t ps = plane_stride(C, ld);
+    const int L = 2 * TW + 4;
+    float *restrict Y0 = rows, *restrict Y1 = rows + L;
+    const int full = W == 2 * TW;
+    for (int c = 0; c < C; c++) {
+        float *yc = y + (size_t)c * H * W;
+        const float bc = bias ? bias[c] : 0.0f;
+        for (int ty = 0; ty < th; ty++) {
+            const float *restrict m = M + (size_t)c * ld + (size_t)ty * TW;
+            for (int tx = 0; tx < TW; tx++) {
+                float a[16];
+                for (int k = 0; k < 16; k++) a[k] = m[(size_t)k * ps + tx];
+                float s0[4], s1[4];
+                for (int q = 0; q < 4; q++) {
+                    s0[q] = a[q] + a[4 + q] + a[8 + q];
+                    s1[q] = a[4 + q] - a[8 + q] - a[12 + q];
+                }
+                Y0[2 * tx] = s0[0] + s0[1] + s0[2] + bc;
+                Y0[2 * tx + 1] = s0[1] - s0[2] - s0[3] + bc;
+                Y1[2 * tx] = s1[0] + s1[1] + s1[2] + bc;
+                Y1[2 * tx + 1] = s1[1] - s1[2] - s1[3] + bc;
+            }
+            float *restrict d0 = yc + (size_t)(2 * ty) * W;
+            float *restrict d1 = d0 + W;
+            const int two = 2 * ty + 1 < H;
+            const int n = 2 * TW - 1;
+            if (acc) {
+                for (int j = 0; j < n; j++) d0[j] += Y0[j];
+                if (full) d0[n] += Y0[n];
+                if (two) {
+                    for (int j = 0; j < n; j++) d1[j] += Y1[j];
+                    if (full) d1[n] += Y1[n];
+                }
+            } else {
+                for (int j = 0; j < n; j++) d0[j] = Y0[j];
+                if (full) d0[n] = Y0[n];
+                if (two) {
+                    for (int j = 0; j < n; j++) d1[j] = Y1[j];
+                    if (full) d1[n] = Y1[n];
+                }
+            }
+        }
+    }
+}
+
+/* Yh (planes of C channels, at one image's column offset): A dy A^T of each 2x2 tile of
+ * dy (C, H, W), zero outside the image, A = [1 0; 1 1; 1 -1; 0 -1] */
+WINO_INLINE void grad_tw(float *restrict Yh, size_t ld, const float *restrict dy, int C, int H,
+                         int W, int th, const int TW, float *restrict rows) {
+    const size_t ps = plane_stride(C, ld);
+    const int L = 2 * TW + 4;
+    float *restrict P = rows, *restrict R1 = P + L, *restrict R2 = R1 + L, *restrict Q = R2 + L;
+    for (int j = 0; j < L; j++) P[j] = Q[j] = R1[j] = R2[j] = 0.0f;
+    const int full = W == 2 * TW, n = 2 * TW - 1;
+    for (int c = 0; c < C; c++) {
+        const float *dc = dy + (size_t)c * H * W;
+        for (int ty = 0; ty < th; ty++) {
+            const float *restrict p = dc + (size_t)(2 * ty) * W;
+            /* the rows of A dy: P, P + Q, P - Q, -Q (Q the second row, zero below the image) */
+            if (2 * ty + 1 < H) {
+                const float *restrict q = p + W;
+                for (int j = 0; j < n; j++) {
+                    P[j] = p[j];
+                    R1[j] = p[j] + q[j];
+                    R2[j] = p[j] - q[j];
+                    Q[j] = -q[j];
+                }
+                if (full) P[n] = p[n], R1[n] = p[n] + q[n], R2[n] = p[n] - q[n], Q[n] = -q[n];
+            } else {
+                for (int j = 0; j < n; j++) P[j] = R1[j] = R2[j] = p[j], Q[j] = 0.0f;
+                if (full) P[n] = R1[n] = R2[n] = p[n], Q[n] = 0.0f;
+            }
+            float *v = Yh + (size_t)c * ld + (size_t)ty * TW;
+            for (int r = 0; r < 4; r++) {
+                const float *restrict q = rows + r * L;
+                float *restrict v0 = v + (size_t)(4 * r) * ps, *restrict v1 = v0 + ps,
+                                *restrict v2 = v1 + ps, *restrict v3 = v2 + ps;
+                for (int tx = 0; tx < TW; tx++) {
+                    const float e0 = q[2 * tx], e1 = q[2 * tx + 1];
+                    v0[tx] = e0;
+                    v1[tx] = e0 + e1;
+                    v2[tx] = e0 - e1;
+                    v3[tx] = -e1;
+                }
+            }
+        }
+    }
+}
+
+WINO_NO_MEMSET static void input_tiles(float *V, size_t ld, const float *x, int C, int H, int W,
+                                       wgeom g, float *rows) {
+    switch (g.tw) {
+    case 4: input_tw(V, ld, x, C, H, W, g.th, 4, rows); break;
+    case 7: input_tw(V, ld, x, C, H, W, g.th, 7, rows); break;
+    case 14: input_tw(V, ld, x, C, H, W, g.th, 14, rows); break;
+    default: input_tw(V, ld, x, C, H, W, g.th, g.tw, rows); break;
+    }
+}
+
+WINO_NO_MEMSET static void output_tiles(float *y, const float *M, size_t ld, const float *bias,
+                                        int C, int H, int W, wgeom g, int acc, float *rows) {
+    switch (g.tw) {
+    case 4: output_tw(y, M, ld, bias, C, H, W, g.th, 4, acc, rows); break;
+    case 7: output_tw(y, M, ld, bias, C, H, W, g.th, 7, acc, rows); break;
+    case 14: output_tw(y, M, ld, bias, C, H, W, g.th, 14, acc, rows); break;
+    default: output_tw(y, M, ld, bias, C, H, W, g.th, g.tw, acc, rows); break;
+    }
+}
+
+WINO_NO_MEMSET static void grad_tiles(float *Yh, size_t ld, const float *dy, int C, int H, int W,
+                                      wgeom g, float *rows) {
+    switch (g.tw) {
+    case 4: grad_tw(Yh, ld, dy, C, H, W, g.th, 4, rows); break;
+    case 7: grad_tw(Yh, ld, dy, C, H, W, g.th, 7, rows); break;
+    case 14: grad_tw(Yh, ld, dy, C, H, W, g.th, 14, rows); break;
+    default: grad_tw(Yh, ld, dy, C, H, W, g.th, g.tw, rows); break;
+    }
+}
+
+/* the 16 products of a chunk: out[xi] (nO, ld) = U[xi] (nO, nI) @ in[xi] (nI, ld), U's planes up
+ * floats apart */
+static void products(float *out, const float *U, size_t up, const float *in, int nO, int nI,
+                     size_t ld) {
+    for (int k = 0; k < 16; k++)
+        cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, nO, (int)ld, nI, 1.0f,
+                    U + (size_t)k * up, nI, in + (size_t)k * plane_stride(nI, ld), (int)ld,
+                    0.0f, out + (size_t)k * plane_stride(nO, ld), (int)ld);
+}
+
+/* y[n0 .. n1) (acc 0: = conv + bias; acc 1: += conv) of x (nI channels) with U (nO x nI): the
+ * forward (nI = Cin, nO = Cout) and dx (nI = Cout, nO = Cin) */
+static void conv_range(float *y, const float *x, const float *U, const float *bias, int nI,
+                       int nO, const dd_conv_shape *s, wgeom g, wslot sl, int n0, int n1,
+                       int acc) {
+    const size_t HW = (size_t)s->H * s->W;
+    for (int n = n0; n < n1; n += g.nb) {
+        const int m = n1 - n < g.nb ? n1 - n : g.nb;
+        const size_t ld = (size_t)m * g.T1;
+        for (int j = 0; j < m; j++)
+            input_tiles(sl.a + (size_t)j * g.T1, ld, x + (size_t)(n + j) * nI * HW, nI, s->H,
+                        s->W, g, sl.rows);
+        products(sl.b, U, wplane(s), sl.a, nO, nI, ld);
+        for (int j = 0; j < m; j++)
+            output_tiles(y + (size_t)(n + j) * nO * HW, sl.b + (size_t)j * g.T1, ld, bias, nO,
+                         s->H, s->W, g, acc, sl.rows);
+    }
+}
+
+/* du (16 planes of Cout x Cin) += sum over images [n0, n1) of Yh[xi] @ V[xi]^T */
+static void filter_range(float *du, const float *dy, const float *x, const dd_conv_shape *s,
+                         wgeom g, wslot sl, int n0, int n1) {
+    const size_t HW = (size_t)s->H * s->W;
+    for (int n = n0; n < n1; n += g.nb) {
+        const int m = n1 - n < g.nb ? n1 - n : g.nb;
+        const size_t ld = (size_t)m * g.T1;
+        for (int j = 0; j < m; j++) {
+            grad_tiles(sl.a + (size_t)j * g.T1, ld, dy + (size_t)(n + j) * s->Cout * HW, s->Cout,
+                       s->H, s->W, g, sl.rows);
+            input_tiles(sl.b + (size_t)j * g.T1, ld, x + (size_t)(n + j) * s->Cin * HW, s->Cin,
+                        s->H, s->W, g, sl.rows);
+        }
+        for (int k = 0; k < 16; k++)
+            cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, s->Cout, s->Cin, (int)ld, 1.0f,
+                        sl.a + (size_t)k * plane_stride(s->Cout, ld), (int)ld,
+                        sl.b + (size_t)k * plane_stride(s->Cin, ld),
+                        (int)ld, 1.0f, du + (size_t)k * wplane(s), s->Cin);
+    }
+}
+
+int dd_cpu_wino_forward(float *y, const float *x, const float *w, const float *b,
+                        const dd_conv_shape *s, void *ws) {
+    const wgeom g = wino_geom(s);
+    float *U = (float *)ws;
+    weights(U, w, s, 0, front_tmp(s, ws));
+    const int nt = dd_cpu_batch_threads(s->N);
+    if (nt == 1) {
+        conv_range(y, x, U, b, s->Cin, s->Cout, s, g, get_slot(s, g, ws, 0), 0, s->N, 0);
+        return 0;
+    }
+    const int prev = dd_cpu_blas_single_begin();
+#pragma omp parallel num_threads(nt)
+    {
+        const int tid = omp_get_thread_num(), T = omp_get_num_threads();
+        const int n0 = (int)((int64_t)s->N * tid / T), n1 = (int)((int64_t)s->N * (tid + 1) / T);
+        conv_range(y, x, U, b, s->Cin, s->Cout, s, g, get_slot(s, g, ws, tid), n0, n1, 0);
+    }
+    dd_cpu_blas_single_end(prev);
+    return 0;
+}
+
+/* dw[o][i] += G^T d G for the 4x4 d = du[.][o][i] (the sum of the threads' du when several) */
+static void filter_out(float *dw, const float *du0, size_t stride, int used, int o,
+                       const dd_conv_shape *s) {
+    const size_t plane = wplane(s);
+    for (int i = 0; i < s->Cin; i++) {
+        float d[4][4];
+        for (int k = 0; k < 16; k++) {
+            float a = 0.0f;
+            for (int t = 0; t < used; t++)
+                a += du0[(size_t)t * stride + (size_t)k * plane + (size_t)o * s->Cin + i];
+            d[k / 4][k % 4] = a;
+        }
+        float z[3][4]; /* G^T d */
+        for (int c = 0; c < 4; c++) {
+            z[0][c] = d[0][c] + 0.5f * (d[1][c] + d[2][c]);
+            z[1][c] = 0.5f * (d[1][c] - d[2][c]);
+            z[2][c] = 0.5f * (d[1][c] + d[2][c]) + d[3][c];
+        }
+        float *dst = dw + ((size_t)o * s->Cin + i) * 9;
+        for (int r = 0; r < 3; r++) { /* (G^T d) G */
+            dst[r * 3 + 0] += z[r][0] + 0.5f * (z[r][1] + z[r][2]);
+            dst[r * 3 + 1] += 0.5f * (z[r][1] - z[r][2]);
+            dst[r * 3 + 2] += 0.5f * (z[r][1] + z[r][2]) + z[r][3];
+        }
+    }
+}
+
+static void bias_grad(float *db, const float *dy, const dd_conv_shape *s, int o) {
+    const size_t HW = (size_t)s->H * s->W;
+    double acc[8] = {0};
+    for (int n = 0; n < s->N; n++) {
+        const float *r = dy + ((size_t)n * s->Cout + o) * HW;
+        size_t p = 0;
+        for (; p + 8 <= HW; p += 8)
+            for (int k = 0; k < 8; k++) acc[k] += r[p + k];
+        for (; p < HW; p++) acc[p % 8] += r[p];
+    }
+    double sum = 0.0;
+    for (int k = 0; k < 8; k++) sum += acc[k];
+    db[o] += (float)sum;
+}
+
+int dd_cpu_wino_backward(float *dx, float *dw, float *db, const float *dy, const float *x,
+                         const float *w, const dd_conv_shape *s, void *ws) {
+    const wgeom g = wino_geom(s);
+    float *Uf = (float *)ws;
+    if (dx) weights(Uf, w, s, 1, front_tmp(s, ws));
+    const int nt = dd_cpu_batch_threads(s->N);
+    const int prev = nt > 1 ? dd_cpu_blas_single_begin() : 1;
+    const size_t stride = slot_bytes(s, g) / sizeof(float);
+    int used = nt;
+#pragma omp parallel num_threads(nt) if (nt > 1)
+    {
+        const int tid = omp_get_thread_num(), T = omp_get_num_threads();
+        if (db) {
+#pragma omp for schedule(static) nowait
+            for (int o = 0; o < s->Cout; o++) bias_grad(db, dy, s, o);
+        }
+#pragma omp single
+        used = T;
+        const wslot sl = get_slot(s, g, ws, tid);
+        const int n0 = (int)((int64_t)s->N * tid / T), n1 = (int)((int64_t)s->N * (tid + 1) / T);
+        if (dw) {
+            memset(sl.du, 0, du_floats(s) * sizeof(float));
+            filter_range(sl.du, dy, x, s, g, sl, n0, n1);
+        }
+        if (dx) conv_range(dx, dy, Uf, NULL, s->Cout, s->Cin, s, g, sl, n0, n1, 1);
+#pragma omp barrier
+        if (dw) {
+            const float *du0 = get_slot(s, g, ws, 0).du;
+#pragma omp for schedule(static)
+            for (int o = 0; o < s->Cout; o++) filter_out(dw, du0, stride, used, o, s);
+        }
+    }
+    if (nt > 1) dd_cpu_blas_single_end(prev);
+    return 0;
+}
