@@ -55,10 +55,12 @@ int dd_cpu_conv2d_forward(float *y, const float *x, const float *w, const float 
 int dd_cpu_conv2d_backward(float *dx, float *dw, float *db, const float *dy, const float *x,
                            const float *w, const dd_conv_shape *s, void *ws);
 
-/* Winograd F(2x2, 3x3) (cpu_winograd.c), used by the conv2d functions above where
- * dd_cpu_wino_chosen; its workspace is within dd_cpu_conv2d_workspace */
+/* Winograd F(2x2, 3x3) (cpu_winograd.c), used by the conv2d functions above for each part
+ * (forward, dx, dw) that dd_cpu_wino_chosen picks; its workspace is within
+ * dd_cpu_conv2d_workspace. dd_cpu_wino_backward takes any of dx, dw, db NULL. */
 int dd_cpu_wino_shape(const dd_conv_shape *s);
-int dd_cpu_wino_chosen(const dd_conv_shape *s, int backward);
+enum { DD_WINO_FORWARD, DD_WINO_DX, DD_WINO_DW };
+int dd_cpu_wino_chosen(const dd_conv_shape *s, int what);
 size_t dd_cpu_wino_workspace(const dd_conv_shape *s);
 int dd_cpu_wino_forward(float *y, const float *x, const float *w, const float *b,
                         const dd_conv_shape *s, void *ws);

@@ -47,28 +47,30 @@ int dd_cpu_wino_shape(const dd_conv_shape *s) {
            s->H > 0 && s->W > 0 && s->Cin > 0 && s->Cout > 0;
 }
 
-/* DIFFUSION_CPU_CONV: auto (default: by shape, below) | gemm (never Winograd) | winograd
- * (wherever the shape allows). Read at every call, so a test can switch it between calls; the
- * workspace covers both ways (cpu_conv.c). */
-int dd_cpu_wino_chosen(const dd_conv_shape *s, int backward) {
+/* Whether the Winograd code computes part `what` (DD_WINO_FORWARD, _DX, _DW) of a convolution:
+ * DIFFUSION_CPU_CONV = auto (default: by shape, below) | gemm (never) | winograd (wherever the
+ * shape allows). Read at every call, so a test can switch it between calls; the workspace
+ * covers both ways (cpu_conv.c). */
+int dd_cpu_wino_chosen(const dd_conv_shape *s, int what) {
     if (!dd_cpu_wino_shape(s)) return 0;
     const char *e = getenv("DIFFUSION_CPU_CONV");
     if (e && !strcmp(e, "gemm")) return 0;
     if (e && !strcmp(e, "winograd")) return 1;
     /* auto: where it measured faster than cpu_conv.c's im2col and row-shift GEMMs (GEMM time
-     * over Winograd time, one thread of the 2-core AMD EPYC (Zen 4, AVX-512) development
-     * machine, OpenBLAS 0.3.21, batches 8, 32 and 64, the UNet's shapes):
-     *   forward: 0.55-0.78 with one input or output channel; 0.86-0.88 at 16 -> 16 channels on
-     *     14x14 and 1.01-1.21 on 28x28; 1.06-1.75 from 16 x 32 channels up, on every map;
-     *   backward (dx and dw together): 0.78-0.97 at 16 -> 16; on 7x7 maps 0.93-0.96 at 32 -> 32
-     *     and 1.01-1.09 at 32 -> 64; 1.11-1.36 from 16 x 32 up on 14x14 and 28x28; 1.06-1.38
-     *     from 64 x 64 up on 7x7 (0.71-0.91 at batch 2, where a 7x7 map's 16 tiles make the
-     *     GEMMs too short). */
+     * over Winograd time; one thread of the 2-core AMD EPYC (Zen 4, AVX-512) development
+     * machine, OpenBLAS 0.3.21, batches 8 to 64, the UNet's shapes):
+     *   forward and dx (dx is the convolution with the roles of Cin and Cout swapped):
+     *     0.3-0.7 with one input or output channel; 0.83-0.90 at 16 x 16 channels on 14x14;
+     *     1.01-1.21 at 16 x 16 on 28x28; 1.06-1.75 from 16 x 32 up on every map;
+     *   dw: 0.65-0.92 below 32 x 32 channels, 0.87-0.99 at 32 x 32 on 7x7, 0.98-1.11 at
+     *     32 x 32 on 14x14, 1.04-1.07 at 16 x 32 on 28x28, 1.08-1.16 from 32 x 48 on 14x14,
+     *     0.82-1.25 from 64 x 64 on 7x7 (1.02-1.25 at batches from 16). The reduction over the
+     *     tiles in 16 short GEMMs (Cout x Cin, a chunk's tiles deep) gains less than dx's. */
     const int64_t cc = (int64_t)s->Cin * s->Cout, hw = (int64_t)s->H * s->W;
     const int cmin = s->Cin < s->Cout ? s->Cin : s->Cout;
-    if (cmin < 16 || cc < 512) return 0;
-    if (!backward) return 1;
-    return hw >= 196 || cc >= 4096;
+    if (cmin < 16) return 0;
+    if (what == DD_WINO_DW) return (cc >= 1536 && hw >= 196) || cc >= 4096;
+    return cc >= 512 || hw >= 784;
 }
 
 typedef struct {
