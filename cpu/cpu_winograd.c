@@ -1,7 +1,7 @@
 /* Winograd F(2x2, 3x3) convolutions on the CPU (Lavin and Gray, "Fast Algorithms for
  * Convolutional Neural Networks", 2016): the UNet's 3x3 "same" convolutions (stride 1, pad 1) in
- * 16 GEMMs with 4/9 of im2col's multiply-adds, chosen by cpu_conv.c per shape
- * (dd_cpu_wino_chosen).
+ * 16 GEMMs with 4/9 of im2col's multiply-adds, chosen by cpu_conv.c per shape and per part
+ * (forward, dx, dw: dd_cpu_wino_chosen).
  *
  * The output is cut into 2x2 tiles (th x tw of them, the last row or column clipped when H or W
  * is odd); tile (ty, tx) reads the 4x4 input patch at rows 2 ty - 1 .. 2 ty + 2, columns
@@ -19,15 +19,15 @@
  *       @ V[xi]^T, with Yh = A dy_tile A^T (the 2x2 output-gradient tile, zero outside the image,
  *       spread to 4x4) and V the input's transform as in the forward.
  * The transforms' coefficients are 0, +-1 and +-1/2, so the results stay within a few float
- * roundings of the direct sums (relative error about 1e-7 at the UNet's shapes, tested against
- * the im2col path in test_ops_forward and test_ops_gradcheck).
+ * roundings of the direct sums (relative error about 1e-7 at the UNet's shapes; test_ops_forward
+ * checks against double-precision direct sums, test_ops_gradcheck by finite differences).
  *
  * A chunk of whole images (about WINO_TILES tiles: 1 image at 28x28, 2 at 14x14, 4 at 7x7) is
  * transformed at a time so its V and M stay in the core's cache; threads take contiguous runs of
  * images as in cpu_conv.c, each with its own slot of the workspace.
  *
- * Layout of a chunk's transformed data: plane xi, channel c, tile t at base + (xi C + c) ld + t,
- * t = image-in-chunk T1 + ty tw + tx, ld = images T1, T1 = th tw. */
+ * Layout of a chunk's transformed data: plane xi, channel c, tile t at base + xi ps + c ld + t,
+ * t = image-in-chunk T1 + ty tw + tx, ld = images T1, T1 = th tw, ps = plane_stride(C, ld). */
 #include <cblas.h>
 #include <stdlib.h>
 #include <string.h>
@@ -60,12 +60,12 @@ int dd_cpu_wino_chosen(const dd_conv_shape *s, int what) {
      * over Winograd time; one thread of the 2-core AMD EPYC (Zen 4, AVX-512) development
      * machine, OpenBLAS 0.3.21, batches 8 to 64, the UNet's shapes):
      *   forward and dx (dx is the convolution with the roles of Cin and Cout swapped):
-     *     0.3-0.7 with one input or output channel; 0.83-0.90 at 16 x 16 channels on 14x14;
+     *     0.3-0.7 with one input or output channel; 0.83-0.87 at 16 x 16 channels on 14x14;
      *     1.01-1.21 at 16 x 16 on 28x28; 1.06-1.75 from 16 x 32 up on every map;
-     *   dw: 0.65-0.92 below 32 x 32 channels, 0.87-0.99 at 32 x 32 on 7x7, 0.98-1.11 at
-     *     32 x 32 on 14x14, 1.04-1.07 at 16 x 32 on 28x28, 1.08-1.16 from 32 x 48 on 14x14,
-     *     0.82-1.25 from 64 x 64 on 7x7 (1.02-1.25 at batches from 16). The reduction over the
-     *     tiles in 16 short GEMMs (Cout x Cin, a chunk's tiles deep) gains less than dx's. */
+     *   dw: 0.2-0.92 below 32 x 32 channels, 0.87-0.89 at 32 x 32 on 7x7, 0.98-1.02 at
+     *     32 x 32 on 14x14, 1.04-1.05 at 16 x 32 on 28x28, 1.09-1.16 from 32 x 48 on 14x14,
+     *     1.02-1.25 from 64 x 64 on 7x7. The reduction over the tiles in 16 short GEMMs
+     *     (Cout x Cin, a chunk's tiles deep) gains less than dx's. */
     const int64_t cc = (int64_t)s->Cin * s->Cout, hw = (int64_t)s->H * s->W;
     const int cmin = s->Cin < s->Cout ? s->Cin : s->Cout;
     if (cmin < 16) return 0;
