@@ -551,7 +551,7 @@ static void backward_range(float *dx, float *dw_acc, const float *dy, const floa
 
 /* db[o] += sum over n, p of dy[n, o, p], summed in double into 8 interleaved partial sums (one
  * chain of dependent double adds would wait ~4 cycles an element) */
-static void db_channel(float *db, const float *dy, const dd_conv_shape *s, int o) {
+void dd_cpu_conv_db_channel(float *db, const float *dy, const dd_conv_shape *s, int o) {
     const size_t HoWo = (size_t)s->Ho * s->Wo, ys = (size_t)s->Cout * HoWo;
     double acc[8] = {0};
     for (int n = 0; n < s->N; n++) {
@@ -574,7 +574,7 @@ int dd_cpu_conv2d_backward(float *dx, float *dw, float *db, const float *dy, con
     if (!dx && !dw) {
         if (db) {
 #pragma omp parallel for schedule(static) if ((size_t)s->N * ys > DD_CPU_PAR_MIN)
-            for (int o = 0; o < s->Cout; o++) db_channel(db, dy, s, o);
+            for (int o = 0; o < s->Cout; o++) dd_cpu_conv_db_channel(db, dy, s, o);
         }
         return 0;
     }
@@ -610,7 +610,7 @@ int dd_cpu_conv2d_backward(float *dx, float *dw, float *db, const float *dy, con
          * OMP_WAIT_POLICY=passive on the development machine), channels shared out */
         if (db) {
 #pragma omp for schedule(static) nowait
-            for (int o = 0; o < s->Cout; o++) db_channel(db, dy, s, o);
+            for (int o = 0; o < s->Cout; o++) dd_cpu_conv_db_channel(db, dy, s, o);
         }
 #pragma omp single
         used = T;

@@ -60,6 +60,8 @@ int dd_cpu_conv2d_backward(float *dx, float *dw, float *db, const float *dy, con
  * dd_cpu_conv2d_workspace. dd_cpu_wino_backward takes any of dx, dw, db NULL. */
 int dd_cpu_wino_shape(const dd_conv_shape *s);
 enum { DD_WINO_FORWARD, DD_WINO_DX, DD_WINO_DW };
+/* db[o] += the sum of dy over channel o's positions (cpu_conv.c; both ways' backward) */
+void dd_cpu_conv_db_channel(float *db, const float *dy, const dd_conv_shape *s, int o);
 int dd_cpu_wino_chosen(const dd_conv_shape *s, int what);
 size_t dd_cpu_wino_workspace(const dd_conv_shape *s);
 int dd_cpu_wino_forward(float *y, const float *x, const float *w, const float *b,

@@ -475,21 +475,6 @@ static void filter_out(float *dw, const float *du0, size_t stride, int used, int
     }
 }
 
-static void bias_grad(float *db, const float *dy, const dd_conv_shape *s, int o) {
-    const size_t HW = (size_t)s->H * s->W;
-    double acc[8] = {0};
-    for (int n = 0; n < s->N; n++) {
-        const float *r = dy + ((size_t)n * s->Cout + o) * HW;
-        size_t p = 0;
-        for (; p + 8 <= HW; p += 8)
-            for (int k = 0; k < 8; k++) acc[k] += r[p + k];
-        for (; p < HW; p++) acc[p % 8] += r[p];
-    }
-    double sum = 0.0;
-    for (int k = 0; k < 8; k++) sum += acc[k];
-    db[o] += (float)sum;
-}
-
 int dd_cpu_wino_backward(float *dx, float *dw, float *db, const float *dy, const float *x,
                          const float *w, const dd_conv_shape *s, void *ws) {
     const wgeom g = wino_geom(s);
@@ -504,7 +489,7 @@ int dd_cpu_wino_backward(float *dx, float *dw, float *db, const float *dy, const
         const int tid = omp_get_thread_num(), T = omp_get_num_threads();
         if (db) {
 #pragma omp for schedule(static) nowait
-            for (int o = 0; o < s->Cout; o++) bias_grad(db, dy, s, o);
+            for (int o = 0; o < s->Cout; o++) dd_cpu_conv_db_channel(db, dy, s, o);
         }
 #pragma omp single
         used = T;
