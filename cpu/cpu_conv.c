@@ -410,7 +410,9 @@ static void forward_range(float *y, const float *x, const float *w, const float 
 
 int dd_cpu_conv2d_forward(float *y, const float *x, const float *w, const float *b,
                           const dd_conv_shape *s, void *ws) {
-    if (dd_cpu_wino_chosen(s, DD_WINO_FORWARD)) return dd_cpu_wino_forward(y, x, w, b, s, ws);
+    const int wf = dd_cpu_wino_chosen(s, DD_WINO_FORWARD);
+    if (wf < 0) return -1;
+    if (wf) return dd_cpu_wino_forward(y, x, w, b, s, ws);
     if (use_rows(s)) { /* the ranges below then take the rearranged weights for w */
         arrange_weights((float *)ws, w, s, 0, 1);
         w = (const float *)ws;
@@ -579,8 +581,9 @@ int dd_cpu_conv2d_backward(float *dx, float *dw, float *db, const float *dy, con
         return 0;
     }
     /* the parts Winograd takes (cpu_winograd.c), db with them; the rest below */
-    const int wdx = dx && dd_cpu_wino_chosen(s, DD_WINO_DX);
-    const int wdw = dw && dd_cpu_wino_chosen(s, DD_WINO_DW);
+    const int cdx = dd_cpu_wino_chosen(s, DD_WINO_DX), cdw = dd_cpu_wino_chosen(s, DD_WINO_DW);
+    if (cdx < 0 || cdw < 0) return -1;
+    const int wdx = dx && cdx, wdw = dw && cdw;
     if (wdx || wdw) {
         int rc = dd_cpu_wino_backward(wdx ? dx : NULL, wdw ? dw : NULL, db, dy, x, w, s, ws);
         if (rc || ((wdx || !dx) && (wdw || !dw))) return rc;

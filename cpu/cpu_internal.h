@@ -56,8 +56,9 @@ int dd_cpu_conv2d_backward(float *dx, float *dw, float *db, const float *dy, con
                            const float *w, const dd_conv_shape *s, void *ws);
 
 /* Winograd F(2x2, 3x3) (cpu_winograd.c), used by the conv2d functions above for each part
- * (forward, dx, dw) that dd_cpu_wino_chosen picks; its workspace is within
- * dd_cpu_conv2d_workspace. dd_cpu_wino_backward takes any of dx, dw, db NULL. */
+ * (forward, dx, dw) that dd_cpu_wino_chosen picks (-1 with the error set for a bad
+ * DIFFUSION_CPU_CONV); its workspace is within dd_cpu_conv2d_workspace. dd_cpu_wino_backward
+ * takes any of dx, dw, db NULL. */
 int dd_cpu_wino_shape(const dd_conv_shape *s);
 enum { DD_WINO_FORWARD, DD_WINO_DX, DD_WINO_DW };
 /* db[o] += the sum of dy over channel o's positions (cpu_conv.c; both ways' backward) */

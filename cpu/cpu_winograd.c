@@ -33,6 +33,7 @@
 #include <string.h>
 
 #include "cpu_internal.h"
+#include "diffusion/error.h"
 
 #define WINO_TILES 64 /* tiles a chunk, at least one whole image */
 
@@ -47,15 +48,23 @@ int dd_cpu_wino_shape(const dd_conv_shape *s) {
            s->H > 0 && s->W > 0 && s->Cin > 0 && s->Cout > 0;
 }
 
-/* Whether the Winograd code computes part `what` (DD_WINO_FORWARD, _DX, _DW) of a convolution:
- * DIFFUSION_CPU_CONV = auto (default: by shape, below) | gemm (never) | winograd (wherever the
- * shape allows). Read at every call, so a test can switch it between calls; the workspace
- * covers both ways (cpu_conv.c). */
+/* Whether the Winograd code computes part `what` (DD_WINO_FORWARD, _DX, _DW) of a convolution
+ * (1 or 0), or -1 with the error set for a bad DIFFUSION_CPU_CONV: auto (default: by shape,
+ * below) | gemm (never) | winograd (wherever the shape allows). Read at every call, so a test can
+ * switch it between calls; the workspace covers both ways (cpu_conv.c). */
 int dd_cpu_wino_chosen(const dd_conv_shape *s, int what) {
-    if (!dd_cpu_wino_shape(s)) return 0;
     const char *e = getenv("DIFFUSION_CPU_CONV");
-    if (e && !strcmp(e, "gemm")) return 0;
-    if (e && !strcmp(e, "winograd")) return 1;
+    int forced = -1;
+    if (e && *e && strcmp(e, "auto")) {
+        if (!strcmp(e, "gemm"))
+            forced = 0;
+        else if (!strcmp(e, "winograd"))
+            forced = 1;
+        else
+            return dd_error("DIFFUSION_CPU_CONV=%s: use auto, gemm or winograd", e);
+    }
+    if (!dd_cpu_wino_shape(s)) return 0;
+    if (forced >= 0) return forced;
     /* auto: where it measured faster than cpu_conv.c's im2col and row-shift GEMMs (GEMM time
      * over Winograd time; one thread of the 2-core AMD EPYC (Zen 4, AVX-512) development
      * machine, OpenBLAS 0.3.21, batches 8 to 64, the UNet's shapes):

@@ -56,6 +56,14 @@ bad() { # bad EXPECTED ARGS...
 bad "not a list" --device cpu --train 2,x
 bad "batch 70000 is outside 1..65536" --device cpu --train 70000
 bad "at most 8 batch sizes" --device cpu --forward 1,2,3,4,5,6,7,8,9
+# the CPU's convolution choice: a value it does not know is an error, not the default
+o=$(DIFFUSION_CPU_CONV=fast "$bin" bench --device cpu --train 0 --forward 1 --ddim 0 --min-time 0.01 2>&1)
+r=$?
+check "DIFFUSION_CPU_CONV=fast refused (exit $r: $o)" bash -c '[ "$1" -ne 0 ] && grep -q "^diffusion: error: .*DIFFUSION_CPU_CONV=fast: use auto, gemm or winograd" <<< "$2"' _ "$r" "$o"
+for v in gemm winograd auto; do
+    DIFFUSION_CPU_CONV=$v "$bin" bench --device cpu --train 1 --forward 1 --ddim 0 --min-time 0.01 >/dev/null 2>&1
+    check "DIFFUSION_CPU_CONV=$v runs" [ $? -eq 0 ]
+done
 # a row too large for the memory (3 GB of address space) names the row and the options
 o=$(ulimit -v 3000000; "$bin" bench --device cpu --train 0 --forward 60000 --ddim 0 --min-time 0.01 2>&1)
 check "out of memory names the row and the batch options" grep -q \

@@ -673,6 +673,21 @@ static void check_conv_policies(void) {
         conv_policy_case(shapes[i], "gemm", "winograd");
         conv_policy_case(shapes[i], "auto", "gemm");
     }
+    /* a value the variable does not know: every convolution refuses, with the value named */
+    {
+        dd_conv_shape s = {1, 2, 4, 4, 3, 3, 1, 1, 4, 4};
+        float x[32] = {0}, w[96] = {0}, y[48], dx[32] = {0}, dw[54] = {0}, dy[48] = {0};
+        void *ws = malloc(B->conv2d_workspace(&s) + 64);
+        setenv("DIFFUSION_CPU_CONV", "fast", 1);
+        CHECK(B->conv2d_forward(y, x, w, NULL, &s, ws) != 0);
+        CHECKF(strstr(dd_error_message(), "DIFFUSION_CPU_CONV=fast") != NULL, "message: %s",
+               dd_error_message());
+        CHECK(B->conv2d_backward(dx, dw, NULL, dy, x, w, &s, ws) != 0);
+        dd_conv_shape k4 = {1, 2, 4, 4, 3, 4, 2, 1, 2, 2}; /* not a Winograd shape: the same */
+        CHECK(B->conv2d_forward(y, x, w, NULL, &k4, ws) != 0);
+        unsetenv("DIFFUSION_CPU_CONV");
+        free(ws);
+    }
     /* shapes Winograd does not take: the variable must leave them on the GEMMs */
     conv_policy_case((dd_conv_shape){2, 16, 28, 28, 32, 4, 2, 1, 14, 14}, "winograd", "gemm");
     conv_policy_case((dd_conv_shape){2, 3, 6, 5, 4, 3, 1, 0, 4, 3}, "winograd", "gemm");
