@@ -107,8 +107,9 @@ static wgeom wino_geom(const dd_conv_shape *s) {
     return g;
 }
 
-/* a slot: two transformed buffers (16 Cmax ld floats each), the private dU (16 Cout Cin) and
- * the row scratch of the transforms (4 rows of 2 tw + 4 floats) */
+/* a slot (one a thread): two transformed buffers (16 planes of plane_stride(Cmax, ld) floats
+ * each), the private dU of the backward (16 planes of wplane) and the row scratch of the
+ * transforms (4 rows of 2 tw + 4 floats) */
 static size_t buf_floats(wgeom g) { return (size_t)16 * plane_stride(g.Cmax, g.ld); }
 /* the filters' transformed planes (U, the flipped U, dU): Cout Cin floats apart and 16 more, for
  * the same reason as plane_stride (a 64 x 64 convolution's U took 190 us to build without) */
