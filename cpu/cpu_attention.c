@@ -56,11 +56,18 @@ static void forward_one(float *y, float *probs, const float *qkv, const dd_attn_
     cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, D, P, P, 1.0f, v, P, pr, P, 0.0f, yh, P);
 }
 
+/* multiply-adds of the forward's two products, all heads (for dd_cpu_blas_small_begin) */
+static double attn_macs(const dd_attn_shape *s) {
+    return 2.0 * s->N * s->C * (double)s->P * s->P;
+}
+
 int dd_cpu_attention_forward(float *y, float *probs, const float *qkv, const dd_attn_shape *s) {
     const int jobs = s->N * s->heads;
     int nt = dd_cpu_batch_threads(jobs);
     if (nt == 1) {
+        const int small = dd_cpu_blas_small_begin(attn_macs(s));
         for (int nh = 0; nh < jobs; nh++) forward_one(y, probs, qkv, s, nh);
+        dd_cpu_blas_small_end(small);
         return 0;
     }
     int prev = dd_cpu_blas_single_begin();
@@ -106,7 +113,9 @@ int dd_cpu_attention_backward(float *dqkv, const float *dy, const float *qkv, co
     const size_t slot = pp_bytes(s);
     int nt = dd_cpu_batch_threads(jobs);
     if (nt == 1) {
+        const int small = dd_cpu_blas_small_begin(2.0 * attn_macs(s));
         for (int nh = 0; nh < jobs; nh++) backward_one(dqkv, dy, qkv, probs, s, nh, (float *)ws);
+        dd_cpu_blas_small_end(small);
         return 0;
     }
     int prev = dd_cpu_blas_single_begin();

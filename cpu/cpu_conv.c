@@ -80,6 +80,11 @@ static int use_rows(const dd_conv_shape *s) {
 
 static size_t wsize(const dd_conv_shape *s) { return (size_t)s->Cout * s->Cin * s->K * s->K; }
 
+/* multiply-adds of the forward (for dd_cpu_blas_small_begin) */
+double dd_cpu_conv_macs(const dd_conv_shape *s) {
+    return (double)s->N * s->Cout * s->Cin * s->K * s->K * s->Ho * s->Wo;
+}
+
 /* floats of one slot's col buffer, for nb images */
 static size_t col_floats(const dd_conv_shape *s) {
     if (is_pointwise(s)) return 0;
@@ -419,7 +424,9 @@ int dd_cpu_conv2d_forward(float *y, const float *x, const float *w, const float 
     }
     int nt = dd_cpu_batch_threads(s->N);
     if (nt == 1) {
+        const int small = dd_cpu_blas_small_begin(dd_cpu_conv_macs(s));
         forward_range(y, x, w, b, s, get_slot(s, ws, 0), 0, s->N);
+        dd_cpu_blas_small_end(small);
         return 0;
     }
     int prev = dd_cpu_blas_single_begin();
@@ -604,7 +611,8 @@ int dd_cpu_conv2d_backward(float *dx, float *dw, float *db, const float *dy, con
      * into dw (rearranged back) at the end. */
     const int nt = dd_cpu_batch_threads(s->N);
     const int private_dw = dw && (nt > 1 || rows);
-    const int prev = nt > 1 ? dd_cpu_blas_single_begin() : 1;
+    const int prev = nt > 1 ? dd_cpu_blas_single_begin()
+                            : dd_cpu_blas_small_begin(((dx != NULL) + (dw != NULL)) * dd_cpu_conv_macs(s));
     int used = nt;
 #pragma omp parallel num_threads(nt) if (nt > 1)
     {
@@ -652,6 +660,9 @@ int dd_cpu_conv2d_backward(float *dx, float *dw, float *db, const float *dy, con
             }
         }
     }
-    if (nt > 1) dd_cpu_blas_single_end(prev);
+    if (nt > 1)
+        dd_cpu_blas_single_end(prev);
+    else
+        dd_cpu_blas_small_end(prev);
     return 0;
 }

@@ -10,8 +10,10 @@ int dd_cpu_dense_forward(float *y, const float *x, const float *w, const float *
         for (int n = 0; n < N; n++)
             for (int o = 0; o < Cout; o++) y[(size_t)n * Cout + o] = b[o];
     }
+    const int small = dd_cpu_blas_small_begin((double)N * Cin * Cout);
     cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, N, Cout, Cin, 1.0f, x, Cin, w, Cin,
                 b ? 1.0f : 0.0f, y, Cout);
+    dd_cpu_blas_small_end(small);
     return 0;
 }
 
@@ -35,6 +37,7 @@ int dd_cpu_dense_group_backward(int count, float *dx, float *const *dw, float *c
 
 int dd_cpu_dense_backward(float *dx, float *dw, float *db, const float *dy, const float *x,
                           const float *w, int N, int Cin, int Cout) {
+    const int small = dd_cpu_blas_small_begin(2.0 * N * Cin * Cout);
     /* dx (N, Cin) += dy (N, Cout) @ w (Cout, Cin) */
     if (dx)
         cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, N, Cin, Cout, 1.0f, dy, Cout, w,
@@ -50,5 +53,6 @@ int dd_cpu_dense_backward(float *dx, float *dw, float *db, const float *dy, cons
             db[o] += (float)acc;
         }
     }
+    dd_cpu_blas_small_end(small);
     return 0;
 }

@@ -45,6 +45,20 @@ static inline int dd_cpu_batch_threads(int64_t jobs) {
 int dd_cpu_blas_single_begin(void); /* returns the previous thread count */
 void dd_cpu_blas_single_end(int prev);
 
+/* Products run outside a batch-parallel region (a batch smaller than the thread count) take
+ * OpenBLAS's own threads only above DD_CPU_BLAS_THREADED_MACS multiply-adds in the op: below, the
+ * threads' wake-ups cost more than they give, and OpenBLAS's and OpenMP's spinning threads fight
+ * over the cores (session 15, 2 cores: a training step at batch 1 took 23 ms with them, 9 ms
+ * without; the attention forward 2.4 ms instead of 34 us). dd_cpu_blas_small_begin returns what
+ * dd_cpu_blas_small_end needs. */
+#define DD_CPU_BLAS_THREADED_MACS 8e6
+static inline int dd_cpu_blas_small_begin(double macs) {
+    return macs < DD_CPU_BLAS_THREADED_MACS ? dd_cpu_blas_single_begin() : -1;
+}
+static inline void dd_cpu_blas_small_end(int prev) {
+    if (prev >= 0) dd_cpu_blas_single_end(prev);
+}
+
 /* Elementwise loops switch OpenMP on only above this size: below it the fork costs more. */
 #define DD_CPU_PAR_MIN 32768
 
@@ -61,6 +75,8 @@ int dd_cpu_conv2d_backward(float *dx, float *dw, float *db, const float *dy, con
  * takes any of dx, dw, db NULL. */
 int dd_cpu_wino_shape(const dd_conv_shape *s);
 enum { DD_WINO_FORWARD, DD_WINO_DX, DD_WINO_DW };
+/* multiply-adds of a convolution's forward (cpu_conv.c) */
+double dd_cpu_conv_macs(const dd_conv_shape *s);
 /* db[o] += the sum of dy over channel o's positions (cpu_conv.c; both ways' backward) */
 void dd_cpu_conv_db_channel(float *db, const float *dy, const dd_conv_shape *s, int o);
 int dd_cpu_wino_chosen(const dd_conv_shape *s, int what);

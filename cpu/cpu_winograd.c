@@ -444,7 +444,9 @@ int dd_cpu_wino_forward(float *y, const float *x, const float *w, const float *b
     weights(U, w, s, 0, front_tmp(s, ws));
     const int nt = dd_cpu_batch_threads(s->N);
     if (nt == 1) {
+        const int small = dd_cpu_blas_small_begin(dd_cpu_conv_macs(s));
         conv_range(y, x, U, b, s->Cin, s->Cout, s, g, get_slot(s, g, ws, 0), 0, s->N, 0);
+        dd_cpu_blas_small_end(small);
         return 0;
     }
     const int prev = dd_cpu_blas_single_begin();
@@ -491,7 +493,9 @@ int dd_cpu_wino_backward(float *dx, float *dw, float *db, const float *dy, const
     float *Uf = (float *)ws;
     if (dx) weights(Uf, w, s, 1, front_tmp(s, ws));
     const int nt = dd_cpu_batch_threads(s->N);
-    const int prev = nt > 1 ? dd_cpu_blas_single_begin() : 1;
+    const int prev = nt > 1 ? dd_cpu_blas_single_begin()
+                            : dd_cpu_blas_small_begin(((dx != NULL) + (dw != NULL)) *
+                                                      dd_cpu_conv_macs(s));
     const size_t stride = slot_bytes(s, g) / sizeof(float);
     int used = nt;
 #pragma omp parallel num_threads(nt) if (nt > 1)
@@ -517,6 +521,9 @@ int dd_cpu_wino_backward(float *dx, float *dw, float *db, const float *dy, const
             for (int o = 0; o < s->Cout; o++) filter_out(dw, du0, stride, used, o, s);
         }
     }
-    if (nt > 1) dd_cpu_blas_single_end(prev);
+    if (nt > 1)
+        dd_cpu_blas_single_end(prev);
+    else
+        dd_cpu_blas_small_end(prev);
     return 0;
 }

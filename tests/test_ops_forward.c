@@ -18,6 +18,7 @@
  *   shapes and at odd, narrow and one-pixel maps, forward and backward (which adds), batches
  *   split over threads, in exactly the workspace the plan asked for.
  * - Memory entries (alignment, zero fill, the out-of-memory message) and dd_backend_by_name. */
+#include <cblas.h>
 #include <math.h>
 #include <omp.h>
 #include <stdint.h>
@@ -769,6 +770,42 @@ static void check_group_norm_moments(void) {
 
 /* ---------------------------------------------------------------- memory, selection */
 
+/* Ops on a batch smaller than the thread count run the batch in order, and below a size
+ * (DD_CPU_BLAS_THREADED_MACS) keep OpenBLAS to one thread meanwhile: they must give its thread
+ * count back, whichever way they went (a lost count would leave every later product on one
+ * core). */
+static void check_blas_threads_restored(void) {
+    const int saved = openblas_get_num_threads(), before = 2;
+    openblas_set_num_threads(before); /* a known count above one, on any machine */
+    const dd_conv_shape shapes[] = {
+        {1, 16, 7, 7, 16, 3, 1, 1, 7, 7},     /* small: one thread meanwhile (GEMMs) */
+        {1, 64, 7, 7, 64, 3, 1, 1, 7, 7},     /* small, Winograd */
+        {1, 64, 64, 64, 64, 3, 1, 1, 64, 64}, /* over the threshold: OpenBLAS's threads */
+        {1, 16, 28, 28, 32, 4, 2, 1, 14, 14},
+    };
+    for (size_t i = 0; i < sizeof shapes / sizeof shapes[0]; i++) {
+        const dd_conv_shape *s = &shapes[i];
+        const size_t nx = (size_t)s->N * s->Cin * s->H * s->W;
+        const size_t ny = (size_t)s->N * s->Cout * s->Ho * s->Wo;
+        const size_t nw = (size_t)s->Cout * s->Cin * s->K * s->K;
+        float *x = zeros(nx), *w = zeros(nw), *y = zeros(ny), *dx = zeros(nx), *dw = zeros(nw);
+        void *ws = malloc(B->conv2d_workspace(s) + 64);
+        CHECK_OK(B->conv2d_forward(y, x, w, NULL, s, ws));
+        CHECKF(openblas_get_num_threads() == before, "conv forward %zu left OpenBLAS at %d threads, was %d",
+               i, openblas_get_num_threads(), before);
+        CHECK_OK(B->conv2d_backward(dx, dw, NULL, y, x, w, s, ws));
+        CHECKF(openblas_get_num_threads() == before, "conv backward %zu left OpenBLAS at %d threads, was %d",
+               i, openblas_get_num_threads(), before);
+        free(x), free(w), free(y), free(dx), free(dw), free(ws);
+    }
+    float x[8 * 64] = {0}, w[64 * 64] = {0}, y[8 * 64], dx[8 * 64] = {0}, dw[64 * 64] = {0};
+    CHECK_OK(B->dense_forward(y, x, w, NULL, 8, 64, 64));
+    CHECK_OK(B->dense_backward(dx, dw, NULL, y, x, w, 8, 64, 64));
+    CHECKF(openblas_get_num_threads() == before, "dense left OpenBLAS at %d threads, was %d",
+           openblas_get_num_threads(), before);
+    openblas_set_num_threads(saved);
+}
+
 static void check_memory_and_select(void) {
     void *p = NULL;
     CHECK_OK(B->alloc(&p, 1000));
@@ -845,6 +882,7 @@ int main(void) {
     check_diffusion();
     check_batch_paths();
     check_conv_policies();
+    check_blas_threads_restored();
     check_group_norm_moments();
     check_memory_and_select();
     return tu_finish();
