@@ -611,8 +611,8 @@ int dd_cpu_conv2d_backward(float *dx, float *dw, float *db, const float *dy, con
      * into dw (rearranged back) at the end. */
     const int nt = dd_cpu_batch_threads(s->N);
     const int private_dw = dw && (nt > 1 || rows);
-    const int prev = nt > 1 ? dd_cpu_blas_single_begin()
-                            : dd_cpu_blas_small_begin(((dx != NULL) + (dw != NULL)) * dd_cpu_conv_macs(s));
+    const double macs = ((dx != NULL) + (dw != NULL)) * dd_cpu_conv_macs(s);
+    const int prev = nt > 1 ? dd_cpu_blas_single_begin() : dd_cpu_blas_small_begin(macs);
     int used = nt;
 #pragma omp parallel num_threads(nt) if (nt > 1)
     {

@@ -69,16 +69,17 @@ int dd_cpu_conv2d_forward(float *y, const float *x, const float *w, const float 
 int dd_cpu_conv2d_backward(float *dx, float *dw, float *db, const float *dy, const float *x,
                            const float *w, const dd_conv_shape *s, void *ws);
 
-/* Winograd F(2x2, 3x3) (cpu_winograd.c), used by the conv2d functions above for each part
- * (forward, dx, dw) that dd_cpu_wino_chosen picks (-1 with the error set for a bad
- * DIFFUSION_CPU_CONV); its workspace is within dd_cpu_conv2d_workspace. dd_cpu_wino_backward
- * takes any of dx, dw, db NULL. */
-int dd_cpu_wino_shape(const dd_conv_shape *s);
-enum { DD_WINO_FORWARD, DD_WINO_DX, DD_WINO_DW };
 /* multiply-adds of a convolution's forward (cpu_conv.c) */
 double dd_cpu_conv_macs(const dd_conv_shape *s);
 /* db[o] += the sum of dy over channel o's positions (cpu_conv.c; both ways' backward) */
 void dd_cpu_conv_db_channel(float *db, const float *dy, const dd_conv_shape *s, int o);
+
+/* Winograd F(2x2, 3x3) (cpu_winograd.c), used by the conv2d functions above for each part
+ * (forward, dx, dw) that dd_cpu_wino_chosen picks (-1 with the error set for a bad
+ * DIFFUSION_CPU_CONV); its workspace is within dd_cpu_conv2d_workspace. dd_cpu_wino_backward
+ * takes any of dx, dw, db NULL. */
+enum { DD_WINO_FORWARD, DD_WINO_DX, DD_WINO_DW };
+int dd_cpu_wino_shape(const dd_conv_shape *s);
 int dd_cpu_wino_chosen(const dd_conv_shape *s, int what);
 size_t dd_cpu_wino_workspace(const dd_conv_shape *s);
 int dd_cpu_wino_forward(float *y, const float *x, const float *w, const float *b,

@@ -168,7 +168,8 @@ WINO_NO_MEMSET static void weights(float *restrict U, const float *restrict w,
     const size_t plane = wplane(s);
     for (int o = 0; o < nO; o++) {
         for (int i = 0; i < nI; i++) {
-            const float *src = flip ? w + ((size_t)i * s->Cin + o) * 9 : w + ((size_t)o * s->Cin + i) * 9;
+            const float *src =
+                w + (flip ? (size_t)i * s->Cin + o : (size_t)o * s->Cin + i) * 9;
             for (int e = 0; e < 9; e++) tmp[(size_t)e * nI + i] = src[flip ? 8 - e : e];
         }
         const float *restrict g0 = tmp, *restrict g1 = tmp + nI, *restrict g2 = tmp + 2 * nI,
@@ -184,7 +185,8 @@ WINO_NO_MEMSET static void weights(float *restrict U, const float *restrict w,
             const float t20 = 0.5f * (g0[i] - g3[i] + g6[i]), t21 = 0.5f * (g1[i] - g4[i] + g7[i]),
                         t22 = 0.5f * (g2[i] - g5[i] + g8[i]);
             const float t30 = g6[i], t31 = g7[i], t32 = g8[i];
-            const float t[4][3] = {{t00, t01, t02}, {t10, t11, t12}, {t20, t21, t22}, {t30, t31, t32}};
+            const float t[4][3] = {
+                {t00, t01, t02}, {t10, t11, t12}, {t20, t21, t22}, {t30, t31, t32}};
             for (int r = 0; r < 4; r++) { /* (G g) G^T */
                 u[(size_t)(4 * r) * plane + i] = t[r][0];
                 u[(size_t)(4 * r + 1) * plane + i] = 0.5f * (t[r][0] + t[r][1] + t[r][2]);

@@ -571,7 +571,8 @@ static void conv_direct(double *y, double *dx, double *dw, double *db, const flo
                                 const int ih = oh * s->stride - s->pad + a;
                                 const int iw = ow * s->stride - s->pad + c;
                                 if (ih < 0 || ih >= s->H || iw < 0 || iw >= s->W) continue;
-                                const size_t xi = (((size_t)n * s->Cin + i) * s->H + ih) * s->W + iw;
+                                const size_t xi =
+                                    (((size_t)n * s->Cin + i) * s->H + ih) * s->W + iw;
                                 const size_t wi = (((size_t)o * s->Cin + i) * K + a) * K + c;
                                 acc += (double)x[xi] * w[wi];
                                 dx[xi] += (double)dy[yi] * w[wi];
@@ -791,11 +792,13 @@ static void check_blas_threads_restored(void) {
         float *x = zeros(nx), *w = zeros(nw), *y = zeros(ny), *dx = zeros(nx), *dw = zeros(nw);
         void *ws = malloc(B->conv2d_workspace(s) + 64);
         CHECK_OK(B->conv2d_forward(y, x, w, NULL, s, ws));
-        CHECKF(openblas_get_num_threads() == before, "conv forward %zu left OpenBLAS at %d threads, was %d",
-               i, openblas_get_num_threads(), before);
+        CHECKF(openblas_get_num_threads() == before,
+               "conv forward %zu left OpenBLAS at %d threads, was %d", i,
+               openblas_get_num_threads(), before);
         CHECK_OK(B->conv2d_backward(dx, dw, NULL, y, x, w, s, ws));
-        CHECKF(openblas_get_num_threads() == before, "conv backward %zu left OpenBLAS at %d threads, was %d",
-               i, openblas_get_num_threads(), before);
+        CHECKF(openblas_get_num_threads() == before,
+               "conv backward %zu left OpenBLAS at %d threads, was %d", i,
+               openblas_get_num_threads(), before);
         free(x), free(w), free(y), free(dx), free(dw), free(ws);
     }
     float x[8 * 64] = {0}, w[64 * 64] = {0}, y[8 * 64], dx[8 * 64] = {0}, dw[64 * 64] = {0};
