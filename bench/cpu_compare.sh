@@ -6,7 +6,7 @@
 # PYTHON=/usr/bin/python3, the default). Both sides run in the same environment (OpenMP's
 # default wait policy, unless the caller sets one for both).
 #
-#   bench/cpu_compare.sh [--rounds R] [--before VAR=VALUE] PEER_SCRIPT [MIN_SECONDS]
+#   bench/cpu_compare.sh [--rounds R] [--before VAR=VALUE|BINARY] PEER_SCRIPT [MIN_SECONDS]
 #     --rounds R          R rounds (default 1), interleaved: per thread count, round after round
 #                         of [ours, ours with --before, the peer]. Each entry is the median over
 #                         the rounds of each run's median of five timings; with R > 1 the range
@@ -15,6 +15,8 @@
 #     --before VAR=VALUE  also time ours with VAR=VALUE in the environment (for example
 #                         DIFFUSION_CPU_CONV=gemm, the convolutions without Winograd) and add its
 #                         column and the ratio before / now
+#     --before BINARY     the same with another build's diffusion program (an older commit
+#                         built in a git worktree, say) in place of ours
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ROUNDS=1
@@ -29,7 +31,12 @@ while [ $# -gt 0 ]; do
   esac
 done
 case "$ROUNDS" in '' | *[!0-9]* | 0) echo "cpu_compare: --rounds wants a whole number from 1, got '$ROUNDS'" >&2; exit 2 ;; esac
-case "$BEFORE" in '' | [A-Za-z_]*=*) ;; *) echo "cpu_compare: --before wants VAR=VALUE, got '$BEFORE'" >&2; exit 2 ;; esac
+BEFORE_BIN=""
+if [ -n "$BEFORE" ] && [ -f "$BEFORE" ] && [ -x "$BEFORE" ]; then
+  BEFORE_BIN=$BEFORE
+else
+  case "$BEFORE" in '' | [A-Za-z_]*=*) ;; *) echo "cpu_compare: --before wants VAR=VALUE or a diffusion program, got '$BEFORE'" >&2; exit 2 ;; esac
+fi
 PEER=${1:?usage: bench/cpu_compare.sh [--rounds R] [--before VAR=VALUE] PATH/TO/torch_unet_peer.py [MIN_SECONDS]}
 MIN=${2:-2}
 PY=${PYTHON:-/usr/bin/python3}
@@ -43,7 +50,10 @@ echo "CPU: $cpu, $(nproc) cores; $($PY -c 'import torch; print("torch", torch.__
 for th in 1 "$(nproc)"; do
   for r in $(seq "$ROUNDS"); do
     OMP_NUM_THREADS=$th $D bench --device cpu --min-time "$MIN" --json "$tmp/ours_${th}_$r.json" >/dev/null
-    if [ -n "$BEFORE" ]; then
+    if [ -n "$BEFORE_BIN" ]; then
+      OMP_NUM_THREADS=$th "$BEFORE_BIN" bench --device cpu --min-time "$MIN" \
+        --json "$tmp/before_${th}_$r.json" >/dev/null
+    elif [ -n "$BEFORE" ]; then
       env "$BEFORE" OMP_NUM_THREADS="$th" $D bench --device cpu --min-time "$MIN" \
         --json "$tmp/before_${th}_$r.json" >/dev/null
     fi

@@ -28,20 +28,22 @@
  *
  * Layout of a chunk's transformed data: plane xi, channel c, tile t at base + xi ps + c ld + t,
  * t = image-in-chunk T1 + ty tw + tx, ld = images T1, T1 = th tw, ps = plane_stride(C, ld). */
+/* before any include (see cpu_simd.h); no-tree-loop-distribute-patterns keeps GCC from turning
+ * the short zeroing and copying loops into memset and memcpy calls */
+#if defined(__GNUC__) && !defined(__clang__)
+#pragma GCC optimize("no-trapping-math", "fp-contract=off", "no-tree-loop-distribute-patterns")
+#endif
+
 #include <cblas.h>
 #include <stdlib.h>
 #include <string.h>
 
 #include "cpu_internal.h"
+#include "cpu_simd.h"
 #include "diffusion/error.h"
 
 #define WINO_TILES 64 /* tiles a chunk, at least one whole image */
 
-#if defined(__GNUC__) && !defined(__clang__)
-#define WINO_NO_MEMSET __attribute__((optimize("no-tree-loop-distribute-patterns")))
-#else
-#define WINO_NO_MEMSET
-#endif
 
 int dd_cpu_wino_shape(const dd_conv_shape *s) {
     return s->K == 3 && s->stride == 1 && s->pad == 1 && s->Ho == s->H && s->Wo == s->W &&
@@ -65,21 +67,22 @@ int dd_cpu_wino_chosen(const dd_conv_shape *s, int what) {
     }
     if (!dd_cpu_wino_shape(s)) return 0;
     if (forced >= 0) return forced;
-    /* auto: where it measured faster than cpu_conv.c's im2col and row-shift GEMMs (GEMM time
-     * over Winograd time; one thread of the 2-core AMD EPYC (Zen 4, AVX-512) development
-     * machine, OpenBLAS 0.3.21, batches 8 to 64, the UNet's shapes):
-     *   forward and dx (dx is the convolution with the roles of Cin and Cout swapped):
-     *     0.3-0.7 with one input or output channel; 0.83-0.87 at 16 x 16 channels on 14x14;
-     *     1.01-1.21 at 16 x 16 on 28x28; 1.06-1.75 from 16 x 32 up on every map;
-     *   dw: 0.2-0.92 below 32 x 32 channels, 0.87-0.89 at 32 x 32 on 7x7, 0.98-1.02 at
-     *     32 x 32 on 14x14, 1.04-1.05 at 16 x 32 on 28x28, 1.09-1.16 from 32 x 48 on 14x14,
-     *     1.02-1.25 from 64 x 64 on 7x7. The reduction over the tiles in 16 short GEMMs
-     *     (Cout x Cin, a chunk's tiles deep) gains less than dx's. */
-    const int64_t cc = (int64_t)s->Cin * s->Cout, hw = (int64_t)s->H * s->W;
+    /* auto: where it measured faster than cpu_conv.c's im2col and row-shift GEMMs. GEMM time
+     * over Winograd time, one thread of the 2-core AMD EPYC (Zen 4, AVX-512) development
+     * machine, OpenBLAS 0.3.21, the UNet's shapes, session 16 (after the transforms were made
+     * two plain vector passes):
+     *   one input or output channel: 0.36-0.89 in every part, so never;
+     *   forward: 1.00-1.94 from 16 x 16 channels up, at every batch from 1 to 64;
+     *   dx: 1.05-1.87 from 32 tiles in the batch (two 7x7 images) up; 0.83-1.20 with 16;
+     *   dw (16 GEMMs reducing over the tiles, which want depth): 0.98-1.43 from 98 tiles up
+     *     (two 14x14 images, eight 7x7), 0.79-0.97 at 64 (four 7x7), 0.56-0.80 at 16 and 32;
+     *     0.80-1.14 at one 14x14 image (49), so that stays on the GEMMs. */
     const int cmin = s->Cin < s->Cout ? s->Cin : s->Cout;
     if (cmin < 16) return 0;
-    if (what == DD_WINO_DW) return (cc >= 1536 && hw >= 196) || cc >= 4096;
-    return cc >= 512 || hw >= 784;
+    const int64_t tiles = (int64_t)s->N * ((s->H + 1) / 2) * ((s->W + 1) / 2);
+    if (what == DD_WINO_DW) return tiles >= 96;
+    if (what == DD_WINO_DX) return tiles >= 32;
+    return 1;
 }
 
 typedef struct {
@@ -117,9 +120,7 @@ static size_t wplane(const dd_conv_shape *s) {
     return (size_t)s->Cout * s->Cin + WINO_PLANE_PAD;
 }
 static size_t du_floats(const dd_conv_shape *s) { return 16 * wplane(s); }
-static size_t row_floats(wgeom g) {
-    return (size_t)4 * (2 * g.tw + 4);
-}
+static size_t row_floats(wgeom g);
 static size_t slot_bytes(const dd_conv_shape *s, wgeom g) {
     return 2 * dd_cpu_round(buf_floats(g) * sizeof(float)) +
            dd_cpu_round(du_floats(s) * sizeof(float)) +
@@ -162,7 +163,7 @@ static wslot get_slot(const dd_conv_shape *s, wgeom g, void *ws, int i) {
  * o at a time: its nI filters gathered element-major into tmp (9 nI floats), so the arithmetic
  * and the stores run along i (a filter at a time it took 80 us of a 64 x 64 convolution's
  * 380 us at batch 8). */
-WINO_NO_MEMSET static void weights(float *restrict U, const float *restrict w,
+static void weights(float *restrict U, const float *restrict w,
                                    const dd_conv_shape *s, int flip, float *restrict tmp) {
     const int nO = flip ? s->Cin : s->Cout, nI = flip ? s->Cout : s->Cin;
     const size_t plane = wplane(s);
@@ -198,68 +199,110 @@ WINO_NO_MEMSET static void weights(float *restrict U, const float *restrict w,
 }
 
 /* The three transforms, each written once with the tiles across an image (TW) as a parameter and
- * instantiated for the UNet's widths (4, 7, 14 at 7x7, 14x14, 28x28) as well as for any width:
- * with TW a constant the short loops below are unrolled and vectorised whole (the general copy
- * ran the 7x7 maps' transforms at a third of the speed). An image is W = 2 TW - 1 or 2 TW wide,
- * so loops run to 2 TW - 1 and the last column is handled on its own. */
+ * instantiated for the UNet's widths (4, 7, 14 at 7x7, 14x14, 28x28) as well as for any width,
+ * and compiled for each vector width the processor may have (DD_CPU_CLONES). The input and
+ * gradient transforms run in two passes, so that every loop is a plain vector loop:
+ *   - along the rows (the transform's column side), one image row at a time, from a padded copy
+ *     of the channel: TP = twp(TW) tiles (TW rounded up to a vector), so the loop has a fixed
+ *     length; the TP - TW tiles past the row's end are garbage that spills into the next row's
+ *     place and is overwritten by it (the last row's into the scratch's slack; rows that must be
+ *     zero are written after the spill);
+ *   - down the columns, over all th TW tiles of a channel at once: the transformed rows are kept
+ *     in arrays by the parity of the image row (input: E rows 2k - 1, O rows 2k, k = 0 .. th;
+ *     gradient: P rows 2k, Q rows 2k + 1), so the rows a tile row needs sit TW floats apart and
+ *     the loop runs along the tiles as the planes lie.
+ * Before session 16 they ran one pass per tile row with TW tiles, which left the 7- and 14-tile
+ * rows to scalar code: the input transform took 14% of a training step's convolution time, and
+ * the two passes made it 1.3-2.1x faster, the gradient's 2.5-2.8x. The output transform stays in
+ * one pass per tile row: two passes measured 1.5-3x slower on the 7x7 and 14x14 maps. An image
+ * is W = 2 TW - 1 or 2 TW wide. */
 #define WINO_INLINE static inline __attribute__((always_inline))
 
+/* tiles a row pass computes: TW rounded up to 4 or to a multiple of 8 */
+static inline int twp(int tw) { return tw <= 4 ? 4 : (tw + 7) / 8 * 8; }
+/* floats of one row array of the scratch: rows of TW, then TP of slack, rounded to 16 */
+static size_t rowarr_floats(int th, int tw) {
+    return ((size_t)(th + 1) * tw + twp(tw) + 15) / 16 * 16;
+}
+/* the transforms' scratch: 8 row arrays and the padded channel (2 th rows of 2 TP + 4); output_tw
+ * takes two rows of 2 TW + 4 from it */
+static size_t row_floats(wgeom g) {
+    return 8 * rowarr_floats(g.th, g.tw) + (size_t)2 * g.th * (2 * twp(g.tw) + 4);
+}
+
+/* the rows passes' inner loops, apart so that their pointers are restrict parameters (GCC
+ * otherwise versioned the loops for aliasing and ran them scalar): TP tiles of the padded row q
+ * combined by B (input) or A (grad) into the four rows d0..d3 */
+WINO_INLINE void input_row(float *restrict d0, float *restrict d1, float *restrict d2,
+                           float *restrict d3, const float *restrict q, const int TP) {
+    for (int tx = 0; tx < TP; tx++) {
+        const float e0 = q[2 * tx], e1 = q[2 * tx + 1], e2 = q[2 * tx + 2], e3 = q[2 * tx + 3];
+        d0[tx] = e0 - e2;
+        d1[tx] = e1 + e2;
+        d2[tx] = e2 - e1;
+        d3[tx] = e1 - e3;
+    }
+}
+WINO_INLINE void grad_row(float *restrict d0, float *restrict d1, float *restrict d2,
+                          float *restrict d3, const float *restrict q, const int TP) {
+    for (int tx = 0; tx < TP; tx++) {
+        const float e0 = q[2 * tx], e1 = q[2 * tx + 1];
+        d0[tx] = e0;
+        d1[tx] = e0 + e1;
+        d2[tx] = e0 - e1;
+        d3[tx] = -e1;
+    }
+}
+
 /* V (planes of C channels, at one image's column offset): (B^T d B) of each tile of x (C, H, W).
- * Per channel and tile row: the four input rows combined by B^T into R (column j + 1 holds input
- * column j; 0 and past W stay zero), then each tile's four columns by B. */
+ * Rows pass: Ej/Oj = the row combined by B (tile tx: q[2 tx .. 2 tx + 3] = e0..e3 into e0 - e2,
+ * e1 + e2, e2 - e1, e1 - e3); columns pass: plane 4 i + j from rows 2 ty - 1 .. 2 ty + 2 =
+ * E[ty], O[ty], E[ty + 1], O[ty + 1] combined by B^T. */
 WINO_INLINE void input_tw(float *restrict V, size_t ld, const float *restrict x, int C, int H,
                           int W, int th, const int TW, float *restrict rows) {
-    const size_t ps = plane_stride(C, ld);
-    const int L = 2 * TW + 4;
-    float *restrict R0 = rows, *restrict R1 = R0 + L, *restrict R2 = R1 + L,
-                    *restrict R3 = R2 + L;
-    for (int j = 0; j < L; j++) R0[j] = R1[j] = R2[j] = R3[j] = 0.0f;
-    const int full = W == 2 * TW;
+    const size_t ps = plane_stride(C, ld), ra = rowarr_floats(th, TW);
+    const int TP = twp(TW), T1 = th * TW;
+    float *E[4], *O[4];
+    for (int j = 0; j < 4; j++) E[j] = rows + (size_t)j * ra, O[j] = rows + (size_t)(4 + j) * ra;
+    const int L = 2 * TP + 4;
+    float *restrict xp = rows + 8 * ra; /* the channel, rows L apart, column j at 1 + j */
+    for (int k = 0; k < H * L; k++) xp[k] = 0.0f;
     for (int c = 0; c < C; c++) {
         const float *xc = x + (size_t)c * H * W;
-        for (int ty = 0; ty < th; ty++) {
-            const int h0 = 2 * ty - 1;
-            const float *restrict a1 = xc + (size_t)(h0 + 1) * W; /* 2 ty < H always */
-            if (h0 >= 0 && h0 + 3 < H) { /* all four rows inside */
-                const float *restrict a0 = a1 - W, *restrict a2 = a1 + W, *restrict a3 = a2 + W;
-                for (int j = 0; j < 2 * TW - 1; j++) {
-                    R0[j + 1] = a0[j] - a2[j];
-                    R1[j + 1] = a1[j] + a2[j];
-                    R2[j + 1] = a2[j] - a1[j];
-                    R3[j + 1] = a1[j] - a3[j];
-                }
-                if (full) {
-                    const int j = 2 * TW - 1;
-                    R0[j + 1] = a0[j] - a2[j];
-                    R1[j + 1] = a1[j] + a2[j];
-                    R2[j + 1] = a2[j] - a1[j];
-                    R3[j + 1] = a1[j] - a3[j];
-                }
-            } else { /* a row above or below the image: zero */
-                const int has0 = h0 >= 0, has2 = h0 + 2 < H, has3 = h0 + 3 < H;
-                for (int j = 0; j < W; j++) {
-                    const float v0 = has0 ? a1[j - W] : 0.0f, v1 = a1[j];
-                    const float v2 = has2 ? a1[j + W] : 0.0f, v3 = has3 ? a1[j + 2 * W] : 0.0f;
-                    R0[j + 1] = v0 - v2;
-                    R1[j + 1] = v1 + v2;
-                    R2[j + 1] = v2 - v1;
-                    R3[j + 1] = v1 - v3;
-                }
+        for (int j = 0; j < 4; j++)
+            for (int tx = 0; tx < TW; tx++) E[j][tx] = 0.0f; /* row -1 */
+        /* the whole channel first: read back at once, a row copied just before would be read
+         * while its stores are still in flight (store-forwarding stalls took a fifth of the
+         * time) */
+        for (int h = 0; h < H; h++) {
+            const float *restrict xr = xc + (size_t)h * W;
+            float *restrict d = xp + (size_t)h * L + 1;
+            for (int k = 0; k < 2 * TW - 1; k++) d[k] = xr[k]; /* a fixed-length loop */
+            if (W == 2 * TW) d[2 * TW - 1] = xr[2 * TW - 1];
+        }
+        for (int h = 0; h < H; h++) {
+            const float *restrict q = xp + (size_t)h * L;
+            const size_t at = (size_t)((h + 1) / 2) * TW; /* row h is E[(h + 1) / 2] or O[h / 2] */
+            float *const *D = h & 1 ? E : O;
+            input_row(D[0] + at, D[1] + at, D[2] + at, D[3] + at, q, TP);
+        }
+        /* rows H and H + 1 are zero: O[th] always (row 2 th >= H), E[th] when H is odd */
+        for (int j = 0; j < 4; j++)
+            for (int tx = 0; tx < TW; tx++) {
+                O[j][(size_t)th * TW + tx] = 0.0f;
+                if (H & 1) E[j][(size_t)th * TW + tx] = 0.0f;
             }
-            float *v = V + (size_t)c * ld + (size_t)ty * TW;
-            const float *Rr[4] = {R0, R1, R2, R3};
-            for (int r = 0; r < 4; r++) {
-                const float *restrict q = Rr[r];
-                float *restrict v0 = v + (size_t)(4 * r) * ps, *restrict v1 = v0 + ps,
-                                *restrict v2 = v1 + ps, *restrict v3 = v2 + ps;
-                for (int tx = 0; tx < TW; tx++) {
-                    const float e0 = q[2 * tx], e1 = q[2 * tx + 1], e2 = q[2 * tx + 2],
-                                e3 = q[2 * tx + 3];
-                    v0[tx] = e0 - e2;
-                    v1[tx] = e1 + e2;
-                    v2[tx] = e2 - e1;
-                    v3[tx] = e1 - e3;
-                }
+        float *v = V + (size_t)c * ld;
+        for (int j = 0; j < 4; j++) {
+            const float *restrict e = E[j], *restrict o = O[j];
+            float *restrict v0 = v + (size_t)j * ps, *restrict v1 = v0 + 4 * ps,
+                            *restrict v2 = v1 + 4 * ps, *restrict v3 = v2 + 4 * ps;
+            for (int t = 0; t < T1; t++) {
+                const float a0 = e[t], a1 = o[t], a2 = e[t + TW], a3 = o[t + TW];
+                v0[t] = a0 - a2;
+                v1[t] = a1 + a2;
+                v2[t] = a2 - a1;
+                v3[t] = a1 - a3;
             }
         }
     }
@@ -316,51 +359,52 @@ WINO_INLINE void output_tw(float *restrict y, const float *restrict M, size_t ld
 }
 
 /* Yh (planes of C channels, at one image's column offset): A dy A^T of each 2x2 tile of
- * dy (C, H, W), zero outside the image, A = [1 0; 1 1; 1 -1; 0 -1] */
+ * dy (C, H, W), zero outside the image, A = [1 0; 1 1; 1 -1; 0 -1]. Rows pass: each image row's
+ * tiles (p0, p1) into p0, p0 + p1, p0 - p1, -p1, kept as P (rows 2 ty) and Q (rows 2 ty + 1);
+ * columns pass: plane 4 i + j = P, P + Q, P - Q, -Q. */
 WINO_INLINE void grad_tw(float *restrict Yh, size_t ld, const float *restrict dy, int C, int H,
                          int W, int th, const int TW, float *restrict rows) {
-    const size_t ps = plane_stride(C, ld);
-    const int L = 2 * TW + 4;
-    float *restrict P = rows, *restrict R1 = P + L, *restrict R2 = R1 + L, *restrict Q = R2 + L;
-    for (int j = 0; j < L; j++) P[j] = Q[j] = R1[j] = R2[j] = 0.0f;
-    const int full = W == 2 * TW, n = 2 * TW - 1;
+    const size_t ps = plane_stride(C, ld), ra = rowarr_floats(th, TW);
+    const int TP = twp(TW), T1 = th * TW;
+    float *P[4], *Q[4];
+    for (int j = 0; j < 4; j++) P[j] = rows + (size_t)j * ra, Q[j] = rows + (size_t)(4 + j) * ra;
+    const int L = 2 * TP + 4;
+    float *restrict dp = rows + 8 * ra; /* the channel, rows L apart (as in input_tw) */
+    for (int k = 0; k < H * L; k++) dp[k] = 0.0f;
     for (int c = 0; c < C; c++) {
         const float *dc = dy + (size_t)c * H * W;
-        for (int ty = 0; ty < th; ty++) {
-            const float *restrict p = dc + (size_t)(2 * ty) * W;
-            /* the rows of A dy: P, P + Q, P - Q, -Q (Q the second row, zero below the image) */
-            if (2 * ty + 1 < H) {
-                const float *restrict q = p + W;
-                for (int j = 0; j < n; j++) {
-                    P[j] = p[j];
-                    R1[j] = p[j] + q[j];
-                    R2[j] = p[j] - q[j];
-                    Q[j] = -q[j];
-                }
-                if (full) P[n] = p[n], R1[n] = p[n] + q[n], R2[n] = p[n] - q[n], Q[n] = -q[n];
-            } else {
-                for (int j = 0; j < n; j++) P[j] = R1[j] = R2[j] = p[j], Q[j] = 0.0f;
-                if (full) P[n] = R1[n] = R2[n] = p[n], Q[n] = 0.0f;
-            }
-            float *v = Yh + (size_t)c * ld + (size_t)ty * TW;
-            for (int r = 0; r < 4; r++) {
-                const float *restrict q = rows + r * L;
-                float *restrict v0 = v + (size_t)(4 * r) * ps, *restrict v1 = v0 + ps,
-                                *restrict v2 = v1 + ps, *restrict v3 = v2 + ps;
-                for (int tx = 0; tx < TW; tx++) {
-                    const float e0 = q[2 * tx], e1 = q[2 * tx + 1];
-                    v0[tx] = e0;
-                    v1[tx] = e0 + e1;
-                    v2[tx] = e0 - e1;
-                    v3[tx] = -e1;
-                }
+        for (int h = 0; h < H; h++) {
+            const float *restrict dr = dc + (size_t)h * W;
+            float *restrict d = dp + (size_t)h * L;
+            for (int k = 0; k < 2 * TW - 1; k++) d[k] = dr[k];
+            if (W == 2 * TW) d[2 * TW - 1] = dr[2 * TW - 1];
+        }
+        for (int h = 0; h < H; h++) {
+            const float *restrict q = dp + (size_t)h * L;
+            const size_t at = (size_t)(h / 2) * TW;
+            float *const *D = h & 1 ? Q : P;
+            grad_row(D[0] + at, D[1] + at, D[2] + at, D[3] + at, q, TP);
+        }
+        if (H & 1) /* the last tile row has no second image row */
+            for (int j = 0; j < 4; j++)
+                for (int tx = 0; tx < TW; tx++) Q[j][(size_t)(th - 1) * TW + tx] = 0.0f;
+        float *v = Yh + (size_t)c * ld;
+        for (int j = 0; j < 4; j++) {
+            const float *restrict p = P[j], *restrict r = Q[j];
+            float *restrict v0 = v + (size_t)j * ps, *restrict v1 = v0 + 4 * ps,
+                            *restrict v2 = v1 + 4 * ps, *restrict v3 = v2 + 4 * ps;
+            for (int t = 0; t < T1; t++) {
+                v0[t] = p[t];
+                v1[t] = p[t] + r[t];
+                v2[t] = p[t] - r[t];
+                v3[t] = -r[t];
             }
         }
     }
 }
 
-WINO_NO_MEMSET static void input_tiles(float *V, size_t ld, const float *x, int C, int H, int W,
-                                       wgeom g, float *rows) {
+DD_CPU_CLONES static void input_tiles(float *V, size_t ld, const float *x, int C, int H, int W,
+                                      wgeom g, float *rows) {
     switch (g.tw) {
     case 4: input_tw(V, ld, x, C, H, W, g.th, 4, rows); break;
     case 7: input_tw(V, ld, x, C, H, W, g.th, 7, rows); break;
@@ -369,8 +413,8 @@ WINO_NO_MEMSET static void input_tiles(float *V, size_t ld, const float *x, int 
     }
 }
 
-WINO_NO_MEMSET static void output_tiles(float *y, const float *M, size_t ld, const float *bias,
-                                        int C, int H, int W, wgeom g, int acc, float *rows) {
+DD_CPU_CLONES static void output_tiles(float *y, const float *M, size_t ld, const float *bias,
+                                       int C, int H, int W, wgeom g, int acc, float *rows) {
     switch (g.tw) {
     case 4: output_tw(y, M, ld, bias, C, H, W, g.th, 4, acc, rows); break;
     case 7: output_tw(y, M, ld, bias, C, H, W, g.th, 7, acc, rows); break;
@@ -379,8 +423,8 @@ WINO_NO_MEMSET static void output_tiles(float *y, const float *M, size_t ld, con
     }
 }
 
-WINO_NO_MEMSET static void grad_tiles(float *Yh, size_t ld, const float *dy, int C, int H, int W,
-                                      wgeom g, float *rows) {
+DD_CPU_CLONES static void grad_tiles(float *Yh, size_t ld, const float *dy, int C, int H, int W,
+                                     wgeom g, float *rows) {
     switch (g.tw) {
     case 4: grad_tw(Yh, ld, dy, C, H, W, g.th, 4, rows); break;
     case 7: grad_tw(Yh, ld, dy, C, H, W, g.th, 7, rows); break;
