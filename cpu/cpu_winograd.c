@@ -225,7 +225,7 @@ static size_t rowarr_floats(int th, int tw) {
     return ((size_t)(th + 1) * tw + twp(tw) + 15) / 16 * 16;
 }
 /* the transforms' scratch: 8 row arrays and the padded channel (2 th rows of 2 TP + 4); output_tw
- * takes two rows of 2 TW + 4 from it */
+ * takes 2 th rows of 2 TP from it */
 static size_t row_floats(wgeom g) {
     return 8 * rowarr_floats(g.th, g.tw) + (size_t)2 * g.th * (2 * twp(g.tw) + 4);
 }
@@ -308,37 +308,50 @@ WINO_INLINE void input_tw(float *restrict V, size_t ld, const float *restrict x,
     }
 }
 
+/* one tile row of the output: TP tiles' 16 values (plane k at m + k ps) combined by A^T . A
+ * into the two image rows Y0 and Y1 (2 TP values each), plus bc; its pointers restrict
+ * parameters, as input_row's */
+WINO_INLINE void output_row(float *restrict Y0, float *restrict Y1, const float *restrict m,
+                            size_t ps, float bc, const int TP) {
+    for (int tx = 0; tx < TP; tx++) {
+        float a[16];
+        for (int k = 0; k < 16; k++) a[k] = m[(size_t)k * ps + tx];
+        float s0[4], s1[4];
+        for (int q = 0; q < 4; q++) {
+            s0[q] = a[q] + a[4 + q] + a[8 + q];
+            s1[q] = a[4 + q] - a[8 + q] - a[12 + q];
+        }
+        Y0[2 * tx] = s0[0] + s0[1] + s0[2] + bc;
+        Y0[2 * tx + 1] = s0[1] - s0[2] - s0[3] + bc;
+        Y1[2 * tx] = s1[0] + s1[1] + s1[2] + bc;
+        Y1[2 * tx + 1] = s1[1] - s1[2] - s1[3] + bc;
+    }
+}
+
 /* y (C, H, W) of one image from M (planes of C channels, at the image's column offset): A^T m A
- * of each tile, plus bias[c] when bias, written (acc 0) or added (acc 1) */
+ * of each tile, plus bias[c] when bias, written (acc 0) or added (acc 1). A tile row at a time,
+ * TP tiles wide: the TP - TW past its end read the next row's tiles, the next image's or
+ * channel's, or for the last channel the plane's padding (zeroed by the caller), and their
+ * values are dropped. The whole channel's rows are made first and copied out after (read back
+ * at once, they stalled on their stores in flight). */
 WINO_INLINE void output_tw(float *restrict y, const float *restrict M, size_t ld,
                            const float *restrict bias, int C, int H, int W, int th, const int TW,
                            int acc, float *restrict rows) {
     const size_t ps = plane_stride(C, ld);
-    const int L = 2 * TW + 4;
-    float *restrict Y0 = rows, *restrict Y1 = rows + L;
-    const int full = W == 2 * TW;
+    const int TP = twp(TW);
+    float *restrict Y = rows; /* the channel's image rows, 2 TP apart */
+    const int full = W == 2 * TW, n = 2 * TW - 1;
     for (int c = 0; c < C; c++) {
-        float *yc = y + (size_t)c * H * W;
         const float bc = bias ? bias[c] : 0.0f;
+        for (int ty = 0; ty < th; ty++)
+            output_row(Y + (size_t)(4 * ty) * TP, Y + (size_t)(4 * ty + 2) * TP,
+                       M + (size_t)c * ld + (size_t)ty * TW, ps, bc, TP);
+        float *yc = y + (size_t)c * H * W;
         for (int ty = 0; ty < th; ty++) {
-            const float *restrict m = M + (size_t)c * ld + (size_t)ty * TW;
-            for (int tx = 0; tx < TW; tx++) {
-                float a[16];
-                for (int k = 0; k < 16; k++) a[k] = m[(size_t)k * ps + tx];
-                float s0[4], s1[4];
-                for (int q = 0; q < 4; q++) {
-                    s0[q] = a[q] + a[4 + q] + a[8 + q];
-                    s1[q] = a[4 + q] - a[8 + q] - a[12 + q];
-                }
-                Y0[2 * tx] = s0[0] + s0[1] + s0[2] + bc;
-                Y0[2 * tx + 1] = s0[1] - s0[2] - s0[3] + bc;
-                Y1[2 * tx] = s1[0] + s1[1] + s1[2] + bc;
-                Y1[2 * tx + 1] = s1[1] - s1[2] - s1[3] + bc;
-            }
+            const float *restrict Y0 = Y + (size_t)(4 * ty) * TP, *restrict Y1 = Y0 + 2 * TP;
             float *restrict d0 = yc + (size_t)(2 * ty) * W;
             float *restrict d1 = d0 + W;
             const int two = 2 * ty + 1 < H;
-            const int n = 2 * TW - 1;
             if (acc) {
                 for (int j = 0; j < n; j++) d0[j] += Y0[j];
                 if (full) d0[n] += Y0[n];
@@ -456,6 +469,11 @@ static void conv_range(float *y, const float *x, const float *U, const float *bi
             input_tiles(sl.a + (size_t)j * g.T1, ld, x + (size_t)(n + j) * nI * HW, nI, s->H,
                         s->W, g, sl.rows);
         products(sl.b, U, wplane(s), sl.a, nO, nI, ld);
+        /* output_tw's last tile row reads twp(tw) - tw (at most 7) floats into each plane's
+         * padding (WINO_PLANE_PAD, 16), which no product writes */
+        for (int k = 0; k < 16; k++)
+            memset(sl.b + (size_t)k * plane_stride(nO, ld) + (size_t)nO * ld, 0,
+                   (size_t)(twp(g.tw) - g.tw) * sizeof(float));
         for (int j = 0; j < m; j++)
             output_tiles(y + (size_t)(n + j) * nO * HW, sl.b + (size_t)j * g.T1, ld, bias, nO,
                          s->H, s->W, g, acc, sl.rows);
