@@ -12,8 +12,9 @@
  * and dbeta need no reduction across threads and dz is computed once; otherwise parameter
  * gradients go in parallel over channels and dx over (n, g), computing dz twice.
  * The per-row loops are DD_CPU_CLONES functions with cpu_simd.h's swish, so they vectorise; the
- * double sums of a row go into 8 interleaved partial sums (as the moments do), which changes
- * their rounding only at the double level. */
+ * double sums of a row go into interleaved partial sums (8 in the moments, 16 in the backward's
+ * rows, whose 16 lanes fill an AVX-512 register of floats: 1.4x faster than 8 in session 16),
+ * which changes their rounding only at the double level. */
 /* before any include, so the inline functions of cpu_simd.h get the same options as their
  * callers (GCC will not inline across different ones): see cpu_simd.h */
 #if defined(__GNUC__) && !defined(__clang__)
@@ -99,10 +100,10 @@ int dd_cpu_group_norm_forward(float *y, float *mean, float *rstd, const float *x
 static inline __attribute__((always_inline)) void
 gn_bwd_body(float *dx, const float *x, const float *dy, int HW, float m, float r, float gm,
             float sh, int swish, double *sn_out, double *sx_out) {
-    double sn[8] = {0}, sx[8] = {0};
+    double sn[16] = {0}, sx[16] = {0};
     int p = 0;
-    for (; p + 8 <= HW; p += 8)
-        for (int k = 0; k < 8; k++) {
+    for (; p + 16 <= HW; p += 16)
+        for (int k = 0; k < 16; k++) {
             const float xh = (x[p + k] - m) * r;
             const float dz = swish ? dy[p + k] * dd_cpu_swish_grad(gm * xh + sh) : dy[p + k];
             sn[k] += dz;
@@ -117,7 +118,7 @@ gn_bwd_body(float *dx, const float *x, const float *dy, int HW, float m, float r
         if (dx) dx[p] += r * (gm * dz);
     }
     double a = 0.0, b = 0.0;
-    for (int k = 0; k < 8; k++) a += sn[k], b += sx[k];
+    for (int k = 0; k < 16; k++) a += sn[k], b += sx[k];
     *sn_out = a;
     *sx_out = b;
 }
