@@ -126,13 +126,17 @@ static size_t slot_bytes(const dd_conv_shape *s, wgeom g) {
            dd_cpu_round(du_floats(s) * sizeof(float)) +
            dd_cpu_round(row_floats(g) * sizeof(float));
 }
-/* U (or the flipped U of dx), then weights()'s gathered filters */
-static size_t front_bytes(const dd_conv_shape *s) {
+/* U (or the flipped U of dx), then weights_row()'s gathered filters, one buffer a thread */
+static size_t tmp_bytes(const dd_conv_shape *s) {
     const int c = s->Cin > s->Cout ? s->Cin : s->Cout;
-    return dd_cpu_round(du_floats(s) * sizeof(float)) + dd_cpu_round((size_t)9 * c * sizeof(float));
+    return dd_cpu_round((size_t)9 * c * sizeof(float));
 }
-static float *front_tmp(const dd_conv_shape *s, void *ws) {
-    return (float *)((char *)ws + dd_cpu_round(du_floats(s) * sizeof(float)));
+static size_t front_bytes(const dd_conv_shape *s) {
+    return dd_cpu_round(du_floats(s) * sizeof(float)) + (size_t)dd_cpu_slots(s->N) * tmp_bytes(s);
+}
+static float *front_tmp(const dd_conv_shape *s, void *ws, int i) {
+    return (float *)((char *)ws + dd_cpu_round(du_floats(s) * sizeof(float)) +
+                     (size_t)i * tmp_bytes(s));
 }
 
 size_t dd_cpu_wino_workspace(const dd_conv_shape *s) {
@@ -159,43 +163,52 @@ static wslot get_slot(const dd_conv_shape *s, wgeom g, void *ws, int i) {
 }
 
 /* U[xi][o][i] = (G g G^T)[xi] for nO x nI filters g: w[o][i] (flip 0: the convolution, nO = Cout,
- * nI = Cin) or w[i][o] turned by 180 degrees (flip 1: its transpose, nO = Cin, nI = Cout). A row
- * o at a time: its nI filters gathered element-major into tmp (9 nI floats), so the arithmetic
- * and the stores run along i (a filter at a time it took 80 us of a 64 x 64 convolution's
- * 380 us at batch 8). */
-static void weights(float *restrict U, const float *restrict w,
-                                   const dd_conv_shape *s, int flip, float *restrict tmp) {
-    const int nO = flip ? s->Cin : s->Cout, nI = flip ? s->Cout : s->Cin;
+ * nI = Cin) or w[i][o] turned by 180 degrees (flip 1: its transpose, nO = Cin, nI = Cout). Row
+ * o: its nI filters gathered element-major into tmp (9 nI floats), so the arithmetic and the
+ * stores run along i (a filter at a time it took 80 us of a 64 x 64 convolution's 380 us at
+ * batch 8). The rows are shared out among the threads of the convolution (wino_weights), since
+ * one thread doing them all held the others back: a fifth of a 192 x 64 forward at batch 16 on
+ * two threads. */
+static void weights_row(float *restrict U, const float *restrict w, const dd_conv_shape *s,
+                        int flip, float *restrict tmp, int o) {
+    const int nI = flip ? s->Cout : s->Cin;
     const size_t plane = wplane(s);
-    for (int o = 0; o < nO; o++) {
-        for (int i = 0; i < nI; i++) {
-            const float *src =
-                w + (flip ? (size_t)i * s->Cin + o : (size_t)o * s->Cin + i) * 9;
-            for (int e = 0; e < 9; e++) tmp[(size_t)e * nI + i] = src[flip ? 8 - e : e];
-        }
-        const float *restrict g0 = tmp, *restrict g1 = tmp + nI, *restrict g2 = tmp + 2 * nI,
-                              *restrict g3 = tmp + 3 * nI, *restrict g4 = tmp + 4 * nI,
-                              *restrict g5 = tmp + 5 * nI, *restrict g6 = tmp + 6 * nI,
-                              *restrict g7 = tmp + 7 * nI, *restrict g8 = tmp + 8 * nI;
-        float *restrict u = U + (size_t)o * nI;
-        for (int i = 0; i < nI; i++) {
-            /* t = G g (4 x 3), rows of g: (g0 g1 g2), (g3 g4 g5), (g6 g7 g8) */
-            const float t00 = g0[i], t01 = g1[i], t02 = g2[i];
-            const float t10 = 0.5f * (g0[i] + g3[i] + g6[i]), t11 = 0.5f * (g1[i] + g4[i] + g7[i]),
-                        t12 = 0.5f * (g2[i] + g5[i] + g8[i]);
-            const float t20 = 0.5f * (g0[i] - g3[i] + g6[i]), t21 = 0.5f * (g1[i] - g4[i] + g7[i]),
-                        t22 = 0.5f * (g2[i] - g5[i] + g8[i]);
-            const float t30 = g6[i], t31 = g7[i], t32 = g8[i];
-            const float t[4][3] = {
-                {t00, t01, t02}, {t10, t11, t12}, {t20, t21, t22}, {t30, t31, t32}};
-            for (int r = 0; r < 4; r++) { /* (G g) G^T */
-                u[(size_t)(4 * r) * plane + i] = t[r][0];
-                u[(size_t)(4 * r + 1) * plane + i] = 0.5f * (t[r][0] + t[r][1] + t[r][2]);
-                u[(size_t)(4 * r + 2) * plane + i] = 0.5f * (t[r][0] - t[r][1] + t[r][2]);
-                u[(size_t)(4 * r + 3) * plane + i] = t[r][2];
-            }
+    for (int i = 0; i < nI; i++) {
+        const float *src =
+            w + (flip ? (size_t)i * s->Cin + o : (size_t)o * s->Cin + i) * 9;
+        for (int e = 0; e < 9; e++) tmp[(size_t)e * nI + i] = src[flip ? 8 - e : e];
+    }
+    const float *restrict g0 = tmp, *restrict g1 = tmp + nI, *restrict g2 = tmp + 2 * nI,
+                          *restrict g3 = tmp + 3 * nI, *restrict g4 = tmp + 4 * nI,
+                          *restrict g5 = tmp + 5 * nI, *restrict g6 = tmp + 6 * nI,
+                          *restrict g7 = tmp + 7 * nI, *restrict g8 = tmp + 8 * nI;
+    float *restrict u = U + (size_t)o * nI;
+    for (int i = 0; i < nI; i++) {
+        /* t = G g (4 x 3), rows of g: (g0 g1 g2), (g3 g4 g5), (g6 g7 g8) */
+        const float t00 = g0[i], t01 = g1[i], t02 = g2[i];
+        const float t10 = 0.5f * (g0[i] + g3[i] + g6[i]), t11 = 0.5f * (g1[i] + g4[i] + g7[i]),
+                    t12 = 0.5f * (g2[i] + g5[i] + g8[i]);
+        const float t20 = 0.5f * (g0[i] - g3[i] + g6[i]), t21 = 0.5f * (g1[i] - g4[i] + g7[i]),
+                    t22 = 0.5f * (g2[i] - g5[i] + g8[i]);
+        const float t30 = g6[i], t31 = g7[i], t32 = g8[i];
+        const float t[4][3] = {
+            {t00, t01, t02}, {t10, t11, t12}, {t20, t21, t22}, {t30, t31, t32}};
+        for (int r = 0; r < 4; r++) { /* (G g) G^T */
+            u[(size_t)(4 * r) * plane + i] = t[r][0];
+            u[(size_t)(4 * r + 1) * plane + i] = 0.5f * (t[r][0] + t[r][1] + t[r][2]);
+            u[(size_t)(4 * r + 2) * plane + i] = 0.5f * (t[r][0] - t[r][1] + t[r][2]);
+            u[(size_t)(4 * r + 3) * plane + i] = t[r][2];
         }
     }
+}
+
+/* all of U: the rows shared out when called inside a parallel region (orphaned `omp for`, with
+ * its barrier), all by the caller outside one */
+static void wino_weights(float *U, const float *w, const dd_conv_shape *s, int flip, void *ws) {
+    const int nO = flip ? s->Cin : s->Cout;
+    float *tmp = front_tmp(s, ws, omp_get_thread_num());
+#pragma omp for schedule(static)
+    for (int o = 0; o < nO; o++) weights_row(U, w, s, flip, tmp, o);
 }
 
 /* The three transforms, each written once with the tiles across an image (TW) as a parameter and
@@ -505,9 +518,9 @@ int dd_cpu_wino_forward(float *y, const float *x, const float *w, const float *b
                         const dd_conv_shape *s, void *ws) {
     const wgeom g = wino_geom(s);
     float *U = (float *)ws;
-    weights(U, w, s, 0, front_tmp(s, ws));
     const int nt = dd_cpu_batch_threads(s->N);
     if (nt == 1) {
+        wino_weights(U, w, s, 0, ws);
         const int small = dd_cpu_blas_small_begin(dd_cpu_conv_macs(s));
         conv_range(y, x, U, b, s->Cin, s->Cout, s, g, get_slot(s, g, ws, 0), 0, s->N, 0);
         dd_cpu_blas_small_end(small);
@@ -518,6 +531,7 @@ int dd_cpu_wino_forward(float *y, const float *x, const float *w, const float *b
     {
         const int tid = omp_get_thread_num(), T = omp_get_num_threads();
         const int n0 = (int)((int64_t)s->N * tid / T), n1 = (int)((int64_t)s->N * (tid + 1) / T);
+        wino_weights(U, w, s, 0, ws);
         conv_range(y, x, U, b, s->Cin, s->Cout, s, g, get_slot(s, g, ws, tid), n0, n1, 0);
     }
     dd_cpu_blas_single_end(prev);
@@ -555,7 +569,6 @@ int dd_cpu_wino_backward(float *dx, float *dw, float *db, const float *dy, const
                          const float *w, const dd_conv_shape *s, void *ws) {
     const wgeom g = wino_geom(s);
     float *Uf = (float *)ws;
-    if (dx) weights(Uf, w, s, 1, front_tmp(s, ws));
     const int nt = dd_cpu_batch_threads(s->N);
     const int prev = nt > 1 ? dd_cpu_blas_single_begin()
                             : dd_cpu_blas_small_begin(((dx != NULL) + (dw != NULL)) *
@@ -565,6 +578,7 @@ int dd_cpu_wino_backward(float *dx, float *dw, float *db, const float *dy, const
 #pragma omp parallel num_threads(nt) if (nt > 1)
     {
         const int tid = omp_get_thread_num(), T = omp_get_num_threads();
+        if (dx) wino_weights(Uf, w, s, 1, ws); /* ends in a barrier: Uf is whole below */
         if (db) {
 #pragma omp for schedule(static) nowait
             for (int o = 0; o < s->Cout; o++) dd_cpu_conv_db_channel(db, dy, s, o);
