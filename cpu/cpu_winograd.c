@@ -44,7 +44,6 @@
 
 #define WINO_TILES 64 /* tiles a chunk, at least one whole image */
 
-
 int dd_cpu_wino_shape(const dd_conv_shape *s) {
     return s->K == 3 && s->stride == 1 && s->pad == 1 && s->Ho == s->H && s->Wo == s->W &&
            s->H > 0 && s->W > 0 && s->Cin > 0 && s->Cout > 0;
@@ -111,8 +110,8 @@ static wgeom wino_geom(const dd_conv_shape *s) {
 }
 
 /* a slot (one a thread): two transformed buffers (16 planes of plane_stride(Cmax, ld) floats
- * each), the private dU of the backward (16 planes of wplane) and the row scratch of the
- * transforms (4 rows of 2 tw + 4 floats) */
+ * each), the private dU of the backward (16 planes of wplane) and the transforms' scratch
+ * (row_floats, below) */
 static size_t buf_floats(wgeom g) { return (size_t)16 * plane_stride(g.Cmax, g.ld); }
 /* the filters' transformed planes (U, the flipped U, dU): Cout Cin floats apart and 16 more, for
  * the same reason as plane_stride (a 64 x 64 convolution's U took 190 us to build without) */
@@ -120,7 +119,17 @@ static size_t wplane(const dd_conv_shape *s) {
     return (size_t)s->Cout * s->Cin + WINO_PLANE_PAD;
 }
 static size_t du_floats(const dd_conv_shape *s) { return 16 * wplane(s); }
-static size_t row_floats(wgeom g);
+/* tiles a row pass computes: TW rounded up to 4 or to a multiple of 8 */
+static inline int twp(int tw) { return tw <= 4 ? 4 : (tw + 7) / 8 * 8; }
+/* floats of one row array of the scratch: rows of TW, then TP of slack, rounded to 16 */
+static size_t rowarr_floats(int th, int tw) {
+    return ((size_t)(th + 1) * tw + twp(tw) + 15) / 16 * 16;
+}
+/* the transforms' scratch: 8 row arrays and the padded channel (2 th rows of 2 TP + 4); output_tw
+ * takes 2 th rows of 2 TP from it */
+static size_t row_floats(wgeom g) {
+    return 8 * rowarr_floats(g.th, g.tw) + (size_t)2 * g.th * (2 * twp(g.tw) + 4);
+}
 static size_t slot_bytes(const dd_conv_shape *s, wgeom g) {
     return 2 * dd_cpu_round(buf_floats(g) * sizeof(float)) +
            dd_cpu_round(du_floats(s) * sizeof(float)) +
@@ -230,18 +239,6 @@ static void wino_weights(float *U, const float *w, const dd_conv_shape *s, int f
  * one pass per tile row: two passes measured 1.5-3x slower on the 7x7 and 14x14 maps. An image
  * is W = 2 TW - 1 or 2 TW wide. */
 #define WINO_INLINE static inline __attribute__((always_inline))
-
-/* tiles a row pass computes: TW rounded up to 4 or to a multiple of 8 */
-static inline int twp(int tw) { return tw <= 4 ? 4 : (tw + 7) / 8 * 8; }
-/* floats of one row array of the scratch: rows of TW, then TP of slack, rounded to 16 */
-static size_t rowarr_floats(int th, int tw) {
-    return ((size_t)(th + 1) * tw + twp(tw) + 15) / 16 * 16;
-}
-/* the transforms' scratch: 8 row arrays and the padded channel (2 th rows of 2 TP + 4); output_tw
- * takes 2 th rows of 2 TP from it */
-static size_t row_floats(wgeom g) {
-    return 8 * rowarr_floats(g.th, g.tw) + (size_t)2 * g.th * (2 * twp(g.tw) + 4);
-}
 
 /* the rows passes' inner loops, apart so that their pointers are restrict parameters (GCC
  * otherwise versioned the loops for aliasing and ran them scalar): TP tiles of the padded row q
