@@ -264,6 +264,19 @@ WINO_INLINE void grad_row(float *restrict d0, float *restrict d1, float *restric
     }
 }
 
+/* a channel (H x W) into rows L floats apart, whose other columns stay as they are (zero): the
+ * whole channel before its rows are read, since a row copied just before would be read while its
+ * stores are still in flight (store-forwarding stalls took a fifth of the input transform) */
+WINO_INLINE void copy_channel(float *restrict dst, int L, const float *restrict src, int H, int W,
+                              const int TW) {
+    for (int h = 0; h < H; h++) {
+        const float *restrict r = src + (size_t)h * W;
+        float *restrict d = dst + (size_t)h * L;
+        for (int k = 0; k < 2 * TW - 1; k++) d[k] = r[k]; /* a fixed-length loop */
+        if (W == 2 * TW) d[2 * TW - 1] = r[2 * TW - 1];
+    }
+}
+
 /* V (planes of C channels, at one image's column offset): (B^T d B) of each tile of x (C, H, W).
  * Rows pass: Ej/Oj = the row combined by B (tile tx: q[2 tx .. 2 tx + 3] = e0..e3 into e0 - e2,
  * e1 + e2, e2 - e1, e1 - e3); columns pass: plane 4 i + j from rows 2 ty - 1 .. 2 ty + 2 =
@@ -281,15 +294,7 @@ WINO_INLINE void input_tw(float *restrict V, size_t ld, const float *restrict x,
         const float *xc = x + (size_t)c * H * W;
         for (int j = 0; j < 4; j++)
             for (int tx = 0; tx < TW; tx++) E[j][tx] = 0.0f; /* row -1 */
-        /* the whole channel first: read back at once, a row copied just before would be read
-         * while its stores are still in flight (store-forwarding stalls took a fifth of the
-         * time) */
-        for (int h = 0; h < H; h++) {
-            const float *restrict xr = xc + (size_t)h * W;
-            float *restrict d = xp + (size_t)h * L + 1;
-            for (int k = 0; k < 2 * TW - 1; k++) d[k] = xr[k]; /* a fixed-length loop */
-            if (W == 2 * TW) d[2 * TW - 1] = xr[2 * TW - 1];
-        }
+        copy_channel(xp + 1, L, xc, H, W, TW);
         for (int h = 0; h < H; h++) {
             const float *restrict q = xp + (size_t)h * L;
             const size_t at = (size_t)((h + 1) / 2) * TW; /* row h is E[(h + 1) / 2] or O[h / 2] */
@@ -396,12 +401,7 @@ WINO_INLINE void grad_tw(float *restrict Yh, size_t ld, const float *restrict dy
     for (int k = 0; k < H * L; k++) dp[k] = 0.0f;
     for (int c = 0; c < C; c++) {
         const float *dc = dy + (size_t)c * H * W;
-        for (int h = 0; h < H; h++) {
-            const float *restrict dr = dc + (size_t)h * W;
-            float *restrict d = dp + (size_t)h * L;
-            for (int k = 0; k < 2 * TW - 1; k++) d[k] = dr[k];
-            if (W == 2 * TW) d[2 * TW - 1] = dr[2 * TW - 1];
-        }
+        copy_channel(dp, L, dc, H, W, TW);
         for (int h = 0; h < H; h++) {
             const float *restrict q = dp + (size_t)h * L;
             const size_t at = (size_t)(h / 2) * TW;
