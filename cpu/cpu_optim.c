@@ -3,8 +3,9 @@
  * the GPU (backend.h), which on the CPU is plain host memory.
  * Adam's loop is a DD_CPU_CLONES function (cpu_simd.h), and the file is compiled with
  * -fno-math-errno (CMakeLists.txt): otherwise GCC keeps each sqrtf a scalar instruction with a
- * call behind it for negative inputs, which v never is. Vectorised, the update of the UNet's 602,705 parameters took 0.3 ms where
- * it had taken 2.0 (session 16, one thread). */
+ * call behind it for negative inputs, which v never is. Vectorised, the update of the UNet's
+ * 602,705 parameters took 0.26 ms where it had taken 2.0 (session 16, one thread), with
+ * bit-identical results. */
 #if defined(__GNUC__) && !defined(__clang__)
 #pragma GCC optimize("no-trapping-math", "fp-contract=off")
 #endif
