@@ -1,6 +1,7 @@
 /* The CPU backend's table: host memory (64-byte aligned, zero-filled) and every op. The ops live
  * in the other cpu/ files, one per family. */
 #include <cblas.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -40,6 +41,40 @@ static int cpu_memcpy(void *dst, const void *src, size_t bytes) {
 }
 
 static int cpu_synchronize(void) { return 0; }
+
+/* the processor's model name from /proc/cpuinfo (Linux), or "" */
+static void cpu_model(char *out, size_t n) {
+    out[0] = '\0';
+    FILE *f = fopen("/proc/cpuinfo", "r");
+    if (!f) return;
+    char line[512];
+    while (fgets(line, sizeof line, f)) {
+        const char *c = strchr(line, ':');
+        if (strncmp(line, "model name", 10) || !c) continue;
+        for (c++; *c == ' ' || *c == '\t'; c++) {}
+        snprintf(out, n, "%s", c);
+        out[strcspn(out, "\n")] = '\0';
+        break;
+    }
+    fclose(f);
+}
+
+void dd_cpu_describe(char *buf, size_t n) {
+    char model[256];
+    cpu_model(model, sizeof model);
+    const char *simd = "baseline";
+#if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__)
+    __builtin_cpu_init();
+    if (__builtin_cpu_supports("avx512f"))
+        simd = "AVX-512";
+    else if (__builtin_cpu_supports("avx2"))
+        simd = "AVX2";
+#endif
+    const int threads = omp_get_max_threads();
+    snprintf(buf, n, "%s%s%d thread%s (OMP_NUM_THREADS) of %d processors; %s; vector loops %s",
+             model, model[0] ? ", " : "", threads, threads == 1 ? "" : "s", omp_get_num_procs(),
+             openblas_get_config(), simd);
+}
 
 int dd_cpu_blas_single_begin(void) {
     int prev = openblas_get_num_threads();

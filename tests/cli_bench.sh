@@ -23,6 +23,12 @@ check "bench exits 0" [ $rc -eq 0 ]
 for row in "train_step +2 " "denoise_fwd +3 " "ddim20_loop +2 "; do
     check "row '$row'" grep -q -E "^$row" <<< "$out"
 done
+# the CPU's header line: what the timings depend on (threads from OMP_NUM_THREADS=1 above)
+check "header names the threads and OpenBLAS" grep -q -E "^  .*1 thread \(OMP_NUM_THREADS\) of [0-9]+ processors; OpenBLAS .*; vector loops (AVX-512|AVX2|baseline)$" <<< "$out"
+check "JSON has the CPU's detail" python3 -c "
+import json
+d = json.load(open('$tmp/b.json'))
+assert d['device'] == 'cpu' and '1 thread (OMP_NUM_THREADS)' in d['device_detail'], d"
 check "JSON has the three rows" python3 -c "
 import json, sys
 rows = json.load(open('$tmp/b.json'))['rows']

@@ -219,9 +219,10 @@ int cmd_bench(int argc, char **argv) {
         fwd_b[0] = 64, fwd_b[1] = 1024;
     }
     if (ddim_b < 0) ddim_b = gpu ? 256 : 16;
-    char devname[256], detail[256] = "";
+    char devname[256], detail[512] = "";
     snprintf(devname, sizeof devname, "cpu");
     dd_cuda_info info;
+    if (!gpu) dd_cpu_describe(detail, sizeof detail);
     if (gpu && !dd_cuda_device_info(&info)) {
         snprintf(devname, sizeof devname, "%s", info.name);
         /* what a GPU timing depends on besides the card */

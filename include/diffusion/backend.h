@@ -256,6 +256,12 @@ typedef struct dd_backend {
 
 extern const dd_backend dd_cpu_backend;
 
+/* What the CPU backend's speed depends on, in one line for a benchmark's header: the processor's
+ * model name, the threads (OpenMP's: OMP_NUM_THREADS) of the processors, OpenBLAS's build and
+ * kernel (openblas_get_config), and the widest of the vector loops' clones the processor runs
+ * (cpu/cpu_simd.h). */
+void dd_cpu_describe(char *buf, size_t n);
+
 /* The CUDA backend, or NULL with a message (built without CUDA, no GPU, no cuDNN). */
 const dd_backend *dd_cuda_backend(void);
 
