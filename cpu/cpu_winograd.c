@@ -264,6 +264,18 @@ WINO_INLINE void grad_row(float *restrict d0, float *restrict d1, float *restric
     }
 }
 
+/* the scratch of the input and gradient transforms (row_floats): the row arrays a[0..3] and
+ * b[0..3] (the two parities of the image rows), and the padded channel after them, returned
+ * zeroed: H rows of L = 2 twp(TW) + 4 floats */
+static inline float *split_scratch(float *rows, int th, const int TW, int H, float **a, float **b) {
+    const size_t ra = rowarr_floats(th, TW);
+    for (int j = 0; j < 4; j++) a[j] = rows + (size_t)j * ra, b[j] = rows + (size_t)(4 + j) * ra;
+    float *pad = rows + 8 * ra;
+    const int L = 2 * twp(TW) + 4;
+    for (int k = 0; k < H * L; k++) pad[k] = 0.0f;
+    return pad;
+}
+
 /* a channel (H x W) into rows L floats apart, whose other columns stay as they are (zero): the
  * whole channel before its rows are read, since a row copied just before would be read while its
  * stores are still in flight (store-forwarding stalls took a fifth of the input transform) */
@@ -283,13 +295,10 @@ WINO_INLINE void copy_channel(float *restrict dst, int L, const float *restrict 
  * E[ty], O[ty], E[ty + 1], O[ty + 1] combined by B^T. */
 WINO_INLINE void input_tw(float *restrict V, size_t ld, const float *restrict x, int C, int H,
                           int W, int th, const int TW, float *restrict rows) {
-    const size_t ps = plane_stride(C, ld), ra = rowarr_floats(th, TW);
-    const int TP = twp(TW), T1 = th * TW;
+    const size_t ps = plane_stride(C, ld);
+    const int TP = twp(TW), T1 = th * TW, L = 2 * TP + 4;
     float *E[4], *O[4];
-    for (int j = 0; j < 4; j++) E[j] = rows + (size_t)j * ra, O[j] = rows + (size_t)(4 + j) * ra;
-    const int L = 2 * TP + 4;
-    float *restrict xp = rows + 8 * ra; /* the channel, rows L apart, column j at 1 + j */
-    for (int k = 0; k < H * L; k++) xp[k] = 0.0f;
+    float *restrict xp = split_scratch(rows, th, TW, H, E, O); /* column j at 1 + j */
     for (int c = 0; c < C; c++) {
         const float *xc = x + (size_t)c * H * W;
         for (int j = 0; j < 4; j++)
@@ -392,13 +401,10 @@ WINO_INLINE void output_tw(float *restrict y, const float *restrict M, size_t ld
  * columns pass: plane 4 i + j = P, P + Q, P - Q, -Q. */
 WINO_INLINE void grad_tw(float *restrict Yh, size_t ld, const float *restrict dy, int C, int H,
                          int W, int th, const int TW, float *restrict rows) {
-    const size_t ps = plane_stride(C, ld), ra = rowarr_floats(th, TW);
-    const int TP = twp(TW), T1 = th * TW;
+    const size_t ps = plane_stride(C, ld);
+    const int TP = twp(TW), T1 = th * TW, L = 2 * TP + 4;
     float *P[4], *Q[4];
-    for (int j = 0; j < 4; j++) P[j] = rows + (size_t)j * ra, Q[j] = rows + (size_t)(4 + j) * ra;
-    const int L = 2 * TP + 4;
-    float *restrict dp = rows + 8 * ra; /* the channel, rows L apart (as in input_tw) */
-    for (int k = 0; k < H * L; k++) dp[k] = 0.0f;
+    float *restrict dp = split_scratch(rows, th, TW, H, P, Q); /* column j at j */
     for (int c = 0; c < C; c++) {
         const float *dc = dy + (size_t)c * H * W;
         copy_channel(dp, L, dc, H, W, TW);
