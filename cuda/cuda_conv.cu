@@ -1362,10 +1362,12 @@ __global__ void __launch_bounds__(128, MT == 1 ? 5 : 4)
     const bool bias_col = db && blockIdx.x == 0;
 
     for (int p = tid; p < BP; p += T) noff[p] = p < tp ? (p / g.Wo) * RW + p % g.Wo + o0 : 0;
-    if (xvec) {
-        for (int i = tid; i < 2 * CK * XC; i += T) xs0[i] = 0.f;
-        __syncthreads(); /* before any copy lands on the zeros */
-    }
+    /* Zeros everywhere, for good: the halos, and the columns that no copy writes, which the
+     * k-steps past the piece's last position read (noff 0) against dy's zero-filled places. Left
+     * as whatever the SM's last kernel had there, an Inf or NaN times zero made dw NaN (found under
+     * compute-sanitizer racecheck; test_gpu_conv now fills shared memory with NaN beforehand). */
+    for (int i = tid; i < 2 * CK * XC; i += T) xs0[i] = 0.f;
+    __syncthreads(); /* before any copy lands on the zeros */
     int koff[9]; /* this lane's columns n = 8 j + gq: (ci, kh, kw) */
 #pragma unroll
     for (int j = 0; j < 9; j++) {

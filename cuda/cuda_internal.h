@@ -100,6 +100,12 @@ int dd_cuda_counter_add(int64_t *c, int64_t d, const float *guard);
 int dd_cuda_sampler_advance(int64_t *k, int64_t *noff, int64_t dn, int32_t *t, const int32_t *ttab,
                             int n);
 
+/* For tests: fills every SM's shared memory with NaN (blocks of the largest shared memory a
+ * block may have, two an SM), so that a later kernel that reads shared memory it never wrote
+ * sees NaN instead of some earlier kernel's finite leftovers. Shared memory is not cleared
+ * between kernels of one context, so this usually holds; nothing guarantees it. 0 or -1. */
+int dd_cuda_poison_shared(void);
+
 int dd_cuda_normal(float *out, size_t n, dd_rng_at at);
 int dd_cuda_train_draw(int32_t *t, int32_t *lab_out, const int32_t *lab_in, int N, int T,
                        float p_uncond, int32_t generic, dd_rng_at at);

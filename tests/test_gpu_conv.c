@@ -8,7 +8,8 @@
  * element never written fails; a NULL gradient must stay untouched. The default pick runs once
  * more without a workspace (the own kernels need none; the filter gradient is then one split),
  * and once with the split reductions summed by a second kernel instead of by each output tile's
- * last split (the results must not change).
+ * last split (the results must not change). Every call runs on shared memory filled with NaN
+ * (dd_cuda_poison_shared), so a kernel that reads shared memory it never wrote fails.
  *
  * Then DIFFUSION_CONV=auto on the UNet's shapes in both TF32 modes (timing, the safety net, and
  * whichever implementation wins, against the CPU). Set DIFFUSION_CONV_LOG=1 to see each shape's
@@ -131,7 +132,11 @@ static void run_case(const conv_case *c, int variants, int (*configure)(int v, c
         void *gws = NULL;
         if (gwsb && !no_workspace && gpu->alloc(&gws, gwsb)) fatal("gpu alloc workspace");
         snprintf(what, sizeof what, "%s [%s]", tag, vname);
-        int ok = gpu->conv2d_forward(gy, gx, gw, c->bias ? gb : NULL, &s, gws) == 0 &&
+        /* shared memory full of NaN before each call: a kernel that reads places it never
+         * wrote (even against zeros) then fails here, not only under compute-sanitizer */
+        int ok = dd_cuda_poison_shared() == 0 &&
+                 gpu->conv2d_forward(gy, gx, gw, c->bias ? gb : NULL, &s, gws) == 0 &&
+                 dd_cuda_poison_shared() == 0 &&
                  gpu->conv2d_backward(c->want_dx ? gdx : NULL, c->want_dw ? gdw : NULL,
                                       c->bias ? gdb : NULL, gdy, gx, gw, &s, gws) == 0 &&
                  gpu->synchronize() == 0;

@@ -25,7 +25,9 @@
  * 0.0022 of the mean |value| at the maximum over a 10240^2 product, fits rounding to nearest.)
  *
  * Outputs are poisoned with NaN before forward ops (an element the GPU never writes fails the
- * comparison), and gradients start from the same random values on both backends (backward adds).
+ * comparison), so is every SM's shared memory before each call (a kernel that reads shared
+ * memory it never wrote fails), and gradients start from the same random values on both
+ * backends (backward adds).
  * Every failure names its op and shape and the test carries on, so one GPU run lists them all.
  * Without a GPU (or without the CUDA build) the test exits 77: CTest reports it as skipped.
  * `test_gpu_ops --quick` runs the TF32-off pass only, small shapes, without capture (for
@@ -68,9 +70,24 @@ static char current[160] = "setup"; /* the case running, named in every failure 
 /* Above 2^24 values a 1-D kernel's grid (capped at 65536 blocks of 256) must loop. */
 #define BIG_N (((size_t)1 << 24) + 4099)
 
+#ifdef DD_HAVE_CUDA
+/* cuda/cuda_internal.h: every SM's shared memory filled with NaN */
+int dd_cuda_poison_shared(void);
+#endif
+
+/* Before each call: shared memory full of NaN (not while a capture runs), so that a kernel that
+ * reads shared memory it never wrote, even against zeros, fails its comparison. */
+static int poison_first(void) {
+#ifdef DD_HAVE_CUDA
+    if (!dd_cuda_capturing()) return dd_cuda_poison_shared();
+#endif
+    return 0;
+}
+
 /* A backend call that must succeed; a failure names the case and carries on. */
 #define OK(call)                                                                                  \
-    CHECKF((call) == 0, "%s: %s failed: %s", current, #call, dd_error_message())
+    CHECKF(poison_first() == 0 && (call) == 0, "%s: %s failed: %s", current, #call,               \
+           dd_error_message())
 
 /* ---------------------------------------------------------------- buffers */
 

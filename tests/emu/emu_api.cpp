@@ -323,8 +323,13 @@ cudaError_t cudaGetDevice(int *d) {
     return cudaSuccess;
 }
 cudaError_t cudaDeviceGetAttribute(int *v, enum cudaDeviceAttr a, int d) {
-    if (a != cudaDevAttrMultiProcessorCount || d != 0) return set_error(cudaErrorInvalidValue);
-    *v = emu_sms;
+    if (d != 0) return set_error(cudaErrorInvalidValue);
+    if (a == cudaDevAttrMultiProcessorCount)
+        *v = emu_sms;
+    else if (a == cudaDevAttrMaxSharedMemoryPerBlockOptin)
+        *v = EMU_MAX_SHARED;
+    else
+        return set_error(cudaErrorInvalidValue);
     return cudaSuccess;
 }
 cudaError_t cudaGetDeviceProperties(struct cudaDeviceProp *p, int d) {

@@ -12,6 +12,7 @@
 #include <cstdlib>
 #include <cstring>
 #include <map>
+#include <unordered_map>
 #include <ucontext.h>
 #include <vector>
 
@@ -378,6 +379,17 @@ void *emu_dynamic_shared() {
     return dynamic_shared.data();
 }
 
+/* which block (a count over all launches) last filled each static __shared__ variable */
+static unsigned long long block_serial;
+static std::unordered_map<void *, unsigned long long> shared_filled;
+
+void emu_shared_poison(void *p, size_t n) {
+    unsigned long long &b = shared_filled[p];
+    if (b == block_serial) return; /* another thread of this block got there first */
+    memset(p, 0xff, n);
+    b = block_serial;
+}
+
 void emu_run_grid(dim3 grid, dim3 block, size_t smem, const std::function<void()> &body) {
     const unsigned long nt = (unsigned long)block.x * block.y * block.z;
     if (!grid.x || !grid.y || !grid.z || grid.y > 65535 || grid.z > 65535 || !nt || nt > 1024 ||
@@ -417,6 +429,7 @@ void emu_run_grid(dim3 grid, dim3 block, size_t smem, const std::function<void()
                        bz = (unsigned)(b / ((unsigned long)grid.x * grid.y));
         emu_blockIdx = dim3(bx, by, bz);
         if (smem) memset(dynamic_shared.data(), 0xff, smem); /* NaNs: no block sees another's */
+        block_serial++; /* the static __shared__ variables too, at their declarations */
         for (unsigned t = 0; t < nt; t++)
             start_fiber(fibers[t],
                         dim3(t % block.x, t / block.x % block.y, t / (block.x * block.y)));

@@ -47,7 +47,10 @@ enum cudaMemcpyKind {
     cudaMemcpyDeviceToDevice = 3,
     cudaMemcpyDefault = 4
 };
-enum cudaDeviceAttr { cudaDevAttrMultiProcessorCount = 16 };
+enum cudaDeviceAttr {
+    cudaDevAttrMultiProcessorCount = 16,
+    cudaDevAttrMaxSharedMemoryPerBlockOptin = 97
+};
 enum cudaFuncAttribute { cudaFuncAttributeMaxDynamicSharedMemorySize = 8 };
 /* the most shared memory a block of sm_90 may have (cudaFuncAttributeMaxDynamicSharedMemorySize's
  * ceiling); above 48 KiB only for a kernel whose attribute allows it, as on a GPU */
@@ -145,6 +148,14 @@ inline float4 make_float4(float a, float b, float c, float d) { return float4{a,
 #define __forceinline__ inline
 #define __launch_bounds__(...)
 #define __shared__ static
+/* after each `__shared__` declaration (tests/emu/cuda_launch_rewrite.py adds the calls): the
+ * variable, n bytes at p, filled with 0xff bytes (NaN floats, -1 ints) by the first thread of
+ * each block to get there, as dynamic shared memory is: a read before any write in the block
+ * shows, instead of seeing what the previous block left */
+void emu_shared_poison(void *p, size_t n);
+/* for the code's own shared-memory poisoning (dd_cuda_poison_shared), which the above makes
+ * redundant here */
+#define DD_CUDA_EMULATION 1
 /* `extern __shared__ T name[]` (dynamic shared memory) as the source writes it through
  * DD_DYNAMIC_SHARED (cuda/cuda_conv.cu): the running block's buffer of the launch's size,
  * filled with 0xff bytes (NaN floats) for every block, so that a read before a write shows */
