@@ -19,6 +19,11 @@
 #                        (default 4), in ncu.log; after the bar rows, at most 90 s
 #     --pack FILE        at the end, every log and JSON file in one .tar.gz (FILE outside the logs'
 #                        folder): for a tool that brings back only a few files from $OUT
+#     --bar-repeats N    after the peer, N more rounds of the two bar rows (train step at batch
+#                        128, DDIM-20 at 256): ours, then the peer's CUDA graphs, each round in
+#                        a fresh process; prints each round's ratios and their median (the DDIM
+#                        row moves by about 4% between runs of the same code: one run cannot
+#                        settle a 1.5x bar within that)
 #     --budget S         seconds for the whole run (default 480): each stage gets its own limit,
 #                        cut to what is left; a stage with under 20 s left is skipped
 #
@@ -26,7 +31,8 @@
 # diffusion bench (with DIFFUSION_CONV_LOG=2: each convolution shape's timings, every
 # candidate's, and the kernel chosen, in conv_choices.txt; if it fails, once more with cuDNN
 # only), PyTorch peer
-# (eager and CUDA graphs), the two bar rows again with cuDNN only, with the handwritten
+# (eager and CUDA graphs), the two bar rows beside the peer N more times (--bar-repeats), the
+# two bar rows again with cuDNN only, with the handwritten
 # tensor-core convolutions only and with CUDA graphs off (what each is worth), the peer under
 # torch.compile (slow to start: whatever rows finish in the time left), then compute-sanitizer
 # (optional and slow, so last: memcheck on the GPU tests, then racecheck on the convolution
@@ -50,6 +56,7 @@ SANITIZER=1
 PEER_COMPILE=1
 MIN_S=1
 BUDGET=480
+BAR_REPEATS=0
 while [ $# -gt 0 ]; do
     case "$1" in
     --build-dir) BUILD="${2:?--build-dir needs a folder}"; shift 2 ;;
@@ -63,20 +70,21 @@ while [ $# -gt 0 ]; do
     --no-peer-compile) PEER_COMPILE=0; shift ;;
     --quick-bench) MIN_S=0.3; shift ;;
     --budget) BUDGET="${2:?--budget needs seconds}"; shift 2 ;;
+    --bar-repeats) BAR_REPEATS="${2:?--bar-repeats needs a count}"; shift 2 ;;
     -h|--help) awk 'NR > 1 && /^#/ { print; next } NR > 1 { exit }' "$0"; exit 0 ;;
     -*) echo "gpu_check: unknown option $1" >&2; exit 2 ;;
     *) PEER="$1"; shift ;;
     esac
 done
-for v in "$BUDGET" "$NCU_SKIP" "$NCU_COUNT"; do
+for v in "$BUDGET" "$NCU_SKIP" "$NCU_COUNT" "$BAR_REPEATS"; do
     case "$v" in
-    '' | *[!0-9]*) echo "gpu_check: --budget, --ncu-skip and --ncu-count want whole numbers, got '$v'" >&2; exit 2 ;;
+    '' | *[!0-9]*) echo "gpu_check: --budget, --ncu-skip, --ncu-count and --bar-repeats want whole numbers, got '$v'" >&2; exit 2 ;;
     esac
 done
 LOGS="${OUT:-$BUILD/gpu_check}"
 mkdir -p "$LOGS" || { echo "gpu_check: cannot create $LOGS" >&2; exit 2; }
 # a rerun in the same folder must not show the last run's failures or errors
-rm -f "$LOGS/gpu_failures.txt" "$LOGS/worst_errors.txt" "$LOGS/bench.json" "$LOGS/peer.json" \
+rm -f "$LOGS/gpu_failures.txt" "$LOGS/worst_errors.txt" "$LOGS/bench.json" "$LOGS/peer.json" "$LOGS/bar_rounds.txt" \
     "$LOGS/peer_compile.log" "$LOGS/ncu.log"
 T0=$(date +%s)
 elapsed() { echo $(( $(date +%s) - T0 )); }
@@ -367,6 +375,44 @@ else
         record "pytorch peer" "FAILED" "rc $?: $(tail -n 1 "$LOGS/peer.log" | cut -c1-100)"
     fi
     cat "$LOGS/peer.log"
+fi
+
+# ---------------------------------------------------------------- the bar rows, repeated
+# --bar-repeats N: ours and the peer's CUDA graphs (its fastest on these two rows in every H200
+# run so far, torch.compile included) in turn, each in a fresh process, N rounds
+if [ "$BAR_REPEATS" -gt 0 ] && [ -n "$BENCH_JSON" ] && [ -n "$PEER_JSON" ]; then
+    R=0
+    while [ "$R" -lt "$BAR_REPEATS" ]; do
+        L=$(limit 90)
+        [ "$L" = 0 ] && break
+        R=$((R + 1))
+        say "bar rows, round $R of $BAR_REPEATS (limit ${L}s)"
+        timeout "$L" "$BUILD/diffusion" bench --device cuda --min-time "$MIN_S" --train 128 \
+            --forward 0 --ddim 256 > "$LOGS/bar_ours_$R.log" 2>&1
+        L=$(limit 90)
+        [ "$L" = 0 ] && break
+        timeout "$L" "$PY" "$PEER" --modes graphs --min-s "$MIN_S" > "$LOGS/bar_peer_$R.log" 2>&1
+        awk -v r="$R" 'FNR == 1 { f++ }
+             f == 1 && $1 == "train_step" && $2 == 128 { ot = $3 }
+             f == 1 && $1 == "ddim20_loop" && $2 == 256 { od = $3 }
+             f == 2 && $1 == "graphs" && $2 == "train_step" && $4 == 128 { pt = $5 }
+             f == 2 && $1 == "graphs" && $2 == "ddim20_loop" && $4 == 256 { pd = $5 }
+             END { if (ot && od && pt && pd)
+                       printf "%d %.3f %.3f %.3f %.3f %.3f %.3f\n", r, ot, pt, pt / ot, od, pd, pd / od }' \
+            "$LOGS/bar_ours_$R.log" "$LOGS/bar_peer_$R.log" >> "$LOGS/bar_rounds.txt"
+    done
+    if [ -s "$LOGS/bar_rounds.txt" ]; then
+        echo "bar rows, ms (round: ours, torch graphs, ratio for train 128; the same for DDIM 256):"
+        cat "$LOGS/bar_rounds.txt"
+        MED=$(sort -n -k4 "$LOGS/bar_rounds.txt" | awk '{ a[NR] = $4 } END { print a[int((NR + 1) / 2)] }')
+        MDD=$(sort -n -k7 "$LOGS/bar_rounds.txt" | awk '{ a[NR] = $7 } END { print a[int((NR + 1) / 2)] }')
+        MIN=$(sort -n -k7 "$LOGS/bar_rounds.txt" | awk 'NR == 1 { print $7 }')
+        record "bar rows repeated" "info" "$(wc -l < "$LOGS/bar_rounds.txt") rounds; median ratio train 128 ${MED}x, DDIM 256 ${MDD}x (lowest ${MIN}x) (bar_rounds.txt)"
+    else
+        record "bar rows repeated" "FAILED" "no round finished (bar_ours_1.log, bar_peer_1.log)"
+    fi
+elif [ "$BAR_REPEATS" -gt 0 ]; then
+    record "bar rows repeated" "not run" "needs the bench and the peer to have run"
 fi
 
 # ---------------------------------------------------------------- the bar rows, other settings
