@@ -160,6 +160,7 @@ int dd_cuda_softmax_rows_backward(float *d, const float *p, int64_t rows, int L)
 int dd_cuda_dnn_init(void); /* creates the handles on dd_cuda_stream; 0 or -1 */
 int dd_cuda_dnn_apply_math(void); /* re-applies dd_cuda_tf32_on to the cuBLAS handle */
 size_t dd_cuda_conv2d_workspace(const dd_conv_shape *s);
+int dd_cuda_conv_cudnn_algo(const dd_conv_shape *s, int dir); /* for tests: cuDNN's pick, or -1 */
 int dd_cuda_conv2d_forward(float *y, const float *x, const float *w, const float *b,
                            const dd_conv_shape *s, void *ws);
 int dd_cuda_conv2d_backward(float *dx, float *dw, float *db, const float *dy, const float *x,

@@ -71,8 +71,13 @@ static char current[160] = "setup"; /* the case running, named in every failure 
 #define BIG_N (((size_t)1 << 24) + 4099)
 
 #ifdef DD_HAVE_CUDA
-/* cuda/cuda_internal.h: every SM's shared memory filled with NaN */
+/* cuda/cuda_internal.h: every SM's shared memory filled with NaN; the cuDNN algorithm a
+ * convolution direction runs */
 int dd_cuda_poison_shared(void);
+int dd_cuda_conv_cudnn_algo(const dd_conv_shape *s, int dir);
+/* in the CPU emulation of CUDA only (tests/emu/emu_dnn.cpp): the algorithm its cudnnFind ranks
+ * first and makes slow under EMU_CUDNN_FIND_SLOW_FIRST */
+int emu_cudnn_slow_algo(int dir) __attribute__((weak));
 #endif
 
 /* Before each call: shared memory full of NaN (not while a capture runs), so that a kernel that
@@ -241,6 +246,18 @@ static void case_conv(int N, int Cin, int H, int W, int Cout, int K, int stride,
     expect(what, dw, gdw, nw, mm_tol);
     snprintf(what, sizeof what, "%s db", tag);
     expect(what, db, gdb, Cout, bias ? FP32_TOL : 0.0);
+#ifdef DD_HAVE_CUDA
+    /* Emulated, with EMU_CUDNN_FIND_SLOW_FIRST: cudnnFind ranks an algorithm first that is
+     * slow, and DIFFUSION_CONV=auto, which times cudnnFind's first results again, must not keep
+     * it (cuda_dnn.c: cudnnFind times each algorithm once, too few to rank close ones). */
+    if (emu_cudnn_slow_algo && emu_cudnn_slow_algo(0) >= 0)
+        for (int d = 0; d < 3; d++) {
+            const int got = dd_cuda_conv_cudnn_algo(&s, d), slow = emu_cudnn_slow_algo(d);
+            CHECKF(got >= 0 && got != slow,
+                   "%s: direction %d runs cuDNN algorithm %d, the one cudnnFind misranked",
+                   tag, d, got);
+        }
+#endif
     release();
 }
 

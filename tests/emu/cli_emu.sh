@@ -159,7 +159,9 @@ B=(bench --device cuda --channels 8 --size 12x12 --groups 4 --train 2 --forward 
 DIFFUSION_CONV_LOG=2 "$D" "${B[@]}" >out.log 2>err.log
 rc=$?
 n=$(grep -c "^diffusion: conv N=2 .*-> " err.log)
-nt=$(grep -c -E "^diffusion: conv N=2 .* (forward|backward-data|backward-filter) times, us: cudnn [a-z0-9-]+/[a-z-]+ [0-9.]+(, [a-z0-9]+ ([0-9.]+|-))+\$" err.log)
+# each times line: cuDNN's kept algorithm, every cuDNN candidate timed, then every own one
+A="[a-z0-9-]+/[a-z-]+ [0-9.]+"
+nt=$(grep -c -E "^diffusion: conv N=2 .* (forward|backward-data|backward-filter) times, us: cudnn $A \(cudnn candidates, cudnnFind's pick first: $A(, $A)*\)(, [a-z0-9]+ ([0-9.]+|-))+\$" err.log)
 re="forward cudnn [a-z0-9-]+/[a-z-]+ [0-9.]+ us, own [a-z0-9]+ [0-9.]+ us -> (own|cudnn).*; backward-data cudnn .* -> (own|cudnn).*; backward-filter cudnn .* -> (own|cudnn)"
 [ $rc -eq 0 ] && [ "$n" -ge 3 ] && [ "$(grep -c -E "\(TF32 on\): $re" err.log)" = "$n" ] &&
   [ "$nt" = $((3 * n)) ] && ok || bad "DIFFUSION_CONV_LOG=2 (auto): exit $rc, $n + $nt lines, $(head -4 err.log)"

@@ -265,6 +265,18 @@ bool env_on(const char *name) {
 /* The perf results of cudnnFind* (timed: times fastest first) or, heuristic, of
  * cudnnGet*Algorithm_v7 (the same order, no times: -1), unsupported last.
  * EMU_CUDNN_FIND_FAIL=1: cudnnFind* fails as when the GPU has no room for its buffers. */
+/* EMU_CUDNN_FIND_SLOW_FIRST=X: cudnnFind misranks. It puts algorithm 0 of each direction
+ * (implicit GEMM, ALGO_0, ALGO_0: always supported, no workspace, GEMM-style) first, timed at
+ * 1 us, while every call of it takes X ms more. The backend's autotuner, which times cudnnFind's
+ * first few results again, has to find that out and keep another (emu_cudnn_slow_algo). */
+double slow_first_ms() {
+    static const double ms = [] {
+        const char *v = getenv("EMU_CUDNN_FIND_SLOW_FIRST");
+        return v ? atof(v) : 0.0;
+    }();
+    return ms;
+}
+
 template <typename Perf>
 cudnnStatus_t find(Dir d, const char *call, cudnnHandle_t h, cudnnTensorDescriptor_t x,
                    cudnnFilterDescriptor_t w, cudnnConvolutionDescriptor_t conv,
@@ -311,6 +323,15 @@ cudnnStatus_t find(Dir d, const char *call, cudnnHandle_t h, cudnnTensorDescript
     }
     std::stable_sort(ok.begin(), ok.end(),
                      [](const Perf &a, const Perf &b) { return a.time < b.time; });
+    if (!heuristic && slow_first_ms() > 0)
+        for (size_t i = 0; i < ok.size(); i++)
+            if ((int)ok[i].algo == 0) {
+                Perf p = ok[i];
+                p.time = 0.001f;
+                ok.erase(ok.begin() + (long)i);
+                ok.insert(ok.begin(), p);
+                break;
+            }
     ok.insert(ok.end(), failed.begin(), failed.end());
     const int n = std::min(requested, (int)ok.size());
     for (int i = 0; i < n; i++) perf[i] = ok[(size_t)i];
@@ -495,21 +516,26 @@ void backward_filter(const Geom &g, const float *xp, const float *dyp, float *dw
     store(dwp, acc.data(), acc.size(), alpha, beta);
 }
 
-/* Checks and queues one convolution direction. in0/in1: the inputs in the order of the call. */
-/* EMU_CUDNN_DELAY_MS=X: every convolution takes X ms more (busy), so that the backend's
- * autotuner, which compares event times, keeps the handwritten kernels where they are faster
- * than that, and its FP32 safety net (cuda_dnn.c) runs in the emulation too. */
-void slow_down() {
-    static const double ms = [] {
-        const char *v = getenv("EMU_CUDNN_DELAY_MS");
-        return v ? atof(v) : 0.0;
-    }();
+
+void busy(double ms) {
     if (ms <= 0) return;
     const auto until = std::chrono::steady_clock::now() + std::chrono::duration<double, std::milli>(ms);
     while (std::chrono::steady_clock::now() < until) {
     }
 }
 
+/* EMU_CUDNN_DELAY_MS=X: every convolution takes X ms more (busy), so that the backend's
+ * autotuner, which compares event times, keeps the handwritten kernels where they are faster
+ * than that, and its FP32 safety net (cuda_dnn.c) runs in the emulation too. */
+void slow_down(bool slow_algo) {
+    static const double ms = [] {
+        const char *v = getenv("EMU_CUDNN_DELAY_MS");
+        return v ? atof(v) : 0.0;
+    }();
+    busy(ms + (slow_algo ? slow_first_ms() : 0.0));
+}
+
+/* Checks and queues one convolution direction. in0/in1: the inputs in the order of the call. */
 cudnnStatus_t convolve(Dir d, cudnnHandle_t h, const void *alpha, cudnnTensorDescriptor_t x,
                        cudnnFilterDescriptor_t w, cudnnConvolutionDescriptor_t conv,
                        cudnnTensorDescriptor_t y, int algo, void *ws, size_t ws_bytes,
@@ -560,10 +586,11 @@ cudnnStatus_t convolve(Dir d, cudnnHandle_t h, const void *alpha, cudnnTensorDes
     const float al = *(const float *)alpha, be = *(const float *)beta;
     const size_t used_bytes = a.bytes;
     const bool nondet = !a.deterministic;
+    const bool slow = algo == 0 && slow_first_ms() > 0;
     const std::array<Region, 4> regions{r[0], r[1], r[2], r[3]};
     const cudaError_t qe = emu_enqueue(
         h->stream,
-        [d, g, al, be, regions, used_bytes, nondet, call] {
+        [d, g, al, be, regions, used_bytes, nondet, call, slow] {
             if (!regions_in_device(call, "when run", regions.data(), 4)) return;
             /* what the algorithm leaves in its workspace: garbage (here NaN) */
             if (used_bytes) memset(const_cast<void *>(regions[3].p), 0xff, used_bytes);
@@ -576,7 +603,7 @@ cudnnStatus_t convolve(Dir d, cudnnHandle_t h, const void *alpha, cudnnTensorDes
             else
                 backward_filter(g, a0, a1, o, al, be);
             if (nondet) jitter(o, regions[2].bytes / sizeof(float));
-            slow_down();
+            slow_down(slow);
         },
         call);
     /* a capture invalidated by a refused call fails every later use of the stream */
@@ -1051,6 +1078,12 @@ cudnnStatus_t cudnnAddTensor(cudnnHandle_t handle, const void *alpha,
         call);
     /* a capture invalidated by a refused call fails every later use of the stream */
     return qe == cudaSuccess ? CUDNN_STATUS_SUCCESS : CUDNN_STATUS_EXECUTION_FAILED;
+}
+
+/* for tests: the algorithm EMU_CUDNN_FIND_SLOW_FIRST makes cudnnFind rank first and slows down,
+ * in direction dir (0 forward, 1 backward-data, 2 backward-filter), or -1 when it is not set */
+int emu_cudnn_slow_algo(int dir) {
+    return dir >= 0 && dir < 3 && slow_first_ms() > 0 ? 0 : -1;
 }
 
 } /* extern "C" */
