@@ -407,13 +407,12 @@ static int conv_find(conv_entry *e, int mode) {
 #undef SEARCH
 
 /* The mode's cuDNN choice for direction d */
-static const conv_choice *dir_choice(const conv_entry *e, int mode, int d) {
-    return d == DD_CONV_FWD ? &e->fwd[mode] : d == DD_CONV_BWD_DATA ? &e->bwd_data[mode]
-                                                                    : &e->bwd_filter[mode];
-}
 static conv_choice *dir_choice_mut(conv_entry *e, int mode, int d) {
     return d == DD_CONV_FWD ? &e->fwd[mode] : d == DD_CONV_BWD_DATA ? &e->bwd_data[mode]
                                                                     : &e->bwd_filter[mode];
+}
+static const conv_choice *dir_choice(const conv_entry *e, int mode, int d) {
+    return dir_choice_mut((conv_entry *)e, mode, d);
 }
 
 /* "winograd-nonfused/default": the algorithm and math type of a cuDNN choice, for the log */
@@ -664,9 +663,8 @@ static int conv_autotune(conv_entry *e, int mode) {
          * or, when that one is not deterministic, the fastest deterministic one within 10%
          * (+2 us) of it (pick's rule, on these timings) */
         conv_choice *cur = dir_choice_mut(e, mode, d);
-        const int na = e->nalt[mode][d] > 0 ? e->nalt[mode][d] : 1;
+        const int na = e->nalt[mode][d]; /* at least 1: conv_find's pick */
         float t_alt[CUDNN_ALTS];
-        if (e->nalt[mode][d] < 1) e->alt[mode][d][0] = *cur;
         for (int i = 0; i < na; i++) {
             *cur = e->alt[mode][d][i];
             if (time_dir(e, mode, d, USE_CUDNN, &sc, ev, &t_alt[i])) {

@@ -262,9 +262,6 @@ bool env_on(const char *name) {
     return v && *v && strcmp(v, "0");
 }
 
-/* The perf results of cudnnFind* (timed: times fastest first) or, heuristic, of
- * cudnnGet*Algorithm_v7 (the same order, no times: -1), unsupported last.
- * EMU_CUDNN_FIND_FAIL=1: cudnnFind* fails as when the GPU has no room for its buffers. */
 /* EMU_CUDNN_FIND_SLOW_FIRST=X: cudnnFind misranks. It puts algorithm 0 of each direction
  * (implicit GEMM, ALGO_0, ALGO_0: always supported, no workspace, GEMM-style) first, timed at
  * 1 us, while every call of it takes X ms more. The backend's autotuner, which times cudnnFind's
@@ -277,6 +274,9 @@ double slow_first_ms() {
     return ms;
 }
 
+/* The perf results of cudnnFind* (timed: times fastest first) or, heuristic, of
+ * cudnnGet*Algorithm_v7 (the same order, no times: -1), unsupported last.
+ * EMU_CUDNN_FIND_FAIL=1: cudnnFind* fails as when the GPU has no room for its buffers. */
 template <typename Perf>
 cudnnStatus_t find(Dir d, const char *call, cudnnHandle_t h, cudnnTensorDescriptor_t x,
                    cudnnFilterDescriptor_t w, cudnnConvolutionDescriptor_t conv,
@@ -517,22 +517,20 @@ void backward_filter(const Geom &g, const float *xp, const float *dyp, float *dw
 }
 
 
-void busy(double ms) {
-    if (ms <= 0) return;
-    const auto until = std::chrono::steady_clock::now() + std::chrono::duration<double, std::milli>(ms);
-    while (std::chrono::steady_clock::now() < until) {
-    }
-}
-
 /* EMU_CUDNN_DELAY_MS=X: every convolution takes X ms more (busy), so that the backend's
  * autotuner, which compares event times, keeps the handwritten kernels where they are faster
- * than that, and its FP32 safety net (cuda_dnn.c) runs in the emulation too. */
+ * than that, and its FP32 safety net (cuda_dnn.c) runs in the emulation too; slow_algo: the
+ * EMU_CUDNN_FIND_SLOW_FIRST one, slower still. */
 void slow_down(bool slow_algo) {
     static const double ms = [] {
         const char *v = getenv("EMU_CUDNN_DELAY_MS");
         return v ? atof(v) : 0.0;
     }();
-    busy(ms + (slow_algo ? slow_first_ms() : 0.0));
+    const double total = ms + (slow_algo ? slow_first_ms() : 0.0);
+    if (total <= 0) return;
+    const auto until = std::chrono::steady_clock::now() + std::chrono::duration<double, std::milli>(total);
+    while (std::chrono::steady_clock::now() < until) {
+    }
 }
 
 /* Checks and queues one convolution direction. in0/in1: the inputs in the order of the call. */
