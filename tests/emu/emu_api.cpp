@@ -323,13 +323,8 @@ cudaError_t cudaGetDevice(int *d) {
     return cudaSuccess;
 }
 cudaError_t cudaDeviceGetAttribute(int *v, enum cudaDeviceAttr a, int d) {
-    if (d != 0) return set_error(cudaErrorInvalidValue);
-    if (a == cudaDevAttrMultiProcessorCount)
-        *v = emu_sms;
-    else if (a == cudaDevAttrMaxSharedMemoryPerBlockOptin)
-        *v = EMU_MAX_SHARED;
-    else
-        return set_error(cudaErrorInvalidValue);
+    if (a != cudaDevAttrMultiProcessorCount || d != 0) return set_error(cudaErrorInvalidValue);
+    *v = emu_sms;
     return cudaSuccess;
 }
 cudaError_t cudaGetDeviceProperties(struct cudaDeviceProp *p, int d) {
