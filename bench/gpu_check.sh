@@ -416,12 +416,14 @@ elif [ "$BAR_REPEATS" -gt 0 ]; then
 fi
 
 # ---------------------------------------------------------------- the bar rows, other settings
-# train step at batch 128 and DDIM-20 at batch 256 with cuDNN for every convolution, with the
+# train step at batch 128 and DDIM-20 at batch 256 with the decoder's skip convolutions apart
+# (not merged with the blocks' first ones), with cuDNN for every convolution, with the
 # handwritten tensor-core convolutions for every one (untimed picks), then with CUDA graphs off:
 # beside the main bench run (auto: the faster per shape), what each is worth; --profile adds each
 # row's time by op (every node timed between synchronizes) to bench_*.log
 if [ -n "$BENCH_JSON" ] && [ "$(limit 120)" != 0 ]; then
-    for setting in "DIFFUSION_CONV=cudnn" "DIFFUSION_CONV=own-tf32" "DIFFUSION_CUDA_GRAPHS=0" \
+    for setting in "DIFFUSION_SKIP_MERGE=0" "DIFFUSION_CONV=cudnn" "DIFFUSION_CONV=own-tf32" \
+            "DIFFUSION_CUDA_GRAPHS=0" \
             "DIFFUSION_CUDA_OFF=dense-group,direct-conv,gn-tune" "DIFFUSION_GN=fixed"; do
         L=$(limit 60)
         [ "$L" = 0 ] && break

@@ -7,6 +7,8 @@
  * dz = dy swish'(z) (or dy), and over each group of M = Cg*HW values:
  *   dgamma[c] += sum dz xhat,  dbeta[c] += sum dz,  dadd[n, c] += sum over HW of dz,
  *   dx = rstd (g - mean(g) - xhat mean(g xhat)),  g = gamma[c] dz.
+ * x and dx, and res and dres, may be images at a batch stride of their own (dd_gn_shape's xs, rs:
+ * the halves of a merged convolution's output); y and dy are packed.
  * Sums are accumulated in double. The op has no workspace, so nothing per element is stored:
  * with at least as many groups as threads, a thread takes whole groups (all samples), so dgamma
  * and dbeta need no reduction across threads and dz is computed once; otherwise parameter
@@ -74,10 +76,11 @@ int dd_cpu_group_norm_forward(float *y, float *mean, float *rstd, const float *x
                               const float *res, const dd_gn_shape *s) {
     const int N = s->N, C = s->C, G = s->G, HW = s->HW, Cg = C / G;
     const size_t M = (size_t)Cg * HW; /* values per group */
+    const size_t xs = dd_gn_xs(s), rs = dd_gn_rs(s);
 #pragma omp parallel for schedule(static) if ((size_t)N * C * HW > DD_CPU_PAR_MIN)
     for (int ng = 0; ng < N * G; ng++) {
         const int n = ng / G, g = ng % G;
-        const float *xg = x + ((size_t)n * C + (size_t)g * Cg) * HW;
+        const float *xg = x + (size_t)n * xs + (size_t)g * Cg * HW;
         double mu, var;
         group_moments(xg, M, &mu, &var);
         float m = (float)mu;
@@ -87,8 +90,9 @@ int dd_cpu_group_norm_forward(float *y, float *mean, float *rstd, const float *x
         for (int cc = 0; cc < Cg; cc++) {
             const int c = g * Cg + cc;
             const float sh = beta[c] + (add ? add[(size_t)n * C + c] : 0.0f);
-            const size_t o = ((size_t)n * C + (size_t)c) * HW;
-            gn_row(y + o, x + o, res ? res + o : NULL, HW, m, r, gamma[c], sh, s->swish);
+            const size_t o = ((size_t)n * C + (size_t)c) * HW, oc = (size_t)c * HW;
+            gn_row(y + o, x + (size_t)n * xs + oc, res ? res + (size_t)n * rs + oc : NULL, HW, m, r,
+                   gamma[c], sh, s->swish);
         }
     }
     return 0;
@@ -165,10 +169,14 @@ int dd_cpu_group_norm_backward(float *dx, float *dgamma, float *dbeta, float *da
     const size_t M = (size_t)Cg * HW;
     const int par = (size_t)N * C * HW > DD_CPU_PAR_MIN;
     const int threads = par ? omp_get_max_threads() : 1;
+    const size_t xs = dd_gn_xs(s), rs = dd_gn_rs(s), CHW = (size_t)C * HW;
     if (dres) { /* the residual is added after everything else: its gradient is dy */
-        const size_t n = (size_t)N * C * HW;
 #pragma omp parallel for schedule(static) if (par)
-        for (size_t i = 0; i < n; i++) dres[i] += dy[i];
+        for (int n = 0; n < N; n++) {
+            float *d = dres + (size_t)n * rs;
+            const float *e = dy + (size_t)n * CHW;
+            for (size_t i = 0; i < CHW; i++) d[i] += e[i];
+        }
     }
 
     if (G >= threads) {
@@ -180,23 +188,24 @@ int dd_cpu_group_norm_backward(float *dx, float *dgamma, float *dbeta, float *da
             for (int cc = 0; cc < Cg; cc++) pg[cc] = pb[cc] = 0.0;
             for (int n = 0; n < N; n++) {
                 const float m = mean[n * G + g], r = rstd[n * G + g];
-                const size_t o = ((size_t)n * C + (size_t)g * Cg) * HW;
+                const size_t o = (size_t)n * CHW + (size_t)g * Cg * HW; /* in dy */
+                const size_t ox = (size_t)n * xs + (size_t)g * Cg * HW; /* in x and dx */
                 double s1 = 0.0, s2 = 0.0; /* sums of gamma dz and gamma dz xhat */
                 for (int cc = 0; cc < Cg; cc++) {
                     const int c = g * Cg + cc;
                     const float gm = gamma[c];
                     const float sh = beta[c] + (add ? add[(size_t)n * C + c] : 0.0f);
-                    const size_t oc = o + (size_t)cc * HW;
+                    const size_t oc = (size_t)cc * HW;
                     double sn, sx;
-                    gn_bwd_row(dx ? dx + oc : NULL, x + oc, dy + oc, HW, m, r, gm, sh, s->swish,
-                               &sn, &sx);
+                    gn_bwd_row(dx ? dx + ox + oc : NULL, x + ox + oc, dy + o + oc, HW, m, r, gm,
+                               sh, s->swish, &sn, &sx);
                     pg[cc] += sx;
                     pb[cc] += sn;
                     if (dadd) dadd[(size_t)n * C + c] += (float)sn;
                     s1 += gm * sn;
                     s2 += gm * sx;
                 }
-                if (dx) gn_dx_finish(dx + o, x + o, m, r, s1, s2, M);
+                if (dx) gn_dx_finish(dx + ox, x + ox, m, r, s1, s2, M);
             }
             for (int cc = 0; cc < Cg; cc++) {
                 if (dgamma) dgamma[g * Cg + cc] += (float)pg[cc];
@@ -216,9 +225,9 @@ int dd_cpu_group_norm_backward(float *dx, float *dgamma, float *dbeta, float *da
             for (int n = 0; n < N; n++) {
                 const float m = mean[n * G + g], r = rstd[n * G + g];
                 const float sh = beta[c] + (add ? add[(size_t)n * C + c] : 0.0f);
-                const size_t o = ((size_t)n * C + c) * HW;
                 double sn, sx;
-                gn_bwd_row(NULL, x + o, dy + o, HW, m, r, gamma[c], sh, s->swish, &sn, &sx);
+                gn_bwd_row(NULL, x + (size_t)n * xs + (size_t)c * HW, dy + (size_t)n * CHW +
+                           (size_t)c * HW, HW, m, r, gamma[c], sh, s->swish, &sn, &sx);
                 sg += sx;
                 sb += sn;
                 if (dadd) dadd[(size_t)n * C + c] += (float)sn;
@@ -233,19 +242,21 @@ int dd_cpu_group_norm_backward(float *dx, float *dgamma, float *dbeta, float *da
     for (int ng = 0; ng < N * G; ng++) {
         const int n = ng / G, g = ng % G;
         const float m = mean[ng], r = rstd[ng];
-        const size_t o = ((size_t)n * C + (size_t)g * Cg) * HW;
+        const size_t o = (size_t)n * CHW + (size_t)g * Cg * HW; /* in dy */
+        const size_t ox = (size_t)n * xs + (size_t)g * Cg * HW; /* in x and dx */
         double s1 = 0.0, s2 = 0.0;
         for (int cc = 0; cc < Cg; cc++) {
             const int c = g * Cg + cc;
             const float gm = gamma[c];
             const float sh = beta[c] + (add ? add[(size_t)n * C + c] : 0.0f);
-            const size_t oc = o + (size_t)cc * HW;
+            const size_t oc = (size_t)cc * HW;
             double sn, sx;
-            gn_bwd_row(dx + oc, x + oc, dy + oc, HW, m, r, gm, sh, s->swish, &sn, &sx);
+            gn_bwd_row(dx + ox + oc, x + ox + oc, dy + o + oc, HW, m, r, gm, sh, s->swish, &sn,
+                       &sx);
             s1 += gm * sn;
             s2 += gm * sx;
         }
-        gn_dx_finish(dx + o, x + o, m, r, s1, s2, M);
+        gn_dx_finish(dx + ox, x + ox, m, r, s1, s2, M);
     }
     return 0;
 }

@@ -445,15 +445,16 @@ template <int V> /* values a thread keeps in registers */
 static __global__ void __launch_bounds__(THREADS)
     gn_forward_kernel(float *y, float *mean, float *rstd, const float *x, const float *gamma,
                       const float *beta, const float *add, const float *res, int C, int HW, int G,
-                      int swish, float eps) {
+                      int swish, float eps, size_t xs, size_t rs) {
     __shared__ double sh[64]; /* the two sums' warp partials */
     __shared__ float sgm[GN_FWD_CG_MAX], ssh[GN_FWD_CG_MAX];
     const int ng = blockIdx.x, n = ng / G, g = ng - n * G, Cg = C / G;
     const int T = blockDim.x, tid = threadIdx.x;
     const int M = Cg * HW; /* the host keeps it under 2^31 */
-    const size_t base = ((size_t)n * C + (size_t)g * Cg) * HW;
-    const float *xg = x + base;
+    const size_t gof = (size_t)g * Cg * HW, base = (size_t)n * C * HW + gof;
+    const float *xg = x + (size_t)n * xs + gof;
     float *yg = y + base;
+    const float *rg = res ? res + (size_t)n * rs + gof : NULL;
     const float *addn = add ? add + (size_t)n * C + (size_t)g * Cg : NULL;
     const bool cached = M <= V * T, staged = Cg <= GN_FWD_CG_MAX; /* uniform */
     if (staged)
@@ -510,7 +511,7 @@ static __global__ void __launch_bounds__(THREADS)
         const float shift = staged ? ssh[cc] : beta[g * Cg + cc] + (addn ? addn[cc] : 0.0f);
         const float z = gm * ((xv - m) * r) + shift;
         const float o = swish ? dd_swish(z) : z;
-        yg[i] = res ? __fadd_rn(o, res[base + i]) : o;
+        yg[i] = rg ? __fadd_rn(o, rg[i]) : o;
         cc += cstep;
         p += pstep;
         if (p >= HW) {
@@ -529,23 +530,24 @@ static __global__ void __launch_bounds__(THREADS)
 
 /* gn_forward_kernel's cached path with the group read and written as float4 (a quarter of the
  * load and store instructions, for a kernel bound by instructions): a thread keeps V4 float4s.
- * Needs M % 4 == 0 (so every group starts on a float4), x, y and res 16-byte aligned, Cg <=
+ * Needs M % 4 == 0 (so every group starts on a float4), x, y and res 16-byte aligned (and their
+ * batch strides whole float4s), Cg <=
  * GN_FWD_CG_MAX and M <= 4 V4 blockDim (gn_fwd_applies and gn_fwd_run check). The same sums per
  * thread in float and across threads in double, and the same per-element formulas. */
 template <int V4>
 static __global__ void __launch_bounds__(THREADS)
     gn_forward_vec_kernel(float *y, float *mean, float *rstd, const float *x, const float *gamma,
                           const float *beta, const float *add, const float *res, int C, int HW,
-                          int G, int swish, float eps) {
+                          int G, int swish, float eps, size_t xs, size_t rs) {
     __shared__ double sh[64];
     __shared__ float sgm[GN_FWD_CG_MAX], ssh[GN_FWD_CG_MAX];
     const int ng = blockIdx.x, n = ng / G, g = ng - n * G, Cg = C / G;
     const int T = blockDim.x, tid = threadIdx.x;
     const int M = Cg * HW, M4 = M >> 2;
-    const size_t base = ((size_t)n * C + (size_t)g * Cg) * HW;
-    const float4 *xg = reinterpret_cast<const float4 *>(x + base);
+    const size_t gof = (size_t)g * Cg * HW, base = (size_t)n * C * HW + gof;
+    const float4 *xg = reinterpret_cast<const float4 *>(x + (size_t)n * xs + gof);
     float4 *yg = reinterpret_cast<float4 *>(y + base);
-    const float4 *rg = res ? reinterpret_cast<const float4 *>(res + base) : NULL;
+    const float4 *rg = res ? reinterpret_cast<const float4 *>(res + (size_t)n * rs + gof) : NULL;
     const float *addn = add ? add + (size_t)n * C + (size_t)g * Cg : NULL;
     for (int cc = tid; cc < Cg; cc += T) { /* read after block_sum_once's barrier */
         sgm[cc] = gamma[g * Cg + cc];
@@ -685,12 +687,13 @@ static int gn_fwd_run(int c, const dd_gn_shape *s, float *y, float *mean, float 
     const unsigned int blocks = (unsigned int)(s->N * s->G);
     const int T = gn_fwd_cfgs[c].T;
     if (gn_fwd_cfgs[c].vec) {
-        if (((uintptr_t)x | (uintptr_t)y | (uintptr_t)res) & 15)
+        if ((((uintptr_t)x | (uintptr_t)y | (uintptr_t)res) & 15) || (dd_gn_xs(s) | dd_gn_rs(s)) & 3)
             c = gn_fwd_fixed((size_t)(s->C / s->G) * s->HW); /* not float4-aligned */
         else {
 #define GN_VEC_LAUNCH(V4)                                                                         \
     gn_forward_vec_kernel<V4><<<blocks, T, 0, dd_cuda_stream>>>(                                  \
-        y, mean, rstd, x, gamma, beta, add, res, s->C, s->HW, s->G, s->swish, s->eps)
+        y, mean, rstd, x, gamma, beta, add, res, s->C, s->HW, s->G, s->swish, s->eps,             \
+        dd_gn_xs(s), dd_gn_rs(s))
             switch (gn_fwd_cfgs[c].V) {
             case 8: GN_VEC_LAUNCH(2); break;
             case 16: GN_VEC_LAUNCH(4); break;
@@ -702,7 +705,10 @@ static int gn_fwd_run(int c, const dd_gn_shape *s, float *y, float *mean, float 
             return 0;
         }
     }
-#define GN_FWD_LAUNCH(V)                                                                              gn_forward_kernel<V><<<blocks, T, 0, dd_cuda_stream>>>(y, mean, rstd, x, gamma, beta, add,                                                               res, s->C, s->HW, s->G, s->swish,                                                                 s->eps)
+#define GN_FWD_LAUNCH(V)                                                                          \
+    gn_forward_kernel<V><<<blocks, T, 0, dd_cuda_stream>>>(y, mean, rstd, x, gamma, beta, add, res, \
+                                                          s->C, s->HW, s->G, s->swish, s->eps,     \
+                                                          dd_gn_xs(s), dd_gn_rs(s))
     switch (gn_fwd_cfgs[c].V) {
     case 8: GN_FWD_LAUNCH(8); break;
     case 16: GN_FWD_LAUNCH(16); break;
@@ -916,7 +922,12 @@ static const char *gn_fwd_name(int c) { return gn_fwd_cfgs[c].name; }
  * a group norm may run in place) and returns the fastest that agrees with the fixed one
  * (max |y - y_fixed| / max |y_fixed| and the same for mean and rstd within 1e-5); *cfg stays the
  * fixed choice when nothing else applies. -1 on a failed call. */
-static int gn_fwd_tune(const dd_gn_shape *s, int has_add, int has_res, int *cfg) {
+static int gn_fwd_tune(const dd_gn_shape *shape_in, int has_add, int has_res, int *cfg) {
+    /* timed packed: a batch stride changes where a group is, not what reading it costs (the
+     * float4 configurations are checked against the strides when they run: gn_fwd_run) */
+    dd_gn_shape packed = *shape_in;
+    packed.xs = packed.rs = 0;
+    const dd_gn_shape *s = &packed;
     const size_t M = (size_t)(s->C / s->G) * s->HW, n = (size_t)s->N * s->C * s->HW,
                  nng = (size_t)s->N * s->G, nnc = (size_t)s->N * s->C;
     const int fixed = gn_fwd_fixed(M);
@@ -1009,7 +1020,7 @@ static __global__ void __launch_bounds__(GN_PARAM_THREADS)
     gn_backward_params_kernel(float *dgamma, float *dbeta, float *dadd, const float *dy,
                               const float *x, const float *mean, const float *rstd,
                               const float *gamma, const float *beta, const float *add, int N,
-                              int C, int HW, int G, int swish) {
+                              int C, int HW, int G, int swish, size_t xs) {
     __shared__ double shg[32], shb[32];
     const int c = blockIdx.x, g = c / (C / G);
     const int lane = threadIdx.x & 31, wid = threadIdx.x >> 5, nw = blockDim.x >> 5;
@@ -1017,10 +1028,10 @@ static __global__ void __launch_bounds__(GN_PARAM_THREADS)
     for (int n = wid; n < N; n += nw) {
         const float m = mean[n * G + g], r = rstd[n * G + g];
         const float shift = beta[c] + (add ? add[(size_t)n * C + c] : 0.0f);
-        const size_t o = ((size_t)n * C + c) * HW;
+        const size_t o = ((size_t)n * C + c) * HW, ox = (size_t)n * xs + (size_t)c * HW;
         double sn = 0.0, sgn = 0.0;
         for (int p = lane; p < HW; p += 32) {
-            const float xh = (x[o + p] - m) * r;
+            const float xh = (x[ox + p] - m) * r;
             const float dz = gn_dz(dy[o + p], xh, gamma[c], shift, swish);
             sn += dz;
             sgn += (double)dz * xh;
@@ -1048,16 +1059,18 @@ static __global__ void __launch_bounds__(GN_PARAM_THREADS)
 static __global__ void gn_backward_dx_kernel(float *dx, const float *dy, const float *x,
                                              const float *mean, const float *rstd,
                                              const float *gamma, const float *beta,
-                                             const float *add, int C, int HW, int G, int swish) {
+                                             const float *add, int C, int HW, int G, int swish,
+                                             size_t xs) {
     __shared__ double sh[32];
     const int ng = blockIdx.x, n = ng / G, g = ng % G, Cg = C / G;
     const size_t M = (size_t)Cg * HW, base = ((size_t)n * C + (size_t)g * Cg) * HW;
+    const size_t bx = (size_t)n * xs + (size_t)g * Cg * HW; /* in x and dx */
     const float m = mean[ng], r = rstd[ng];
     double s1 = 0.0, s2 = 0.0;
     for (size_t i = threadIdx.x; i < M; i += blockDim.x) {
         const int c = g * Cg + (int)(i / HW);
         const float shift = beta[c] + (add ? add[(size_t)n * C + c] : 0.0f);
-        const float xh = (x[base + i] - m) * r;
+        const float xh = (x[bx + i] - m) * r;
         const float gdz = gamma[c] * gn_dz(dy[base + i], xh, gamma[c], shift, swish);
         s1 += gdz;
         s2 += (double)gdz * xh;
@@ -1068,9 +1081,9 @@ static __global__ void gn_backward_dx_kernel(float *dx, const float *dy, const f
     for (size_t i = threadIdx.x; i < M; i += blockDim.x) {
         const int c = g * Cg + (int)(i / HW);
         const float shift = beta[c] + (add ? add[(size_t)n * C + c] : 0.0f);
-        const float xh = (x[base + i] - m) * r;
+        const float xh = (x[bx + i] - m) * r;
         const float gdz = gamma[c] * gn_dz(dy[base + i], xh, gamma[c], shift, swish);
-        dx[base + i] += r * (gdz - a1 - xh * a2);
+        dx[bx + i] += r * (gdz - a1 - xh * a2);
     }
 }
 
@@ -1096,7 +1109,7 @@ static __global__ void __launch_bounds__(THREADS, V == 8 ? 4 : V == 16 ? 2 : 1)
     gn_backward_fused_kernel(float *dx, double *ws, float *dadd, float *dres, const float *dy,
                              const float *x, const float *mean, const float *rstd,
                              const float *gamma, const float *beta, const float *add, int N, int C,
-                             int HW, int G, int swish) {
+                             int HW, int G, int swish, size_t xs, size_t rs) {
     /* [Cg][wpc] sn shares, [Cg][wpc] sx shares, s1, s2; Cg wpc <= max(Cg, warps) */
     __shared__ double gn_sh[2 * GN_FUSED_CG_MAX + 2];
     const int ng = blockIdx.x, n = ng / G, g = ng % G, Cg = C / G;
@@ -1105,6 +1118,8 @@ static __global__ void __launch_bounds__(THREADS, V == 8 ? 4 : V == 16 ? 2 : 1)
     const int wc = wid / wpc, wp = wid % wpc;
     double *shn = gn_sh, *shx = gn_sh + (size_t)Cg * wpc, *s12 = shx + (size_t)Cg * wpc;
     const size_t M = (size_t)Cg * HW, base = ((size_t)n * C + (size_t)g * Cg) * HW;
+    /* where the group starts in x and dx, and in dres (dy's is base) */
+    const size_t bx = (size_t)n * xs + (size_t)g * Cg * HW, br = (size_t)n * rs + (size_t)g * Cg * HW;
     const float m = mean[ng], r = rstd[ng];
 
     /* cached: one pass over the channels covers the group and a thread has at most V
@@ -1118,7 +1133,8 @@ static __global__ void __launch_bounds__(THREADS, V == 8 ? 4 : V == 16 ? 2 : 1)
         const int c = g * Cg + cc;
         const float gm = gamma[c];
         const float sh = beta[c] + (add ? add[(size_t)n * C + c] : 0.0f);
-        const size_t o = base + (size_t)cc * HW;
+        const size_t o = base + (size_t)cc * HW, ox = bx + (size_t)cc * HW,
+                     orr = br + (size_t)cc * HW;
         double sn = 0.0, sx = 0.0;
         if (cached) {
             /* a lane's (at most V) terms in float, the lanes' sums in double (as the
@@ -1128,24 +1144,24 @@ static __global__ void __launch_bounds__(THREADS, V == 8 ? 4 : V == 16 ? 2 : 1)
             for (int k = 0; k < V; k++) {
                 const int p = wp * 32 + lane + k * wpc * 32;
                 if (p >= HW) continue;
-                const float xh = (x[o + p] - m) * r, d = dy[o + p];
-                if (dres) dres[o + p] += d;
+                const float xh = (x[ox + p] - m) * r, d = dy[o + p];
+                if (dres) dres[orr + p] += d;
                 const float dz = gn_dz(d, xh, gm, sh, swish);
                 snf += dz;
                 sxf = fmaf(dz, xh, sxf);
                 cxh[k] = xh;
-                cdx[k] = dx[o + p] + r * (gm * dz);
+                cdx[k] = dx[ox + p] + r * (gm * dz);
             }
             sn = snf;
             sx = sxf;
         } else {
             for (int p = wp * 32 + lane; p < HW; p += wpc * 32) {
-                const float xh = (x[o + p] - m) * r, d = dy[o + p];
-                if (dres) dres[o + p] += d;
+                const float xh = (x[ox + p] - m) * r, d = dy[o + p];
+                if (dres) dres[orr + p] += d;
                 const float dz = gn_dz(d, xh, gm, sh, swish);
                 sn += dz;
                 sx += (double)dz * xh;
-                if (dx) dx[o + p] += r * (gm * dz);
+                if (dx) dx[ox + p] += r * (gm * dz);
             }
         }
         sn = warp_sum(sn);
@@ -1184,18 +1200,18 @@ static __global__ void __launch_bounds__(THREADS, V == 8 ? 4 : V == 16 ? 2 : 1)
     const float a1 = (float)(s12[0] / (double)M), a2 = (float)(s12[1] / (double)M);
     if (cached) {
         if (wc < Cg) { /* this warp's channel: the one pass's cc = wc */
-            const size_t o = base + (size_t)wc * HW;
+            const size_t ox = bx + (size_t)wc * HW;
 #pragma unroll
             for (int k = 0; k < V; k++) {
                 const int p = wp * 32 + lane + k * wpc * 32;
-                if (p < HW) dx[o + p] = cdx[k] - r * (a1 + cxh[k] * a2);
+                if (p < HW) dx[ox + p] = cdx[k] - r * (a1 + cxh[k] * a2);
             }
         }
         return;
     }
     for (size_t i = threadIdx.x; i < M; i += blockDim.x) {
-        const float xh = (x[base + i] - m) * r;
-        dx[base + i] -= r * (a1 + xh * a2);
+        const float xh = (x[bx + i] - m) * r;
+        dx[bx + i] -= r * (a1 + xh * a2);
     }
 }
 
@@ -1288,7 +1304,7 @@ static int gn_bwd_run(int c, const dd_gn_shape *s, float *dx, float *dgamma, flo
 #define GN_BWD_LAUNCH(V)                                                                          \
     gn_backward_fused_kernel<V><<<s->N * s->G, T, 0, dd_cuda_stream>>>(                           \
         dx, params ? (double *)ws : NULL, dadd, dres, dy, x, mean, rstd, gamma, beta, add, s->N,  \
-        s->C, s->HW, s->G, s->swish)
+        s->C, s->HW, s->G, s->swish, dd_gn_xs(s), dd_gn_rs(s))
     switch (gn_bwd_cfgs[c].V) {
     case 16: GN_BWD_LAUNCH(16); break;
     case 32: GN_BWD_LAUNCH(32); break;
@@ -1315,7 +1331,10 @@ static void gn_bwd_forget(void) { gn_bwd_nchoices = 0; }
 
 /* Times every backward configuration that applies on scratch buffers and returns the fastest
  * that agrees with the fixed one; -1 on a failed call (*cfg is then the fixed one). */
-static int gn_bwd_tune(const dd_gn_shape *s, int flags, int *cfg) {
+static int gn_bwd_tune(const dd_gn_shape *shape_in, int flags, int *cfg) {
+    dd_gn_shape packed = *shape_in; /* timed packed, as the forward (gn_fwd_tune) */
+    packed.xs = packed.rs = 0;
+    const dd_gn_shape *s = &packed;
     const size_t n = (size_t)s->N * s->C * s->HW, nng = (size_t)s->N * s->G,
                  nnc = (size_t)s->N * s->C, C = (size_t)s->C;
     const int has_dx = flags & 1, params = flags & 2, has_add = flags & 4, has_dadd = flags & 8,
@@ -1435,16 +1454,22 @@ int dd_cuda_group_norm_backward(float *dx, float *dgamma, float *dbeta, float *d
     }
     /* no workspace (or a huge group): the parameter gradients by a kernel of their own, and
      * dres += dy by another */
-    if (dres) DD_TRY(dd_cuda_add_backward(dres, NULL, dy, (size_t)s->N * s->C * s->HW));
+    const size_t chw = (size_t)s->C * s->HW;
+    if (dres && dd_gn_rs(s) == chw)
+        DD_TRY(dd_cuda_add_backward(dres, NULL, dy, (size_t)s->N * chw));
+    else if (dres) /* an image at a time into a strided residual (a fallback's fallback) */
+        for (int n = 0; n < s->N; n++)
+            DD_TRY(dd_cuda_add_backward(dres + (size_t)n * dd_gn_rs(s), NULL, dy + (size_t)n * chw,
+                                        chw));
     if (dgamma || dbeta || dadd) {
         gn_backward_params_kernel<<<s->C, GN_PARAM_THREADS, 0, dd_cuda_stream>>>(
             dgamma, dbeta, dadd, dy, x, mean, rstd, gamma, beta, add, s->N, s->C, s->HW, s->G,
-            s->swish);
+            s->swish, dd_gn_xs(s));
         DD_CUDA_LAUNCHED("group_norm_backward (parameters)");
     }
     if (dx) {
         gn_backward_dx_kernel<<<s->N * s->G, THREADS, 0, dd_cuda_stream>>>(
-            dx, dy, x, mean, rstd, gamma, beta, add, s->C, s->HW, s->G, s->swish);
+            dx, dy, x, mean, rstd, gamma, beta, add, s->C, s->HW, s->G, s->swish, dd_gn_xs(s));
         DD_CUDA_LAUNCHED("group_norm_backward (dx)");
     }
     return 0;

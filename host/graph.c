@@ -161,11 +161,34 @@ int dd_param(dd_graph *g, const char *name, int ndim, const int64_t *shape, dd_i
     int pi = dd_params_add(g->params, name, ndim, shape, init);
     if (pi < 0) return -1;
     for (int i = 0; i < g->nt; i++) /* one view per parameter per graph */
-        if (g->t[i].param == pi) return i;
+        if (g->t[i].param == pi && !g->t[i].span) return i;
     int id = new_tensor(g, name, ndim, shape);
     if (id < 0) return -1;
     T(id)->param = pi;
     T(id)->needs_grad = g->params->info[pi].trainable;
+    return id;
+}
+
+int dd_param_span(dd_graph *g, int param, int64_t rows) {
+    NEED(param);
+    const dd_tensor *P = T(param);
+    if (P->param < 0 || P->span) return dd_error("param_span: %s is not a parameter view", P->name);
+    const dd_param_info *q = &g->params->info[P->param];
+    const size_t inner = P->numel / (size_t)P->shape[0];
+    if (rows < P->shape[0] || q->numel % 4 || (size_t)rows * inner > q->numel + q->reserved)
+        return dd_error("param_span: %lld rows of %s do not fit it and the room after it",
+                        (long long)rows, P->name);
+    int64_t shape[DD_MAX_DIMS];
+    for (int i = 0; i < P->ndim; i++) shape[i] = P->shape[i];
+    shape[0] = rows;
+    char name[DD_NAME_MAX];
+    snprintf(name, sizeof name, "%.80s:span", P->name);
+    const int pi = P->param, nd = P->ndim, tr = q->trainable;
+    int id = new_tensor(g, name, nd, shape);
+    if (id < 0) return -1;
+    T(id)->param = pi;
+    T(id)->span = 1;
+    T(id)->needs_grad = tr;
     return id;
 }
 
@@ -234,19 +257,47 @@ int dd_group_norm(dd_graph *g, int x, int gamma, int beta, int groups, int add, 
     const dd_tensor *X = T(x);
     if (!is_act4(X)) return dd_error("group_norm %s: input %s", T(gamma)->name, shp(X, s1, 64));
     int64_t C = X->shape[1];
-    if (groups < 1 || C % groups)
-        return dd_error("group_norm %s: %d groups do not divide %lld channels", T(gamma)->name,
-                        groups, (long long)C);
     if (T(gamma)->ndim != 1 || T(gamma)->shape[0] != C || T(beta)->ndim != 1 || T(beta)->shape[0] != C)
         return dd_error("group_norm %s: scale/shift do not have %lld channels", T(gamma)->name, (long long)C);
-    if (add >= 0 && (!is_act4(T(add)) || T(add)->shape[0] != X->shape[0] || T(add)->shape[1] != C ||
-                     T(add)->shape[2] * T(add)->shape[3] != 1))
-        return dd_error("group_norm %s: per-channel add has shape %s, expected (%lld, %lld, 1, 1)",
-                        T(gamma)->name, shp(T(add), s1, 64), (long long)X->shape[0], (long long)C);
     if (res >= 0 && !same_act4(T(res), X)) {
         char s2[64];
         return dd_error("group_norm %s: residual %s does not match the input %s", T(gamma)->name,
                         shp(T(res), s1, 64), shp(X, s2, 64));
+    }
+    return dd_group_norm_slice(g, x, 0, gamma, beta, groups, add, swish, res, 0);
+}
+
+int dd_group_norm_slice(dd_graph *g, int x, int xc, int gamma, int beta, int groups, int add,
+                        int swish, int res, int rc) {
+    NEED(x);
+    NEED(gamma);
+    NEED(beta);
+    if (add != -1) NEED(add);
+    if (res != -1) NEED(res);
+    char s1[64];
+    const dd_tensor *X = T(x);
+    if (!is_act4(X)) return dd_error("group_norm %s: input %s", T(gamma)->name, shp(X, s1, 64));
+    if (T(gamma)->ndim != 1 || T(beta)->ndim != 1 || T(beta)->shape[0] != T(gamma)->shape[0])
+        return dd_error("group_norm %s: scale/shift are not one vector each", T(gamma)->name);
+    const int64_t C = T(gamma)->shape[0], HW = X->shape[2] * X->shape[3];
+    if (xc < 0 || xc + C > X->shape[1])
+        return dd_error("group_norm %s: channels %d to %lld of input %s", T(gamma)->name, xc,
+                        (long long)(xc + C), shp(X, s1, 64));
+    if (groups < 1 || C % groups)
+        return dd_error("group_norm %s: %d groups do not divide %lld channels", T(gamma)->name,
+                        groups, (long long)C);
+    if (add >= 0 && (!is_act4(T(add)) || T(add)->shape[0] != X->shape[0] || T(add)->shape[1] != C ||
+                     T(add)->shape[2] * T(add)->shape[3] != 1))
+        return dd_error("group_norm %s: per-channel add has shape %s, expected (%lld, %lld, 1, 1)",
+                        T(gamma)->name, shp(T(add), s1, 64), (long long)X->shape[0], (long long)C);
+    if (res >= 0) {
+        const dd_tensor *R = T(res);
+        if (!is_act4(R) || R->shape[0] != X->shape[0] || R->shape[2] != X->shape[2] ||
+            R->shape[3] != X->shape[3] || rc < 0 || rc + C > R->shape[1]) {
+            char s2[64];
+            return dd_error("group_norm %s: residual %s (from channel %d) does not match the "
+                            "input %s", T(gamma)->name, shp(R, s1, 64), rc, shp(X, s2, 64));
+        }
     }
     char name[DD_NAME_MAX];
     snprintf(name, sizeof name, "%.80s:out", T(gamma)->name);
@@ -258,9 +309,14 @@ int dd_group_norm(dd_graph *g, int x, int gamma, int beta, int groups, int add, 
     if (out < 0 || mean < 0 || rstd < 0) return -1;
     dd_node *n = emit(g, DD_OP_GROUP_NORM, out, (const int[]){x, gamma, beta, add, res}, 5);
     if (!n) return -1;
-    n->p.gn = (dd_gn_shape){.N = (int)X->shape[0], .C = (int)C,
-                            .HW = (int)(X->shape[2] * X->shape[3]), .G = groups,
-                            .swish = swish != 0, .eps = 1e-5f};
+    const size_t xs = (size_t)(T(x)->shape[1] * HW);
+    const size_t rs = res >= 0 ? (size_t)(T(res)->shape[1] * HW) : 0;
+    n->p.gn = (dd_gn_shape){.N = (int)T(x)->shape[0], .C = (int)C, .HW = (int)HW, .G = groups,
+                            .swish = swish != 0, .eps = 1e-5f,
+                            .xs = xs == (size_t)(C * HW) ? 0 : xs,
+                            .rs = rs == (size_t)(C * HW) ? 0 : rs};
+    n->in_off[0] = (size_t)xc * (size_t)HW;
+    n->in_off[4] = (size_t)rc * (size_t)HW;
     n->aux[0] = mean;
     n->aux[1] = rstd;
     return out;
@@ -753,6 +809,9 @@ int dd_graph_plan(dd_graph *g, int with_grad) {
 #define D(id) ((id) >= 0 ? g->t[(id)].data : NULL)
 #define G(id) ((id) >= 0 ? g->t[(id)].grad : NULL)
 #define IDX(id) ((const int32_t *)g->t[(id)].data)
+/* input k of node n where the node's view of it starts (in_off), and its gradient's */
+#define DO(n, k) ((n)->in[k] >= 0 ? g->t[(n)->in[k]].data + (n)->in_off[k] : NULL)
+#define GO(n, k) ((n)->in[k] >= 0 && g->t[(n)->in[k]].grad ? g->t[(n)->in[k]].grad + (n)->in_off[k] : NULL)
 
 static int forward_node(dd_graph *g, const dd_node *n) {
     const dd_backend *be = g->be;
@@ -767,8 +826,8 @@ static int forward_node(dd_graph *g, const dd_node *n) {
         return be->dense_forward(y, D(n->in[0]), D(n->in[1]), D(n->in[2]), n->p.dense.N,
                                  n->p.dense.Cin, n->p.dense.Cout);
     case DD_OP_GROUP_NORM:
-        return be->group_norm_forward(y, D(n->aux[0]), D(n->aux[1]), D(n->in[0]), D(n->in[1]),
-                                      D(n->in[2]), D(n->in[3]), D(n->in[4]), &n->p.gn);
+        return be->group_norm_forward(y, D(n->aux[0]), D(n->aux[1]), DO(n, 0), D(n->in[1]),
+                                      D(n->in[2]), D(n->in[3]), DO(n, 4), &n->p.gn);
     case DD_OP_ACT:
         return be->act_forward(y, D(n->in[0]), g->t[n->out].numel, n->p.act.act);
     case DD_OP_ADD:
@@ -809,9 +868,9 @@ static int backward_node(dd_graph *g, const dd_node *n) {
         return be->dense_backward(G(n->in[0]), G(n->in[1]), G(n->in[2]), dy, D(n->in[0]),
                                   D(n->in[1]), n->p.dense.N, n->p.dense.Cin, n->p.dense.Cout);
     case DD_OP_GROUP_NORM:
-        return be->group_norm_backward(G(n->in[0]), G(n->in[1]), G(n->in[2]), G(n->in[3]),
-                                       G(n->in[4]), dy,
-                                       D(n->in[0]), D(n->aux[0]), D(n->aux[1]), D(n->in[1]),
+        return be->group_norm_backward(GO(n, 0), G(n->in[1]), G(n->in[2]), G(n->in[3]),
+                                       GO(n, 4), dy,
+                                       DO(n, 0), D(n->aux[0]), D(n->aux[1]), D(n->in[1]),
                                        D(n->in[2]), D(n->in[3]), &n->p.gn, g->ws);
     case DD_OP_ACT:
         return be->act_backward(G(n->in[0]), dy, D(n->in[0]), g->t[n->out].numel, n->p.act.act);

@@ -49,7 +49,9 @@ static void shape_str(char *buf, size_t n, int ndim, const int64_t *shape) {
     if (k < n) snprintf(buf + k, n - k, "]");
 }
 
-int dd_params_add(dd_params *p, const char *name, int ndim, const int64_t *shape, dd_init init) {
+/* at: the offset to place a new parameter at (a reserved room), or SIZE_MAX for the end */
+static int params_add(dd_params *p, const char *name, int ndim, const int64_t *shape,
+                      dd_init init, size_t at) {
     if (ndim < 1 || ndim > DD_MAX_DIMS) return dd_error("parameter %s: %d dimensions", name, ndim);
     if (strlen(name) >= DD_NAME_MAX) return dd_error("parameter name too long: %s", name);
     size_t numel = 1;
@@ -68,6 +70,8 @@ int dd_params_add(dd_params *p, const char *name, int ndim, const int64_t *shape
             shape_str(b, sizeof b, ndim, shape);
             return dd_error("parameter %s registered with shape %s, now asked for %s", name, a, b);
         }
+        if (at != SIZE_MAX && q->offset != at)
+            return dd_error("parameter %s is registered, but not after the one it should follow", name);
         return idx;
     }
     if (p->allocated)
@@ -85,10 +89,10 @@ int dd_params_add(dd_params *p, const char *name, int ndim, const int64_t *shape
     q->ndim = ndim;
     for (int i = 0; i < ndim; i++) q->shape[i] = shape[i];
     q->numel = numel;
-    q->offset = p->total;
+    q->offset = at != SIZE_MAX ? at : p->total;
     q->init = init;
     q->trainable = init != DD_INIT_FIXED;
-    p->total += (numel + DD_ALIGN_FLOATS - 1) / DD_ALIGN_FLOATS * DD_ALIGN_FLOATS;
+    if (at == SIZE_MAX) p->total += (numel + DD_ALIGN_FLOATS - 1) / DD_ALIGN_FLOATS * DD_ALIGN_FLOATS;
     if (init == DD_INIT_FIXED) {
         /* fixed values live on the host until allocation; grow the host copy to `total` */
         float *fh = realloc(p->fixed_host, p->total * sizeof(float));
@@ -97,6 +101,39 @@ int dd_params_add(dd_params *p, const char *name, int ndim, const int64_t *shape
         p->fixed_host = fh;
     }
     return p->count++;
+}
+
+int dd_params_add(dd_params *p, const char *name, int ndim, const int64_t *shape, dd_init init) {
+    return params_add(p, name, ndim, shape, init, SIZE_MAX);
+}
+
+int dd_params_reserve(dd_params *p, int idx, size_t floats) {
+    if (idx < 0 || idx >= p->count) return 1;
+    dd_param_info *q = &p->info[idx];
+    if (q->reserved >= floats) return 0; /* made by an earlier graph's builder */
+    if (p->allocated || idx != p->count - 1 || q->init == DD_INIT_FIXED ||
+        q->numel % DD_ALIGN_FLOATS || floats % DD_ALIGN_FLOATS || q->reserved)
+        return 1;
+    q->reserved = floats;
+    p->total += floats;
+    return 0;
+}
+
+int dd_params_add_after(dd_params *p, int after, const char *name, int ndim, const int64_t *shape,
+                        dd_init init) {
+    if (after < 0 || after >= p->count) return dd_error("parameter %s: no parameter %d to follow", name, after);
+    const dd_param_info *a = &p->info[after];
+    size_t numel = 1;
+    for (int i = 0; i < ndim && i < DD_MAX_DIMS; i++) numel *= shape[i] > 0 ? (size_t)shape[i] : 0;
+    if (init == DD_INIT_FIXED || numel > a->reserved)
+        return dd_error("parameter %s: %zu floats, the room after %s holds %zu", name, numel,
+                        a->name, a->reserved);
+    const size_t at = a->offset + a->numel;
+    for (int i = 0; i < p->count; i++)
+        if (p->info[i].offset == at && strcmp(p->info[i].name, name))
+            return dd_error("parameter %s: the room after %s is taken by %s", name, a->name,
+                            p->info[i].name);
+    return params_add(p, name, ndim, shape, init, at);
 }
 
 size_t dd_params_count_numel(const dd_params *p) {
@@ -186,6 +223,12 @@ int dd_params_get(const dd_params *p, int idx, float *host, int ema) {
     DD_TRY(check_idx(p, idx));
     const dd_param_info *q = &p->info[idx];
     return p->be->to_host(host, (ema ? p->ema : p->data) + q->offset, q->numel * sizeof(float));
+}
+
+int dd_params_get_grad(const dd_params *p, int idx, float *host) {
+    DD_TRY(check_idx(p, idx));
+    const dd_param_info *q = &p->info[idx];
+    return p->be->to_host(host, p->grad + q->offset, q->numel * sizeof(float));
 }
 
 int dd_params_set(dd_params *p, int idx, const float *host, int ema) {

@@ -425,7 +425,7 @@ static float gn_offset; /* added to x: a mean far from zero against the spread *
 
 static void case_gn_ws(int N, int C, int HW, int G, int swish, int with_add, int params,
                        int with_ws, int with_res) {
-    dd_gn_shape s = {N, C, HW, G, swish, 1e-5f};
+    dd_gn_shape s = {N, C, HW, G, swish, 1e-5f, 0, 0};
     char tag[120];
     snprintf(tag, sizeof tag, "group_norm N%d C%d HW%d G%d%s%s%s%s%s%s", N, C, HW, G,
              swish ? " swish" : "", with_add ? " +add" : "", with_res ? " +res" : "",
@@ -483,7 +483,7 @@ static void case_gn_ws(int N, int C, int HW, int G, int swish, int with_add, int
  * hold the groups, the fixed choice runs), then auto again (timed per shape, as every other case
  * here runs it), against the CPU. */
 static void case_gn_configs(int N, int C, int HW, int G, int swish, int with_add, int with_res) {
-    dd_gn_shape s = {N, C, HW, G, swish, 1e-5f};
+    dd_gn_shape s = {N, C, HW, G, swish, 1e-5f, 0, 0};
     const size_t n = (size_t)N * C * HW, nng = (size_t)N * G, nnc = (size_t)N * C;
     float *x = hrand(n, 28, 33), *gamma = hrand(C, 0.5f, 1.5f), *beta = hrand(C, -0.5f, 0.5f);
     float *add = hrand(nnc, -1, 1), *res = hrand(n, -1, 1);
@@ -523,7 +523,7 @@ static void case_gn_configs(int N, int C, int HW, int G, int swish, int with_add
 /* The fused backward's launch configurations (the names starting with b) forced one by one,
  * against the CPU's backward from the same statistics and starting gradients. */
 static void case_gn_bwd_configs(int N, int C, int HW, int G, int swish) {
-    dd_gn_shape s = {N, C, HW, G, swish, 1e-5f};
+    dd_gn_shape s = {N, C, HW, G, swish, 1e-5f, 0, 0};
     const size_t n = (size_t)N * C * HW, nng = (size_t)N * G, nnc = (size_t)N * C;
     float *x = hrand(n, -2, 3), *gamma = hrand(C, 0.5f, 1.5f), *beta = hrand(C, -0.5f, 0.5f);
     float *add = hrand(nnc, -1, 1), *dy = hrand(n, -1, 1);
@@ -570,6 +570,126 @@ static void case_gn_bwd_configs(int N, int C, int HW, int G, int swish) {
     OK(dd_cuda_gn_set_policy("auto"));
 }
 #endif
+
+/* x and res as channel slices of wider tensors (batch strides xC HW and rC HW: a merged
+ * convolution's halves, models/blocks.c): on the CPU the slice gives what the packed op gives
+ * on a copy of it, bit for bit, and leaves the channels outside it alone; the GPU's against
+ * that, over the whole wide buffers (so a write outside the slice fails too). */
+static void case_gn_strided(int N, int C, int HW, int G, int with_add, int with_ws, int xC, int xc,
+                            int rC, int rc) {
+    char tag[160];
+    snprintf(tag, sizeof tag, "group_norm N%d C%d HW%d G%d strided: x channels %d+ of %d, res %d+ "
+             "of %d%s%s", N, C, HW, G, xc, xC, rc, rC, with_add ? " +add" : "",
+             with_ws ? "" : " (no workspace)");
+    begin(tag);
+    dd_gn_shape s = {N, C, HW, G, 1, 1e-5f, (size_t)xC * HW, (size_t)rC * HW};
+    dd_gn_shape pk = {N, C, HW, G, 1, 1e-5f, 0, 0};
+    const size_t n = (size_t)N * C * HW, nx = (size_t)N * xC * HW, nr = (size_t)N * rC * HW,
+                 nng = (size_t)N * G, nnc = (size_t)N * C, chw = (size_t)C * HW;
+    const size_t xo = (size_t)xc * HW, ro = (size_t)rc * HW;
+    float *X = hrand(nx, -2, 3), *R = hrand(nr, -1, 1), *gamma = hrand(C, 0.5f, 1.5f),
+          *beta = hrand(C, -0.5f, 0.5f), *add = hrand(nnc, -1, 1), *dy = hrand(n, -1, 1);
+    float *dX0 = hrand(nx, -1, 1), *dR0 = hrand(nr, -1, 1), *dg0 = hrand(C, -1, 1),
+          *db0 = hrand(C, -1, 1), *da0 = hrand(nnc, -1, 1);
+    const float *a = with_add ? add : NULL;
+    float *y = halloc(n * sizeof(float)), *mean = halloc(nng * sizeof(float)),
+          *rstd = halloc(nng * sizeof(float));
+    float *dX = hcopy(dX0, nx), *dR = hcopy(dR0, nr), *dg = hcopy(dg0, C), *db = hcopy(db0, C),
+          *da = hcopy(da0, nnc);
+    OK(cpu->group_norm_forward(y, mean, rstd, X + xo, gamma, beta, a, R + ro, &s));
+    OK(cpu->group_norm_backward(dX + xo, dg, db, with_add ? da : NULL, dR + ro, dy, X + xo, mean,
+                                rstd, gamma, beta, a, &s, NULL));
+    /* the packed op on copies of the slices */
+    float *x = halloc(n * sizeof(float)), *res = halloc(n * sizeof(float)),
+          *dx = halloc(n * sizeof(float)), *dres = halloc(n * sizeof(float));
+    for (int i = 0; i < N; i++) {
+        memcpy(x + i * chw, X + (size_t)i * xC * HW + xo, chw * sizeof(float));
+        memcpy(res + i * chw, R + (size_t)i * rC * HW + ro, chw * sizeof(float));
+        memcpy(dx + i * chw, dX0 + (size_t)i * xC * HW + xo, chw * sizeof(float));
+        memcpy(dres + i * chw, dR0 + (size_t)i * rC * HW + ro, chw * sizeof(float));
+    }
+    float *py = halloc(n * sizeof(float)), *pm = halloc(nng * sizeof(float)),
+          *pr = halloc(nng * sizeof(float));
+    float *pdg = hcopy(dg0, C), *pdb = hcopy(db0, C), *pda = hcopy(da0, nnc);
+    OK(cpu->group_norm_forward(py, pm, pr, x, gamma, beta, a, res, &pk));
+    OK(cpu->group_norm_backward(dx, pdg, pdb, with_add ? pda : NULL, dres, dy, x, pm, pr, gamma,
+                                beta, a, &pk, NULL));
+    int same = !memcmp(y, py, n * sizeof(float)) && !memcmp(mean, pm, nng * sizeof(float)) &&
+               !memcmp(rstd, pr, nng * sizeof(float)) && !memcmp(dg, pdg, C * sizeof(float)) &&
+               !memcmp(db, pdb, C * sizeof(float)) && !memcmp(da, pda, nnc * sizeof(float));
+    for (int i = 0; i < N; i++) {
+        const float *sx = dX + (size_t)i * xC * HW, *sx0 = dX0 + (size_t)i * xC * HW;
+        const float *sr = dR + (size_t)i * rC * HW, *sr0 = dR0 + (size_t)i * rC * HW;
+        same = same && !memcmp(sx + xo, dx + i * chw, chw * sizeof(float)) &&
+               !memcmp(sr + ro, dres + i * chw, chw * sizeof(float)) &&
+               !memcmp(sx, sx0, xo * sizeof(float)) &&
+               !memcmp(sx + xo + chw, sx0 + xo + chw, ((size_t)xC * HW - xo - chw) * sizeof(float)) &&
+               !memcmp(sr, sr0, ro * sizeof(float)) &&
+               !memcmp(sr + ro + chw, sr0 + ro + chw, ((size_t)rC * HW - ro - chw) * sizeof(float));
+    }
+    CHECKF(same, "%s: the CPU's slice differs from its packed op on a copy", tag);
+    float *gX = dup(X, nx), *gR = dup(R, nr), *gg = dup(gamma, C), *gb = dup(beta, C);
+    float *ga = with_add ? dup(add, nnc) : NULL;
+    float *gy = dpoison(n), *gm = dpoison(nng), *gr = dpoison(nng);
+    float *gdX = dup(dX0, nx), *gdR = dup(dR0, nr), *gdg = dup(dg0, C), *gdb = dup(db0, C),
+          *gda = dup(da0, nnc);
+    OK(gpu->group_norm_forward(gy, gm, gr, gX + xo, gg, gb, ga, gR + ro, &s));
+    const size_t wsb = gpu->group_norm_workspace(&s);
+    void *gws = with_ws && wsb ? (void *)dalloc(wsb) : NULL;
+    float *cm = dup(mean, nng), *cr = dup(rstd, nng);
+    OK(gpu->group_norm_backward(gdX + xo, gdg, gdb, with_add ? gda : NULL, gdR + ro, dup(dy, n),
+                                gX + xo, cm, cr, gg, gb, ga, &s, gws));
+    sync_or_fail(tag);
+    char what[220];
+    const float *ref[8] = {y, mean, rstd, dX, dR, dg, db, da};
+    const float *got[8] = {gy, gm, gr, gdX, gdR, gdg, gdb, gda};
+    const size_t cnt[8] = {n, nng, nng, nx, nr, (size_t)C, (size_t)C, nnc};
+    const char *nm[8] = {"y", "mean", "rstd", "dx (whole buffer)", "dres (whole buffer)",
+                         "dgamma", "dbeta", "dadd"};
+    for (int o = 0; o < 8; o++) {
+        snprintf(what, sizeof what, "%s %s", tag, nm[o]);
+        expect(what, ref[o], got[o], cnt[o], FP32_TOL);
+    }
+#ifdef DD_HAVE_CUDA
+    /* every forward and backward launch configuration on the slices (a float4 one on strides
+     * that are not whole float4s runs the fixed choice) */
+    const size_t big_n = nx > nr ? nx : nr;
+    float *nanh = halloc(big_n * sizeof(float)), *back = halloc(big_n * sizeof(float));
+    for (size_t i = 0; i < big_n; i++) nanh[i] = NAN;
+    float *cy = dalloc(n * sizeof(float)), *cmn = dalloc(nng * sizeof(float)),
+          *crs = dalloc(nng * sizeof(float)), *cdX = dalloc(nx * sizeof(float)),
+          *cdR = dalloc(nr * sizeof(float)), *cdg = dalloc(C * sizeof(float)),
+          *cdb = dalloc(C * sizeof(float)), *cda = dalloc(nnc * sizeof(float)), *gdy = dup(dy, n);
+    for (int c = 0; !tf32_pass && dd_cuda_gn_config_name(c); c++) {
+        OK(dd_cuda_gn_set_policy(dd_cuda_gn_config_name(c)));
+        OK(gpu->to_device(cy, nanh, n * sizeof(float)));
+        OK(gpu->to_device(cmn, nanh, nng * sizeof(float)));
+        OK(gpu->to_device(crs, nanh, nng * sizeof(float)));
+        OK(gpu->to_device(cdX, dX0, nx * sizeof(float)));
+        OK(gpu->to_device(cdR, dR0, nr * sizeof(float)));
+        OK(gpu->to_device(cdg, dg0, C * sizeof(float)));
+        OK(gpu->to_device(cdb, db0, C * sizeof(float)));
+        OK(gpu->to_device(cda, da0, nnc * sizeof(float)));
+        OK(gpu->group_norm_forward(cy, cmn, crs, gX + xo, gg, gb, ga, gR + ro, &s));
+        OK(gpu->group_norm_backward(cdX + xo, cdg, cdb, with_add ? cda : NULL, cdR + ro, gdy,
+                                    gX + xo, cm, cr, gg, gb, ga, &s, gws));
+        sync_or_fail(tag);
+        const float *cgot[8] = {cy, cmn, crs, cdX, cdR, cdg, cdb, cda};
+        double worst = 0.0;
+        for (int o = 0; o < 8; o++) {
+            if (gpu->to_host(back, cgot[o], cnt[o] * sizeof(float))) fatal("to_host");
+            double nrel, e = max_rel_err(back, ref[o], cnt[o], &nrel);
+            CHECKF(e <= FP32_TOL, "%s, %s: %s max relative error %.3e above %.1e", tag,
+                   dd_cuda_gn_config_name(c), nm[o], e, FP32_TOL);
+            if (!(e <= worst)) worst = e;
+        }
+        printf("  %s: %-8s all eight outputs, max rel err %.2e (tol %.0e)\n", tag,
+               dd_cuda_gn_config_name(c), worst, FP32_TOL);
+    }
+    OK(dd_cuda_gn_set_policy("auto"));
+#endif
+    release();
+}
 
 /* each shape with and without the workspace, and with a residual (both backward paths) */
 static void case_gn(int N, int C, int HW, int G, int swish, int with_add, int params) {
@@ -620,6 +740,15 @@ static void test_group_norm(void) {
         if (big) case_gn_configs(256, 16, 784, 8, 1, 1, 1);
     }
 #endif
+    /* channel slices (a merged convolution's halves): the UNet's decoder shapes, a slice in
+     * the middle, an odd one that no float4 configuration takes, both backward paths */
+    case_gn_strided(3, 16, 784, 8, 1, 1, 32, 0, 32, 16);
+    case_gn_strided(2, 32, 196, 8, 1, 1, 64, 0, 64, 32);
+    case_gn_strided(3, 64, 49, 8, 1, 1, 128, 0, 128, 64);
+    case_gn_strided(2, 8, 25, 4, 0, 1, 24, 8, 12, 3);
+    case_gn_strided(2, 6, 7, 2, 1, 1, 9, 1, 7, 1);
+    case_gn_strided(3, 16, 784, 8, 1, 0, 32, 0, 32, 16);
+    case_gn_strided(2, 300, 5, 1, 1, 1, 600, 0, 600, 300); /* beyond the one-pass backward */
     if (!big || tf32_pass) return;   /* no products: the large shape once */
     case_gn(1024, 64, 784, 8, 1, 1, 1); /* batch 1024 of 28x28x64: 51M values */
     case_gn(2, 192, 3000, 8, 1, 1, 1);  /* 72000 values per group */
@@ -1143,7 +1272,7 @@ static void test_capture(void) {
     seq q;
     memset(&q, 0, sizeof q);
     q.cs = (dd_conv_shape){4, 3, 12, 12, 8, 3, 1, 1, 12, 12};
-    q.gs = (dd_gn_shape){4, 8, 144, 4, 1, 1e-5f};
+    q.gs = (dd_gn_shape){4, 8, 144, 4, 1, 1e-5f, 0, 0};
     q.nx = (size_t)4 * 3 * 144;
     q.nh = (size_t)4 * 8 * 144;
     q.nw = (size_t)8 * 3 * 9;

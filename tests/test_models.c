@@ -526,6 +526,154 @@ static void test_dense_groups(void) {
     free(grads[0]), free(grads[1]);
 }
 
+/* One training graph of the UNet with its decoder ResBlocks' skip convolutions merged into their
+ * first ones (the default) or apart (DIFFUSION_SKIP_MERGE=0): loss = mse(out, target). */
+typedef struct {
+    dd_params *p;
+    dd_graph *g;
+    int x, t, out, target, loss, convs;
+} skip_run;
+
+static int skip_build(skip_run *r, const dd_model_config *c, int N, int merge, dd_params *over) {
+    memset(r, 0, sizeof *r);
+    setenv("DIFFUSION_SKIP_MERGE", merge ? "1" : "0", 1);
+    r->p = over ? over : dd_params_new(&dd_cpu_backend);
+    r->g = dd_graph_new(r->p);
+    r->x = dd_input(r->g, "x", N, c->in_channels, c->height, c->width);
+    r->t = dd_input_index_from(r->g, "t", N, 1);
+    r->out = dd_model_build(r->g, c, r->x, r->t, -1, NULL);
+    r->target = dd_input(r->g, "target", N, c->in_channels, c->height, c->width);
+    r->loss = dd_mse(r->g, r->out, r->target);
+    unsetenv("DIFFUSION_SKIP_MERGE");
+    if (r->loss < 0) return -1;
+    for (int i = 0; i < r->g->nn; i++) r->convs += r->g->nodes[i].op == DD_OP_CONV2D;
+    return over ? 0 : dd_params_alloc(r->p, 7);
+}
+
+static int skip_step(skip_run *r, const float *x, const int32_t *t, const float *target,
+                     float *out, float *loss) {
+    DD_TRY(dd_graph_set_input(r->g, r->x, x, (size_t)r->g->t[r->x].numel * sizeof(float)));
+    DD_TRY(dd_graph_set_input(r->g, r->t, t, (size_t)r->g->t[r->t].numel * sizeof(int32_t)));
+    DD_TRY(dd_graph_set_input(r->g, r->target, target, (size_t)r->g->t[r->x].numel * sizeof(float)));
+    DD_TRY(dd_graph_forward(r->g));
+    DD_TRY(dd_graph_get(r->g, r->out, out));
+    DD_TRY(dd_graph_get(r->g, r->loss, loss));
+    return r->g->with_grad ? dd_graph_backward(r->g, r->loss) : 0;
+}
+
+/* The merged skip convolutions compute what the convolutions apart do: the same initial values
+ * (registration order kept), the skip's weights right after ConvEmbed's, three fewer
+ * convolutions, and the same output, loss and gradients (to float rounding: the merged
+ * convolution's input gradient sums both halves in one pass). A second graph over the merged
+ * parameters merges too; a graph over parameters laid out apart builds apart. */
+static void test_skip_merge(void) {
+    dd_model_config c;
+    dd_model_config_default(&c, DD_MODEL_UNET);
+    const int N = 2, n = N * 28 * 28;
+    skip_run m, a;
+    CHECK_OK(skip_build(&m, &c, N, 1, NULL));
+    CHECK_OK(skip_build(&a, &c, N, 0, NULL));
+    if (m.loss < 0 || a.loss < 0) return;
+    CHECKF(m.convs == a.convs - 3, "%d convolutions merged, %d apart", m.convs, a.convs);
+    CHECK(m.p->count == a.p->count);
+    for (int i = 0; i < m.p->count && i < a.p->count; i++) {
+        const dd_param_info *q = &m.p->info[i];
+        CHECKF(!strcmp(q->name, a.p->info[i].name), "parameter %d: %s merged, %s apart", i,
+               q->name, a.p->info[i].name);
+        CHECKF(!memcmp(m.p->data + q->offset, a.p->data + a.p->info[i].offset,
+                       q->numel * sizeof(float)), "%s: other initial values when merged", q->name);
+    }
+    const char *lv[3] = {"up1", "up2", "up3"};
+    for (int l = 0; l < 3; l++) {
+        char n1[64], n2[64];
+        const char *sfx[2] = {"weight", "bias"};
+        for (int k = 0; k < 2; k++) {
+            snprintf(n1, sizeof n1, "%s.inl.conv.%s", lv[l], sfx[k]);
+            snprintf(n2, sizeof n2, "%s.skip.%s", lv[l], sfx[k]);
+            const int i1 = dd_params_find(m.p, n1), i2 = dd_params_find(m.p, n2);
+            CHECK(i1 >= 0 && i2 >= 0);
+            if (i1 < 0 || i2 < 0) continue;
+            CHECKF(m.p->info[i2].offset == m.p->info[i1].offset + m.p->info[i1].numel,
+                   "%s does not follow %s", n2, n1);
+        }
+    }
+    CHECK_OK(dd_graph_plan(m.g, 1));
+    CHECK_OK(dd_graph_plan(a.g, 1));
+    float *x = malloc(3 * sizeof(float) * (size_t)n), *target = x + n, *tmp = x + 2 * n;
+    float *om = malloc(2 * sizeof(float) * (size_t)n), *oa = om + n;
+    CHECK(x && om);
+    if (!x || !om) return;
+    tu_fill_uniform(x, (size_t)n, -1, 1, 3);
+    tu_fill_uniform(target, (size_t)n, -1, 1, 4);
+    const int32_t t[2] = {3, 90};
+    float lm, la;
+    CHECK_OK(skip_step(&m, x, t, target, om, &lm));
+    CHECK_OK(skip_step(&a, x, t, target, oa, &la));
+    double e = tu_rel_err(om, oa, (size_t)n);
+    CHECKF(e < 1e-5, "output: merged against apart, rel %.3e", e);
+    CHECKF(fabs(lm - la) <= 1e-5 * fabs(la), "loss %.9g merged, %.9g apart", lm, la);
+    double worst = 0;
+    for (int i = 0; i < m.p->count; i++) {
+        const dd_param_info *q = &m.p->info[i];
+        if (!q->trainable) continue;
+        const float *gm = m.p->grad + q->offset, *ga = a.p->grad + a.p->info[i].offset;
+        double s = 0;
+        for (size_t j = 0; j < q->numel; j++) s += (double)ga[j] * ga[j];
+        CHECKF(s > 0, "%s: zero gradient apart: nothing to compare", q->name);
+        const double ei = tu_rel_err(gm, ga, q->numel);
+        CHECKF(ei < 1e-4, "%s: gradient merged against apart, rel %.3e", q->name, ei);
+        if (ei > worst) worst = ei;
+    }
+    printf("skip merge: output rel %.2e, worst gradient rel %.2e\n", e, worst);
+    /* a second graph (forward only, reusing memory) over the merged parameters merges again */
+    skip_run m2, a2;
+    CHECK_OK(skip_build(&m2, &c, N, 1, m.p));
+    CHECK(m2.convs == m.convs);
+    CHECK_OK(dd_graph_reuse_memory(m2.g));
+    CHECK_OK(dd_graph_plan(m2.g, 0));
+    CHECK_OK(skip_step(&m2, x, t, target, tmp, &lm));
+    CHECKF(!memcmp(tmp, om, sizeof(float) * (size_t)n), "second merged graph differs: rel %.3e",
+           tu_rel_err(tmp, om, (size_t)n));
+    /* ... and one over parameters laid out apart builds apart, asked to merge or not */
+    CHECK_OK(skip_build(&a2, &c, N, 1, a.p));
+    CHECK(a2.convs == a.convs);
+    dd_graph_free(a2.g);
+    /* the merged parameters read apart: the skip found where it was placed */
+    CHECK_OK(skip_build(&a2, &c, N, 0, m.p));
+    CHECK(a2.convs == a.convs);
+    CHECK_OK(dd_graph_plan(a2.g, 0));
+    CHECK_OK(skip_step(&a2, x, t, target, tmp, &la));
+    e = tu_rel_err(tmp, om, (size_t)n);
+    CHECKF(e < 1e-5, "merged parameters built apart: rel %.3e", e);
+    dd_graph_free(a2.g);
+    /* bad slices and spans are refused with a message */
+    a2.g = dd_graph_new(m.p);
+    const int xx = dd_input(a2.g, "x", 2, 32, 4, 4), yy = dd_input(a2.g, "y", 2, 8, 4, 4);
+    const int w = dd_param(a2.g, "up1.norm.weight", 1, (int64_t[]){16}, DD_INIT_ONE);
+    const int b = dd_param(a2.g, "up1.norm.bias", 1, (int64_t[]){16}, DD_INIT_ZERO);
+    CHECK(dd_group_norm_slice(a2.g, xx, 16, w, b, 8, -1, 1, -1, 0) >= 0);
+    CHECK(dd_group_norm_slice(a2.g, xx, 17, w, b, 8, -1, 1, -1, 0) < 0);
+    CHECK(strstr(dd_error_message(), "channels 17 to 33 of input (2, 32, 4, 4)"));
+    CHECK(dd_group_norm_slice(a2.g, xx, 0, w, b, 8, -1, 1, yy, 0) < 0);
+    CHECK(strstr(dd_error_message(), "residual (2, 8, 4, 4) (from channel 0)"));
+    CHECK(dd_group_norm_slice(a2.g, xx, 0, w, b, 3, -1, 1, -1, 0) < 0);
+    CHECK(dd_param_span(a2.g, xx, 4) < 0);
+    CHECK(strstr(dd_error_message(), "not a parameter view"));
+    const int wi = dd_param(a2.g, "up1.inl.conv.weight", 4, (int64_t[]){16, 32, 3, 3}, DD_INIT_GLOROT);
+    CHECK(dd_param_span(a2.g, wi, 32) >= 0); /* the skip's room */
+    CHECK(dd_param_span(a2.g, wi, 33) < 0);  /* past it */
+    CHECK(strstr(dd_error_message(), "do not fit it and the room after it"));
+    CHECK(dd_param_span(a2.g, w, 32) < 0); /* no room after a GroupNorm's scale */
+    dd_graph_free(a2.g);
+    dd_graph_free(m2.g);
+    dd_graph_free(m.g);
+    dd_graph_free(a.g);
+    dd_params_free(m.p);
+    dd_params_free(a.p);
+    free(x);
+    free(om);
+}
+
 int main(void) {
     test_dense_groups();
     test_counts();
@@ -536,5 +684,6 @@ int main(void) {
     test_json();
     test_fixed_equals_unet();
     test_reuse_memory();
+    test_skip_merge();
     return tu_finish();
 }

@@ -174,7 +174,7 @@ static void check_group_norm(const char *name) {
     ref r;
     if (ref_load(&r, name)) return;
     dd_gn_shape s = {(int)P(&r, "N"), (int)P(&r, "C"), (int)P(&r, "HW"), (int)P(&r, "G"),
-                     (int)P(&r, "swish"), (float)P(&r, "eps")};
+                     (int)P(&r, "swish"), (float)P(&r, "eps"), 0, 0};
     const int add = (int)P(&r, "add");
     const size_t n = (size_t)s.N * s.C * s.HW, ng = (size_t)s.N * s.G;
     float *y = filled_nan(n), *mean = filled_nan(ng), *rstd = filled_nan(ng);
@@ -711,7 +711,7 @@ static void check_batch_paths(void) {
     /* group_norm backward has two schedules: whole groups per thread (G >= threads, what the
      * small gradcheck cases run) and channels / (n, g) in parallel (fewer groups than threads,
      * only above the OpenMP size threshold). Both must give the same gradients. */
-    dd_gn_shape g = {3, 6, 2500, 2, 1, 1e-5f};
+    dd_gn_shape g = {3, 6, 2500, 2, 1, 1e-5f, 0, 0};
     const size_t n = 3 * 6 * 2500;
     float *gx = malloc(n * sizeof(float)), *gdy = malloc(n * sizeof(float)), gm[6], gb[6], ga[18];
     tu_fill_uniform(gx, n, -2, 2, 41);
@@ -746,7 +746,7 @@ static void check_batch_paths(void) {
  * one outlier. */
 static void check_group_norm_moments(void) {
     enum { C = 4, HW = 300 };
-    dd_gn_shape s = {1, C, HW, 2, 0, 1e-5f};
+    dd_gn_shape s = {1, C, HW, 2, 0, 1e-5f, 0, 0};
     float *x = malloc(C * HW * sizeof(float)), *y = malloc(C * HW * sizeof(float));
     const float gamma[C] = {1, 1, 1, 1}, beta[C] = {0, 0, 0, 0};
     tu_fill_uniform(x, C * HW, -0.05f, 0.05f, 51);

@@ -313,7 +313,7 @@ static void gn_case_res(int N, int C, int HW, int G, int add, int swish, int res
     gc_case *c = new_case((size_t)N * C * HW, 1e-3f, "group_norm N=%d C=%d HW=%d G=%d%s%s%s", N,
                           C, HW, G, add ? " +add" : "", swish ? " +swish" : "",
                           res ? " +res" : "");
-    c->gn = (dd_gn_shape){N, C, HW, G, swish, 1e-5f};
+    c->gn = (dd_gn_shape){N, C, HW, G, swish, 1e-5f, 0, 0};
     float *x = add_tensor(c, "x", (size_t)N * C * HW, -1.5f, 1.5f, 1);
     /* a different offset per channel, so the group statistics are not all alike */
     for (int n = 0; n < N; n++)

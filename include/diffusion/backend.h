@@ -49,7 +49,15 @@ typedef struct {
 typedef struct {
     int N, C, HW, G, swish;
     float eps;
+    /* batch strides in floats (0: C*HW, packed): image n of x and dx starts at n*xs, of res and
+     * dres at n*rs; y and dy are always packed. A ResBlock whose skip convolution is merged with
+     * its first one (models/blocks.c) reads both halves of that convolution's output this way. */
+    size_t xs, rs;
 } dd_gn_shape;
+
+/* the batch strides of a group norm's x and res, with 0 resolved to the packed C*HW */
+static inline size_t dd_gn_xs(const dd_gn_shape *s) { return s->xs ? s->xs : (size_t)s->C * s->HW; }
+static inline size_t dd_gn_rs(const dd_gn_shape *s) { return s->rs ? s->rs : (size_t)s->C * s->HW; }
 
 /* attention: qkv (N, 3C, P) from one conv; heads split C into D = C/heads channels:
  * q[n,h,d,p] = qkv[n, h*D + d, p], k = qkv[n, C + h*D + d, p], v = qkv[n, 2C + h*D + d, p].

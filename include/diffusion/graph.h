@@ -44,6 +44,7 @@ typedef struct {
     size_t offset; /* in floats, into every buffer of dd_params; 16-byte aligned */
     dd_init init;
     int trainable; /* 0 for fixed tables: no gradient, not updated, still checkpointed */
+    size_t reserved; /* floats kept free right after it, for dd_params_add_after */
 } dd_param_info;
 
 typedef struct dd_params {
@@ -66,12 +67,26 @@ void dd_params_free(dd_params *p);
 int dd_params_add(dd_params *p, const char *name, int ndim, const int64_t *shape, dd_init init);
 int dd_params_find(const dd_params *p, const char *name); /* index or -1 (no message) */
 size_t dd_params_count_numel(const dd_params *p);         /* all parameters, as PyTorch counts */
+/* Room right after a parameter for another one registered later (dd_params_add_after), so that
+ * the two are one contiguous block in every buffer: a ResBlock's first and skip convolutions run
+ * as one convolution over their weights side by side, while the registration order (which gives
+ * each parameter its initial values' random stream) stays the modules' order. Only for the
+ * parameter registered last, before allocation, and when its size is whole 16-byte units; returns
+ * 0 when the room is there (also when an earlier call made it), 1 (no message) when it cannot be
+ * made. */
+int dd_params_reserve(dd_params *p, int idx, size_t floats);
+/* Register (or find) a trainable parameter placed in the room reserved after parameter `after`;
+ * returns its index, or -1 with a message (no room, or found elsewhere). */
+int dd_params_add_after(dd_params *p, int after, const char *name, int ndim, const int64_t *shape,
+                        dd_init init);
 /* Allocate values, gradients, Adam state and EMA (zeroed), then initialise values with a Philox
  * stream from seed and copy them into the EMA. */
 int dd_params_alloc(dd_params *p, uint64_t seed);
 /* Host copies of one parameter's values (or EMA values). */
 int dd_params_get(const dd_params *p, int idx, float *host, int ema);
 int dd_params_set(dd_params *p, int idx, const float *host, int ema);
+/* A host copy of one parameter's gradient (as the last backward left it). */
+int dd_params_get_grad(const dd_params *p, int idx, float *host);
 /* For DD_INIT_FIXED parameters: provide host values before dd_params_alloc (copied). */
 int dd_params_set_fixed(dd_params *p, int idx, const float *host);
 int dd_params_zero_grad(dd_params *p);
@@ -124,6 +139,7 @@ typedef struct {
     int param;    /* index into dd_params, or -1 */
     int needs_grad;
     int keep;     /* dd_graph_keep: own memory even in a graph that reuses memory */
+    int span;     /* a dd_param_span view: the parameter and what lies after it */
     size_t offset, grad_offset; /* floats into the arenas (activations only) */
     float *data, *grad;         /* resolved by dd_graph_plan */
 } dd_tensor;
@@ -136,6 +152,8 @@ typedef struct {
     int out;                  /* tensor id */
     int in[DD_MAX_INPUTS];    /* tensor ids, -1 where absent */
     int aux[DD_MAX_AUX];      /* saved-for-backward tensors (no gradient), -1 where absent */
+    size_t in_off[DD_MAX_INPUTS]; /* floats into each input (and its gradient) where the op's
+                                     view starts: group norm's channel slices, else 0 */
     union {
         dd_conv_shape conv;
         dd_gn_shape gn;
@@ -194,6 +212,10 @@ int dd_input_index(dd_graph *g, const char *name, int N);
 int dd_input_index_from(dd_graph *g, const char *name, int N, int base);
 /* A parameter view: registered in g->params under `name` (or found there, shape checked). */
 int dd_param(dd_graph *g, const char *name, int ndim, const int64_t *shape, dd_init init);
+/* A view of parameter view `param` and the parameters placed after it (dd_params_reserve), as
+ * one tensor of `rows` rows of the parameter's trailing shape: the weights (or biases) of
+ * convolutions side by side, read as one convolution's. */
+int dd_param_span(dd_graph *g, int param, int64_t rows);
 
 /* Ops. Each validates shapes and returns the output tensor id or -1 with a message. */
 int dd_conv2d(dd_graph *g, int x, int w, int b /* -1: none */, int stride, int pad);
@@ -202,6 +224,11 @@ int dd_dense(dd_graph *g, int x, int w, int b /* -1: none */);
  * optional (-1) */
 int dd_group_norm(dd_graph *g, int x, int gamma, int beta, int groups, int add /* -1 */,
                   int swish, int res /* -1 */);
+/* The same over channels [xc, xc + C) of x and [rc, rc + C) of res (C: gamma's length), which
+ * may have more channels than C: the two halves of a merged convolution's output, read in place
+ * (dd_gn_shape's batch strides). */
+int dd_group_norm_slice(dd_graph *g, int x, int xc, int gamma, int beta, int groups, int add,
+                        int swish, int res, int rc);
 int dd_activation(dd_graph *g, int x, dd_act act);
 int dd_add(dd_graph *g, int a, int b);
 int dd_concat(dd_graph *g, int a, int b);

@@ -238,7 +238,7 @@ void case_gn_ws(int N, int C, int HW, int G, int swish, int with_add, int params
              params ? "" : " (no params)", want_dx ? "" : " (no dx)",
              ws ? "" : " (no workspace)");
     begin(t);
-    dd_gn_shape s = {N, C, HW, G, swish, 1e-5f};
+    dd_gn_shape s = {N, C, HW, G, swish, 1e-5f, 0, 0};
     const size_t n = (size_t)N * C * HW, nng = (size_t)N * G, nnc = (size_t)N * C;
     auto x = rnd(n, -2, 3), gamma = rnd(C, 0.5f, 1.5f), beta = rnd(C, -0.5f, 0.5f),
          add = rnd(nnc, -1, 1), dy = rnd(n, -1, 1);
@@ -283,7 +283,7 @@ void case_gn(int N, int C, int HW, int G, int swish, int with_add, int params, i
  * not hold the groups runs the fixed choice), then the autotuner (auto: prepare times them all in
  * the emulation and keeps one that agrees with the fixed choice), against the CPU. */
 void case_gn_configs(int N, int C, int HW, int G, int swish, int with_add, int res) {
-    dd_gn_shape s = {N, C, HW, G, swish, 1e-5f};
+    dd_gn_shape s = {N, C, HW, G, swish, 1e-5f, 0, 0};
     const size_t n = (size_t)N * C * HW, nng = (size_t)N * G, nnc = (size_t)N * C;
     auto x = rnd(n, -2 + 30, 3 + 30), gamma = rnd(C, 0.5f, 1.5f), beta = rnd(C, -0.5f, 0.5f),
          add = rnd(nnc, -1, 1), r = rnd(n, -1, 1);
@@ -314,7 +314,7 @@ void case_gn_configs(int N, int C, int HW, int G, int swish, int with_add, int r
  * then auto (the first call of the shape times them all in the emulation), against the CPU:
  * from the CPU's statistics, adding into the same starting gradients. */
 void case_gn_bwd_configs(int N, int C, int HW, int G, int swish, int all) {
-    dd_gn_shape s = {N, C, HW, G, swish, 1e-5f};
+    dd_gn_shape s = {N, C, HW, G, swish, 1e-5f, 0, 0};
     const size_t n = (size_t)N * C * HW, nng = (size_t)N * G, nnc = (size_t)N * C;
     auto x = rnd(n, -2, 3), gamma = rnd(C, 0.5f, 1.5f), beta = rnd(C, -0.5f, 0.5f),
          add = rnd(nnc, -1, 1), dy = rnd(n, -1, 1);
