@@ -117,14 +117,13 @@ static int res_block_merged(dd_graph *g, const char *prefix, int x, int cin, int
     /* x -> (N, 2 cout, H, W): ConvEmbed's channels, then the skip's */
     int m = dd_conv2d(g, x, dd_param_span(g, wa, 2 * cout), dd_param_span(g, ba, 2 * cout), 1, 1);
     int e = dd_dense_layer(g, mb_name(nm, sizeof nm, pf, "emb"), emb_swish, cout, 1);
-    int gamma, beta;
+    /* ConvEmbed's GroupNorm (gn_params would take m's 2 cout channels) */
     int64_t gs[1] = {cout};
-    gamma = dd_param(g, mb_name(nm, sizeof nm, pf, "norm.weight"), 1, gs, DD_INIT_ONE);
-    beta = dd_param(g, mb_name(nm, sizeof nm, pf, "norm.bias"), 1, gs, DD_INIT_ZERO);
+    int gamma = dd_param(g, mb_name(nm, sizeof nm, pf, "norm.weight"), 1, gs, DD_INIT_ONE);
+    int beta = dd_param(g, mb_name(nm, sizeof nm, pf, "norm.bias"), 1, gs, DD_INIT_ZERO);
     int h = dd_group_norm_slice(g, m, 0, gamma, beta, groups, e, 1, -1, 0);
     h = dd_conv2d_layer(g, mb_name(nm, sizeof nm, prefix, "conv"), h, cout, 3, 1, 1, 1);
-    gamma = dd_param(g, mb_name(nm, sizeof nm, prefix, "norm.weight"), 1, gs, DD_INIT_ONE);
-    beta = dd_param(g, mb_name(nm, sizeof nm, prefix, "norm.bias"), 1, gs, DD_INIT_ZERO);
+    if (gn_params(g, mb_name(nm, sizeof nm, prefix, "norm"), h, &gamma, &beta)) return -1;
     /* the skip's parameters last, as apart, but in the rooms after ConvEmbed's */
     int sw = dd_params_add_after(g->params, wi, mb_name(nm, sizeof nm, prefix, "skip.weight"), 4,
                                  ws, DD_INIT_GLOROT);
