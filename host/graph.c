@@ -248,10 +248,10 @@ int dd_dense(dd_graph *g, int x, int w, int b) {
 
 int dd_group_norm(dd_graph *g, int x, int gamma, int beta, int groups, int add, int swish,
                   int res) {
+    /* the packed form's own checks (all of x's channels, res of x's shape), then the slice's */
     NEED(x);
     NEED(gamma);
     NEED(beta);
-    if (add != -1) NEED(add);
     if (res != -1) NEED(res);
     char s1[64];
     const dd_tensor *X = T(x);
