@@ -429,7 +429,9 @@ if [ -n "$BENCH_JSON" ] && [ "$(limit 120)" != 0 ]; then
         [ "$L" = 0 ] && break
         LOGF="$LOGS/bench_$(echo "$setting" | tr '=,-' '___').log"
         say "diffusion bench (bar rows) with $setting (limit ${L}s)"
-        if env "$setting" timeout "$L" "$BUILD/diffusion" bench --device cuda --min-time 0.3 \
+        # DIFFUSION_CONV_LOG=1: the shapes' choices and times in the log (with
+        # DIFFUSION_SKIP_MERGE=0, the decoder's pairs apart beside conv_choices.txt's merged ones)
+        if env "$setting" DIFFUSION_CONV_LOG=1 timeout "$L" "$BUILD/diffusion" bench --device cuda --min-time 0.3 \
                 --train 128 --forward 64 --ddim 256 --profile > "$LOGF" 2>&1; then
             ROWS=$(grep -E "^(train_step|ddim20_loop) " "$LOGF" |
                    awk '{ printf "%s %s: %s ms; ", $1, $2, $3 }')
