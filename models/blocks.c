@@ -85,10 +85,13 @@ int mb_conv_embed(dd_graph *g, const char *prefix, int x, int cout, int emb_swis
 }
 
 /* Whether a ResBlock with a skip convolution runs it merged with its first convolution (both
- * read x): DIFFUSION_SKIP_MERGE=0 builds them apart, for comparison. */
+ * read x): 1 (DIFFUSION_SKIP_MERGE unset or 1), 0 (DIFFUSION_SKIP_MERGE=0: apart, for
+ * comparison), or -1 with a message for another value. */
 static int skip_merge_wanted(void) {
     const char *e = getenv("DIFFUSION_SKIP_MERGE");
-    return !(e && !strcmp(e, "0"));
+    if (!e || !*e || !strcmp(e, "1")) return 1;
+    if (!strcmp(e, "0")) return 0;
+    return dd_error("DIFFUSION_SKIP_MERGE=%s: use 1 (merge, the default) or 0", e);
 }
 
 /* The ResBlock's two convolutions of x (ConvEmbed's, and the skip) as one convolution of 2 cout
@@ -139,7 +142,9 @@ int mb_res_block(dd_graph *g, const char *prefix, int x, int cout, int emb_swish
     char nm[DD_NAME_MAX];
     int cin = mb_channels(g, x);
     if (cin < 0) return -1;
-    if (cin != cout && skip_merge_wanted()) {
+    const int merge = cin != cout ? skip_merge_wanted() : 0;
+    if (merge < 0) return -1;
+    if (merge) {
         int out = -1, rc = res_block_merged(g, prefix, x, cin, cout, emb_swish, groups, &out);
         if (rc <= 0) return rc ? -1 : out;
     }

@@ -646,6 +646,14 @@ static void test_skip_merge(void) {
     e = tu_rel_err(tmp, om, (size_t)n);
     CHECKF(e < 1e-5, "merged parameters built apart: rel %.3e", e);
     dd_graph_free(a2.g);
+    /* a bad DIFFUSION_SKIP_MERGE stops the build with a message */
+    setenv("DIFFUSION_SKIP_MERGE", "yes", 1);
+    a2.g = dd_graph_new(m.p);
+    CHECK(dd_model_build(a2.g, &c, dd_input(a2.g, "x", N, 1, 28, 28),
+                         dd_input_index_from(a2.g, "t", N, 1), -1, NULL) < 0);
+    CHECK(strstr(dd_error_message(), "DIFFUSION_SKIP_MERGE=yes: use 1"));
+    unsetenv("DIFFUSION_SKIP_MERGE");
+    dd_graph_free(a2.g);
     /* bad slices and spans are refused with a message */
     a2.g = dd_graph_new(m.p);
     const int xx = dd_input(a2.g, "x", 2, 32, 4, 4), yy = dd_input(a2.g, "y", 2, 8, 4, 4);
