@@ -1,10 +1,13 @@
 /* Model builders: SPEC.md's parameter table through the builder, the PyTorch names, config
- * validation and JSON, build-time errors, and UNetFixed == UNet (1,2,4) on the CPU backend. */
+ * validation and JSON, build-time errors, UNetFixed == UNet (1,2,4), and the decoder's merged
+ * skip convolutions == the same convolutions apart, on the CPU backend. */
 #include <math.h>
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 
 #include "diffusion/backend.h"
+#include "diffusion/checkpoint.h"
 #include "diffusion/error.h"
 #include "diffusion/graph.h"
 #include "diffusion/models.h"
@@ -551,14 +554,14 @@ static int skip_build(skip_run *r, const dd_model_config *c, int N, int merge, d
 }
 
 static int skip_step(skip_run *r, const float *x, const int32_t *t, const float *target,
-                     float *out, float *loss) {
+                     float *out, float *loss, int backward) {
     DD_TRY(dd_graph_set_input(r->g, r->x, x, (size_t)r->g->t[r->x].numel * sizeof(float)));
     DD_TRY(dd_graph_set_input(r->g, r->t, t, (size_t)r->g->t[r->t].numel * sizeof(int32_t)));
     DD_TRY(dd_graph_set_input(r->g, r->target, target, (size_t)r->g->t[r->x].numel * sizeof(float)));
     DD_TRY(dd_graph_forward(r->g));
     DD_TRY(dd_graph_get(r->g, r->out, out));
     DD_TRY(dd_graph_get(r->g, r->loss, loss));
-    return r->g->with_grad ? dd_graph_backward(r->g, r->loss) : 0;
+    return backward ? dd_graph_backward(r->g, r->loss) : 0;
 }
 
 /* The merged skip convolutions compute what the convolutions apart do: the same initial values
@@ -607,8 +610,8 @@ static void test_skip_merge(void) {
     tu_fill_uniform(target, (size_t)n, -1, 1, 4);
     const int32_t t[2] = {3, 90};
     float lm, la;
-    CHECK_OK(skip_step(&m, x, t, target, om, &lm));
-    CHECK_OK(skip_step(&a, x, t, target, oa, &la));
+    CHECK_OK(skip_step(&m, x, t, target, om, &lm, 1));
+    CHECK_OK(skip_step(&a, x, t, target, oa, &la, 1));
     double e = tu_rel_err(om, oa, (size_t)n);
     CHECKF(e < 1e-5, "output: merged against apart, rel %.3e", e);
     CHECKF(fabs(lm - la) <= 1e-5 * fabs(la), "loss %.9g merged, %.9g apart", lm, la);
@@ -631,7 +634,7 @@ static void test_skip_merge(void) {
     CHECK(m2.convs == m.convs);
     CHECK_OK(dd_graph_reuse_memory(m2.g));
     CHECK_OK(dd_graph_plan(m2.g, 0));
-    CHECK_OK(skip_step(&m2, x, t, target, tmp, &lm));
+    CHECK_OK(skip_step(&m2, x, t, target, tmp, &lm, 0));
     CHECKF(!memcmp(tmp, om, sizeof(float) * (size_t)n), "second merged graph differs: rel %.3e",
            tu_rel_err(tmp, om, (size_t)n));
     /* ... and one over parameters laid out apart builds apart, asked to merge or not */
@@ -642,10 +645,35 @@ static void test_skip_merge(void) {
     CHECK_OK(skip_build(&a2, &c, N, 0, m.p));
     CHECK(a2.convs == a.convs);
     CHECK_OK(dd_graph_plan(a2.g, 0));
-    CHECK_OK(skip_step(&a2, x, t, target, tmp, &la));
+    CHECK_OK(skip_step(&a2, x, t, target, tmp, &la, 0));
     e = tu_rel_err(tmp, om, (size_t)n);
     CHECKF(e < 1e-5, "merged parameters built apart: rel %.3e", e);
     dd_graph_free(a2.g);
+    /* a checkpoint of the parameters laid out apart, after an Adam step, loads into the merged
+     * layout by name (values, EMA, Adam's moments), and the merged graph then gives the apart
+     * one's output: checkpoints from before the merge keep working, and the other way round */
+    CHECK_OK(dd_params_adam(a.p, 1e-3f, 0.9, 0.999, 1e-8, NULL));
+    CHECK_OK(dd_params_ema(a.p, 0.9f, 0, NULL));
+    CHECK_OK(dd_params_step_done(a.p, NULL));
+    CHECK_OK(dd_params_read_step(a.p));
+    char path[400];
+    snprintf(path, sizeof path, "%s/test_models_skip_%ld.safetensors", DD_BINARY_DIR, (long)getpid());
+    CHECK_OK(dd_checkpoint_save(path, a.p, NULL, 0, DD_CKPT_TRAIN));
+    CHECK_OK(dd_checkpoint_load(path, m.p, DD_CKPT_TRAIN));
+    remove(path);
+    CHECK(m.p->adam_step == 1);
+    for (int i = 0; i < m.p->count; i++) {
+        const dd_param_info *q = &m.p->info[i], *qa = &a.p->info[i];
+        const float *bm[4] = {m.p->data, m.p->ema, m.p->adam_m, m.p->adam_v};
+        const float *ba[4] = {a.p->data, a.p->ema, a.p->adam_m, a.p->adam_v};
+        for (int k = 0; k < 4; k++)
+            CHECKF(!memcmp(bm[k] + q->offset, ba[k] + qa->offset, q->numel * sizeof(float)),
+                   "%s: buffer %d differs after loading the apart checkpoint", q->name, k);
+    }
+    CHECK_OK(skip_step(&m2, x, t, target, tmp, &lm, 0));
+    CHECK_OK(skip_step(&a, x, t, target, oa, &la, 0));
+    e = tu_rel_err(tmp, oa, (size_t)n);
+    CHECKF(e < 1e-5, "merged layout loaded from the apart checkpoint: rel %.3e", e);
     /* a bad DIFFUSION_SKIP_MERGE stops the build with a message */
     setenv("DIFFUSION_SKIP_MERGE", "yes", 1);
     a2.g = dd_graph_new(m.p);
