@@ -441,7 +441,10 @@ static __device__ __forceinline__ float gn_dz(float dy, float xhat, float gm, fl
  * get as few warps as hold its values, up to where fewer threads lose more latency than they
  * save instructions: where that is, the GPU measures per shape (gn_fwd_cfgs below). */
 #define GN_FWD_CG_MAX 256 /* channels a group whose gamma and shift are staged in shared memory */
-template <int V> /* values a thread keeps in registers */
+/* S: x and res at batch strides xs and rs of their own (dd_gn_shape); without, both are packed
+ * and the strides unread, so the packed kernels compile as they did before strides existed
+ * (with the strides always read, the float4 one took up to 23 more registers) */
+template <int V, bool S> /* V: values a thread keeps in registers */
 static __global__ void __launch_bounds__(THREADS)
     gn_forward_kernel(float *y, float *mean, float *rstd, const float *x, const float *gamma,
                       const float *beta, const float *add, const float *res, int C, int HW, int G,
@@ -451,10 +454,10 @@ static __global__ void __launch_bounds__(THREADS)
     const int ng = blockIdx.x, n = ng / G, g = ng - n * G, Cg = C / G;
     const int T = blockDim.x, tid = threadIdx.x;
     const int M = Cg * HW; /* the host keeps it under 2^31 */
-    const size_t gof = (size_t)g * Cg * HW, base = (size_t)n * C * HW + gof;
-    const float *xg = x + (size_t)n * xs + gof;
+    const size_t base = ((size_t)n * C + (size_t)g * Cg) * HW, gof = (size_t)g * Cg * HW;
+    const float *xg = S ? x + (size_t)n * xs + gof : x + base;
     float *yg = y + base;
-    const float *rg = res ? res + (size_t)n * rs + gof : NULL;
+    const float *rg = !res ? NULL : S ? res + (size_t)n * rs + gof : res + base;
     const float *addn = add ? add + (size_t)n * C + (size_t)g * Cg : NULL;
     const bool cached = M <= V * T, staged = Cg <= GN_FWD_CG_MAX; /* uniform */
     if (staged)
@@ -534,7 +537,7 @@ static __global__ void __launch_bounds__(THREADS)
  * batch strides whole float4s), Cg <=
  * GN_FWD_CG_MAX and M <= 4 V4 blockDim (gn_fwd_applies and gn_fwd_run check). The same sums per
  * thread in float and across threads in double, and the same per-element formulas. */
-template <int V4>
+template <int V4, bool S> /* S: as gn_forward_kernel's */
 static __global__ void __launch_bounds__(THREADS)
     gn_forward_vec_kernel(float *y, float *mean, float *rstd, const float *x, const float *gamma,
                           const float *beta, const float *add, const float *res, int C, int HW,
@@ -544,10 +547,11 @@ static __global__ void __launch_bounds__(THREADS)
     const int ng = blockIdx.x, n = ng / G, g = ng - n * G, Cg = C / G;
     const int T = blockDim.x, tid = threadIdx.x;
     const int M = Cg * HW, M4 = M >> 2;
-    const size_t gof = (size_t)g * Cg * HW, base = (size_t)n * C * HW + gof;
-    const float4 *xg = reinterpret_cast<const float4 *>(x + (size_t)n * xs + gof);
+    const size_t base = ((size_t)n * C + (size_t)g * Cg) * HW, gof = (size_t)g * Cg * HW;
+    const float4 *xg = reinterpret_cast<const float4 *>(S ? x + (size_t)n * xs + gof : x + base);
     float4 *yg = reinterpret_cast<float4 *>(y + base);
-    const float4 *rg = res ? reinterpret_cast<const float4 *>(res + (size_t)n * rs + gof) : NULL;
+    const float4 *rg = !res ? NULL
+                       : reinterpret_cast<const float4 *>(S ? res + (size_t)n * rs + gof : res + base);
     const float *addn = add ? add + (size_t)n * C + (size_t)g * Cg : NULL;
     for (int cc = tid; cc < Cg; cc += T) { /* read after block_sum_once's barrier */
         sgm[cc] = gamma[g * Cg + cc];
@@ -686,14 +690,15 @@ static int gn_fwd_run(int c, const dd_gn_shape *s, float *y, float *mean, float 
                       const float *res) {
     const unsigned int blocks = (unsigned int)(s->N * s->G);
     const int T = gn_fwd_cfgs[c].T;
+    const bool strided = s->xs || s->rs;
     if (gn_fwd_cfgs[c].vec) {
         if ((((uintptr_t)x | (uintptr_t)y | (uintptr_t)res) & 15) || (dd_gn_xs(s) | dd_gn_rs(s)) & 3)
             c = gn_fwd_fixed((size_t)(s->C / s->G) * s->HW); /* not float4-aligned */
         else {
 #define GN_VEC_LAUNCH(V4)                                                                         \
-    gn_forward_vec_kernel<V4><<<blocks, T, 0, dd_cuda_stream>>>(                                  \
-        y, mean, rstd, x, gamma, beta, add, res, s->C, s->HW, s->G, s->swish, s->eps,             \
-        dd_gn_xs(s), dd_gn_rs(s))
+    (strided ? gn_forward_vec_kernel<V4, true> : gn_forward_vec_kernel<V4, false>)<<<             \
+        blocks, T, 0, dd_cuda_stream>>>(y, mean, rstd, x, gamma, beta, add, res, s->C, s->HW,     \
+                                        s->G, s->swish, s->eps, dd_gn_xs(s), dd_gn_rs(s))
             switch (gn_fwd_cfgs[c].V) {
             case 8: GN_VEC_LAUNCH(2); break;
             case 16: GN_VEC_LAUNCH(4); break;
@@ -706,9 +711,10 @@ static int gn_fwd_run(int c, const dd_gn_shape *s, float *y, float *mean, float 
         }
     }
 #define GN_FWD_LAUNCH(V)                                                                          \
-    gn_forward_kernel<V><<<blocks, T, 0, dd_cuda_stream>>>(y, mean, rstd, x, gamma, beta, add, res, \
-                                                          s->C, s->HW, s->G, s->swish, s->eps,     \
-                                                          dd_gn_xs(s), dd_gn_rs(s))
+    (strided ? gn_forward_kernel<V, true> : gn_forward_kernel<V, false>)<<<blocks, T, 0,           \
+                                                                          dd_cuda_stream>>>(       \
+        y, mean, rstd, x, gamma, beta, add, res, s->C, s->HW, s->G, s->swish, s->eps,             \
+        dd_gn_xs(s), dd_gn_rs(s))
     switch (gn_fwd_cfgs[c].V) {
     case 8: GN_FWD_LAUNCH(8); break;
     case 16: GN_FWD_LAUNCH(16); break;
@@ -1104,7 +1110,8 @@ static __global__ void gn_backward_dx_kernel(float *dx, const float *dy, const f
  * the UNets have 2 to 8); more go to the two-kernel path below */
 #define GN_FUSED_CG_MAX 256
 
-template <int V> /* positions a lane keeps in registers (the cached path) */
+/* V: positions a lane keeps in registers (the cached path); S: as gn_forward_kernel's */
+template <int V, bool S>
 static __global__ void __launch_bounds__(THREADS, V == 8 ? 4 : V == 16 ? 2 : 1)
     gn_backward_fused_kernel(float *dx, double *ws, float *dadd, float *dres, const float *dy,
                              const float *x, const float *mean, const float *rstd,
@@ -1119,7 +1126,8 @@ static __global__ void __launch_bounds__(THREADS, V == 8 ? 4 : V == 16 ? 2 : 1)
     double *shn = gn_sh, *shx = gn_sh + (size_t)Cg * wpc, *s12 = shx + (size_t)Cg * wpc;
     const size_t M = (size_t)Cg * HW, base = ((size_t)n * C + (size_t)g * Cg) * HW;
     /* where the group starts in x and dx, and in dres (dy's is base) */
-    const size_t bx = (size_t)n * xs + (size_t)g * Cg * HW, br = (size_t)n * rs + (size_t)g * Cg * HW;
+    const size_t bx = S ? (size_t)n * xs + (size_t)g * Cg * HW : base;
+    const size_t br = S ? (size_t)n * rs + (size_t)g * Cg * HW : base;
     const float m = mean[ng], r = rstd[ng];
 
     /* cached: one pass over the channels covers the group and a thread has at most V
@@ -1301,10 +1309,12 @@ static int gn_bwd_run(int c, const dd_gn_shape *s, float *dx, float *dgamma, flo
     const int params = dgamma || dbeta;
     const int T = gn_bwd_cfgs[c].T;
     static_assert(THREADS / 32 <= GN_FUSED_CG_MAX, "shares fit gn_sh");
+    const bool strided = s->xs || s->rs;
 #define GN_BWD_LAUNCH(V)                                                                          \
-    gn_backward_fused_kernel<V><<<s->N * s->G, T, 0, dd_cuda_stream>>>(                           \
-        dx, params ? (double *)ws : NULL, dadd, dres, dy, x, mean, rstd, gamma, beta, add, s->N,  \
-        s->C, s->HW, s->G, s->swish, dd_gn_xs(s), dd_gn_rs(s))
+    (strided ? gn_backward_fused_kernel<V, true> : gn_backward_fused_kernel<V, false>)<<<         \
+        s->N * s->G, T, 0, dd_cuda_stream>>>(dx, params ? (double *)ws : NULL, dadd, dres, dy, x, \
+                                             mean, rstd, gamma, beta, add, s->N, s->C, s->HW,     \
+                                             s->G, s->swish, dd_gn_xs(s), dd_gn_rs(s))
     switch (gn_bwd_cfgs[c].V) {
     case 16: GN_BWD_LAUNCH(16); break;
     case 32: GN_BWD_LAUNCH(32); break;
