@@ -695,10 +695,14 @@ static int gn_fwd_run(int c, const dd_gn_shape *s, float *y, float *mean, float 
         if ((((uintptr_t)x | (uintptr_t)y | (uintptr_t)res) & 15) || (dd_gn_xs(s) | dd_gn_rs(s)) & 3)
             c = gn_fwd_fixed((size_t)(s->C / s->G) * s->HW); /* not float4-aligned */
         else {
+#define GN_VEC_ARGS                                                                               \
+    y, mean, rstd, x, gamma, beta, add, res, s->C, s->HW, s->G, s->swish, s->eps, dd_gn_xs(s),    \
+        dd_gn_rs(s)
 #define GN_VEC_LAUNCH(V4)                                                                         \
-    (strided ? gn_forward_vec_kernel<V4, true> : gn_forward_vec_kernel<V4, false>)<<<             \
-        blocks, T, 0, dd_cuda_stream>>>(y, mean, rstd, x, gamma, beta, add, res, s->C, s->HW,     \
-                                        s->G, s->swish, s->eps, dd_gn_xs(s), dd_gn_rs(s))
+    if (strided)                                                                                  \
+        gn_forward_vec_kernel<V4, true><<<blocks, T, 0, dd_cuda_stream>>>(GN_VEC_ARGS);           \
+    else                                                                                          \
+        gn_forward_vec_kernel<V4, false><<<blocks, T, 0, dd_cuda_stream>>>(GN_VEC_ARGS)
             switch (gn_fwd_cfgs[c].V) {
             case 8: GN_VEC_LAUNCH(2); break;
             case 16: GN_VEC_LAUNCH(4); break;
@@ -706,15 +710,19 @@ static int gn_fwd_run(int c, const dd_gn_shape *s, float *y, float *mean, float 
             default: GN_VEC_LAUNCH(16); break;
             }
 #undef GN_VEC_LAUNCH
+#undef GN_VEC_ARGS
             DD_CUDA_LAUNCHED("group_norm_forward");
             return 0;
         }
     }
+#define GN_FWD_ARGS                                                                               \
+    y, mean, rstd, x, gamma, beta, add, res, s->C, s->HW, s->G, s->swish, s->eps, dd_gn_xs(s),    \
+        dd_gn_rs(s)
 #define GN_FWD_LAUNCH(V)                                                                          \
-    (strided ? gn_forward_kernel<V, true> : gn_forward_kernel<V, false>)<<<blocks, T, 0,           \
-                                                                          dd_cuda_stream>>>(       \
-        y, mean, rstd, x, gamma, beta, add, res, s->C, s->HW, s->G, s->swish, s->eps,             \
-        dd_gn_xs(s), dd_gn_rs(s))
+    if (strided)                                                                                  \
+        gn_forward_kernel<V, true><<<blocks, T, 0, dd_cuda_stream>>>(GN_FWD_ARGS);                \
+    else                                                                                          \
+        gn_forward_kernel<V, false><<<blocks, T, 0, dd_cuda_stream>>>(GN_FWD_ARGS)
     switch (gn_fwd_cfgs[c].V) {
     case 8: GN_FWD_LAUNCH(8); break;
     case 16: GN_FWD_LAUNCH(16); break;
@@ -722,6 +730,7 @@ static int gn_fwd_run(int c, const dd_gn_shape *s, float *y, float *mean, float 
     default: GN_FWD_LAUNCH(32); break; /* 32, and the re-reading one (M > 32 T: not cached) */
     }
 #undef GN_FWD_LAUNCH
+#undef GN_FWD_ARGS
     DD_CUDA_LAUNCHED("group_norm_forward");
     return 0;
 }
@@ -1310,17 +1319,21 @@ static int gn_bwd_run(int c, const dd_gn_shape *s, float *dx, float *dgamma, flo
     const int T = gn_bwd_cfgs[c].T;
     static_assert(THREADS / 32 <= GN_FUSED_CG_MAX, "shares fit gn_sh");
     const bool strided = s->xs || s->rs;
+#define GN_BWD_ARGS                                                                               \
+    dx, params ? (double *)ws : NULL, dadd, dres, dy, x, mean, rstd, gamma, beta, add, s->N,      \
+        s->C, s->HW, s->G, s->swish, dd_gn_xs(s), dd_gn_rs(s)
 #define GN_BWD_LAUNCH(V)                                                                          \
-    (strided ? gn_backward_fused_kernel<V, true> : gn_backward_fused_kernel<V, false>)<<<         \
-        s->N * s->G, T, 0, dd_cuda_stream>>>(dx, params ? (double *)ws : NULL, dadd, dres, dy, x, \
-                                             mean, rstd, gamma, beta, add, s->N, s->C, s->HW,     \
-                                             s->G, s->swish, dd_gn_xs(s), dd_gn_rs(s))
+    if (strided)                                                                                  \
+        gn_backward_fused_kernel<V, true><<<s->N * s->G, T, 0, dd_cuda_stream>>>(GN_BWD_ARGS);    \
+    else                                                                                          \
+        gn_backward_fused_kernel<V, false><<<s->N * s->G, T, 0, dd_cuda_stream>>>(GN_BWD_ARGS)
     switch (gn_bwd_cfgs[c].V) {
     case 16: GN_BWD_LAUNCH(16); break;
     case 32: GN_BWD_LAUNCH(32); break;
     default: GN_BWD_LAUNCH(8); break;
     }
 #undef GN_BWD_LAUNCH
+#undef GN_BWD_ARGS
     DD_CUDA_LAUNCHED("group_norm_backward");
     if (params) {
         const int per = THREADS / 32;
