@@ -691,18 +691,18 @@ static int gn_fwd_run(int c, const dd_gn_shape *s, float *y, float *mean, float 
     const unsigned int blocks = (unsigned int)(s->N * s->G);
     const int T = gn_fwd_cfgs[c].T;
     const bool strided = s->xs || s->rs;
+#define GN_FWD_ARGS                                                                               \
+    y, mean, rstd, x, gamma, beta, add, res, s->C, s->HW, s->G, s->swish, s->eps, dd_gn_xs(s),    \
+        dd_gn_rs(s)
     if (gn_fwd_cfgs[c].vec) {
         if ((((uintptr_t)x | (uintptr_t)y | (uintptr_t)res) & 15) || (dd_gn_xs(s) | dd_gn_rs(s)) & 3)
             c = gn_fwd_fixed((size_t)(s->C / s->G) * s->HW); /* not float4-aligned */
         else {
-#define GN_VEC_ARGS                                                                               \
-    y, mean, rstd, x, gamma, beta, add, res, s->C, s->HW, s->G, s->swish, s->eps, dd_gn_xs(s),    \
-        dd_gn_rs(s)
 #define GN_VEC_LAUNCH(V4)                                                                         \
     if (strided)                                                                                  \
-        gn_forward_vec_kernel<V4, true><<<blocks, T, 0, dd_cuda_stream>>>(GN_VEC_ARGS);           \
+        gn_forward_vec_kernel<V4, true><<<blocks, T, 0, dd_cuda_stream>>>(GN_FWD_ARGS);           \
     else                                                                                          \
-        gn_forward_vec_kernel<V4, false><<<blocks, T, 0, dd_cuda_stream>>>(GN_VEC_ARGS)
+        gn_forward_vec_kernel<V4, false><<<blocks, T, 0, dd_cuda_stream>>>(GN_FWD_ARGS)
             switch (gn_fwd_cfgs[c].V) {
             case 8: GN_VEC_LAUNCH(2); break;
             case 16: GN_VEC_LAUNCH(4); break;
@@ -710,14 +710,10 @@ static int gn_fwd_run(int c, const dd_gn_shape *s, float *y, float *mean, float 
             default: GN_VEC_LAUNCH(16); break;
             }
 #undef GN_VEC_LAUNCH
-#undef GN_VEC_ARGS
             DD_CUDA_LAUNCHED("group_norm_forward");
             return 0;
         }
     }
-#define GN_FWD_ARGS                                                                               \
-    y, mean, rstd, x, gamma, beta, add, res, s->C, s->HW, s->G, s->swish, s->eps, dd_gn_xs(s),    \
-        dd_gn_rs(s)
 #define GN_FWD_LAUNCH(V)                                                                          \
     if (strided)                                                                                  \
         gn_forward_kernel<V, true><<<blocks, T, 0, dd_cuda_stream>>>(GN_FWD_ARGS);                \
