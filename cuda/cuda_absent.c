@@ -13,6 +13,8 @@ const dd_backend *dd_cuda_backend(void) {
     return NULL;
 }
 
+int dd_cuda_gpu_absent(void) { return 1; }
+
 int dd_cuda_device_info(dd_cuda_info *info) {
     (void)info;
     return dd_error(NO_CUDA);

@@ -214,9 +214,18 @@ static const dd_backend cuda_backend = {
     .sampler_step = dd_cuda_sampler_step,
 };
 
+/* the architectures CMake built the kernels for, as named in messages */
+#ifndef DD_CUDA_ARCHS
+#define DD_CUDA_ARCHS "(not recorded)"
+#endif
+
+/* 1 when cuda_init found no GPU (or no driver): dd_cuda_gpu_absent */
+static int gpu_absent;
+
 static int cuda_init(void) {
     int count = 0;
     cudaError_t e = cudaGetDeviceCount(&count);
+    gpu_absent = e != cudaSuccess || count == 0;
     if (e == cudaErrorInsufficientDriver || e == cudaErrorNoDevice)
         return dd_error("no usable CUDA GPU: no NVIDIA driver or GPU on this machine, or a driver "
                         "older than this CUDA runtime (cudaGetDeviceCount: %s)",
@@ -226,6 +235,18 @@ static int cuda_init(void) {
     if (count == 0) return dd_error("no CUDA GPU found (cudaGetDeviceCount returned 0)");
     /* device 0 of those visible: CUDA_VISIBLE_DEVICES picks another */
     DD_CUDA_CHECK(cudaSetDevice(0));
+    e = dd_cuda_kernel_image();
+    if (e == cudaErrorNoKernelImageForDevice || e == cudaErrorInvalidDeviceFunction) {
+        struct cudaDeviceProp prop;
+        DD_CUDA_CHECK(cudaGetDeviceProperties(&prop, 0));
+        return dd_error("this GPU, %s (compute capability %d.%d), cannot run this build of diffusion, "
+                        "which has code for CUDA architectures %s only: build it on a machine "
+                        "with this GPU (the build then targets the GPU's own architecture), or "
+                        "configure with -DCMAKE_CUDA_ARCHITECTURES=%d%d (%s)",
+                        prop.name, prop.major, prop.minor, DD_CUDA_ARCHS, prop.major, prop.minor,
+                        cudaGetErrorString(e));
+    }
+    if (e != cudaSuccess) return dd_cuda_fail(__FILE__, __LINE__, "cudaFuncGetAttributes", e);
     const char *tf32 = getenv("DIFFUSION_TF32");
     dd_cuda_tf32_on = !(tf32 && !strcmp(tf32, "0"));
     DD_CUDA_CHECK(cudaStreamCreateWithFlags(&dd_cuda_stream, cudaStreamNonBlocking));
@@ -290,6 +311,8 @@ const dd_backend *dd_cuda_backend(void) {
     }
     return &cuda_backend_used;
 }
+
+int dd_cuda_gpu_absent(void) { return dd_cuda_backend() ? 0 : gpu_absent; }
 
 /* ---------------------------------------------------------------- include/diffusion/cuda.h */
 

@@ -1683,6 +1683,11 @@ __global__ void maxdiff_kernel(unsigned int *out, const float *a, const float *b
 /* ---------------------------------------------------------------- launchers */
 
 int sm_count = 0; /* set by dd_conv_own_prepare (outside any capture) */
+/* the most dynamic shared memory a block may ask for on this GPU (set by dd_conv_own_prepare;
+ * 0: not known yet, no limit assumed): 227 KiB on sm_90, 163 on sm_80, 99 on sm_86 and sm_89,
+ * 64 on sm_75 */
+static int smem_optin = 0;
+static bool smem_fits(int bytes) { return smem_optin <= 0 || bytes <= smem_optin; }
 /* 1: a split's sums by the last block of each output tile (last_split); 0: by a second kernel
  * (DIFFUSION_CONV_SPLIT_REDUCE=kernel, dd_conv_own_set_fused_reduce) */
 int fused_reduce = 1;
@@ -1818,14 +1823,15 @@ template <int BN, int XC> int plane_images(const Geom &g, bool data) {
     return ipb > 0 ? ipb : 0;
 }
 
-/* The plane kernel where it applies (plane_images), else the tc32x64s3 configuration. Its
+/* The plane kernel where it applies (plane_images, and the GPU allows its shared memory), else
+ * the tc32x64s3 configuration. Its
  * shared memory is dynamic: the limit is raised once per kernel (a call outside any stream, so
  * also allowed while a graph is being captured). */
 template <bool DATA, int MT, int NT, int WMW, int WNW, int KSPLIT>
 int launch_plane(float *out, const float *act, const float *w, const float *bias, const Geom &g,
                  void *ws, size_t ws_bytes) {
     using S = PlaneShape<MT, NT, WMW, WNW, KSPLIT>;
-    const int ipb = plane_images<S::BN, S::XC>(g, DATA);
+    const int ipb = smem_fits(S::SMEM) ? plane_images<S::BN, S::XC>(g, DATA) : 0;
     if (!ipb)
         return launch_gemm<DATA, 32, 64, 16, MmaTile<32, 64, 16, 32>, 3>(out, act, w, bias, g, ws,
                                                                          ws_bytes);
@@ -2016,6 +2022,13 @@ constexpr int GEMM_CONFIGS = 20, GEMM_FP32_CONFIGS = 7;
 /* the plane configurations (launch_plane): their BN, or 0 (the staged ones: 8 and 9) */
 const int gemm_plane_bn[GEMM_CONFIGS] = {0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0,
                                          112, 224, 224, 112, 112, 224, 224};
+/* and their dynamic shared memory, bytes (GemmConfigs' order) */
+const int gemm_plane_smem[GEMM_CONFIGS] = {
+    0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0,
+    PlaneShape<1, 7, 2, 2, 1>::SMEM, PlaneShape<1, 7, 1, 4, 1>::SMEM,
+    PlaneShape<1, 7, 2, 4, 1>::SMEM, PlaneShape<1, 7, 1, 2, 2>::SMEM,
+    PlaneShape<1, 7, 2, 2, 2>::SMEM, PlaneShape<1, 7, 1, 4, 2>::SMEM,
+    PlaneShape<1, 7, 2, 4, 2>::SMEM};
 constexpr int GEMM_DIRECT_FIRST = 4, GEMM_DIRECT_LAST = 6, GEMM_STAGE_FIRST = 11,
               GEMM_STAGE_LAST = 12;
 /* the direct configurations' channels a block (launch_direct's CO) */
@@ -2093,9 +2106,10 @@ int dd_conv_own_config_applies(int dir, int cfg, const dd_conv_shape *s) {
         return fits && (co == 8 ? g.Cin <= 4 : g.Cout <= 4);
     }
     if (gemm_plane_bn[cfg])
-        return gemm_plane_bn[cfg] == 112
-                   ? plane_images<112, PlaneShape<1, 7, 2, 2, 1>::XC>(g, data) > 0
-                   : plane_images<224, PlaneShape<1, 7, 2, 4, 1>::XC>(g, data) > 0;
+        return smem_fits(gemm_plane_smem[cfg]) &&
+               (gemm_plane_bn[cfg] == 112
+                    ? plane_images<112, PlaneShape<1, 7, 2, 2, 1>::XC>(g, data) > 0
+                    : plane_images<224, PlaneShape<1, 7, 2, 4, 1>::XC>(g, data) > 0);
     if (cfg < GEMM_STAGE_FIRST || cfg > GEMM_STAGE_LAST) return 1;
     return stage_rows<128, StageShape<1, 4, 1, 4>::XC>(g, data) > 0;
 }
@@ -2150,9 +2164,11 @@ int dd_conv_own_prepare(void) {
         return dd_error("DIFFUSION_CONV_SPLIT_REDUCE=%s: use last-block (the default) or kernel",
                         v);
     if (v && !strcmp(v, "kernel")) fused_reduce = 0;
-    int dev = 0, n = 0;
+    int dev = 0, n = 0, smem = 0;
     DD_CUDA_CHECK(cudaGetDevice(&dev));
+    DD_CUDA_CHECK(cudaDeviceGetAttribute(&smem, cudaDevAttrMaxSharedMemoryPerBlockOptin, dev));
     DD_CUDA_CHECK(cudaDeviceGetAttribute(&n, cudaDevAttrMultiProcessorCount, dev));
+    smem_optin = smem;
     sm_count = n > 0 ? n : 132;
     return 0;
 }

@@ -106,6 +106,11 @@ int dd_cuda_sampler_advance(int64_t *k, int64_t *noff, int64_t dn, int32_t *t, c
  * between kernels of one context, so this usually holds; nothing guarantees it. 0 or -1. */
 int dd_cuda_poison_shared(void);
 
+/* Whether this build holds code the GPU can run: cudaSuccess, or the error of asking for one
+ * kernel's attributes (cudaErrorNoKernelImageForDevice when none of the architectures it was
+ * built for fits the device). Every kernel in cuda/ is built for the same architectures. */
+cudaError_t dd_cuda_kernel_image(void);
+
 int dd_cuda_normal(float *out, size_t n, dd_rng_at at);
 int dd_cuda_train_draw(int32_t *t, int32_t *lab_out, const int32_t *lab_in, int N, int T,
                        float p_uncond, int32_t generic, dd_rng_at at);

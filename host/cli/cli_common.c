@@ -2,9 +2,11 @@
 
 #include <errno.h>
 #include <math.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
+#include "diffusion/cuda.h"
 #include "diffusion/error.h"
 
 int cli_i64(const char *opt, const char *arg, int64_t lo, int64_t hi, int64_t *out) {
@@ -140,7 +142,14 @@ int cli_model_config(const cli_model_opts *m, dd_model_kind default_kind, dd_mod
     return dd_model_config_validate(c);
 }
 
-const dd_backend *cli_backend(const char *name) { return dd_backend_by_name(name ? name : "auto"); }
+const dd_backend *cli_backend(const char *name) {
+    if (!name) name = "auto";
+    /* auto without a GPU is the CPU, quietly; with a GPU that cannot be used, say why */
+    if (!strcmp(name, "auto") && !dd_cuda_backend() && !dd_cuda_gpu_absent())
+        fprintf(stderr, "diffusion: warning: %s; --device auto runs on the CPU\n",
+                dd_error_message());
+    return dd_backend_by_name(name);
+}
 
 int cli_load_data(dd_dataset *d, const char *spec, int64_t limit, uint64_t seed, int test_split,
                   int img_channels, int img_h, int img_w) {

@@ -40,6 +40,13 @@ typedef struct {
     size_t cudnn_version; /* e.g. 91400 */
 } dd_cuda_info;
 
+/* Whether the CUDA backend is unavailable for want of a GPU: 1 when this build has no CUDA
+ * backend or the machine shows no GPU (no device, or no driver that fits the CUDA runtime), 0
+ * when the backend works or when a GPU is there but cannot be used (dd_cuda_backend's message
+ * says why: a build without code for it, cuDNN that cannot load, a bad setting). Initialises the
+ * backend if needed; leaves the error message alone when it works. */
+int dd_cuda_gpu_absent(void);
+
 /* Information on the backend's device (initialising the backend if needed); 0 or -1. */
 int dd_cuda_device_info(dd_cuda_info *info);
 

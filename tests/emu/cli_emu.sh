@@ -6,8 +6,8 @@
 # counter read back into the checkpoint), resumed, and sampled with DDPM, guided DDIM and in
 # batches; then the LeNet classifier and FLD, a tiny conditional UNet's guided samples with the
 # animation, and `bench --profile`. Every number is compared with the same commands on
-# --device cpu. Then the error paths: no GPU, no cuDNN convolution library, cudnnFind failing, a
-# fault in an own convolution kernel, out of GPU memory.
+# --device cpu. Then the error paths: no GPU, a GPU the build has no code for, no cuDNN
+# convolution library, cudnnFind failing, a fault in an own convolution kernel, out of GPU memory.
 # Usage: cli_emu.sh DIFFUSION_EMU_BINARY   (run by CTest as emu_cli)
 set -u
 D=$(realpath "${1:?diffusion-emu binary}")
@@ -165,6 +165,17 @@ nt=$(grep -c -E "^diffusion: conv N=2 .* (forward|backward-data|backward-filter)
 re="forward cudnn [a-z0-9-]+/[a-z-]+ [0-9.]+ us, own [a-z0-9]+ [0-9.]+ us -> (own|cudnn).*; backward-data cudnn .* -> (own|cudnn).*; backward-filter cudnn .* -> (own|cudnn)"
 [ $rc -eq 0 ] && [ "$n" -ge 3 ] && [ "$(grep -c -E "\(TF32 on\): $re" err.log)" = "$n" ] &&
   [ "$nt" = $((3 * n)) ] && ok || bad "DIFFUSION_CONV_LOG=2 (auto): exit $rc, $n + $nt lines, $(head -4 err.log)"
+# a GPU with less shared memory a block (64 KiB, as sm_75): the plane configurations that need
+# more (pk32x112 80 KiB, pk16x224 67 KiB, pk32x224 86 KiB) are no candidates there, the others
+# still are, and nothing fails; with sm_90's 227 KiB (the run above) they are timed
+timed() { grep -c -E "^diffusion: conv N=2 .* times, us: .* $1 [0-9.]+" "$2"; }
+big=$(( $(timed pk32x112 err.log) + $(timed pk16x224 err.log) + $(timed pk32x224 err.log) ))
+EMU_SHARED_OPTIN_KB=64 DIFFUSION_CONV_LOG=2 "$D" "${B[@]}" >out.log 2>err.log
+rc=$?
+[ $rc -eq 0 ] && [ "$big" -gt 0 ] && ! grep -q "warning" err.log &&
+  [ $(( $(timed pk32x112 err.log) + $(timed pk16x224 err.log) + $(timed pk32x224 err.log) )) = 0 ] &&
+  [ "$(timed pl32x224 err.log)" -gt 0 ] && [ "$(timed pk16x112 err.log)" -gt 0 ] && ok ||
+  bad "64 KiB of shared memory a block: exit $rc, $big timings of the large plane kernels at 227 KiB, $(grep -m3 -E "warning|pk32x224" err.log)"
 DIFFUSION_CONV_LOG=1 DIFFUSION_CONV=cudnn DIFFUSION_TF32=0 "$D" "${B[@]}" >out.log 2>err.log
 rc=$?
 n=$(grep -c "^diffusion: conv N=2 " err.log)
@@ -195,16 +206,32 @@ rc=$?
 [ $rc -ne 0 ] && grep -q "no usable CUDA GPU" err.log && ok || bad "no GPU, --device cuda: exit $rc, $(cat err.log)"
 EMU_NO_GPU=1 "$D" "${S[@]}" --n 8 --device auto --out x.png --raw x.raw >out.log 2>err.log &&
   [ -s x.raw ] && ok || bad "no GPU, --device auto did not fall back to the CPU: $(cat err.log)"
+grep -q "warning" err.log && bad "no GPU, --device auto warned: $(cat err.log)" || ok
+
+# a GPU this build has no code for (compute capability 7.5, kernels for 8.0 and 9.0): --device
+# cuda fails at start with one line that names the card, its compute capability, the build's
+# architectures and the fix; auto warns with the same reason and runs on the CPU
+rm -f x.png
+EMU_NO_KERNEL_IMAGE=1 "$D" "${S[@]}" --n 8 --device cuda --out x.png >out.log 2>err.log
+rc=$?
+[ $rc -ne 0 ] && [ "$(wc -l < err.log)" = 1 ] && [ ! -e x.png ] &&
+  grep -q "compute capability 7\.5), cannot run this build .*architectures 80 90 only.*-DCMAKE_CUDA_ARCHITECTURES=75 (no kernel image" err.log &&
+  ok || bad "no kernel image, --device cuda: exit $rc, $(cat err.log)"
+rm -f x.raw
+EMU_NO_KERNEL_IMAGE=1 "$D" "${S[@]}" --n 8 --device auto --out x.png --raw x.raw >out.log 2>err.log &&
+  [ -s x.raw ] && grep -q "^diffusion: warning: cuda backend unavailable: .*compute capability 7\.5.*; --device auto runs on the CPU" err.log &&
+  ok || bad "no kernel image, --device auto: no warning or no CPU run: $(cat err.log)"
 
 # cuDNN's convolution library cannot be loaded: one clear line at start with --device cuda; auto
-# falls back to the CPU
+# warns and falls back to the CPU
 EMU_CUDNN_NO_CNN=1 "$D" "${S[@]}" --n 8 --device cuda --out x.png >out.log 2>err.log
 rc=$?
 [ $rc -ne 0 ] && grep -q "libcudnn_cnn .*CUDNN_STATUS_SUBLIBRARY_LOADING_FAILED" err.log && ok ||
   bad "no libcudnn_cnn, --device cuda: exit $rc, $(cat err.log)"
 rm -f x.raw
 EMU_CUDNN_NO_CNN=1 "$D" "${S[@]}" --n 8 --device auto --out x.png --raw x.raw >out.log 2>err.log &&
-  [ -s x.raw ] && ok || bad "no libcudnn_cnn, --device auto did not fall back to the CPU: $(cat err.log)"
+  [ -s x.raw ] && grep -q "warning: .*libcudnn_cnn.*; --device auto runs on the CPU" err.log && ok ||
+  bad "no libcudnn_cnn, --device auto did not fall back to the CPU with a warning: $(cat err.log)"
 
 # cudnnFind fails (no room for its buffers): cuDNN's heuristic ranking stands in, one warning a
 # shape, and the run goes on

@@ -227,11 +227,34 @@ struct AtExit {
 /* each kernel's cudaFuncAttributeMaxDynamicSharedMemorySize, where one was set */
 static std::map<const void *, int> max_dynamic_shared;
 
+/* the most shared memory a block may have: EMU_MAX_SHARED (sm_90's), or EMU_SHARED_OPTIN_KB
+ * KiB, to stand for a GPU with less (64 on sm_75, 99 on sm_86 and sm_89) */
+static int shared_optin() {
+    const char *v = getenv("EMU_SHARED_OPTIN_KB");
+    const long kb = v ? atol(v) : 0;
+    return kb > 0 && kb * 1024 < EMU_MAX_SHARED ? (int)(kb * 1024) : EMU_MAX_SHARED;
+}
+
 cudaError_t emu_func_set_attribute(const void *kernel, enum cudaFuncAttribute a, int v) {
     if (!kernel || a != cudaFuncAttributeMaxDynamicSharedMemorySize || v < 0 ||
-        v > EMU_MAX_SHARED)
+        v > shared_optin())
         return set_error(cudaErrorInvalidValue);
     max_dynamic_shared[kernel] = v;
+    return cudaSuccess;
+}
+
+/* EMU_NO_KERNEL_IMAGE=1: the device is one the build has no code for (a compute capability 7.5
+ * card and a build for 8.0 and 9.0, say): asking for a kernel's attributes fails as on a GPU */
+static bool no_kernel_image() {
+    const char *v = getenv("EMU_NO_KERNEL_IMAGE");
+    return v && *v && strcmp(v, "0");
+}
+
+cudaError_t emu_func_get_attributes(struct cudaFuncAttributes *attr, const void *kernel) {
+    if (!attr || !kernel) return set_error(cudaErrorInvalidValue);
+    if (no_kernel_image()) return set_error(cudaErrorNoKernelImageForDevice);
+    memset(attr, 0, sizeof *attr);
+    attr->maxThreadsPerBlock = 1024;
     return cudaSuccess;
 }
 
@@ -285,6 +308,9 @@ const char *cudaGetErrorString(cudaError_t e) {
     case cudaErrorInsufficientDriver:
         return "CUDA driver version is insufficient for CUDA runtime version";
     case cudaErrorNoDevice: return "no CUDA-capable device is detected";
+    case cudaErrorInvalidDeviceFunction: return "invalid device function";
+    case cudaErrorNoKernelImageForDevice:
+        return "no kernel image is available for execution on the device";
     case cudaErrorInvalidResourceHandle: return "invalid resource handle";
     case cudaErrorIllegalState: return "the operation cannot be performed in the present state";
     case cudaErrorIllegalAddress: return "an illegal memory access was encountered";
@@ -323,17 +349,24 @@ cudaError_t cudaGetDevice(int *d) {
     return cudaSuccess;
 }
 cudaError_t cudaDeviceGetAttribute(int *v, enum cudaDeviceAttr a, int d) {
-    if (a != cudaDevAttrMultiProcessorCount || d != 0) return set_error(cudaErrorInvalidValue);
-    *v = emu_sms;
-    return cudaSuccess;
+    if (d != 0) return set_error(cudaErrorInvalidValue);
+    if (a == cudaDevAttrMultiProcessorCount) {
+        *v = emu_sms;
+        return cudaSuccess;
+    }
+    if (a == cudaDevAttrMaxSharedMemoryPerBlockOptin) {
+        *v = shared_optin();
+        return cudaSuccess;
+    }
+    return set_error(cudaErrorInvalidValue);
 }
 cudaError_t cudaGetDeviceProperties(struct cudaDeviceProp *p, int d) {
     if (d != 0) return set_error(cudaErrorInvalidValue);
     memset(p, 0, sizeof *p);
     snprintf(p->name, sizeof p->name, "emulated GPU (CPU emulation of CUDA)");
     p->totalGlobalMem = memory_limit();
-    p->major = 9;
-    p->minor = 0;
+    p->major = no_kernel_image() ? 7 : 9; /* as the card EMU_NO_KERNEL_IMAGE stands for */
+    p->minor = no_kernel_image() ? 5 : 0;
     p->multiProcessorCount = emu_sms;
     return cudaSuccess;
 }

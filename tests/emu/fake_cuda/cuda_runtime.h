@@ -28,7 +28,9 @@ enum {
     cudaErrorMemoryAllocation = 2,
     cudaErrorInvalidConfiguration = 9,
     cudaErrorInsufficientDriver = 35,
+    cudaErrorInvalidDeviceFunction = 98,
     cudaErrorNoDevice = 100,
+    cudaErrorNoKernelImageForDevice = 209, /* EMU_NO_KERNEL_IMAGE in tests/emu/emu_api.cpp */
     cudaErrorInvalidResourceHandle = 400,
     cudaErrorIllegalState = 401,
     cudaErrorIllegalAddress = 700, /* sticky: see EMU_FAULT_KERNEL in tests/emu/emu_api.cpp */
@@ -49,7 +51,7 @@ enum cudaMemcpyKind {
 };
 enum cudaDeviceAttr {
     cudaDevAttrMultiProcessorCount = 16,
-    /* named by dd_cuda_poison_shared, which returns before it asks under DD_CUDA_EMULATION */
+    /* EMU_SHARED_OPTIN_KB, else EMU_MAX_SHARED (tests/emu/emu_api.cpp) */
     cudaDevAttrMaxSharedMemoryPerBlockOptin = 97
 };
 enum cudaFuncAttribute { cudaFuncAttributeMaxDynamicSharedMemorySize = 8 };
@@ -67,6 +69,10 @@ enum cudaStreamCaptureMode {
     cudaStreamCaptureModeRelaxed = 2
 };
 #define cudaStreamNonBlocking 0x01u
+struct cudaFuncAttributes {
+    size_t sharedSizeBytes;
+    int maxThreadsPerBlock, numRegs;
+};
 struct cudaDeviceProp {
     char name[256];
     size_t totalGlobalMem;
@@ -89,6 +95,7 @@ cudaError_t cudaDeviceSynchronize(void);
 /* a kernel's attribute (only cudaFuncAttributeMaxDynamicSharedMemorySize): recorded per kernel,
  * checked by every launch of it (C++ callers use the template below) */
 cudaError_t emu_func_set_attribute(const void *kernel, enum cudaFuncAttribute a, int v);
+cudaError_t emu_func_get_attributes(struct cudaFuncAttributes *attr, const void *kernel);
 
 cudaError_t cudaMalloc(void **p, size_t bytes);
 cudaError_t cudaFree(void *p);
@@ -278,6 +285,10 @@ extern int emu_sms; /* the SM count the emulated device reports */
 
 bool emu_launch_check(dim3 grid, dim3 block, size_t smem, cudaStream_t s, const void *kernel);
 void emu_launch_queue(cudaStream_t s, std::function<void()> run, const char *name);
+template <typename... KA>
+cudaError_t cudaFuncGetAttributes(struct cudaFuncAttributes *attr, void (*k)(KA...)) {
+    return emu_func_get_attributes(attr, reinterpret_cast<const void *>(k));
+}
 template <typename... KA>
 cudaError_t cudaFuncSetAttribute(void (*k)(KA...), enum cudaFuncAttribute a, int v) {
     return emu_func_set_attribute(reinterpret_cast<const void *>(k), a, v);
