@@ -225,7 +225,8 @@ static int gpu_absent;
 static int cuda_init(void) {
     int count = 0;
     cudaError_t e = cudaGetDeviceCount(&count);
-    gpu_absent = e != cudaSuccess || count == 0;
+    gpu_absent = e == cudaErrorNoDevice || e == cudaErrorInsufficientDriver ||
+                 (e == cudaSuccess && count == 0);
     if (e == cudaErrorInsufficientDriver || e == cudaErrorNoDevice)
         return dd_error("no usable CUDA GPU: no NVIDIA driver or GPU on this machine, or a driver "
                         "older than this CUDA runtime (cudaGetDeviceCount: %s)",

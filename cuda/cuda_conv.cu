@@ -1824,9 +1824,8 @@ template <int BN, int XC> int plane_images(const Geom &g, bool data) {
 }
 
 /* The plane kernel where it applies (plane_images, and the GPU allows its shared memory), else
- * the tc32x64s3 configuration. Its
- * shared memory is dynamic: the limit is raised once per kernel (a call outside any stream, so
- * also allowed while a graph is being captured). */
+ * the tc32x64s3 configuration. Its shared memory is dynamic: the limit is raised once per kernel
+ * (a call outside any stream, so also allowed while a graph is being captured). */
 template <bool DATA, int MT, int NT, int WMW, int WNW, int KSPLIT>
 int launch_plane(float *out, const float *act, const float *w, const float *bias, const Geom &g,
                  void *ws, size_t ws_bytes) {
