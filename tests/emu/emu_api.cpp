@@ -34,6 +34,11 @@
  *   cudaStreamIsCapturing) keep working. Misuse reports after the fault do not fail the process
  *   at exit (they follow from the fault): a program that reports the error exits with its own
  *   code.
+ * - the device's limits and fit: EMU_SHARED_OPTIN_KB=N gives a block at most N KiB of shared
+ *   memory (sm_90's 227 KiB by default; 64 stands for sm_75); EMU_NO_KERNEL_IMAGE=1 is a
+ *   compute capability 7.5 card that the build has no code for (cudaFuncGetAttributes fails with
+ *   cudaErrorNoKernelImageForDevice; launches still run); EMU_NO_GPU=1 is a machine without one,
+ *   EMU_GPU_MEMORY_MB=N a card of N MiB.
  * Not modelled: several streams running concurrently (there is one queue), the legacy default
  * stream's implicit synchronisation, timing (events measure the emulation's own time). */
 #include <cuda_profiler_api.h>
