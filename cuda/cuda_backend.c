@@ -243,9 +243,10 @@ static int cuda_init(void) {
         return dd_error("this GPU, %s (compute capability %d.%d), cannot run this build of diffusion, "
                         "which has code for CUDA architectures %s only: build it on a machine "
                         "with this GPU (the build then targets the GPU's own architecture), or "
-                        "configure with -DCMAKE_CUDA_ARCHITECTURES=%d%d (%s)",
+                        "name it: CUDAARCHS=%d%d bash scripts/setup.sh, or cmake "
+                        "-DCMAKE_CUDA_ARCHITECTURES=%d%d (%s)",
                         prop.name, prop.major, prop.minor, DD_CUDA_ARCHS, prop.major, prop.minor,
-                        cudaGetErrorString(e));
+                        prop.major, prop.minor, cudaGetErrorString(e));
     }
     if (e != cudaSuccess) return dd_cuda_fail(__FILE__, __LINE__, "cudaFuncGetAttributes", e);
     const char *tf32 = getenv("DIFFUSION_TF32");

@@ -222,7 +222,7 @@ rm -f x.png
 EMU_NO_KERNEL_IMAGE=1 "$D" "${S[@]}" --n 8 --device cuda --out x.png >out.log 2>err.log
 rc=$?
 [ $rc -ne 0 ] && [ "$(wc -l < err.log)" = 1 ] && [ ! -e x.png ] &&
-  grep -q "compute capability 7\.5), cannot run this build .*architectures 80 90 only.*-DCMAKE_CUDA_ARCHITECTURES=75 (no kernel image" err.log &&
+  grep -q "compute capability 7\.5), cannot run this build .*architectures 80 90 only.*CUDAARCHS=75 bash scripts/setup.sh, or cmake -DCMAKE_CUDA_ARCHITECTURES=75 (no kernel image" err.log &&
   ok || bad "no kernel image, --device cuda: exit $rc, $(cat err.log)"
 rm -f x.raw
 EMU_NO_KERNEL_IMAGE=1 "$D" "${S[@]}" --n 8 --device auto --out x.png --raw x.raw >out.log 2>err.log &&
