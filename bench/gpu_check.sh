@@ -35,8 +35,8 @@
 # two bar rows again with cuDNN only, with the handwritten
 # tensor-core convolutions only and with CUDA graphs off (what each is worth), the peer under
 # torch.compile (slow to start: whatever rows finish in the time left), then compute-sanitizer
-# (optional and slow, so last: memcheck on the GPU tests, then racecheck on the convolution
-# kernels and synccheck on the others, in what time is left). A stage that
+# (optional and slow, so last: memcheck on the GPU tests, then synccheck on the non-convolution
+# kernels and racecheck on the convolution ones, in what time is left). A stage that
 # fails or times out is reported in the table and the script carries on (a failed build skips
 # the stages that need it, not the peer); the table is printed on every way out, with the GPU
 # tests' failed checks (each names its op and shape). Exit status: 0 when the build and the GPU
@@ -552,10 +552,12 @@ else
     # (the emulation runs a block's threads one at a time, and lands each cp.async at once or
     # at its wait): racecheck on the convolution kernels (cp.async pipelines, one barrier per
     # step), synccheck on the other kernels (block reductions, GroupNorm). Whatever time is left;
-    # a timeout is not counted. Only when memcheck ran: the tool works on this machine.
+    # a timeout is not counted. Only when memcheck ran: the tool works on this machine. Synccheck
+    # first: it finishes, while racecheck on the convolutions has outrun 100-120 s on every card
+    # so far (sessions 17 and 19), and came last.
     if [ $RC -eq 0 ] || [ $RC -eq 86 ]; then
-        san_run "racecheck" racecheck sanitizer_racecheck.log 120 test_gpu_conv
         san_run "synccheck" synccheck sanitizer_synccheck.log 60 test_gpu_ops
+        san_run "racecheck" racecheck sanitizer_racecheck.log 120 test_gpu_conv
     fi
 fi
 
